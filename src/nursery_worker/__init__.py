@@ -1,0 +1,50 @@
+"""nursery-worker: a durable background-job runtime for trio and asyncio, on PostgreSQL.
+
+Everything public is imported from here; every other module is private.
+"""
+
+from ._app import App as App
+from ._dsn import redact as redact_dsn
+from ._errors import ConfigurationError as ConfigurationError
+from ._errors import DatabaseError as DatabaseError
+from ._errors import JobNotFound as JobNotFound
+from ._errors import NurseryWorkerError as NurseryWorkerError
+from ._errors import SchemaNotReady as SchemaNotReady
+from ._errors import TaskNotFound as TaskNotFound
+from ._models import Job as Job
+from ._models import JobError as JobError
+from ._models import JobSpec as JobSpec
+from ._retry import ExponentialBackoff as ExponentialBackoff
+from ._retry import RetryPolicy as RetryPolicy
+from ._state import JobState as JobState
+from ._state import WorkerState as WorkerState
+from ._task import Task as Task
+from ._task import TaskCall as TaskCall
+from ._worker import Worker as Worker
+from ._worker import WorkerStats as WorkerStats
+from ._worker import open_worker as open_worker
+
+__all__ = [
+    "App",
+    "ConfigurationError",
+    "DatabaseError",
+    "ExponentialBackoff",
+    "Job",
+    "JobError",
+    "JobNotFound",
+    "JobSpec",
+    "JobState",
+    "NurseryWorkerError",
+    "RetryPolicy",
+    "SchemaNotReady",
+    "Task",
+    "TaskCall",
+    "TaskNotFound",
+    "Worker",
+    "WorkerState",
+    "WorkerStats",
+    "open_worker",
+    "redact_dsn",
+]
+
+__version__ = "0.1.0"

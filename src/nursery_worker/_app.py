@@ -1,0 +1,368 @@
+"""App: configuration, the task registry, lifecycle hooks and the enqueue/inspect API."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._driver import Driver, create_driver
+from ._dsn import redact, resolve_dsn
+from ._errors import ConfigurationError, JobNotFound, TaskNotFound
+from ._json import DEFAULT_MAX_ARGS_BYTES
+from ._models import Job, JobSpec
+from ._retry import RetryPolicy, resolve_retry
+from ._task import Task, check_max_attempts, check_priority, check_queue, check_task_name, check_timeout
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Hook = Callable[[], Awaitable[None]]
+
+
+class App:
+    """A nursery-worker application: where tasks are registered and jobs are enqueued.
+
+    One ``App`` serves both producers (``defer``) and workers (``open_worker``). It connects lazily,
+    on first use, and keeps a small connection pool until :meth:`aclose` (or ``async with app:``).
+
+    Args:
+        dsn: a PostgreSQL DSN (``postgresql://user:password@host:5432/db``). When None, the
+            ``NURSERY_WORKER_DSN`` environment variable is read on first use.
+        schema: the PostgreSQL schema holding the tables, beside the application's own.
+        pool_min_size: connections kept open.
+        pool_max_size: the most connections this process opens (the listener has one more).
+        connect_timeout: seconds before an unreachable database is reported.
+        max_args_bytes: the largest encoded arguments one job may carry.
+        error_cap: how many recent errors a job keeps.
+
+    Raises:
+        ConfigurationError: an option is invalid.
+
+    Example:
+        >>> app = App(dsn="postgresql://postgres@127.0.0.1/test")
+        >>> @app.task(queue="emails", max_attempts=5)
+        ... async def send_email(to: str) -> None: ...
+        >>> job = await send_email.defer(to="ada@example.com")
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str = "nursery_worker",
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        connect_timeout: float = 5.0,
+        max_args_bytes: int = DEFAULT_MAX_ARGS_BYTES,
+        error_cap: int = 20,
+    ) -> None:
+        if dsn is not None:
+            resolve_dsn(dsn)  # type and emptiness are checked now; the env var only on first use
+        for label, value, low in (
+            ("pool_min_size", pool_min_size, 0),
+            ("pool_max_size", pool_max_size, 1),
+            ("max_args_bytes", max_args_bytes, 2),
+            ("error_cap", error_cap, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigurationError(f"App({label}={value!r}): must be an int >= {low}")
+        if pool_min_size > pool_max_size:
+            raise ConfigurationError(f"App(pool_min_size={pool_min_size}) is above pool_max_size={pool_max_size}")
+        if not isinstance(connect_timeout, (int, float)) or not connect_timeout > 0:
+            raise ConfigurationError(f"App(connect_timeout={connect_timeout!r}): must be a number of seconds > 0")
+        self._dsn = dsn
+        self.schema = schema
+        self.pool_min_size = pool_min_size
+        self.pool_max_size = pool_max_size
+        self.connect_timeout = float(connect_timeout)
+        self.max_args_bytes = max_args_bytes
+        self.error_cap = error_cap
+        self.tasks: dict[str, Task[..., Any]] = {}
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+        self._driver: Driver | None = None
+        self._driver_lock = threading.Lock()
+        if dsn is not None:
+            self._make_driver()  # validate the DSN and schema at construction when they are known
+
+    def __repr__(self) -> str:
+        dsn = "$NURSERY_WORKER_DSN" if self._dsn is None else redact(self._dsn)
+        return f"<App dsn={dsn!r} schema={self.schema!r} tasks={len(self.tasks)}>"
+
+    # --- the database -------------------------------------------------------------------------
+
+    def _make_driver(self) -> Driver:
+        return create_driver(
+            resolve_dsn(self._dsn),
+            schema=self.schema,
+            pool_min_size=self.pool_min_size,
+            pool_max_size=self.pool_max_size,
+            connect_timeout=self.connect_timeout,
+        )
+
+    @property
+    def driver(self) -> Driver:
+        """The database driver (created on first use from the DSN)."""
+        if self._driver is None:
+            with self._driver_lock:
+                if self._driver is None:
+                    self._driver = self._make_driver()
+        return self._driver
+
+    def _use_dsn(self, dsn: str) -> None:
+        """Point the app at *dsn* (the CLI's ``--dsn``), replacing an unused driver."""
+        resolve_dsn(dsn)
+        if self._driver is not None:
+            self._driver.close_sync()
+        self._dsn = dsn
+        self._driver = None
+
+    async def migrate(self) -> list[int]:
+        """Create or upgrade the tables in the app's schema; safe to run concurrently and repeatedly.
+
+        Returns:
+            The migration versions applied by this call ([] when already up to date).
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+            SchemaNotReady: the schema is newer than this version of nursery-worker.
+        """
+        return await self.driver.migrate()
+
+    def migrate_sync(self) -> list[int]:
+        """Like :meth:`migrate`, from synchronous code."""
+        return self.driver.migrate_sync()
+
+    async def aclose(self) -> None:
+        """Close the connection pool; the app reconnects if used again."""
+        if self._driver is not None:
+            await self._driver.aclose()
+
+    def close(self) -> None:
+        """Close the connection pool, from synchronous code."""
+        if self._driver is not None:
+            self._driver.close_sync()
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- tasks --------------------------------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 20,
+        timeout: float | None = None,
+        retry: RetryPolicy | Callable[[int], float] | float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        func: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 20,
+        timeout: float | None = None,
+        retry: RetryPolicy | Callable[[int], float] | float | None = None,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task, with or without options.
+
+        ``async def`` functions run on the worker's event loop; plain ``def`` functions run in a
+        worker thread (at most ``open_worker(sync_threads=...)`` at once).
+
+        Args:
+            name: the name jobs refer to; default ``module.qualname``.
+            queue: the default queue of its jobs.
+            priority: the default priority (higher runs first).
+            max_attempts: attempts before a failing job is discarded (>= 1).
+            timeout: seconds one attempt may run; it is then cancelled and retried as a failure.
+            retry: the backoff after a failure: an ``ExponentialBackoff`` (the default), a callable
+                ``attempt -> seconds``, or a constant number of seconds.
+
+        Returns:
+            The :class:`Task` (or a decorator that makes one).
+
+        Raises:
+            ConfigurationError: an option is invalid or the name is taken by another function.
+            TypeError: the target is not a function.
+
+        Example:
+            >>> @app.task(queue="emails", timeout=30)
+            ... async def send_email(to: str) -> None: ...
+        """
+
+        def register(fn: Callable[P, R]) -> Task[P, R]:
+            if not callable(fn) or inspect.isclass(fn):
+                raise TypeError(f"@app.task needs a function, got {fn!r}")
+            if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+                raise TypeError(f"@app.task: {fn!r} is a generator function; tasks must be 'async def' or 'def' functions")
+            task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+            where = f"@app.task on {task_name!r}"
+            task = Task(
+                self,
+                fn,
+                name=check_task_name(task_name, where=where),
+                queue=check_queue(queue, where=where),
+                priority=check_priority(priority, where=where),
+                max_attempts=check_max_attempts(max_attempts, where=where),
+                timeout=check_timeout(timeout, where=where),
+                backoff=resolve_retry(retry, where=where),
+            )
+            existing = self.tasks.get(task.name)
+            if existing is not None and existing.func is not fn:
+                same_source = getattr(existing.func, "__qualname__", None) == fn.__qualname__ and getattr(
+                    existing.func, "__module__", None
+                ) == fn.__module__
+                if not same_source:
+                    raise ConfigurationError(
+                        f"task name {task.name!r} is already registered by {existing.func!r}; pass @app.task(name=...) "
+                        "to give one of them another name"
+                    )
+            self.tasks[task.name] = task
+            return task
+
+        if func is not None:
+            return register(func)
+        return register
+
+    def get_task(self, name: str) -> Task[..., Any]:
+        """Return the registered task called *name*.
+
+        Raises:
+            TaskNotFound: no such task is registered (the message lists the registered ones).
+        """
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise TaskNotFound(f"no task named {name!r} is registered on this app (registered: {known})") from None
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def _hook(self, hooks: list[Hook], func: Hook, kind: str) -> Hook:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"@app.{kind} needs an 'async def' function taking no arguments, got {func!r}")
+        hooks.append(func)
+        return func
+
+    def on_startup(self, func: Hook) -> Hook:
+        """Register an ``async def`` run, in registration order, while a worker is STARTING.
+
+        If one raises, the worker goes to ERROR, runs the shutdown hooks, and re-raises.
+        """
+        return self._hook(self.startup_hooks, func, "on_startup")
+
+    def on_shutdown(self, func: Hook) -> Hook:
+        """Register an ``async def`` run, in reverse registration order, while a worker is STOPPING.
+
+        Shutdown hooks also run when startup failed part-way, so they must tolerate a partial start.
+        """
+        return self._hook(self.shutdown_hooks, func, "on_shutdown")
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_specs(jobs: Iterable[JobSpec]) -> list[JobSpec]:
+        specs = list(jobs)
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, JobSpec):
+                raise TypeError(
+                    f"defer_many: item {i} is {spec!r}; build each item with task.job(**kwargs) or "
+                    "task.configure(...).job(**kwargs)"
+                )
+        return specs
+
+    async def defer_many(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[Job]:
+        """Insert many jobs in one statement (one round trip), all or none.
+
+        Args:
+            jobs: items from ``task.job(**kwargs)`` or ``task.configure(...).job(**kwargs)``.
+            connection: an open psycopg connection whose transaction the insert joins.
+
+        Returns:
+            The inserted jobs, in the order given.
+
+        Raises:
+            TypeError: an item is not a JobSpec.
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.defer_many([send_email.job(to=a) for a in addresses])
+        """
+        return await self.driver.insert_jobs(self._check_specs(jobs), connection=connection)
+
+    def defer_many_sync(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[Job]:
+        """Like :meth:`defer_many`, from synchronous code."""
+        return self.driver.insert_jobs_sync(self._check_specs(jobs), connection=connection)
+
+    def job_by_name(
+        self,
+        task: str,
+        args: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+    ) -> JobSpec:
+        """Build a :class:`JobSpec` for a task by name, for producers that do not import the task.
+
+        A registered task's signature and defaults apply; an unregistered name uses queue
+        "default", priority 0 and 20 attempts.
+
+        Raises:
+            ConfigurationError: an option or the name is invalid.
+            TypeError: the arguments are not JSON or do not fit a registered task.
+        """
+        where = f"job_by_name({task!r})"
+        args = {} if args is None else args
+        if not isinstance(args, dict):
+            raise TypeError(f"{where}: args must be a dict of keyword arguments, got {type(args).__name__}")
+        known = self.tasks.get(task)
+        if known is not None:
+            return known.configure(queue=queue, priority=priority, max_attempts=max_attempts).job(**args)
+        from ._json import encode_args
+
+        return JobSpec(
+            task=check_task_name(task, where=where),
+            args=dict(args),
+            args_json=encode_args(args, max_bytes=self.max_args_bytes),
+            queue=check_queue("default" if queue is None else queue, where=where),
+            priority=check_priority(0 if priority is None else priority, where=where),
+            max_attempts=check_max_attempts(20 if max_attempts is None else max_attempts, where=where),
+        )
+
+    async def get_job(self, job_id: int) -> Job:
+        """Return a fresh snapshot of job *job_id*.
+
+        Raises:
+            JobNotFound: no such job.
+            TypeError: the id is not an int.
+        """
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise TypeError(f"get_job: job_id must be an int, got {job_id!r}")
+        job = await self.driver.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+

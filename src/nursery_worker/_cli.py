@@ -1,0 +1,252 @@
+"""The ``nursery-worker`` command line.
+
+A user mistake (bad option, unreachable database, unmigrated schema, an app path that does not
+import) prints one line and exits non-zero; tracebacks are for bugs, and for ``--log-level debug``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from ._app import App
+from ._dsn import redact
+from ._errors import NurseryWorkerError
+from ._worker import WorkerStats, open_worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("nursery_worker.cli")
+
+
+def load_app(path: str) -> App:
+    """Import ``module:attribute`` and return the :class:`App` it names.
+
+    Raises:
+        click.UsageError: the path is malformed, does not import, or is not an App.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.UsageError(f"--app {path!r} must look like 'package.module:app'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise click.UsageError(f"--app {path!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise click.UsageError(f"--app {path!r}: module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, App):
+        raise click.UsageError(f"--app {path!r} is a {type(obj).__name__}, not a nursery_worker.App")
+    return obj
+
+
+def _make_app(app_path: str | None, dsn: str | None, schema: str | None) -> App:
+    if app_path:
+        app = load_app(app_path)
+        if schema is not None and schema != app.schema:
+            raise click.UsageError(f"--schema {schema!r} differs from the app's schema {app.schema!r}")
+        if dsn is not None:
+            app._use_dsn(dsn)
+        return app
+    return App(dsn=dsn, schema=schema or "nursery_worker")
+
+
+def _common(func: F) -> F:
+    func = click.option(
+        "--dsn",
+        default=None,
+        help="PostgreSQL DSN; default: the app's, else $NURSERY_WORKER_DSN.",
+    )(func)
+    func = click.option("--schema", default=None, help="Schema holding the tables (default: nursery_worker).")(func)
+    return click.option(
+        "--log-level",
+        default="info",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        show_default=True,
+    )(func)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(exc: BaseException) -> click.ClickException:
+    logger.debug("details", exc_info=exc)
+    return click.ClickException(redact(str(exc)) if isinstance(exc, NurseryWorkerError) else redact(f"{type(exc).__name__}: {exc}"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nursery-worker")
+def cli() -> None:
+    """nursery-worker: durable background jobs for trio and asyncio, on PostgreSQL."""
+
+
+@cli.command()
+@click.option("--app", "app_path", required=True, help="The App to run, as 'package.module:app'.")
+@click.option("--queues", default="default", show_default=True, help="Comma-separated queues to work.")
+@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(min=1), help="Jobs at once.")
+@click.option(
+    "--shutdown-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds running jobs get after SIGTERM/SIGINT.",
+)
+@click.option("--once", is_flag=True, help="Work off the jobs available now, print the count, and exit.")
+@click.option(
+    "--backend",
+    default=lambda: os.environ.get("NURSERY_WORKER_BACKEND", "asyncio"),
+    type=click.Choice(["asyncio", "trio"]),
+    show_default="asyncio, or $NURSERY_WORKER_BACKEND",
+    help="The event loop your tasks are written for.",
+)
+@_common
+def run(
+    app_path: str,
+    queues: str,
+    concurrency: int,
+    shutdown_timeout: float,
+    once: bool,
+    backend: str,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
+    _setup_logging(log_level)
+    if backend == "trio":
+        try:
+            import trio  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--backend trio needs trio: pip install 'nursery-worker[trio]'") from None
+    app = _make_app(app_path, dsn, schema)
+
+    async def main() -> WorkerStats:
+        async with open_worker(
+            app, queues=queues, concurrency=concurrency, shutdown_timeout=shutdown_timeout, once=once
+        ) as worker:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with anyio.create_task_group() as tg:
+
+                    async def on_signals() -> None:
+                        seen = 0
+                        async for signum in signals:
+                            seen += 1
+                            name = signal.Signals(signum).name
+                            if seen == 1:
+                                logger.warning("%s: stopping gracefully (send it again to stop now)", name)
+                                worker.stop()
+                            else:
+                                logger.warning("%s again: stopping now", name)
+                                worker.stop(hard=True)
+
+                    tg.start_soon(on_signals)
+                    await worker.wait_stopped()
+                    tg.cancel_scope.cancel()
+        return worker.stats()
+
+    try:
+        stats = anyio.run(main, backend=backend)
+    except (NurseryWorkerError, click.ClickException):
+        raise
+    except Exception as exc:
+        raise _fail(exc) from None
+    finally:
+        app.close()
+    if once:
+        click.echo(f"processed {stats.processed} job(s): {stats.completed} completed, {stats.failed} failed")
+
+
+@cli.command()
+@click.option("--app", "app_path", default=None, help="Optional App ('package.module:app') to take DSN and schema from.")
+@_common
+def migrate(app_path: str | None, dsn: str | None, schema: str | None, log_level: str) -> None:
+    """Create or upgrade the tables (idempotent; safe to run concurrently)."""
+    _setup_logging(log_level)
+    app = _make_app(app_path, dsn, schema)
+    try:
+        applied = app.migrate_sync()
+    finally:
+        app.close()
+    if applied:
+        click.echo(f"schema {app.schema!r} migrated: applied {', '.join(map(str, applied))}")
+    else:
+        click.echo(f"schema {app.schema!r} is up to date")
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--args", "args_json", default="{}", show_default=True, help="Keyword arguments as a JSON object.")
+@click.option("--app", "app_path", default=None, help="Optional App, to check the arguments against the task.")
+@click.option("--queue", default=None, help="Queue (default: the task's, else 'default').")
+@click.option("--priority", default=None, type=int, help="Priority (higher runs first).")
+@click.option("--max-attempts", default=None, type=click.IntRange(min=1))
+@_common
+def defer(
+    task: str,
+    args_json: str,
+    app_path: str | None,
+    queue: str | None,
+    priority: int | None,
+    max_attempts: int | None,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+) -> None:
+    """Enqueue one job of TASK and print its id."""
+    _setup_logging(log_level)
+    try:
+        args = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--args is not valid JSON ({exc}): {args_json[:80]!r}") from None
+    if not isinstance(args, dict):
+        raise click.UsageError(f"--args must be a JSON object of keyword arguments, got {type(args).__name__}")
+    app = _make_app(app_path, dsn, schema)
+    try:
+        try:
+            spec = app.job_by_name(task, args, queue=queue, priority=priority, max_attempts=max_attempts)
+        except (TypeError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+        (job,) = app.defer_many_sync([spec])
+    finally:
+        app.close()
+    click.echo(json.dumps({"id": job.id, "task": job.task, "queue": job.queue, "state": job.state.value}))
+
+
+def main() -> None:
+    """Entry point of the ``nursery-worker`` console script."""
+    try:
+        cli.main(prog_name="nursery-worker", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except NurseryWorkerError as exc:
+        click.echo(f"Error: {redact(str(exc))}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug, or user code failing at import; still one line unless debugging
+        if os.environ.get("NURSERY_WORKER_DEBUG"):
+            raise
+        click.echo(f"Error: {redact(f'{type(exc).__name__}: {exc}')} (set NURSERY_WORKER_DEBUG=1 for a traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,127 @@
+"""The completer: batches the decided outcomes of attempts into guarded writes.
+
+Job tasks hand their outcome over with :meth:`Completer.submit`, which never awaits: a job that is
+being cancelled can still record that it was released. The completer is the last part of the worker
+to stop; its final writes run shielded under their own deadline, so even a worker cancelled from
+outside writes its jobs back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._backoff import ServiceBackoff
+from ._driver import Driver
+from ._errors import DatabaseError
+from ._models import Completion
+
+logger = logging.getLogger("nursery_worker.completer")
+
+
+@attrs.define(eq=False)
+class Completer:
+    """Writes completions in batches of up to *batch_max*, each in one statement."""
+
+    driver: Driver
+    worker_id: str
+    error_cap: int = 20
+    batch_max: int = 1000
+    final_timeout: float = 10.0
+    #: job id -> attempt of completions submitted but not yet written.
+    pending: dict[int, int] = attrs.field(factory=dict)
+    written: int = 0
+    _send: MemoryObjectSendStream[Completion] = attrs.field(init=False)
+    _receive: MemoryObjectReceiveStream[Completion] = attrs.field(init=False)
+    _closing_deadline: float | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        # Unbounded on purpose: at most `concurrency` completions are ever in flight, and submit()
+        # must not block a job that is being cancelled.
+        self._send, self._receive = anyio.create_memory_object_stream[Completion](math.inf)
+
+    def submit(self, completion: Completion) -> None:
+        """Queue *completion* for writing; never blocks."""
+        self.pending[completion.job_id] = completion.attempt
+        self._send.send_nowait(completion)
+
+    def close(self) -> None:
+        """No more submissions: write what is queued (within ``final_timeout``) and stop."""
+        if self._closing_deadline is None:
+            self._closing_deadline = anyio.current_time() + self.final_timeout
+        self._send.close()
+
+    async def _write(self, batch: list[Completion]) -> None:
+        await self.driver.finish_jobs(worker_id=self.worker_id, completions=batch, error_cap=self.error_cap)
+        for c in batch:
+            if self.pending.get(c.job_id) == c.attempt:
+                del self.pending[c.job_id]
+        self.written += len(batch)
+
+    def _take(self, batch: list[Completion]) -> bool:
+        """Move queued completions into *batch*; return False once the stream is closed and empty."""
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except anyio.WouldBlock:
+                return True
+            except anyio.EndOfStream:
+                return False
+        return True
+
+    def _give_up(self, batch: list[Completion], exc: DatabaseError) -> None:
+        logger.error(
+            "could not record the outcome of %d job(s) before the shutdown deadline (%s); they stay "
+            "executing and peers will rescue them once this worker's heartbeat lapses",
+            len(batch),
+            exc,
+        )
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Write completions until :meth:`close` and the queue is drained."""
+        task_status.started()
+        batch: list[Completion] = []
+        backoff = ServiceBackoff()
+        try:
+            open_ = True
+            while open_ or batch:
+                if not batch:
+                    try:
+                        batch.append(await self._receive.receive())
+                    except anyio.EndOfStream:
+                        return
+                open_ = self._take(batch)
+                try:
+                    await self._write(batch)
+                except DatabaseError as exc:
+                    if self._closing_deadline is not None and anyio.current_time() >= self._closing_deadline:
+                        self._give_up(batch, exc)
+                        return
+                    delay = backoff.next()
+                    logger.warning("completer: %s; retrying %d write(s) in %.1fs", exc, len(batch), delay)
+                    await anyio.sleep(delay)
+                    continue
+                backoff.reset()
+                batch = []
+        finally:
+            # Cancelled from outside (a hard stop of the caller): the outcomes still get written,
+            # shielded, under their own deadline.
+            self._take(batch)
+            if batch:
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + self.final_timeout
+                    while batch:
+                        try:
+                            await self._write(batch)
+                            batch = []
+                        except DatabaseError as exc:
+                            if anyio.current_time() >= scope.deadline:
+                                self._give_up(batch, exc)
+                                break
+                            await anyio.sleep(backoff.next())
+                if batch and scope.cancelled_caught:
+                    logger.error("gave up writing %d job outcome(s) at the shutdown deadline", len(batch))

@@ -1,0 +1,126 @@
+"""The narrow interface between queue logic and a database engine.
+
+Queue logic (app, worker, maintenance) talks to the database only through :class:`Driver`; SQL and
+the database library are imported only by an implementation. PostgreSQL is the one implementation
+today; the embedded engine of a later issue plugs in at :func:`create_driver`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from .._models import Completion, Job, JobSpec, RescueResult, WorkerInfo
+
+
+@attrs.frozen(kw_only=True)
+class Notification:
+    """A decoded NOTIFY: ``kind`` is ``"available"`` (value: a queue name) for now."""
+
+    kind: str
+    value: str
+
+
+class Listener(Protocol):
+    """One LISTEN connection. The worker's listener service owns reconnecting."""
+
+    async def connect(self) -> None:
+        """Open the connection and subscribe; raise ``DatabaseError`` if that fails."""
+
+    async def wait(self, timeout: float) -> list[Notification]:
+        """Wait up to *timeout* seconds for notifications; [] on timeout after checking the link."""
+
+    async def aclose(self) -> None:
+        """Close the connection; never raises."""
+
+
+class Driver(Protocol):
+    """What the queue needs from a database, one method per statement.
+
+    Every write that moves an executing job is guarded by its state, attempt and worker id, so that
+    a late write after a rescue or a shutdown changes nothing. Times are always the database's.
+    """
+
+    schema: str
+    schema_version: int
+
+    async def open(self) -> None:
+        """Connect (or verify the engine is reachable); raise ``DatabaseError`` within seconds if not."""
+
+    async def aclose(self) -> None:
+        """Release every connection."""
+
+    def close_sync(self) -> None:
+        """Release every connection, from synchronous code."""
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied."""
+
+    def migrate_sync(self) -> list[int]:
+        """Like :meth:`migrate`, from synchronous code."""
+
+    async def check_schema(self) -> None:
+        """Raise ``SchemaNotReady`` unless the schema is at exactly this version."""
+
+    async def insert_jobs(self, specs: Sequence[JobSpec], *, connection: Any = None) -> list[Job]:
+        """Insert jobs in one statement, in order; in *connection*'s transaction if given."""
+
+    def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: Any = None) -> list[Job]:
+        """Like :meth:`insert_jobs`, from synchronous code."""
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """Return the job, or None."""
+
+    async def fetch_jobs(self, *, worker_id: str, queues: Sequence[str], limit: int) -> list[Job]:
+        """Claim up to *limit* available jobs (priority, then oldest first) for *worker_id*."""
+
+    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
+        """Apply decided transitions in one guarded statement; return how many rows changed."""
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or refresh the worker's row."""
+
+    async def heartbeat(self, info: WorkerInfo) -> bool:
+        """Beat; return False if the row had vanished (declared dead) and was re-inserted."""
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's row."""
+
+    async def promote_due(self, *, limit: int) -> int:
+        """Make due scheduled and retryable jobs available; return how many."""
+
+    async def rescue_orphans(self, *, rescuer_id: str, rescue_after: float, limit: int, error_cap: int) -> RescueResult:
+        """Rescue executing jobs whose worker has not beaten for *rescue_after* seconds."""
+
+    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int]]:
+        """(id, attempt) of jobs executing on *worker_id* whose attempt began over *older_than* s ago."""
+
+    def listener(self) -> Listener:
+        """A new, unconnected listener for this schema's channel."""
+
+
+def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float) -> Driver:
+    """Choose the engine for *dsn*.
+
+    Raises:
+        ConfigurationError: the DSN names an engine nursery-worker does not support.
+    """
+    from .._errors import ConfigurationError
+
+    scheme = dsn.split(":", 1)[0].lower() if "://" in dsn else ""
+    if scheme and scheme not in ("postgres", "postgresql"):
+        raise ConfigurationError(
+            f"unsupported database scheme {scheme!r}: nursery-worker needs a PostgreSQL DSN such as "
+            "'postgresql://user@host/db'"
+        )
+    from ._postgres import PostgresDriver
+
+    return PostgresDriver(
+        dsn,
+        schema=schema,
+        pool_min_size=pool_min_size,
+        pool_max_size=pool_max_size,
+        connect_timeout=connect_timeout,
+    )

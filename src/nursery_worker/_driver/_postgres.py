@@ -1,0 +1,626 @@
+"""The PostgreSQL driver: the only module that imports psycopg or holds SQL.
+
+Design (measured in ``docs/database-layer.md``): psycopg's async API runs only on asyncio, so every
+statement runs on a *sync* psycopg connection from a ``psycopg_pool.ConnectionPool``, inside one
+``anyio.to_thread.run_sync`` hop per call. Each call is a single autocommit statement that does a
+whole batch (claim N jobs, finish N jobs, insert N jobs), so the hop is paid once per batch. The
+listener is the exception: it never blocks a thread; it waits for its socket to become readable on
+the event loop itself (``anyio.wait_readable``), which works on trio and asyncio alike and is
+cancelled instantly.
+
+Every statement that moves an executing job mirrors a ``*_guarded`` function of ``_state.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import psycopg
+import psycopg.errors
+import psycopg_pool
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .._dsn import redact
+from .._errors import ConfigurationError, DatabaseError, SchemaNotReady
+from .._models import Completion, Job, JobError, JobSpec, RescueResult, WorkerInfo
+from .._state import JobState
+from . import Notification
+
+logger = logging.getLogger("nursery_worker.driver")
+
+T = TypeVar("T")
+
+#: The schema version this code reads and writes; the last entry of MIGRATIONS.
+SCHEMA_VERSION = 1
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"),)
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+_JOB_COLUMNS = (
+    "id, task, queue, args, state, attempt, max_attempts, priority, scheduled_at, inserted_at, "
+    "attempted_at, finished_at, errors, worker_id"
+)
+
+# --- SQL -------------------------------------------------------------------------------------
+# {s} is the schema identifier; %(name)s parameters are always bound, never formatted in.
+
+_SQL_INSERT = """
+WITH ins AS (
+    INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state)
+    SELECT u.task, u.queue, u.args::jsonb, u.priority, u.max_attempts, w.at,
+           CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END
+    FROM unnest(%(tasks)s::text[], %(queues)s::text[], %(args)s::text[], %(priorities)s::int[],
+                %(max_attempts)s::int[], %(scheduled)s::timestamptz[], %(delays)s::float8[])
+         WITH ORDINALITY AS u(task, queue, args, priority, max_attempts, scheduled_at, delay, ord)
+    CROSS JOIN LATERAL (
+        SELECT coalesce(u.scheduled_at, now() + coalesce(u.delay, 0) * interval '1 second') AS at
+    ) AS w
+    ORDER BY u.ord
+    RETURNING id, state, queue, scheduled_at, inserted_at
+)
+SELECT id, state, scheduled_at, inserted_at,
+       CASE WHEN state = 'available' THEN pg_notify(%(channel)s, 'available:' || queue) END
+FROM ins ORDER BY id
+"""
+
+# fetch_guarded: available -> executing, attempt + 1, worker set.
+_SQL_FETCH = """
+WITH next AS (
+    SELECT id FROM {s}.jobs
+    WHERE state = 'available' AND queue = ANY(%(queues)s::text[])
+    ORDER BY priority DESC, scheduled_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.jobs AS j
+SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), worker_id = %(worker)s
+FROM next
+WHERE j.id = next.id AND j.state = 'available'
+RETURNING j.id, j.task, j.queue, j.args, j.state, j.attempt, j.max_attempts, j.priority,
+          j.scheduled_at, j.inserted_at, j.attempted_at, j.finished_at, j.errors, j.worker_id
+"""
+
+# An error entry appended to j.errors, keeping at most %(cap)s entries (the oldest one dropped).
+_APPEND_ERROR = """
+(CASE WHEN jsonb_array_length(j.errors) >= %(cap)s THEN j.errors - 0 ELSE j.errors END)
+    || jsonb_build_array({entry} || jsonb_build_object('at', now(), 'attempt', j.attempt))
+"""
+
+# finish_guarded: only the attempt this worker is executing may be finished.
+_SQL_FINISH = """
+UPDATE {s}.jobs AS j
+SET state = u.state,
+    attempt = j.attempt - u.give_back,
+    scheduled_at = CASE WHEN u.delay IS NULL THEN j.scheduled_at
+                        ELSE now() + u.delay * interval '1 second' END,
+    finished_at = CASE WHEN u.state IN ('completed', 'discarded', 'cancelled') THEN now() END,
+    worker_id = NULL,
+    errors = CASE WHEN u.error IS NULL THEN j.errors ELSE %(append_error)s END
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(delays)s::float8[],
+            %(errors)s::text[], %(give_back)s::int[])
+     AS u(id, attempt, state, delay, error, give_back)
+WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt AND j.worker_id = %(worker)s
+RETURNING j.id, CASE WHEN u.state = 'available' THEN pg_notify(%(channel)s, 'available:' || j.queue) END
+"""
+
+# promote_guarded: due scheduled/retryable -> available.
+_SQL_PROMOTE = """
+WITH due AS (
+    SELECT id FROM {s}.jobs
+    WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now()
+    ORDER BY scheduled_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.jobs AS j SET state = 'available'
+FROM due
+WHERE j.id = due.id AND j.state IN ('scheduled', 'retryable')
+RETURNING pg_notify(%(channel)s, 'available:' || j.queue)
+"""
+
+# rescue_guarded: executing on a worker with no recent heartbeat (or no row at all).
+_SQL_RESCUE = """
+WITH orphans AS (
+    SELECT j.id FROM {s}.jobs AS j
+    WHERE j.state = 'executing'
+      AND NOT EXISTS (
+          SELECT 1 FROM {s}.workers AS w
+          WHERE w.id = j.worker_id AND w.heartbeat_at > now() - %(after)s * interval '1 second'
+      )
+    ORDER BY j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE {s}.jobs AS j
+SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END,
+    scheduled_at = now(),
+    finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+    worker_id = NULL,
+    errors = %(append_error)s
+FROM orphans
+WHERE j.id = orphans.id AND j.state = 'executing'
+RETURNING j.state
+"""
+
+_SQL_DELETE_DEAD_WORKERS = """
+DELETE FROM {s}.workers WHERE heartbeat_at <= now() - %(after)s * interval '1 second'
+"""
+
+_SQL_REGISTER = """
+INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+"""
+
+_SQL_HEARTBEAT = "UPDATE {s}.workers SET heartbeat_at = now() WHERE id = %(id)s"
+_SQL_DEREGISTER = "DELETE FROM {s}.workers WHERE id = %(id)s"
+_SQL_GET = "SELECT " + _JOB_COLUMNS + " FROM {s}.jobs WHERE id = %(id)s"
+_SQL_EXECUTING = """
+SELECT id, attempt FROM {s}.jobs
+WHERE state = 'executing' AND worker_id = %(worker)s
+  AND attempted_at < now() - %(older)s * interval '1 second'
+"""
+_SQL_VERSION = "SELECT max(version) FROM {s}.migrations"
+
+
+def _conninfo(dsn: str, connect_timeout: float) -> str:
+    """Add our connection defaults to *dsn* without overriding anything the user set."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise ConfigurationError(
+            f"invalid DSN {redact(dsn)!r}: {redact(str(exc))}; use 'postgresql://user:password@host:5432/db'"
+        ) from None
+    defaults = {
+        "connect_timeout": str(max(2, round(connect_timeout))),
+        "application_name": "nursery-worker",
+        # A silently dropped TCP path must surface as an error, not a hang.
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+    }
+    return make_conninfo(dsn, **{k: v for k, v in defaults.items() if k not in params})
+
+
+def _error_entry(error: Any) -> str:
+    return json.dumps({"type": error.type, "message": error.message, "traceback": error.traceback})
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
+
+
+def _job_from_row(row: Sequence[Any]) -> Job:
+    errors = tuple(
+        JobError(
+            attempt=int(e.get("attempt", 0)),
+            at=_parse_time(e.get("at")),
+            type=str(e.get("type", "")),
+            message=str(e.get("message", "")),
+            traceback=str(e.get("traceback", "")),
+        )
+        for e in (row[12] or ())
+    )
+    return Job(
+        id=row[0],
+        task=row[1],
+        queue=row[2],
+        args=row[3],
+        state=JobState(row[4]),
+        attempt=row[5],
+        max_attempts=row[6],
+        priority=row[7],
+        scheduled_at=row[8],
+        inserted_at=row[9],
+        attempted_at=row[10],
+        finished_at=row[11],
+        errors=errors,
+        worker_id=row[13],
+    )
+
+
+class PostgresDriver:
+    """The PostgreSQL implementation of the driver interface (see ``_driver/__init__.py``)."""
+
+    schema_version = SCHEMA_VERSION
+
+    def __init__(
+        self, dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float
+    ) -> None:
+        if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+            raise ConfigurationError(
+                f"schema={schema!r} is not a valid schema name: use 1-41 lowercase letters, digits and "
+                "underscores, starting with a letter or underscore (for example 'nursery_worker')"
+            )
+        self.schema = schema
+        self.channel = f"{schema}_events"
+        self._dsn_redacted = redact(dsn)
+        self._conninfo = _conninfo(dsn, connect_timeout)
+        self._pool_min_size = pool_min_size
+        self._pool_max_size = pool_max_size
+        self._connect_timeout = connect_timeout
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
+        ident = sql.Identifier(schema)
+
+        def q(text: str, **extra: str) -> bytes:
+            fmt = {"s": ident, **{k: sql.SQL(v).format(s=ident) for k, v in extra.items()}}
+            return sql.SQL(text).format(**fmt).as_bytes(None)
+
+        append_error = _APPEND_ERROR.format(entry="u.error::jsonb")
+        rescue_entry = (
+            "jsonb_build_object('type', 'WorkerLost', 'message', 'worker ' || coalesce(j.worker_id, '?') "
+            "|| ' stopped heartbeating; job rescued by ' || %(rescuer)s, 'traceback', '')"
+        )
+        self._sql_insert = q(_SQL_INSERT)
+        self._sql_fetch = q(_SQL_FETCH)
+        self._sql_finish = q(_SQL_FINISH.replace("%(append_error)s", append_error))
+        self._sql_promote = q(_SQL_PROMOTE)
+        self._sql_rescue = q(_SQL_RESCUE.replace("%(append_error)s", _APPEND_ERROR.format(entry=rescue_entry)))
+        self._sql_delete_dead = q(_SQL_DELETE_DEAD_WORKERS)
+        self._sql_register = q(_SQL_REGISTER)
+        self._sql_heartbeat = q(_SQL_HEARTBEAT)
+        self._sql_deregister = q(_SQL_DEREGISTER)
+        self._sql_get = q(_SQL_GET)
+        self._sql_executing = q(_SQL_EXECUTING)
+        self._sql_version = q(_SQL_VERSION)
+        self._ident = ident
+
+    def __repr__(self) -> str:
+        return f"<PostgresDriver {self._dsn_redacted!r} schema={self.schema!r}>"
+
+    # --- connections --------------------------------------------------------------------------
+
+    def _translate(self, exc: BaseException) -> Exception:
+        """Turn a psycopg error into ours, once, at the boundary; never leak a password."""
+        message = redact(str(exc).strip()) or type(exc).__name__
+        if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
+            return SchemaNotReady(
+                f"the nursery-worker tables are missing in schema {self.schema!r} of {self._dsn_redacted}: "
+                "run `nursery-worker migrate` (or `await app.migrate()`) first"
+            )
+        if isinstance(exc, psycopg_pool.PoolTimeout):
+            return DatabaseError(f"no database connection to {self._dsn_redacted} became free in time: {message}")
+        return DatabaseError(f"database error on {self._dsn_redacted}: {message}")
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot connect to {self._dsn_redacted}: {redact(str(exc).strip())}") from None
+
+    def _get_pool(self) -> psycopg_pool.ConnectionPool:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._pool_lock:
+            if self._pool is None:
+                # One direct connection first: it fails within connect_timeout with libpq's own
+                # reason (refused, unknown database, bad password), where a pool would only time out.
+                self._connect().close()
+                pool = psycopg_pool.ConnectionPool(
+                    self._conninfo,
+                    min_size=self._pool_min_size,
+                    max_size=self._pool_max_size,
+                    kwargs={"autocommit": True},
+                    open=False,
+                    name=f"nursery-worker:{self.schema}",
+                    timeout=max(self._connect_timeout, 1.0),
+                    reconnect_timeout=float("inf"),
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run *fn* on a pooled connection in this (worker) thread; translate errors."""
+        try:
+            with self._get_pool().connection() as conn:
+                return fn(conn)
+        except psycopg.OperationalError as exc:
+            # A server restart leaves every idle pooled connection dead; drop them now rather than
+            # failing once per connection. check() tests idle connections only.
+            pool = self._pool
+            if pool is not None and not isinstance(exc, psycopg_pool.PoolTimeout):
+                try:
+                    pool.check()
+                except psycopg.Error:  # pragma: no cover - best effort
+                    pass
+            raise self._translate(exc) from None
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def _hop(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        return await anyio.to_thread.run_sync(self._run, fn)
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self._get_pool)
+
+    def close_sync(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.close_sync)
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def migrate_sync(self) -> list[int]:
+        applied_now: list[int] = []
+        with self._connect() as conn:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"nursery_worker:{self.schema}"])
+                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._ident))
+                    conn.execute(
+                        sql.SQL(
+                            "CREATE TABLE IF NOT EXISTS {}.migrations (version integer PRIMARY KEY, "
+                            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                        ).format(self._ident)
+                    )
+                    rows = conn.execute(sql.SQL("SELECT version FROM {}.migrations").format(self._ident)).fetchall()
+                    applied = {int(r[0]) for r in rows}
+                    if applied and max(applied) > SCHEMA_VERSION:
+                        raise self._too_new(max(applied))
+                    folder = resources.files(__package__).joinpath("migrations")
+                    for version, filename in MIGRATIONS:
+                        if version in applied:
+                            continue
+                        text = folder.joinpath(filename).read_text(encoding="utf-8")
+                        conn.execute(sql.SQL(text).format(schema=self._ident))  # type: ignore[arg-type]
+                        conn.execute(
+                            sql.SQL("INSERT INTO {}.migrations (version, name) VALUES (%s, %s)").format(self._ident),
+                            [version, filename],
+                        )
+                        applied_now.append(version)
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+        if applied_now:
+            logger.info("migrated schema %r to version %d (applied %s)", self.schema, SCHEMA_VERSION, applied_now)
+        return applied_now
+
+    async def migrate(self) -> list[int]:
+        return await anyio.to_thread.run_sync(self.migrate_sync)
+
+    def _too_new(self, version: int) -> SchemaNotReady:
+        return SchemaNotReady(
+            f"schema {self.schema!r} of {self._dsn_redacted} is at version {version}, newer than this "
+            f"nursery-worker understands ({SCHEMA_VERSION}): upgrade nursery-worker"
+        )
+
+    async def check_schema(self) -> None:
+        row = await self._hop(lambda c: c.execute(self._sql_version).fetchone())
+        version = row[0] if row else None
+        if version is None or version < SCHEMA_VERSION:
+            raise SchemaNotReady(
+                f"schema {self.schema!r} of {self._dsn_redacted} is at version {version or 0}, this "
+                f"nursery-worker needs {SCHEMA_VERSION}: run `nursery-worker migrate` (or `await app.migrate()`)"
+            )
+        if version > SCHEMA_VERSION:
+            raise self._too_new(version)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def _insert_params(self, specs: Sequence[JobSpec]) -> dict[str, Any]:
+        return {
+            "tasks": [s.task for s in specs],
+            "queues": [s.queue for s in specs],
+            "args": [s.args_json for s in specs],
+            "priorities": [s.priority for s in specs],
+            "max_attempts": [s.max_attempts for s in specs],
+            "scheduled": [s.scheduled_at for s in specs],
+            "delays": [s.delay for s in specs],
+            "channel": self.channel,
+        }
+
+    @staticmethod
+    def _inserted(specs: Sequence[JobSpec], rows: Sequence[Sequence[Any]]) -> list[Job]:
+        return [
+            Job(
+                id=row[0],
+                task=spec.task,
+                queue=spec.queue,
+                args=spec.args,
+                state=JobState(row[1]),
+                attempt=0,
+                max_attempts=spec.max_attempts,
+                priority=spec.priority,
+                scheduled_at=row[2],
+                inserted_at=row[3],
+            )
+            for spec, row in zip(specs, rows, strict=True)
+        ]
+
+    @staticmethod
+    def _check_connection(connection: Any, *, allow_async: bool) -> None:
+        allowed: tuple[type, ...] = (psycopg.Connection, psycopg.AsyncConnection) if allow_async else (psycopg.Connection,)
+        if not isinstance(connection, allowed):
+            kinds = "a psycopg.Connection or psycopg.AsyncConnection" if allow_async else "a psycopg.Connection"
+            raise TypeError(f"connection= must be {kinds} with an open transaction, got {type(connection).__name__}")
+
+    def _insert_on(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        rows = conn.execute(self._sql_insert, self._insert_params(specs)).fetchall()
+        return self._inserted(specs, rows)
+
+    def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: Any = None) -> list[Job]:
+        if not specs:
+            return []
+        if connection is None:
+            return self._run(lambda c: self._insert_on(c, specs))
+        self._check_connection(connection, allow_async=False)
+        try:
+            return self._insert_on(connection, specs)
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def insert_jobs(self, specs: Sequence[JobSpec], *, connection: Any = None) -> list[Job]:
+        if not specs:
+            return []
+        if connection is None:
+            return await self._hop(lambda c: self._insert_on(c, specs))
+        self._check_connection(connection, allow_async=True)
+        if isinstance(connection, psycopg.AsyncConnection):
+            try:
+                cur = await connection.execute(self._sql_insert, self._insert_params(specs))
+                return self._inserted(specs, await cur.fetchall())
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+        return await anyio.to_thread.run_sync(lambda: self.insert_jobs_sync(specs, connection=connection))
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self._hop(lambda c: c.execute(self._sql_get, {"id": job_id}).fetchone())
+        return None if row is None else _job_from_row(row)
+
+    async def fetch_jobs(self, *, worker_id: str, queues: Sequence[str], limit: int) -> list[Job]:
+        params = {"queues": list(queues), "limit": limit, "worker": worker_id}
+        rows = await self._hop(lambda c: c.execute(self._sql_fetch, params).fetchall())
+        return [_job_from_row(r) for r in rows]
+
+    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
+        if not completions:
+            return 0
+        params = {
+            "ids": [c.job_id for c in completions],
+            "attempts": [c.attempt for c in completions],
+            "states": [c.transition.state.value for c in completions],
+            "delays": [c.transition.delay for c in completions],
+            "errors": [None if c.transition.error is None else _error_entry(c.transition.error) for c in completions],
+            "give_back": [int(c.transition.give_back_attempt) for c in completions],
+            "worker": worker_id,
+            "cap": error_cap,
+            "channel": self.channel,
+        }
+        rows = await self._hop(lambda c: c.execute(self._sql_finish, params).fetchall())
+        return len(rows)
+
+    # --- workers and maintenance --------------------------------------------------------------
+
+    @staticmethod
+    def _worker_params(info: WorkerInfo) -> dict[str, Any]:
+        return {
+            "id": info.id,
+            "hostname": info.hostname,
+            "pid": info.pid,
+            "queues": list(info.queues),
+            "concurrency": info.concurrency,
+        }
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        params = self._worker_params(info)
+        await self._hop(lambda c: c.execute(self._sql_register, params))
+
+    async def heartbeat(self, info: WorkerInfo) -> bool:
+        def beat(c: psycopg.Connection[Any]) -> bool:
+            if c.execute(self._sql_heartbeat, {"id": info.id}).rowcount:
+                return True
+            c.execute(self._sql_register, self._worker_params(info))
+            return False
+
+        return await self._hop(beat)
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self._hop(lambda c: c.execute(self._sql_deregister, {"id": worker_id}))
+
+    async def promote_due(self, *, limit: int) -> int:
+        params = {"limit": limit, "channel": self.channel}
+        return await self._hop(lambda c: len(c.execute(self._sql_promote, params).fetchall()))
+
+    async def rescue_orphans(self, *, rescuer_id: str, rescue_after: float, limit: int, error_cap: int) -> RescueResult:
+        params = {"after": rescue_after, "limit": limit, "rescuer": rescuer_id, "cap": error_cap}
+
+        def rescue(c: psycopg.Connection[Any]) -> RescueResult:
+            states = [r[0] for r in c.execute(self._sql_rescue, params).fetchall()]
+            removed = c.execute(self._sql_delete_dead, {"after": rescue_after}).rowcount
+            return RescueResult(
+                retryable=states.count("retryable"), discarded=states.count("discarded"), workers_removed=removed
+            )
+
+        return await self._hop(rescue)
+
+    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int]]:
+        params = {"worker": worker_id, "older": older_than}
+        rows = await self._hop(lambda c: c.execute(self._sql_executing, params).fetchall())
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    def listener(self) -> PostgresListener:
+        return PostgresListener(self)
+
+
+class PostgresListener:
+    """LISTEN on the schema's channel, waiting on the socket from the event loop (no thread)."""
+
+    def __init__(self, driver: PostgresDriver) -> None:
+        self._driver = driver
+        self._conn: psycopg.Connection[Any] | None = None
+        self._backlog: list[psycopg.Notify] = []
+
+    async def connect(self) -> None:
+        def connect() -> psycopg.Connection[Any]:
+            conn = self._driver._connect()
+            try:
+                # Notifications that arrive while psycopg itself reads (during LISTEN or the
+                # keepalive query) go to this handler; the rest we read off the socket in wait().
+                conn.add_notify_handler(self._backlog.append)
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._driver.channel)))
+            except psycopg.Error as exc:
+                conn.close()
+                raise self._driver._translate(exc) from None
+            return conn
+
+        await self.aclose()
+        self._conn = await anyio.to_thread.run_sync(connect)
+
+    def _take(self) -> list[Notification]:
+        notes, self._backlog[:] = list(self._backlog), []
+        out = []
+        for n in notes:
+            kind, _, value = n.payload.partition(":")
+            out.append(Notification(kind=kind, value=value))
+        return out
+
+    async def wait(self, timeout: float) -> list[Notification]:
+        conn = self._conn
+        if conn is None:
+            raise DatabaseError("the listener is not connected")
+        if self._backlog:
+            return self._take()
+        with anyio.move_on_after(timeout) as idle:
+            await anyio.wait_readable(conn.fileno())
+        try:
+            if idle.cancelled_caught:
+                # Quiet for a while: prove the link is alive (a dead TCP peer never turns readable).
+                await anyio.to_thread.run_sync(conn.execute, "SELECT 1")
+                return self._take()
+            pgconn = conn.pgconn
+            pgconn.consume_input()
+            while (n := pgconn.notifies()) is not None:
+                self._backlog.append(
+                    psycopg.Notify(n.relname.decode(), n.extra.decode(), n.be_pid)
+                )
+            if pgconn.status != psycopg.pq.ConnStatus.OK:
+                raise psycopg.OperationalError("the listener connection was closed")
+        except psycopg.Error as exc:
+            raise self._driver._translate(exc) from None
+        return self._take()
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - closing a broken socket
+                logger.debug("error closing the listener connection", exc_info=True)

@@ -1,0 +1,31 @@
+"""The exception hierarchy: one root, each class mixing in the builtin it resembles."""
+
+from __future__ import annotations
+
+
+class NurseryWorkerError(Exception):
+    """Root of every error nursery-worker raises on purpose."""
+
+
+class ConfigurationError(NurseryWorkerError, ValueError):
+    """Raised when an option, a DSN or a task definition is invalid; the message names the fix."""
+
+
+class JobNotFound(NurseryWorkerError, LookupError):
+    """Raised when a job id does not exist in the jobs table."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"no job with id {job_id!r} exists (it may never have existed or been pruned)")
+        self.job_id = job_id
+
+
+class TaskNotFound(NurseryWorkerError, LookupError):
+    """Raised when a task name is not registered on the app."""
+
+
+class SchemaNotReady(NurseryWorkerError, RuntimeError):
+    """Raised when the database schema is missing, older or newer than this version expects."""
+
+
+class DatabaseError(NurseryWorkerError, ConnectionError):
+    """Raised when the database cannot be reached or a statement fails; the DSN password is redacted."""

@@ -1,0 +1,82 @@
+"""Job arguments are JSON, checked at the call site so that nothing unencodable is ever written.
+
+``json.dumps`` alone is too lenient for a durable store: it turns ``{1: "a"}`` into ``{"1": "a"}``
+and writes ``NaN``, which PostgreSQL's jsonb rejects, and PostgreSQL also rejects ``\\u0000`` in
+text. We walk the value once and name the exact path of the first bad element.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+#: Default cap on the encoded size of one job's arguments (bytes).
+DEFAULT_MAX_ARGS_BYTES = 1_000_000
+
+_SCALARS = (str, int, float, bool, type(None))
+_HINTS = {
+    "set": "pass a list instead (sorted(...) keeps it stable)",
+    "frozenset": "pass a list instead",
+    "bytes": "decode it to str or base64-encode it",
+    "bytearray": "decode it to str or base64-encode it",
+    "datetime": "pass .isoformat() and parse it in the task",
+    "date": "pass .isoformat() and parse it in the task",
+    "Decimal": "pass str(value) and parse it in the task",
+    "UUID": "pass str(value)",
+}
+
+
+def _fail(path: str, value: Any, why: str | None = None) -> TypeError:
+    kind = type(value).__name__
+    hint = _HINTS.get(kind, "pass only str, int, float, bool, None, list and dict with str keys")
+    return TypeError(f"job argument {path} is not JSON: {why or f'{kind} {value!r:.80}'}; {hint}")
+
+
+def check_json(value: Any, path: str) -> None:
+    """Raise ``TypeError``/``ValueError`` naming *path* if *value* does not round-trip through JSON."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"job argument {path} contains a NUL character (\\x00), which PostgreSQL cannot store; remove it")
+        return
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"job argument {path} is {value!r}, which JSON cannot represent; use None or a finite number")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_json(item, f"{path}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"job argument {path} has a {type(key).__name__} key {key!r}; JSON object keys must be str "
+                    "(use str(key))"
+                )
+            check_json(key, f"{path} key {key!r}")
+            check_json(item, f"{path}[{key!r}]")
+        return
+    raise _fail(path, value)
+
+
+def encode_args(args: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGS_BYTES) -> str:
+    """Validate and encode a job's keyword arguments as a JSON object string.
+
+    Raises:
+        TypeError: an argument is not JSON (a set, bytes, an object, a non-str key).
+        ValueError: NaN/Infinity, a NUL character, or an encoded size above *max_bytes*.
+    """
+    for key, value in args.items():
+        check_json(value, key)
+    text = json.dumps(args, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    size = len(text.encode())
+    if size > max_bytes:
+        raise ValueError(
+            f"job arguments encode to {size:,} bytes, above the limit of {max_bytes:,}; store the payload "
+            "elsewhere and pass a reference, or raise App(max_args_bytes=...)"
+        )
+    return text

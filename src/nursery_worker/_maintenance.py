@@ -1,0 +1,109 @@
+"""The worker's periodic services. Each has ``run_once()`` (returns what it did, so tests call it
+directly) and ``serve()`` (loops with a jittered interval; a database error is logged and retried,
+never fatal)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import anyio
+import attrs
+
+from ._backoff import ServiceBackoff
+from ._driver import Driver
+from ._errors import DatabaseError
+from ._models import RescueResult, WorkerInfo
+
+logger = logging.getLogger("nursery_worker.maintenance")
+
+
+async def serve_periodically(
+    name: str, interval: float, run_once: Callable[[], Awaitable[object]], *, jitter: float = 0.1
+) -> None:
+    """Call *run_once* every *interval* seconds (± *jitter*) until cancelled."""
+    backoff = ServiceBackoff(cap=max(interval, 1.0))
+    while True:
+        try:
+            await run_once()
+        except DatabaseError as exc:
+            delay = backoff.next()
+            logger.warning("%s: %s; retrying in %.1fs", name, exc, delay)
+            await anyio.sleep(delay)
+            continue
+        backoff.reset()
+        await anyio.sleep(interval * random.uniform(1 - jitter, 1 + jitter))
+
+
+@attrs.define
+class Heartbeat:
+    """Proves this worker alive by refreshing its row in the workers table."""
+
+    driver: Driver
+    info: WorkerInfo
+    last: dt.datetime | None = None
+
+    async def run_once(self) -> bool:
+        """Beat once; return False if the row had vanished (peers had declared this worker dead)."""
+        alive = await self.driver.heartbeat(self.info)
+        self.last = dt.datetime.now(dt.timezone.utc)
+        if not alive:
+            logger.warning(
+                "worker %s was declared dead by a peer (no heartbeat within the rescue window); its jobs "
+                "may have been rescued and their late results will be ignored. Re-registered.",
+                self.info.id,
+            )
+        return alive
+
+
+@attrs.define
+class Rescuer:
+    """Rescues executing jobs of workers that stopped beating, and removes their rows."""
+
+    driver: Driver
+    rescuer_id: str
+    rescue_after: float
+    error_cap: int = 20
+    batch: int = 1000
+
+    async def run_once(self) -> RescueResult:
+        """Rescue orphans in batches until none are left; return the totals."""
+        total = RescueResult()
+        while True:
+            result = await self.driver.rescue_orphans(
+                rescuer_id=self.rescuer_id, rescue_after=self.rescue_after, limit=self.batch, error_cap=self.error_cap
+            )
+            total = RescueResult(
+                retryable=total.retryable + result.retryable,
+                discarded=total.discarded + result.discarded,
+                workers_removed=total.workers_removed + result.workers_removed,
+            )
+            if result.rescued < self.batch:
+                break
+        if total.rescued:
+            logger.warning(
+                "rescued %d job(s) from dead workers (%d retryable, %d discarded)",
+                total.rescued,
+                total.retryable,
+                total.discarded,
+            )
+        return total
+
+
+@attrs.define
+class Promoter:
+    """Makes due scheduled and retryable jobs available (and notifies their queues)."""
+
+    driver: Driver
+    batch: int = 1000
+
+    async def run_once(self) -> int:
+        """Promote every due job, in batches; return how many."""
+        total = 0
+        while True:
+            n = await self.driver.promote_due(limit=self.batch)
+            total += n
+            if n < self.batch:
+                return total

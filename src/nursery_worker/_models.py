@@ -1,0 +1,119 @@
+"""Frozen records that cross the driver boundary and the public API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._state import JobState, Transition
+
+
+@attrs.frozen(kw_only=True)
+class JobError:
+    """One failed attempt, as recorded on the job.
+
+    Attributes:
+        attempt: the attempt that failed (1-based).
+        at: when it was recorded, by the database's clock.
+        type: the exception's class name (``TimeoutError`` for a timeout, ``WorkerLost`` for a rescue).
+        message: the exception's message, capped in size.
+        traceback: the formatted traceback, capped in size ("" when there is none).
+    """
+
+    attempt: int
+    at: dt.datetime | None
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """A snapshot of one job row. It does not change when the row does: call ``app.get_job`` again.
+
+    Attributes:
+        id: the job's id (a PostgreSQL bigint).
+        task: the registered task name.
+        queue: the queue it runs on.
+        args: the keyword arguments, as decoded from JSON.
+        state: where the job is in its lifecycle.
+        attempt: how many attempts have started (0 before the first run).
+        max_attempts: the attempt budget; after the last failed attempt the job is discarded.
+        priority: higher runs first among available jobs of a queue.
+        scheduled_at: when the job is (or was) due to run.
+        inserted_at: when it was enqueued.
+        attempted_at: when the last attempt started, or None.
+        finished_at: when it reached a terminal state, or None.
+        errors: the recorded failures, oldest first (capped to the most recent ones).
+        worker_id: the worker running it while ``state`` is executing, else None.
+    """
+
+    id: int
+    task: str
+    queue: str
+    args: Mapping[str, Any]
+    state: JobState
+    attempt: int
+    max_attempts: int
+    priority: int
+    scheduled_at: dt.datetime
+    inserted_at: dt.datetime | None = None
+    attempted_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    errors: tuple[JobError, ...] = ()
+    worker_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JobSpec:
+    """A validated job, ready to insert: what ``task.job(**kwargs)`` returns for ``app.defer_many``.
+
+    Build it with ``task.job(...)`` or ``task.configure(...).job(...)`` rather than by hand: those
+    validate the arguments against the task's signature and encode them as JSON.
+    """
+
+    task: str
+    args: Mapping[str, Any]
+    args_json: str = attrs.field(repr=False)
+    queue: str
+    priority: int
+    max_attempts: int
+    scheduled_at: dt.datetime | None = None
+    delay: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Completion:
+    """A decided outcome of one attempt, queued for the completer's guarded batch write."""
+
+    job_id: int
+    attempt: int
+    transition: Transition
+
+
+@attrs.frozen(kw_only=True)
+class WorkerInfo:
+    """What a worker records about itself in the workers table."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+
+
+@attrs.frozen(kw_only=True)
+class RescueResult:
+    """What one pass of the reaper's orphan rescue did."""
+
+    retryable: int = 0
+    discarded: int = 0
+    workers_removed: int = 0
+
+    @property
+    def rescued(self) -> int:
+        """Jobs taken back from dead workers, retryable or discarded."""
+        return self.retryable + self.discarded

@@ -1,0 +1,195 @@
+"""The job state machine, as pure code: no I/O, no clock, no event loop.
+
+The worker decides what an attempt's outcome means here (:func:`decide`), and the driver applies the
+decision with one guarded SQL statement. :class:`JobRecord` and the ``*_guarded`` functions are the
+same guards written in Python: the property tests drive them with Hypothesis, and the driver's SQL
+must mirror them line by line (see ``_driver/_postgres.py``).
+
+Lifecycle::
+
+    scheduled ──due──▶ available ──fetch──▶ executing ──ok──▶ completed
+        ▲                  ▲                   │ │ ╰─error, attempts left──▶ retryable ──due──▶ available
+        │                  ╰──released────────╯ │
+    (deferred later)      (graceful shutdown)    ╰─error, no attempts left / permanent──▶ discarded
+
+``cancelled`` is terminal and reached by an explicit cancel (a later issue adds the API).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+import attrs
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its lifecycle; the values are what the database stores."""
+
+    SCHEDULED = "scheduled"
+    AVAILABLE = "available"
+    EXECUTING = "executing"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for completed, discarded and cancelled: states no write ever leaves."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
+
+#: Every edge a write may take. Anything else is a bug in the engine.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.SCHEDULED: frozenset({JobState.AVAILABLE, JobState.CANCELLED}),
+    JobState.AVAILABLE: frozenset({JobState.EXECUTING, JobState.CANCELLED}),
+    JobState.EXECUTING: frozenset(
+        {JobState.COMPLETED, JobState.RETRYABLE, JobState.DISCARDED, JobState.AVAILABLE, JobState.CANCELLED}
+    ),
+    JobState.RETRYABLE: frozenset({JobState.AVAILABLE, JobState.CANCELLED}),
+    JobState.COMPLETED: frozenset(),
+    JobState.DISCARDED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class WorkerState(enum.StrEnum):
+    """Where a worker is in its lifecycle (``worker.state``)."""
+
+    INITIALIZING = "initializing"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+# --- outcomes of one attempt ------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ErrorInfo:
+    """What went wrong in one attempt, as stored in the job's ``errors`` list."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Succeeded:
+    """The task function returned."""
+
+
+@attrs.frozen(kw_only=True)
+class Failed:
+    """The attempt raised, timed out, or cannot run at all (``permanent``: do not retry)."""
+
+    error: ErrorInfo
+    permanent: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Released:
+    """The worker stopped before the attempt ended: give the attempt back and run the job again."""
+
+    reason: str = "worker shutdown"
+
+
+Outcome = Succeeded | Failed | Released
+
+
+@attrs.frozen(kw_only=True)
+class Transition:
+    """A decision the driver applies with one guarded write.
+
+    Attributes:
+        state: the state to write.
+        delay: seconds after the database's ``now()`` for ``scheduled_at`` (retryable only).
+        error: appended to the job's errors, stamped with the database time.
+        give_back_attempt: decrement ``attempt`` (a released attempt does not count).
+    """
+
+    state: JobState
+    delay: float | None = None
+    error: ErrorInfo | None = None
+    give_back_attempt: bool = False
+
+
+def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callable[[int], float]) -> Transition:
+    """Decide what an executing job becomes after *outcome* of attempt number *attempt*.
+
+    Args:
+        outcome: what the attempt did.
+        attempt: the attempt that just ran (1 for the first run).
+        max_attempts: the job's attempt budget.
+        backoff: ``attempt -> seconds`` to wait before the next attempt.
+
+    Returns:
+        The transition to apply; its state is always a legal edge out of ``executing``.
+    """
+    if isinstance(outcome, Succeeded):
+        return Transition(state=JobState.COMPLETED)
+    if isinstance(outcome, Released):
+        return Transition(state=JobState.AVAILABLE, give_back_attempt=True)
+    if outcome.permanent or attempt >= max_attempts:
+        return Transition(state=JobState.DISCARDED, error=outcome.error)
+    delay = max(0.0, float(backoff(attempt)))
+    return Transition(state=JobState.RETRYABLE, delay=delay, error=outcome.error)
+
+
+# --- the guarded writes, in Python ------------------------------------------------------------
+#
+# These mirror the SQL statements of the driver. Each returns the record unchanged when its guard
+# does not hold: that is what makes a late write (after a rescue, a cancel or a shutdown) harmless.
+
+
+@attrs.frozen(kw_only=True)
+class JobRecord:
+    """The part of a job row the state machine reads and writes."""
+
+    state: JobState
+    attempt: int = 0
+    max_attempts: int = 20
+    worker_id: str | None = None
+    due: bool = True  # scheduled_at <= now()
+    errors: int = 0
+
+
+def fetch_guarded(job: JobRecord, worker_id: str) -> JobRecord:
+    """Claim *job* for *worker_id* if it is available and due (the fetch statement's WHERE)."""
+    if job.state is not JobState.AVAILABLE or not job.due:
+        return job
+    return attrs.evolve(job, state=JobState.EXECUTING, attempt=job.attempt + 1, worker_id=worker_id)
+
+
+def finish_guarded(job: JobRecord, *, worker_id: str, attempt: int, transition: Transition) -> JobRecord:
+    """Apply *transition* only if *job* is still executing this attempt on this worker."""
+    if job.state is not JobState.EXECUTING or job.attempt != attempt or job.worker_id != worker_id:
+        return job
+    return attrs.evolve(
+        job,
+        state=transition.state,
+        attempt=job.attempt - 1 if transition.give_back_attempt else job.attempt,
+        worker_id=None,
+        due=transition.state is not JobState.RETRYABLE or not transition.delay,
+        errors=job.errors + (transition.error is not None),
+    )
+
+
+def rescue_guarded(job: JobRecord, live_workers: frozenset[str]) -> JobRecord:
+    """Rescue *job* if it is executing on a worker that is not alive (the reaper's WHERE)."""
+    if job.state is not JobState.EXECUTING or job.worker_id in live_workers:
+        return job
+    state = JobState.DISCARDED if job.attempt >= job.max_attempts else JobState.RETRYABLE
+    return attrs.evolve(job, state=state, worker_id=None, due=True, errors=job.errors + 1)
+
+
+def promote_guarded(job: JobRecord) -> JobRecord:
+    """Make a due scheduled or retryable job available (the promoter's WHERE)."""
+    if job.state in (JobState.SCHEDULED, JobState.RETRYABLE) and job.due:
+        return attrs.evolve(job, state=JobState.AVAILABLE)
+    return job

@@ -1,0 +1,261 @@
+"""Registered tasks: option validation, argument checking and the ``defer`` family."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+import attrs
+
+from ._errors import ConfigurationError
+from ._json import encode_args
+from ._models import Job, JobSpec
+
+if TYPE_CHECKING:
+    from ._app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,99}$")
+_TASK_NAME = re.compile(r"^[^\s\x00-\x1f\x7f]{1,255}$")
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def check_queue(queue: object, *, where: str) -> str:
+    """Return *queue* if it is a valid queue name, else raise ``ConfigurationError``."""
+    if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+        raise ConfigurationError(
+            f"{where}: queue={queue!r} is not a valid queue name; use 1-100 letters, digits, '_', '.', ':' "
+            "or '-', starting with a letter, digit or '_' (for example 'emails')"
+        )
+    return queue
+
+
+def check_task_name(name: object, *, where: str) -> str:
+    """Return *name* if it is a valid task name, else raise ``ConfigurationError``."""
+    if not isinstance(name, str) or not _TASK_NAME.match(name):
+        raise ConfigurationError(
+            f"{where}: task name {name!r} is not valid; use 1-255 printable characters without spaces "
+            "(for example 'billing.send_invoice')"
+        )
+    return name
+
+
+def check_priority(priority: object, *, where: str) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not _INT32[0] <= priority <= _INT32[1]:
+        raise ConfigurationError(f"{where}: priority={priority!r} must be an int between -2**31 and 2**31-1 (higher runs first)")
+    return priority
+
+
+def check_max_attempts(max_attempts: object, *, where: str) -> int:
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts <= _INT32[1]:
+        raise ConfigurationError(f"{where}: max_attempts={max_attempts!r} must be an int >= 1")
+    return max_attempts
+
+
+def check_timeout(timeout: object, *, where: str) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, dt.timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigurationError(f"{where}: timeout={timeout!r} must be a number of seconds > 0, or None for no timeout")
+    return float(timeout)
+
+
+def check_schedule(
+    scheduled_at: object, delay: object, *, where: str
+) -> tuple[dt.datetime | None, float | None]:
+    if scheduled_at is not None and delay is not None:
+        raise ConfigurationError(f"{where}: pass scheduled_at= or delay=, not both")
+    if scheduled_at is not None:
+        if not isinstance(scheduled_at, dt.datetime):
+            raise ConfigurationError(f"{where}: scheduled_at={scheduled_at!r} must be a datetime with a timezone")
+        if scheduled_at.tzinfo is None or scheduled_at.utcoffset() is None:
+            raise ConfigurationError(
+                f"{where}: scheduled_at={scheduled_at!r} is naive; pass an aware datetime such as "
+                "datetime.now(timezone.utc) + timedelta(minutes=5), or use delay="
+            )
+        return scheduled_at, None
+    if delay is not None:
+        if isinstance(delay, dt.timedelta):
+            delay = delay.total_seconds()
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
+            raise ConfigurationError(f"{where}: delay={delay!r} must be a number of seconds >= 0 or a timedelta")
+        return None, float(delay)
+    return None, None
+
+
+def _kwargs_signature(func: Callable[..., Any], name: str) -> inspect.Signature:
+    sig = inspect.signature(func)
+    for param in sig.parameters.values():
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY and param.default is inspect.Parameter.empty:
+            raise ConfigurationError(
+                f"task {name!r}: parameter {param.name!r} is positional-only, but jobs pass arguments by "
+                "keyword; remove the '/' from the signature"
+            )
+    return sig
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@app.task``; call ``defer`` to enqueue it.
+
+    Calling the task object itself calls the function directly (handy in tests).
+
+    Attributes:
+        name: the registered name (default ``module.qualname``).
+        func: the decorated function.
+        queue, priority, max_attempts: defaults for its jobs.
+        timeout: seconds an attempt may run before it is cancelled, or None.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        func: Callable[P, R],
+        *,
+        name: str,
+        queue: str,
+        priority: int,
+        max_attempts: int,
+        timeout: float | None,
+        backoff: Callable[[int], float],
+    ) -> None:
+        self.app = app
+        self.func = func
+        self.name = name
+        self.queue = queue
+        self.priority = priority
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.backoff = backoff
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.signature = _kwargs_signature(func, name)
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} queue={self.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def check_args(self, kwargs: Mapping[str, Any]) -> None:
+        """Raise ``TypeError`` if *kwargs* cannot be passed to the function."""
+        try:
+            self.signature.bind(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}.defer(): {exc} (signature: {self.func.__name__}{self.signature})") from None
+
+    def configure(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        scheduled_at: dt.datetime | None = None,
+        delay: float | dt.timedelta | None = None,
+        max_attempts: int | None = None,
+        connection: Any = None,
+    ) -> TaskCall:
+        """Return a deferrer with per-job options.
+
+        Args:
+            queue: run on this queue instead of the task's.
+            priority: higher runs first among available jobs of a queue.
+            scheduled_at: an aware datetime before which the job does not run.
+            delay: seconds (or a timedelta) from now, by the database's clock.
+            max_attempts: the attempt budget for these jobs.
+            connection: an open psycopg connection: the insert joins its transaction.
+
+        Returns:
+            A :class:`TaskCall` with ``defer``, ``defer_sync`` and ``job``.
+
+        Raises:
+            ConfigurationError: an option is invalid (the message names it).
+
+        Example:
+            >>> await send_email.configure(delay=60, priority=5).defer(to="a@example.com")
+        """
+        where = f"{self.name}.configure()"
+        at, seconds = check_schedule(scheduled_at, delay, where=where)
+        return TaskCall(
+            task=self,
+            queue=self.queue if queue is None else check_queue(queue, where=where),
+            priority=self.priority if priority is None else check_priority(priority, where=where),
+            max_attempts=self.max_attempts if max_attempts is None else check_max_attempts(max_attempts, where=where),
+            scheduled_at=at,
+            delay=seconds,
+            connection=connection,
+        )
+
+    def job(self, **kwargs: Any) -> JobSpec:
+        """Validate arguments into a :class:`JobSpec` for ``app.defer_many``, writing nothing."""
+        return self.configure().job(**kwargs)
+
+    async def defer(self, **kwargs: Any) -> Job:
+        """Enqueue one job with these keyword arguments.
+
+        Returns:
+            The inserted :class:`Job` (``state`` is available, or scheduled when it is not yet due).
+
+        Raises:
+            TypeError: the arguments do not fit the function or are not JSON.
+            ValueError: an argument is NaN/Infinity, has a NUL character, or is too large.
+            DatabaseError: the database cannot be reached.
+            SchemaNotReady: the schema is not migrated.
+        """
+        return await self.configure().defer(**kwargs)
+
+    def defer_sync(self, **kwargs: Any) -> Job:
+        """Like :meth:`defer`, for synchronous code (blocks the calling thread)."""
+        return self.configure().defer_sync(**kwargs)
+
+
+@attrs.frozen(kw_only=True)
+class TaskCall:
+    """A task with per-job options, from ``task.configure(...)``."""
+
+    task: Task[..., Any]
+    queue: str
+    priority: int
+    max_attempts: int
+    scheduled_at: dt.datetime | None = None
+    delay: float | None = None
+    connection: Any = attrs.field(default=None, repr=False)
+
+    def job(self, **kwargs: Any) -> JobSpec:
+        """Validate arguments into a :class:`JobSpec`, writing nothing.
+
+        Raises:
+            TypeError: the arguments do not fit the function or are not JSON.
+            ValueError: NaN/Infinity, a NUL character, or arguments above ``App(max_args_bytes=...)``.
+        """
+        self.task.check_args(kwargs)
+        args_json = encode_args(kwargs, max_bytes=self.task.app.max_args_bytes)
+        return JobSpec(
+            task=self.task.name,
+            args=dict(kwargs),
+            args_json=args_json,
+            queue=self.queue,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            scheduled_at=self.scheduled_at,
+            delay=self.delay,
+        )
+
+    async def defer(self, **kwargs: Any) -> Job:
+        """Enqueue one job; see :meth:`Task.defer`."""
+        spec = self.job(**kwargs)
+        (job,) = await self.task.app.driver.insert_jobs([spec], connection=self.connection)
+        return job
+
+    def defer_sync(self, **kwargs: Any) -> Job:
+        """Enqueue one job from synchronous code; see :meth:`Task.defer`."""
+        spec = self.job(**kwargs)
+        (job,) = self.task.app.driver.insert_jobs_sync([spec], connection=self.connection)
+        return job

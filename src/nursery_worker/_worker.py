@@ -1,0 +1,613 @@
+"""The worker: one task tree whose cancel scopes are its shutdown protocol.
+
+::
+
+    _serve                                     root task group (child of the caller's task)
+    ├─ completer                               stops last: closed after the work is done
+    ├─ services task group                     cancelled once the work is done
+    │  ├─ heartbeat   ├─ reaper   ├─ promoter   └─ listener
+    └─ _work: jobs task group                  the work scope
+       ├─ fetch loop, in fetch_scope           soft stop = cancel fetch_scope
+       └─ one task per job, each in its own    timeout = the job scope's deadline;
+          cancel scope                         hard stop = cancel every job scope after the grace
+                                               deadline (shutdown_timeout), released jobs written back
+
+Final writes (the completer's last batch, deregistering) are shielded under their own deadline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import math
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import attrs
+
+from ._app import App
+from ._backoff import ServiceBackoff
+from ._completer import Completer
+from ._errors import ConfigurationError, DatabaseError
+from ._maintenance import Heartbeat, Promoter, Rescuer, serve_periodically
+from ._models import Completion, Job, WorkerInfo
+from ._state import ErrorInfo, Failed, Outcome, Released, Succeeded, WorkerState, decide
+from ._task import Task, check_queue
+
+logger = logging.getLogger("nursery_worker.worker")
+
+_MESSAGE_CAP = 2_000
+_TRACEBACK_CAP = 8_000
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Describe *exc* for the job's error list, capped in size (the traceback keeps its tail)."""
+    message = str(exc)
+    if len(message) > _MESSAGE_CAP:
+        message = message[:_MESSAGE_CAP] + "… (truncated)"
+    tb = "".join(traceback.format_exception(exc))
+    if len(tb) > _TRACEBACK_CAP:
+        tb = "(truncated) …" + tb[-_TRACEBACK_CAP:]
+    return ErrorInfo(type=type(exc).__qualname__, message=message, traceback=tb)
+
+
+def _positive(name: str) -> Any:
+    def check(_: object, __: object, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isnan(value):
+            raise ConfigurationError(f"open_worker({name}={value!r}): must be a number > 0")
+
+    return check
+
+
+def _queues(value: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [q.strip() for q in value.split(",") if q.strip()]
+    queues = tuple(dict.fromkeys(check_queue(q, where="open_worker(queues=...)") for q in value))
+    if not queues:
+        raise ConfigurationError("open_worker(queues=...): give at least one queue name, such as ('default',)")
+    return queues
+
+
+@attrs.frozen(kw_only=True)
+class WorkerConfig:
+    """The options of :func:`open_worker`, validated."""
+
+    queues: tuple[str, ...] = attrs.field(default=("default",), converter=_queues)
+    concurrency: int = attrs.field(default=10)
+    shutdown_timeout: float = attrs.field(default=30.0, validator=_positive("shutdown_timeout"))
+    poll_interval: float = attrs.field(default=1.0, validator=_positive("poll_interval"))
+    heartbeat_interval: float = attrs.field(default=2.0, validator=_positive("heartbeat_interval"))
+    rescue_after: float = attrs.field(default=15.0, validator=_positive("rescue_after"))
+    reap_interval: float = attrs.field(default=5.0, validator=_positive("reap_interval"))
+    promote_interval: float = attrs.field(default=1.0, validator=_positive("promote_interval"))
+    final_timeout: float = attrs.field(default=10.0, validator=_positive("final_timeout"))
+    sync_threads: int | None = attrs.field(default=None)
+    listen: bool = True
+    once: bool = False
+
+    @concurrency.validator
+    def _check_concurrency(self, _: object, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"open_worker(concurrency={value!r}): must be an int >= 1")
+
+    @sync_threads.validator
+    def _check_threads(self, _: object, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigurationError(f"open_worker(sync_threads={value!r}): must be an int >= 1 or None")
+
+    @rescue_after.validator
+    def _check_rescue(self, _: object, value: float) -> None:
+        if value < 2 * self.heartbeat_interval:
+            raise ConfigurationError(
+                f"open_worker(rescue_after={value!r}) must be at least twice heartbeat_interval="
+                f"{self.heartbeat_interval!r}, or live workers would be rescued"
+            )
+
+
+@attrs.frozen(kw_only=True)
+class WorkerStats:
+    """Counters of one worker since it started.
+
+    Attributes:
+        processed: attempts that ran to an outcome (completed or failed).
+        completed: attempts that succeeded.
+        failed: attempts that raised or timed out (retried or discarded).
+        retried: failed attempts that will run again.
+        discarded: jobs given up on (attempts exhausted, unknown task, bad arguments).
+        released: attempts handed back at shutdown, to run again without using an attempt.
+        running: jobs executing now.
+        started_at: when the worker became RUNNING (wall clock, UTC).
+        last_heartbeat: when its heartbeat last reached the database.
+    """
+
+    worker_id: str
+    state: WorkerState
+    processed: int
+    completed: int
+    failed: int
+    retried: int
+    discarded: int
+    released: int
+    running: int
+    started_at: dt.datetime | None
+    last_heartbeat: dt.datetime | None
+
+
+@attrs.define(eq=False)
+class _Running:
+    job: Job
+    task: Task[..., Any] | None
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    released: bool = False
+
+
+class Worker:
+    """A running worker, as yielded by :func:`open_worker`.
+
+    Attributes:
+        id: unique for this worker instance (``host:pid:random``), as stored on executing jobs.
+        state: the :class:`WorkerState`.
+        config: the validated options.
+    """
+
+    def __init__(self, app: App, config: WorkerConfig) -> None:
+        self.app = app
+        self.config = config
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.info = WorkerInfo(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=config.queues,
+            concurrency=config.concurrency,
+        )
+        self.state = WorkerState.INITIALIZING
+        self._running: dict[int, _Running] = {}
+        self._counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0, "discarded": 0, "released": 0}
+        self._started_at: dt.datetime | None = None
+        self._stop_requested = False
+        self._hard = False
+        self._fetch_scope: anyio.CancelScope | None = None
+        self._grace_scope: anyio.CancelScope | None = None
+        self._wakeup = anyio.Event()
+        self._more = True  # there may be available jobs we have not fetched
+        self._stopped = anyio.Event()
+        self.listener_connected = False
+        driver = app.driver
+        self._heartbeat = Heartbeat(driver, self.info)
+        self._rescuer = Rescuer(driver, self.id, config.rescue_after, error_cap=app.error_cap)
+        self._promoter = Promoter(driver)
+        self._completer = Completer(driver, self.id, error_cap=app.error_cap, final_timeout=config.final_timeout)
+        self._thread_limiter: anyio.CapacityLimiter | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} {self.state.value} running={len(self._running)} queues={list(self.config.queues)}>"
+
+    # --- public controls ----------------------------------------------------------------------
+
+    def stats(self) -> WorkerStats:
+        """Return the worker's counters now."""
+        return WorkerStats(
+            worker_id=self.id,
+            state=self.state,
+            running=len(self._running),
+            started_at=self._started_at,
+            last_heartbeat=self._heartbeat.last,
+            **self._counts,
+        )
+
+    @property
+    def running_jobs(self) -> tuple[Job, ...]:
+        """Snapshots of the jobs executing now (as they were when fetched)."""
+        return tuple(r.job for r in self._running.values())
+
+    def stop(self, *, hard: bool = False) -> None:
+        """Ask the worker to stop; returns at once (await :meth:`wait_stopped` to wait).
+
+        Graceful (default): stop fetching, let running jobs finish for up to ``shutdown_timeout``,
+        then cancel the rest and write them back as available without using an attempt.
+        Hard: skip the wait and cancel running jobs now (still written back); it may follow a
+        graceful stop that is under way (the CLI does so on a second signal).
+        """
+        self._stop_requested = True
+        if hard:
+            self._hard = True
+            if self._grace_scope is not None:
+                self._grace_scope.cancel()
+        if self._fetch_scope is not None:
+            self._fetch_scope.cancel()
+        self._wake()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the worker is STOPPED or in ERROR."""
+        await self._stopped.wait()
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _set_state(self, state: WorkerState) -> None:
+        if state is not self.state:
+            logger.debug("worker %s: %s -> %s", self.id, self.state.value, state.value)
+            self.state = state
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def _wait_wakeup(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._wakeup.wait()
+        self._wakeup = anyio.Event()
+
+    async def _run_hooks(self, hooks: Sequence[Any], *, reverse: bool = False, strict: bool) -> None:
+        for hook in reversed(hooks) if reverse else hooks:
+            if strict:
+                await hook()
+                continue
+            try:
+                await hook()
+            except Exception:
+                logger.exception("shutdown hook %r failed", hook)
+
+    async def _final(self, *, hooks: bool, deregister: bool) -> None:
+        """The last steps, shielded under a deadline: shutdown hooks, then leave the workers table."""
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + self.config.final_timeout + (
+                self.config.shutdown_timeout if hooks else 0
+            )
+            if hooks:
+                await self._run_hooks(self.app.shutdown_hooks, reverse=True, strict=False)
+            if deregister:
+                try:
+                    await self.app.driver.deregister_worker(self.id)
+                except DatabaseError as exc:
+                    logger.warning("could not deregister worker %s: %s (peers will remove it)", self.id, exc)
+        if scope.cancelled_caught:
+            logger.error("worker %s: shutdown steps overran final_timeout=%ss", self.id, self.config.final_timeout)
+
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._set_state(WorkerState.STARTING)
+        driver = self.app.driver
+        registered = hooks_started = False
+        try:
+            await driver.open()
+            await driver.check_schema()
+            await driver.register_worker(self.info)
+            registered = True
+            self._heartbeat.last = dt.datetime.now(dt.timezone.utc)
+            hooks_started = True
+            await self._run_hooks(self.app.startup_hooks, strict=True)
+        except BaseException:
+            self._set_state(WorkerState.ERROR)
+            await self._final(hooks=hooks_started, deregister=registered)
+            self._stopped.set()
+            raise
+        self._thread_limiter = anyio.CapacityLimiter(self.config.sync_threads or min(self.config.concurrency, 32))
+        failed = False
+        try:
+            async with anyio.create_task_group() as root:
+                await root.start(self._completer.serve)
+                try:
+                    async with anyio.create_task_group() as services:
+                        c = self.config
+                        services.start_soon(serve_periodically, "heartbeat", c.heartbeat_interval, self._heartbeat.run_once)
+                        services.start_soon(serve_periodically, "reaper", c.reap_interval, self._reap)
+                        services.start_soon(serve_periodically, "promoter", c.promote_interval, self._promoter.run_once)
+                        if c.listen:
+                            services.start_soon(self._listen)
+                        self._started_at = dt.datetime.now(dt.timezone.utc)
+                        self._set_state(WorkerState.RUNNING)
+                        logger.info(
+                            "worker %s running: queues=%s concurrency=%d", self.id, ",".join(c.queues), c.concurrency
+                        )
+                        task_status.started(self)
+                        await self._work()
+                        services.cancel_scope.cancel()
+                finally:
+                    self._completer.close()
+        except Exception:
+            failed = True
+            self._set_state(WorkerState.ERROR)
+            raise
+        finally:
+            if not failed:
+                self._set_state(WorkerState.STOPPING)
+            await self._final(hooks=True, deregister=True)
+            if not failed:
+                self._set_state(WorkerState.STOPPED)
+            self._stopped.set()
+            logger.info("worker %s stopped: %s", self.id, self._counts)
+
+    async def _work(self) -> None:
+        async with anyio.create_task_group() as jobs:
+            with anyio.CancelScope() as fetch_scope:
+                self._fetch_scope = fetch_scope
+                if not self._stop_requested:
+                    await self._fetch_loop(jobs)
+            self._set_state(WorkerState.STOPPING)
+            if self._running and not self._hard:
+                with anyio.CancelScope() as grace:
+                    self._grace_scope = grace
+                    grace.deadline = anyio.current_time() + self.config.shutdown_timeout
+                    while self._running:
+                        await self._wait_wakeup(math.inf)
+            if self._running:
+                logger.warning("cancelling %d running job(s); they go back to the queue", len(self._running))
+            for r in list(self._running.values()):
+                r.released = True
+                r.scope.cancel()
+
+    async def _fetch_loop(self, jobs: anyio.abc.TaskGroup) -> None:
+        c = self.config
+        driver = self.app.driver
+        backoff = ServiceBackoff()
+        next_poll = 0.0
+        promoted_while_empty = False
+        while True:
+            free = c.concurrency - len(self._running)
+            now = anyio.current_time()
+            if free > 0 and (self._more or now >= next_poll):
+                self._more = False
+                try:
+                    fetched = await driver.fetch_jobs(worker_id=self.id, queues=c.queues, limit=free)
+                except DatabaseError as exc:
+                    delay = backoff.next()
+                    logger.warning("fetch failed: %s; retrying in %.1fs", exc, delay)
+                    self._more = True
+                    await anyio.sleep(delay)
+                    continue
+                backoff.reset()
+                next_poll = anyio.current_time() + c.poll_interval
+                for job in fetched:
+                    r = _Running(job=job, task=self.app.tasks.get(job.task))
+                    self._running[job.id] = r
+                    jobs.start_soon(self._run_job, r, name=f"job {job.id} {job.task}")
+                if len(fetched) >= free:
+                    self._more = True
+                if fetched:
+                    promoted_while_empty = False
+                elif c.once and not self._running:
+                    if promoted_while_empty:
+                        return
+                    # Work off what is due now, including scheduled and retryable jobs.
+                    await self._promoter.run_once()
+                    promoted_while_empty = self._more = True
+                continue
+            await self._wait_wakeup(next_poll - now if free > 0 else math.inf)
+
+    async def _run_job(self, r: _Running) -> None:
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._execute(r)
+        finally:
+            if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
+                outcome = Released(reason="worker cancelled")
+            self._record(r, outcome)
+
+    async def _execute(self, r: _Running) -> Outcome:
+        job, task = r.job, r.task
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)) or "none"
+            return Failed(
+                permanent=True,
+                error=ErrorInfo(
+                    type="TaskNotFound",
+                    message=f"no task named {job.task!r} is registered in this worker's app (registered: {known}); "
+                    "the job was discarded",
+                ),
+            )
+        args = job.args
+        try:
+            if not isinstance(args, dict):
+                raise TypeError(f"job arguments must be a JSON object, got {type(args).__name__}")
+            task.signature.bind(**args)
+        except TypeError as exc:
+            return Failed(
+                permanent=True,
+                error=ErrorInfo(type="TypeError", message=f"arguments do not fit {task.name}{task.signature}: {exc}"),
+            )
+        if task.timeout is not None:
+            r.scope.deadline = anyio.current_time() + task.timeout
+        try:
+            with r.scope:
+                if task.is_async:
+                    await task.func(**args)
+                else:
+                    await anyio.to_thread.run_sync(
+                        functools.partial(task.func, **args), abandon_on_cancel=True, limiter=self._thread_limiter
+                    )
+                return Succeeded()
+        except Exception as exc:
+            if r.released:
+                return Released()
+            return Failed(error=error_info(exc))
+        if r.released:
+            return Released()
+        # The job's own scope caught a cancellation that was not a shutdown: its deadline passed.
+        detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
+        return Failed(
+            error=ErrorInfo(type="TimeoutError", message=f"job exceeded its timeout of {task.timeout:g}s{detail}")
+        )
+
+    def _record(self, r: _Running, outcome: Outcome) -> None:
+        job, task = r.job, r.task
+        backoff = task.backoff if task is not None else (lambda attempt: 0.0)
+        transition = decide(outcome, attempt=job.attempt, max_attempts=job.max_attempts, backoff=backoff)
+        self._completer.submit(Completion(job_id=job.id, attempt=job.attempt, transition=transition))
+        counts = self._counts
+        if isinstance(outcome, Released):
+            counts["released"] += 1
+        else:
+            counts["processed"] += 1
+            if isinstance(outcome, Succeeded):
+                counts["completed"] += 1
+            else:
+                counts["failed"] += 1
+                counts["retried" if transition.state == "retryable" else "discarded"] += 1
+                level = logging.WARNING if transition.state == "retryable" else logging.ERROR
+                logger.log(
+                    level,
+                    "job %d (%s) attempt %d/%d failed: %s: %s -> %s",
+                    job.id,
+                    job.task,
+                    job.attempt,
+                    job.max_attempts,
+                    outcome.error.type,
+                    outcome.error.message,
+                    transition.state.value,
+                )
+        del self._running[job.id]
+        self._wake()
+
+    async def _reap(self) -> None:
+        await self._rescuer.run_once()
+        # Our own claims whose fetch result never reached us (the connection broke after the
+        # commit): executing under our id, unknown to us, and old. Hand them back.
+        lost_after = max(60.0, 4 * self.config.poll_interval)
+        rows = await self.app.driver.executing_ids(worker_id=self.id, older_than=lost_after)
+        known = self._running.keys() | self._completer.pending.keys()
+        lost = [(i, a) for i, a in rows if i not in known]
+        if lost:
+            logger.warning("handing back %d job(s) claimed by this worker but never received", len(lost))
+            transition = decide(Released(), attempt=0, max_attempts=1, backoff=lambda a: 0.0)
+            await self.app.driver.finish_jobs(
+                worker_id=self.id,
+                completions=[Completion(job_id=i, attempt=a, transition=transition) for i, a in lost],
+                error_cap=self.app.error_cap,
+            )
+
+    async def _listen(self) -> None:
+        listener = self.app.driver.listener()
+        backoff = ServiceBackoff(cap=max(5.0, self.config.poll_interval))
+        queues = set(self.config.queues)
+        try:
+            while True:
+                try:
+                    await listener.connect()
+                    if not self.listener_connected:
+                        self.listener_connected = True
+                        # Anything notified while we were deaf is found by fetching now.
+                        self._more = True
+                        self._wake()
+                    backoff.reset()
+                    while True:
+                        for note in await listener.wait(timeout=15.0):
+                            if note.kind == "available" and note.value in queues:
+                                self._more = True
+                                self._wake()
+                except DatabaseError as exc:
+                    self.listener_connected = False
+                    delay = backoff.next()
+                    logger.warning(
+                        "listener: %s; polling every %gs, reconnecting in %.1fs", exc, self.config.poll_interval, delay
+                    )
+                    await anyio.sleep(delay)
+        finally:
+            self.listener_connected = False
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for e in exc.exceptions:
+                walk(e)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+@asynccontextmanager
+async def open_worker(
+    app: App,
+    *,
+    queues: Sequence[str] | str = ("default",),
+    concurrency: int = 10,
+    shutdown_timeout: float = 30.0,
+    poll_interval: float = 1.0,
+    heartbeat_interval: float = 2.0,
+    rescue_after: float = 15.0,
+    reap_interval: float = 5.0,
+    promote_interval: float = 1.0,
+    final_timeout: float = 10.0,
+    sync_threads: int | None = None,
+    listen: bool = True,
+    once: bool = False,
+) -> AsyncIterator[Worker]:
+    """Run a worker as a child of the calling task; leaving the block stops it gracefully.
+
+    The worker is RUNNING when the block starts. On leaving (normally or by an exception) it stops
+    fetching, waits up to *shutdown_timeout* for running jobs, cancels the rest and writes them back
+    as available (no attempt used), runs shutdown hooks and deregisters. If the caller's scope is
+    cancelled, the same happens at once, with the final writes shielded under *final_timeout*.
+
+    Args:
+        app: the :class:`App` whose tasks this worker runs.
+        queues: the queues to work (a sequence, or a comma-separated string).
+        concurrency: the most jobs running at once.
+        shutdown_timeout: seconds running jobs get to finish after a graceful stop.
+        poll_interval: seconds between fetches when no notification arrives.
+        heartbeat_interval: seconds between heartbeats.
+        rescue_after: seconds without a heartbeat after which peers rescue a worker's jobs.
+        reap_interval: seconds between orphan rescues.
+        promote_interval: seconds between promotions of due scheduled/retryable jobs.
+        final_timeout: the deadline of the shielded final writes.
+        sync_threads: the most plain-``def`` tasks running in threads at once (default:
+            ``min(concurrency, 32)``).
+        listen: use LISTEN/NOTIFY to pick up jobs at once (polling always runs as a fallback).
+        once: stop by itself when no job is available or running (what ``run --once`` does).
+
+    Yields:
+        The RUNNING :class:`Worker`.
+
+    Raises:
+        ConfigurationError: an option is invalid.
+        SchemaNotReady: the schema is missing, older or newer (the message names the command).
+        DatabaseError: the database cannot be reached at start.
+        Exception: whatever a startup hook raised (the worker is then in ERROR).
+
+    Example:
+        >>> async with open_worker(app, queues=["default", "emails"], concurrency=20) as worker:
+        ...     await anyio.sleep(60)
+    """
+    config = WorkerConfig(
+        queues=queues,  # type: ignore[arg-type]
+        concurrency=concurrency,
+        shutdown_timeout=shutdown_timeout,
+        poll_interval=poll_interval,
+        heartbeat_interval=heartbeat_interval,
+        rescue_after=rescue_after,
+        reap_interval=reap_interval,
+        promote_interval=promote_interval,
+        final_timeout=final_timeout,
+        sync_threads=sync_threads,
+        listen=listen,
+        once=once,
+    )
+    worker = Worker(app, config)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker._serve)
+            try:
+                yield worker
+            finally:
+                worker.stop()
+                await worker.wait_stopped()
+    except BaseExceptionGroup as group:
+        leaf = _unwrap(group)
+        if leaf is group:
+            raise
+        # One error: raise it as itself, not wrapped in a group the caller did not create.
+        raise leaf from leaf.__cause__
