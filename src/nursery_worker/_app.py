@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from ._driver import Driver, create_driver
 from ._dsn import redact, resolve_dsn
@@ -19,6 +20,23 @@ from ._task import Task, check_max_attempts, check_priority, check_queue, check_
 P = ParamSpec("P")
 R = TypeVar("R")
 Hook = Callable[[], Awaitable[None]]
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """The importable module name of *fn*: ``python -m pkg.mod`` runs it as ``__main__``, but a
+    worker that imports ``pkg.mod`` must find the same task name."""
+    module = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            return str(spec.name)
+    return module
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns: it turns a function into a :class:`Task`."""
+
+    def __call__(self, func: Callable[P, R], /) -> Task[P, R]: ...
 
 
 class App:
@@ -165,6 +183,7 @@ class App:
     @overload
     def task(
         self,
+        /,
         *,
         name: str | None = None,
         queue: str = "default",
@@ -172,7 +191,7 @@ class App:
         max_attempts: int = 20,
         timeout: float | None = None,
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    ) -> TaskDecorator: ...
 
     def task(
         self,
@@ -185,7 +204,7 @@ class App:
         max_attempts: int = 20,
         timeout: float | None = None,
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Task[P, R] | TaskDecorator:
         """Register a function as a task, with or without options.
 
         ``async def`` functions run on the worker's event loop; plain ``def`` functions run in a
@@ -216,8 +235,10 @@ class App:
             if not callable(fn) or inspect.isclass(fn):
                 raise TypeError(f"@app.task needs a function, got {fn!r}")
             if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
-                raise TypeError(f"@app.task: {fn!r} is a generator function; tasks must be 'async def' or 'def' functions")
-            task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+                raise TypeError(
+                    f"@app.task: {fn!r} is a generator function; tasks must be 'async def' or 'def' functions"
+                )
+            task_name = name if name is not None else f"{_module_name(fn)}.{fn.__qualname__}"
             where = f"@app.task on {task_name!r}"
             task = Task(
                 self,
@@ -231,9 +252,10 @@ class App:
             )
             existing = self.tasks.get(task.name)
             if existing is not None and existing.func is not fn:
-                same_source = getattr(existing.func, "__qualname__", None) == fn.__qualname__ and getattr(
-                    existing.func, "__module__", None
-                ) == fn.__module__
+                same_source = (
+                    getattr(existing.func, "__qualname__", None) == fn.__qualname__
+                    and getattr(existing.func, "__module__", None) == fn.__module__
+                )
                 if not same_source:
                     raise ConfigurationError(
                         f"task name {task.name!r} is already registered by {existing.func!r}; pass @app.task(name=...) "
@@ -244,7 +266,7 @@ class App:
 
         if func is not None:
             return register(func)
-        return register
+        return register  # type: ignore[return-value]  # mypy cannot match a generic def to a Protocol
 
     def get_task(self, name: str) -> Task[..., Any]:
         """Return the registered task called *name*.
@@ -365,4 +387,3 @@ class App:
         if job is None:
             raise JobNotFound(job_id)
         return job
-

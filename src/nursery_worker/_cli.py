@@ -89,7 +89,9 @@ def _setup_logging(level: str) -> None:
 
 def _fail(exc: BaseException) -> click.ClickException:
     logger.debug("details", exc_info=exc)
-    return click.ClickException(redact(str(exc)) if isinstance(exc, NurseryWorkerError) else redact(f"{type(exc).__name__}: {exc}"))
+    return click.ClickException(
+        redact(str(exc)) if isinstance(exc, NurseryWorkerError) else redact(f"{type(exc).__name__}: {exc}")
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,7 +177,9 @@ def run(
 
 
 @cli.command()
-@click.option("--app", "app_path", default=None, help="Optional App ('package.module:app') to take DSN and schema from.")
+@click.option(
+    "--app", "app_path", default=None, help="Optional App ('package.module:app') to take DSN and schema from."
+)
 @_common
 def migrate(app_path: str | None, dsn: str | None, schema: str | None, log_level: str) -> None:
     """Create or upgrade the tables (idempotent; safe to run concurrently)."""
@@ -248,5 +252,7 @@ def main() -> None:
     except Exception as exc:  # a bug, or user code failing at import; still one line unless debugging
         if os.environ.get("NURSERY_WORKER_DEBUG"):
             raise
-        click.echo(f"Error: {redact(f'{type(exc).__name__}: {exc}')} (set NURSERY_WORKER_DEBUG=1 for a traceback)", err=True)
+        click.echo(
+            f"Error: {redact(f'{type(exc).__name__}: {exc}')} (set NURSERY_WORKER_DEBUG=1 for a traceback)", err=True
+        )
         sys.exit(1)

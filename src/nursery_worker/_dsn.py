@@ -42,7 +42,9 @@ def resolve_dsn(dsn: str | None) -> str:
     else:
         source = "dsn="
     if not isinstance(dsn, str):
-        raise ConfigurationError(f"{source} must be a string such as 'postgresql://user@host/db', got {type(dsn).__name__}")
+        raise ConfigurationError(
+            f"{source} must be a string such as 'postgresql://user@host/db', got {type(dsn).__name__}"
+        )
     if not dsn.strip():
         raise ConfigurationError(f"{source} is empty: give a DSN such as 'postgresql://user@host/db'")
     return dsn

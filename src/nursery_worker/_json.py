@@ -38,13 +38,17 @@ def check_json(value: Any, path: str) -> None:
     """Raise ``TypeError``/``ValueError`` naming *path* if *value* does not round-trip through JSON."""
     if isinstance(value, str):
         if "\x00" in value:
-            raise ValueError(f"job argument {path} contains a NUL character (\\x00), which PostgreSQL cannot store; remove it")
+            raise ValueError(
+                f"job argument {path} contains a NUL character (\\x00), which PostgreSQL cannot store; remove it"
+            )
         return
     if isinstance(value, bool) or value is None or isinstance(value, int):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"job argument {path} is {value!r}, which JSON cannot represent; use None or a finite number")
+            raise ValueError(
+                f"job argument {path} is {value!r}, which JSON cannot represent; use None or a finite number"
+            )
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):

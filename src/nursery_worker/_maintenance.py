@@ -48,7 +48,7 @@ class Heartbeat:
     async def run_once(self) -> bool:
         """Beat once; return False if the row had vanished (peers had declared this worker dead)."""
         alive = await self.driver.heartbeat(self.info)
-        self.last = dt.datetime.now(dt.timezone.utc)
+        self.last = dt.datetime.now(dt.UTC)
         if not alive:
             logger.warning(
                 "worker %s was declared dead by a peer (no heartbeat within the rescue window); its jobs "

@@ -61,7 +61,9 @@ class ExponentialBackoff:
         return max(0.0, delay)
 
 
-def resolve_retry(retry: RetryPolicy | Callable[[int], float] | float | int | None, *, where: str) -> Callable[[int], float]:
+def resolve_retry(
+    retry: RetryPolicy | Callable[[int], float] | float | int | None, *, where: str
+) -> Callable[[int], float]:
     """Turn the ``retry=`` option into a callable; a number means a constant wait.
 
     Raises:
@@ -70,7 +72,9 @@ def resolve_retry(retry: RetryPolicy | Callable[[int], float] | float | int | No
     if retry is None:
         return ExponentialBackoff()
     if isinstance(retry, bool):
-        raise ConfigurationError(f"{where}: retry={retry!r} is not a policy; pass ExponentialBackoff(...) or a number of seconds")
+        raise ConfigurationError(
+            f"{where}: retry={retry!r} is not a policy; pass ExponentialBackoff(...) or a number of seconds"
+        )
     if isinstance(retry, (int, float)):
         if retry < 0:
             raise ConfigurationError(f"{where}: retry={retry!r} is negative; pass a number of seconds >= 0")

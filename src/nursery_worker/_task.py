@@ -49,7 +49,9 @@ def check_task_name(name: object, *, where: str) -> str:
 
 def check_priority(priority: object, *, where: str) -> int:
     if isinstance(priority, bool) or not isinstance(priority, int) or not _INT32[0] <= priority <= _INT32[1]:
-        raise ConfigurationError(f"{where}: priority={priority!r} must be an int between -2**31 and 2**31-1 (higher runs first)")
+        raise ConfigurationError(
+            f"{where}: priority={priority!r} must be an int between -2**31 and 2**31-1 (higher runs first)"
+        )
     return priority
 
 
@@ -65,13 +67,13 @@ def check_timeout(timeout: object, *, where: str) -> float | None:
     if isinstance(timeout, dt.timedelta):
         timeout = timeout.total_seconds()
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
-        raise ConfigurationError(f"{where}: timeout={timeout!r} must be a number of seconds > 0, or None for no timeout")
+        raise ConfigurationError(
+            f"{where}: timeout={timeout!r} must be a number of seconds > 0, or None for no timeout"
+        )
     return float(timeout)
 
 
-def check_schedule(
-    scheduled_at: object, delay: object, *, where: str
-) -> tuple[dt.datetime | None, float | None]:
+def check_schedule(scheduled_at: object, delay: object, *, where: str) -> tuple[dt.datetime | None, float | None]:
     if scheduled_at is not None and delay is not None:
         raise ConfigurationError(f"{where}: pass scheduled_at= or delay=, not both")
     if scheduled_at is not None:
@@ -137,7 +139,7 @@ class Task(Generic[P, R]):
         self.backoff = backoff
         self.is_async = inspect.iscoroutinefunction(func)
         self.signature = _kwargs_signature(func, name)
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        functools.update_wrapper(self, func)
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} queue={self.queue!r}>"

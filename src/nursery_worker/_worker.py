@@ -241,8 +241,8 @@ class Worker:
     def _wake(self) -> None:
         self._wakeup.set()
 
-    async def _wait_wakeup(self, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
+    async def _wait_wakeup(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
             await self._wakeup.wait()
         self._wakeup = anyio.Event()
 
@@ -259,8 +259,8 @@ class Worker:
     async def _final(self, *, hooks: bool, deregister: bool) -> None:
         """The last steps, shielded under a deadline: shutdown hooks, then leave the workers table."""
         with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + self.config.final_timeout + (
-                self.config.shutdown_timeout if hooks else 0
+            scope.deadline = (
+                anyio.current_time() + self.config.final_timeout + (self.config.shutdown_timeout if hooks else 0)
             )
             if hooks:
                 await self._run_hooks(self.app.shutdown_hooks, reverse=True, strict=False)
@@ -281,7 +281,7 @@ class Worker:
             await driver.check_schema()
             await driver.register_worker(self.info)
             registered = True
-            self._heartbeat.last = dt.datetime.now(dt.timezone.utc)
+            self._heartbeat.last = dt.datetime.now(dt.UTC)
             hooks_started = True
             await self._run_hooks(self.app.startup_hooks, strict=True)
         except BaseException:
@@ -297,12 +297,14 @@ class Worker:
                 try:
                     async with anyio.create_task_group() as services:
                         c = self.config
-                        services.start_soon(serve_periodically, "heartbeat", c.heartbeat_interval, self._heartbeat.run_once)
+                        services.start_soon(
+                            serve_periodically, "heartbeat", c.heartbeat_interval, self._heartbeat.run_once
+                        )
                         services.start_soon(serve_periodically, "reaper", c.reap_interval, self._reap)
                         services.start_soon(serve_periodically, "promoter", c.promote_interval, self._promoter.run_once)
                         if c.listen:
                             services.start_soon(self._listen)
-                        self._started_at = dt.datetime.now(dt.timezone.utc)
+                        self._started_at = dt.datetime.now(dt.UTC)
                         self._set_state(WorkerState.RUNNING)
                         logger.info(
                             "worker %s running: queues=%s concurrency=%d", self.id, ",".join(c.queues), c.concurrency
@@ -498,7 +500,7 @@ class Worker:
                         self._wake()
                     backoff.reset()
                     while True:
-                        for note in await listener.wait(timeout=15.0):
+                        for note in await listener.wait(keepalive=15.0):
                             if note.kind == "available" and note.value in queues:
                                 self._more = True
                                 self._wake()
@@ -583,7 +585,7 @@ async def open_worker(
         ...     await anyio.sleep(60)
     """
     config = WorkerConfig(
-        queues=queues,  # type: ignore[arg-type]
+        queues=queues,
         concurrency=concurrency,
         shutdown_timeout=shutdown_timeout,
         poll_interval=poll_interval,

@@ -29,8 +29,8 @@ class Listener(Protocol):
     async def connect(self) -> None:
         """Open the connection and subscribe; raise ``DatabaseError`` if that fails."""
 
-    async def wait(self, timeout: float) -> list[Notification]:
-        """Wait up to *timeout* seconds for notifications; [] on timeout after checking the link."""
+    async def wait(self, keepalive: float) -> list[Notification]:
+        """Wait for notifications; after *keepalive* quiet seconds, check the link and return []."""
 
     async def aclose(self) -> None:
         """Close the connection; never raises."""

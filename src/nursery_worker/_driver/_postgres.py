@@ -13,6 +13,7 @@ Every statement that moves an executing job mirrors a ``*_guarded`` function of 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -334,10 +335,8 @@ class PostgresDriver:
             # failing once per connection. check() tests idle connections only.
             pool = self._pool
             if pool is not None and not isinstance(exc, psycopg_pool.PoolTimeout):
-                try:
+                with contextlib.suppress(psycopg.Error):
                     pool.check()
-                except psycopg.Error:  # pragma: no cover - best effort
-                    pass
             raise self._translate(exc) from None
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
@@ -381,7 +380,7 @@ class PostgresDriver:
                         if version in applied:
                             continue
                         text = folder.joinpath(filename).read_text(encoding="utf-8")
-                        conn.execute(sql.SQL(text).format(schema=self._ident))  # type: ignore[arg-type]
+                        conn.execute(sql.SQL(text).format(schema=self._ident))
                         conn.execute(
                             sql.SQL("INSERT INTO {}.migrations (version, name) VALUES (%s, %s)").format(self._ident),
                             [version, filename],
@@ -447,7 +446,9 @@ class PostgresDriver:
 
     @staticmethod
     def _check_connection(connection: Any, *, allow_async: bool) -> None:
-        allowed: tuple[type, ...] = (psycopg.Connection, psycopg.AsyncConnection) if allow_async else (psycopg.Connection,)
+        allowed: tuple[type, ...] = (
+            (psycopg.Connection, psycopg.AsyncConnection) if allow_async else (psycopg.Connection,)
+        )
         if not isinstance(connection, allowed):
             kinds = "a psycopg.Connection or psycopg.AsyncConnection" if allow_async else "a psycopg.Connection"
             raise TypeError(f"connection= must be {kinds} with an open transaction, got {type(connection).__name__}")
@@ -592,13 +593,13 @@ class PostgresListener:
             out.append(Notification(kind=kind, value=value))
         return out
 
-    async def wait(self, timeout: float) -> list[Notification]:
+    async def wait(self, keepalive: float) -> list[Notification]:
         conn = self._conn
         if conn is None:
             raise DatabaseError("the listener is not connected")
         if self._backlog:
             return self._take()
-        with anyio.move_on_after(timeout) as idle:
+        with anyio.move_on_after(keepalive) as idle:
             await anyio.wait_readable(conn.fileno())
         try:
             if idle.cancelled_caught:
@@ -608,9 +609,7 @@ class PostgresListener:
             pgconn = conn.pgconn
             pgconn.consume_input()
             while (n := pgconn.notifies()) is not None:
-                self._backlog.append(
-                    psycopg.Notify(n.relname.decode(), n.extra.decode(), n.be_pid)
-                )
+                self._backlog.append(psycopg.Notify(n.relname.decode(), n.extra.decode(), n.be_pid))
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the listener connection was closed")
         except psycopg.Error as exc:
