@@ -17,7 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._backoff import ServiceBackoff
 from ._driver import Driver
-from ._errors import DatabaseError
+from ._errors import RETRYABLE_ERRORS, DatabaseError, SchemaNotReady
 from ._models import Completion
 
 logger = logging.getLogger("nursery_worker.completer")
@@ -73,7 +73,7 @@ class Completer:
                 return False
         return True
 
-    def _give_up(self, batch: list[Completion], exc: DatabaseError) -> None:
+    def _give_up(self, batch: list[Completion], exc: DatabaseError | SchemaNotReady) -> None:
         logger.error(
             "could not record the outcome of %d job(s) before the shutdown deadline (%s); they stay "
             "executing and peers will rescue them once this worker's heartbeat lapses",
@@ -97,7 +97,7 @@ class Completer:
                 open_ = self._take(batch)
                 try:
                     await self._write(batch)
-                except DatabaseError as exc:
+                except RETRYABLE_ERRORS as exc:
                     if self._closing_deadline is not None and anyio.current_time() >= self._closing_deadline:
                         self._give_up(batch, exc)
                         return
@@ -118,7 +118,7 @@ class Completer:
                         try:
                             await self._write(batch)
                             batch = []
-                        except DatabaseError as exc:
+                        except RETRYABLE_ERRORS as exc:
                             if anyio.current_time() >= scope.deadline:
                                 self._give_up(batch, exc)
                                 break

@@ -29,3 +29,8 @@ class SchemaNotReady(NurseryWorkerError, RuntimeError):
 
 class DatabaseError(NurseryWorkerError, ConnectionError):
     """Raised when the database cannot be reached or a statement fails; the DSN password is redacted."""
+
+
+#: What a running worker's loops log and retry with backoff instead of dying (the tables may come
+#: back: a restore, a migration run late).
+RETRYABLE_ERRORS = (DatabaseError, SchemaNotReady)

@@ -14,7 +14,7 @@ import attrs
 
 from ._backoff import ServiceBackoff
 from ._driver import Driver
-from ._errors import DatabaseError
+from ._errors import RETRYABLE_ERRORS
 from ._models import RescueResult, WorkerInfo
 
 logger = logging.getLogger("nursery_worker.maintenance")
@@ -28,7 +28,7 @@ async def serve_periodically(
     while True:
         try:
             await run_once()
-        except DatabaseError as exc:
+        except RETRYABLE_ERRORS as exc:
             delay = backoff.next()
             logger.warning("%s: %s; retrying in %.1fs", name, exc, delay)
             await anyio.sleep(delay)

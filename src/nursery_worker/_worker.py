@@ -37,7 +37,7 @@ import attrs
 from ._app import App
 from ._backoff import ServiceBackoff
 from ._completer import Completer
-from ._errors import ConfigurationError, DatabaseError
+from ._errors import RETRYABLE_ERRORS, ConfigurationError
 from ._maintenance import Heartbeat, Promoter, Rescuer, serve_periodically
 from ._models import Completion, Job, WorkerInfo
 from ._state import ErrorInfo, Failed, Outcome, Released, Succeeded, WorkerState, decide
@@ -267,7 +267,7 @@ class Worker:
             if deregister:
                 try:
                     await self.app.driver.deregister_worker(self.id)
-                except DatabaseError as exc:
+                except RETRYABLE_ERRORS as exc:
                     logger.warning("could not deregister worker %s: %s (peers will remove it)", self.id, exc)
         if scope.cancelled_caught:
             logger.error("worker %s: shutdown steps overran final_timeout=%ss", self.id, self.config.final_timeout)
@@ -359,7 +359,7 @@ class Worker:
                 self._more = False
                 try:
                     fetched = await driver.fetch_jobs(worker_id=self.id, queues=c.queues, limit=free)
-                except DatabaseError as exc:
+                except RETRYABLE_ERRORS as exc:
                     delay = backoff.next()
                     logger.warning("fetch failed: %s; retrying in %.1fs", exc, delay)
                     self._more = True
@@ -504,7 +504,7 @@ class Worker:
                             if note.kind == "available" and note.value in queues:
                                 self._more = True
                                 self._wake()
-                except DatabaseError as exc:
+                except RETRYABLE_ERRORS as exc:
                     self.listener_connected = False
                     delay = backoff.next()
                     logger.warning(

@@ -162,7 +162,9 @@ def test_console_script_migrates_defers_and_runs(
     _write_app(tmp_path, schema)
     migrated = _cli(["migrate", "--app", "myjobs:app"], cwd=tmp_path, dsn=dsn, command=script)
     assert migrated.returncode == 0, migrated.stderr
-    deferred = _cli(["defer", "record", "--args", '{"n": 7}', "--app", "myjobs:app"], cwd=tmp_path, dsn=dsn, command=script)
+    deferred = _cli(
+        ["defer", "record", "--args", '{"n": 7}', "--app", "myjobs:app"], cwd=tmp_path, dsn=dsn, command=script
+    )
     assert deferred.returncode == 0, deferred.stderr
     ran = _cli(["run", "--app", "myjobs:app", "--once"], cwd=tmp_path, dsn=dsn, command=script)
     assert ran.returncode == 0, ran.stderr
