@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -367,8 +368,8 @@ class App:
 
         return JobSpec(
             task=check_task_name(task, where=where),
-            args=dict(args),
-            args_json=encode_args(args, max_bytes=self.max_args_bytes),
+            args=json.loads(args_json := encode_args(args, max_bytes=self.max_args_bytes)),
+            args_json=args_json,
             queue=check_queue("default" if queue is None else queue, where=where),
             priority=check_priority(0 if priority is None else priority, where=where),
             max_attempts=check_max_attempts(20 if max_attempts is None else max_attempts, where=where),

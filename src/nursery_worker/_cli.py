@@ -21,7 +21,7 @@ import click
 from ._app import App
 from ._dsn import redact
 from ._errors import NurseryWorkerError
-from ._worker import WorkerStats, open_worker
+from ._worker import Worker, open_worker, unwrap_group
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("nursery_worker.cli")
@@ -49,7 +49,7 @@ def load_app(path: str) -> App:
         except AttributeError:
             raise click.UsageError(f"--app {path!r}: module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, App):
-        raise click.UsageError(f"--app {path!r} is a {type(obj).__name__}, not a nursery_worker.App")
+        raise click.UsageError(f"--app {path!r} is not a nursery_worker.App (it is of type {type(obj).__name__})")
     return obj
 
 
@@ -140,40 +140,66 @@ def run(
             raise click.UsageError("--backend trio needs trio: pip install 'nursery-worker[trio]'") from None
     app = _make_app(app_path, dsn, schema)
 
-    async def main() -> WorkerStats:
-        async with open_worker(
-            app, queues=queues, concurrency=concurrency, shutdown_timeout=shutdown_timeout, once=once
-        ) as worker:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with anyio.create_task_group() as tg:
+    async def main() -> Worker | None:
+        # Signals are caught from the very start: during startup a signal cancels the start (which
+        # still deregisters and runs shutdown hooks); once running, the first signal stops
+        # gracefully and the second stops at once.
+        running: list[Worker] = []
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tg:
+                run_scope = anyio.CancelScope()
 
-                    async def on_signals() -> None:
-                        seen = 0
-                        async for signum in signals:
-                            seen += 1
-                            name = signal.Signals(signum).name
-                            if seen == 1:
-                                logger.warning("%s: stopping gracefully (send it again to stop now)", name)
-                                worker.stop()
-                            else:
-                                logger.warning("%s again: stopping now", name)
-                                worker.stop(hard=True)
+                async def on_signals() -> None:
+                    seen = 0
+                    async for signum in signals:
+                        seen += 1
+                        name = signal.Signals(signum).name
+                        if not running:
+                            logger.warning("%s during startup: stopping", name)
+                            run_scope.cancel()
+                        elif seen == 1:
+                            logger.warning("%s: stopping gracefully (send it again to stop now)", name)
+                            running[0].stop()
+                        else:
+                            logger.warning("%s again: stopping now", name)
+                            running[0].stop(hard=True)
 
-                    tg.start_soon(on_signals)
-                    await worker.wait_stopped()
-                    tg.cancel_scope.cancel()
-        return worker.stats()
+                tg.start_soon(on_signals)
+                with run_scope:
+                    async with open_worker(
+                        app, queues=queues, concurrency=concurrency, shutdown_timeout=shutdown_timeout, once=once
+                    ) as worker:
+                        running.append(worker)
+                        await worker.wait_stopped()
+                tg.cancel_scope.cancel()
+        return running[0] if running else None
 
     try:
-        stats = anyio.run(main, backend=backend)
+        try:
+            worker = anyio.run(main, backend=backend)
+        except BaseExceptionGroup as group:
+            leaf = unwrap_group(group)
+            if leaf is group:
+                raise
+            raise leaf from leaf.__cause__
     except (NurseryWorkerError, click.ClickException):
         raise
     except Exception as exc:
         raise _fail(exc) from None
     finally:
         app.close()
+    if worker is None:
+        return
+    stats = worker.stats()
     if once:
         click.echo(f"processed {stats.processed} job(s): {stats.completed} completed, {stats.failed} failed")
+    if worker.sync_threads_alive:
+        # Plain-def jobs abandoned at their timeout or at shutdown cannot be interrupted; their jobs
+        # are already back in the queue or recorded. Do not let them hold the process open.
+        logger.warning("exiting with %d abandoned sync job thread(s) still running", worker.sync_threads_alive)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @cli.command()
@@ -241,6 +267,11 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # One line, with where to look, instead of click's usage block.
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"Error: {redact(exc.format_message())}{where}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -41,6 +41,12 @@ def check_json(value: Any, path: str) -> None:
             raise ValueError(
                 f"job argument {path} contains a NUL character (\\x00), which PostgreSQL cannot store; remove it"
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"job argument {path} contains a lone surrogate, which is not valid UTF-8; fix the string's decoding"
+            ) from None
         return
     if isinstance(value, bool) or value is None or isinstance(value, int):
         return
@@ -54,7 +60,7 @@ def check_json(value: Any, path: str) -> None:
         for i, item in enumerate(value):
             check_json(item, f"{path}[{i}]")
         return
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -22,14 +23,15 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,99}$")
-_TASK_NAME = re.compile(r"^[^\s\x00-\x1f\x7f]{1,255}$")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,99}")
+_TASK_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
 _INT32 = (-(2**31), 2**31 - 1)
+_MAX_DELAY = 100 * 365.25 * 86400
 
 
 def check_queue(queue: object, *, where: str) -> str:
     """Return *queue* if it is a valid queue name, else raise ``ConfigurationError``."""
-    if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+    if not isinstance(queue, str) or not _QUEUE_NAME.fullmatch(queue):
         raise ConfigurationError(
             f"{where}: queue={queue!r} is not a valid queue name; use 1-100 letters, digits, '_', '.', ':' "
             "or '-', starting with a letter, digit or '_' (for example 'emails')"
@@ -39,7 +41,7 @@ def check_queue(queue: object, *, where: str) -> str:
 
 def check_task_name(name: object, *, where: str) -> str:
     """Return *name* if it is a valid task name, else raise ``ConfigurationError``."""
-    if not isinstance(name, str) or not _TASK_NAME.match(name):
+    if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
         raise ConfigurationError(
             f"{where}: task name {name!r} is not valid; use 1-255 printable characters without spaces "
             "(for example 'billing.send_invoice')"
@@ -90,6 +92,10 @@ def check_schedule(scheduled_at: object, delay: object, *, where: str) -> tuple[
             delay = delay.total_seconds()
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
             raise ConfigurationError(f"{where}: delay={delay!r} must be a number of seconds >= 0 or a timedelta")
+        if delay > _MAX_DELAY:
+            raise ConfigurationError(
+                f"{where}: delay={delay!r} is more than 100 years; pass scheduled_at= for a fixed date instead"
+            )
         return None, float(delay)
     return None, None
 
@@ -241,7 +247,7 @@ class TaskCall:
         args_json = encode_args(kwargs, max_bytes=self.task.app.max_args_bytes)
         return JobSpec(
             task=self.task.name,
-            args=dict(kwargs),
+            args=json.loads(args_json),  # what the row will hold: tuples as lists, no shared objects
             args_json=args_json,
             queue=self.queue,
             priority=self.priority,

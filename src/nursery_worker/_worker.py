@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -188,6 +189,8 @@ class Worker:
         self._promoter = Promoter(driver)
         self._completer = Completer(driver, self.id, error_cap=app.error_cap, final_timeout=config.final_timeout)
         self._thread_limiter: anyio.CapacityLimiter | None = None
+        self._threads_lock = threading.Lock()
+        self._threads_alive = 0
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} {self.state.value} running={len(self._running)} queues={list(self.config.queues)}>"
@@ -423,7 +426,9 @@ class Worker:
                     await task.func(**args)
                 else:
                     await anyio.to_thread.run_sync(
-                        functools.partial(task.func, **args), abandon_on_cancel=True, limiter=self._thread_limiter
+                        functools.partial(self._call_in_thread, task.func, args),
+                        abandon_on_cancel=True,
+                        limiter=self._thread_limiter,
                     )
                 return Succeeded()
         except Exception as exc:
@@ -437,6 +442,22 @@ class Worker:
         return Failed(
             error=ErrorInfo(type="TimeoutError", message=f"job exceeded its timeout of {task.timeout:g}s{detail}")
         )
+
+    def _call_in_thread(self, func: Any, args: dict[str, Any]) -> None:
+        # Counted so that the CLI knows when abandoned threads (timed out, or cancelled at
+        # shutdown: they cannot be interrupted) are still running after the worker stopped.
+        with self._threads_lock:
+            self._threads_alive += 1
+        try:
+            func(**args)
+        finally:
+            with self._threads_lock:
+                self._threads_alive -= 1
+
+    @property
+    def sync_threads_alive(self) -> int:
+        """Threads still running plain ``def`` jobs, including ones the worker abandoned."""
+        return self._threads_alive
 
     def _record(self, r: _Running, outcome: Outcome) -> None:
         job, task = r.job, r.task
@@ -517,7 +538,8 @@ class Worker:
                 await listener.aclose()
 
 
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception inside *group* (however nested), or *group* itself if it holds several."""
     leaves: list[BaseException] = []
 
     def walk(exc: BaseException) -> None:
@@ -608,7 +630,7 @@ async def open_worker(
                 worker.stop()
                 await worker.wait_stopped()
     except BaseExceptionGroup as group:
-        leaf = _unwrap(group)
+        leaf = unwrap_group(group)
         if leaf is group:
             raise
         # One error: raise it as itself, not wrapped in a group the caller did not create.

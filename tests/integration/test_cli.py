@@ -24,7 +24,7 @@ from nursery_worker import App
 TIMEOUT = 60
 CONSOLE_SCRIPT = Path(sys.executable).with_name("nursery-worker")
 
-APP_MODULE = '''\
+APP_MODULE = """\
 from pathlib import Path
 
 import anyio
@@ -41,7 +41,7 @@ async def record(n: int) -> None:
     await anyio.sleep(0)
     with RAN.open("a") as f:
         f.write(f"{{n}}\\n")
-'''
+"""
 
 
 def _env(dsn: str | None) -> dict[str, str]:
@@ -453,4 +453,3 @@ def test_unreachable_password_in_the_environment_is_not_leaked(tmp_path: Path, s
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "hunter2" not in result.stdout + result.stderr
-

@@ -175,12 +175,17 @@ _SQL_VERSION = "SELECT max(version) FROM {s}.migrations"
 
 def _conninfo(dsn: str, connect_timeout: float) -> str:
     """Add our connection defaults to *dsn* without overriding anything the user set."""
+    problem = None
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
+        problem = _one_line(str(exc))
+    if problem is not None:
+        # Raised outside the except block: psycopg's message may quote the DSN, password and all,
+        # and must not ride along as __context__.
         raise ConfigurationError(
-            f"invalid DSN {redact(dsn)!r}: {redact(str(exc))}; use 'postgresql://user:password@host:5432/db'"
-        ) from None
+            f"invalid DSN {redact(dsn)!r}: {problem}; use 'postgresql://user:password@host:5432/db'"
+        )
     defaults = {
         "connect_timeout": str(max(2, round(connect_timeout))),
         "application_name": "nursery-worker",
@@ -191,6 +196,11 @@ def _conninfo(dsn: str, connect_timeout: float) -> str:
         "keepalives_count": "3",
     }
     return make_conninfo(dsn, **{k: v for k, v in defaults.items() if k not in params})
+
+
+def _one_line(message: str) -> str:
+    """libpq's messages span lines (a hint on the second); errors here are one redacted line."""
+    return " ".join(redact(message).split())
 
 
 def _error_entry(error: Any) -> str:
@@ -286,7 +296,7 @@ class PostgresDriver:
 
     def _translate(self, exc: BaseException) -> Exception:
         """Turn a psycopg error into ours, once, at the boundary; never leak a password."""
-        message = redact(str(exc).strip()) or type(exc).__name__
+        message = _one_line(str(exc)) or type(exc).__name__
         if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
             return SchemaNotReady(
                 f"the nursery-worker tables are missing in schema {self.schema!r} of {self._dsn_redacted}: "
@@ -300,7 +310,8 @@ class PostgresDriver:
         try:
             return psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
-            raise DatabaseError(f"cannot connect to {self._dsn_redacted}: {redact(str(exc).strip())}") from None
+            problem = _one_line(str(exc))
+        raise DatabaseError(f"cannot connect to {self._dsn_redacted}: {problem}")
 
     def _get_pool(self) -> psycopg_pool.ConnectionPool:
         pool = self._pool
