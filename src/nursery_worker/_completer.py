@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import anyio
 import attrs
@@ -17,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._backoff import ServiceBackoff
 from ._driver import Driver
-from ._errors import RETRYABLE_ERRORS, DatabaseError, SchemaNotReady
+from ._errors import RETRYABLE_ERRORS
 from ._models import Completion
 
 logger = logging.getLogger("nursery_worker.completer")
@@ -32,12 +33,15 @@ class Completer:
     error_cap: int = 20
     batch_max: int = 1000
     final_timeout: float = 10.0
-    #: job id -> attempt of completions submitted but not yet written.
-    pending: dict[int, int] = attrs.field(factory=dict)
+    #: Called after each successful write (the worker wakes its fetch loop: capacity is free).
+    on_written: Callable[[], None] | None = None
+    #: (job id, attempt) of completions submitted but not yet written.
+    pending: set[tuple[int, int]] = attrs.field(factory=set)
     written: int = 0
     _send: MemoryObjectSendStream[Completion] = attrs.field(init=False)
     _receive: MemoryObjectReceiveStream[Completion] = attrs.field(init=False)
     _closing_deadline: float | None = attrs.field(init=False, default=None)
+    _done: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         # Unbounded on purpose: at most `concurrency` completions are ever in flight, and submit()
@@ -46,7 +50,7 @@ class Completer:
 
     def submit(self, completion: Completion) -> None:
         """Queue *completion* for writing; never blocks."""
-        self.pending[completion.job_id] = completion.attempt
+        self.pending.add((completion.job_id, completion.attempt))
         self._send.send_nowait(completion)
 
     def close(self) -> None:
@@ -58,9 +62,10 @@ class Completer:
     async def _write(self, batch: list[Completion]) -> None:
         await self.driver.finish_jobs(worker_id=self.worker_id, completions=batch, error_cap=self.error_cap)
         for c in batch:
-            if self.pending.get(c.job_id) == c.attempt:
-                del self.pending[c.job_id]
+            self.pending.discard((c.job_id, c.attempt))
         self.written += len(batch)
+        if self.on_written is not None:
+            self.on_written()
 
     def _take(self, batch: list[Completion]) -> bool:
         """Move queued completions into *batch*; return False once the stream is closed and empty."""
@@ -73,13 +78,34 @@ class Completer:
                 return False
         return True
 
-    def _give_up(self, batch: list[Completion], exc: DatabaseError | SchemaNotReady) -> None:
-        logger.error(
-            "could not record the outcome of %d job(s) before the shutdown deadline (%s); they stay "
-            "executing and peers will rescue them once this worker's heartbeat lapses",
-            len(batch),
-            exc,
-        )
+    async def _drain(self, batch: list[Completion], backoff: ServiceBackoff) -> None:
+        """Write until the stream is closed and empty (or the closing deadline passes)."""
+        open_ = True
+        while open_ or batch:
+            if not batch:
+                try:
+                    batch.append(await self._receive.receive())
+                except anyio.EndOfStream:
+                    break
+            open_ = self._take(batch)
+            try:
+                await self._write(batch)
+            except RETRYABLE_ERRORS as exc:
+                if self._closing_deadline is not None and anyio.current_time() >= self._closing_deadline:
+                    logger.error(
+                        "could not record the outcome of %d job(s) before the shutdown deadline (%s); they stay "
+                        "executing and peers will rescue them once this worker's heartbeat lapses",
+                        len(batch) + len(self.pending),
+                        exc,
+                    )
+                    break
+                delay = backoff.next()
+                logger.warning("completer: %s; retrying %d write(s) in %.1fs", exc, len(batch), delay)
+                await anyio.sleep(delay)
+                continue
+            backoff.reset()
+            batch.clear()
+        self._done = True
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Write completions until :meth:`close` and the queue is drained."""
@@ -87,41 +113,17 @@ class Completer:
         batch: list[Completion] = []
         backoff = ServiceBackoff()
         try:
-            open_ = True
-            while open_ or batch:
-                if not batch:
-                    try:
-                        batch.append(await self._receive.receive())
-                    except anyio.EndOfStream:
-                        return
-                open_ = self._take(batch)
-                try:
-                    await self._write(batch)
-                except RETRYABLE_ERRORS as exc:
-                    if self._closing_deadline is not None and anyio.current_time() >= self._closing_deadline:
-                        self._give_up(batch, exc)
-                        return
-                    delay = backoff.next()
-                    logger.warning("completer: %s; retrying %d write(s) in %.1fs", exc, len(batch), delay)
-                    await anyio.sleep(delay)
-                    continue
-                backoff.reset()
-                batch = []
+            await self._drain(batch, backoff)
         finally:
-            # Cancelled from outside (a hard stop of the caller): the outcomes still get written,
-            # shielded, under their own deadline.
-            self._take(batch)
-            if batch:
+            if not self._done:
+                # Cancelled from outside (the caller's scope): job tasks are being cancelled too and
+                # still submit their hand-backs until the worker calls close(). Keep receiving and
+                # writing, shielded, under our own deadline.
                 with anyio.CancelScope(shield=True) as scope:
                     scope.deadline = anyio.current_time() + self.final_timeout
-                    while batch:
-                        try:
-                            await self._write(batch)
-                            batch = []
-                        except RETRYABLE_ERRORS as exc:
-                            if anyio.current_time() >= scope.deadline:
-                                self._give_up(batch, exc)
-                                break
-                            await anyio.sleep(backoff.next())
-                if batch and scope.cancelled_caught:
-                    logger.error("gave up writing %d job outcome(s) at the shutdown deadline", len(batch))
+                    await self._drain(batch, backoff)
+                if scope.cancelled_caught:
+                    logger.error(
+                        "gave up writing %d job outcome(s) at the shutdown deadline; peers will rescue them",
+                        len(self.pending),
+                    )

@@ -172,7 +172,7 @@ class Worker:
             concurrency=config.concurrency,
         )
         self.state = WorkerState.INITIALIZING
-        self._running: dict[int, _Running] = {}
+        self._running: dict[tuple[int, int], _Running] = {}
         self._counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0, "discarded": 0, "released": 0}
         self._started_at: dt.datetime | None = None
         self._stop_requested = False
@@ -187,7 +187,9 @@ class Worker:
         self._heartbeat = Heartbeat(driver, self.info)
         self._rescuer = Rescuer(driver, self.id, config.rescue_after, error_cap=app.error_cap)
         self._promoter = Promoter(driver)
-        self._completer = Completer(driver, self.id, error_cap=app.error_cap, final_timeout=config.final_timeout)
+        self._completer = Completer(
+            driver, self.id, error_cap=app.error_cap, final_timeout=config.final_timeout, on_written=self._on_written
+        )
         self._thread_limiter: anyio.CapacityLimiter | None = None
         self._threads_lock = threading.Lock()
         self._threads_alive = 0
@@ -243,6 +245,13 @@ class Worker:
 
     def _wake(self) -> None:
         self._wakeup.set()
+
+    def _on_written(self) -> None:
+        # Capacity is free now. In once-mode a write may also be the retry that is due next, so
+        # look again rather than wait for the poll.
+        if self.config.once:
+            self._more = True
+        self._wake()
 
     async def _wait_wakeup(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
@@ -356,7 +365,9 @@ class Worker:
         next_poll = 0.0
         promoted_while_empty = False
         while True:
-            free = c.concurrency - len(self._running)
+            # Finished jobs whose outcome is not yet written still hold their row as executing:
+            # they count against capacity until the completer has written them.
+            free = c.concurrency - len(self._running) - len(self._completer.pending)
             now = anyio.current_time()
             if free > 0 and (self._more or now >= next_poll):
                 self._more = False
@@ -372,13 +383,13 @@ class Worker:
                 next_poll = anyio.current_time() + c.poll_interval
                 for job in fetched:
                     r = _Running(job=job, task=self.app.tasks.get(job.task))
-                    self._running[job.id] = r
+                    self._running[job.id, job.attempt] = r
                     jobs.start_soon(self._run_job, r, name=f"job {job.id} {job.task}")
                 if len(fetched) >= free:
                     self._more = True
                 if fetched:
                     promoted_while_empty = False
-                elif c.once and not self._running:
+                elif c.once and not self._running and not self._completer.pending:
                     if promoted_while_empty:
                         return
                     # Work off what is due now, including scheduled and retryable jobs.
@@ -486,7 +497,7 @@ class Worker:
                     outcome.error.message,
                     transition.state.value,
                 )
-        del self._running[job.id]
+        del self._running[job.id, job.attempt]
         self._wake()
 
     async def _reap(self) -> None:
@@ -495,8 +506,8 @@ class Worker:
         # commit): executing under our id, unknown to us, and old. Hand them back.
         lost_after = max(60.0, 4 * self.config.poll_interval)
         rows = await self.app.driver.executing_ids(worker_id=self.id, older_than=lost_after)
-        known = self._running.keys() | self._completer.pending.keys()
-        lost = [(i, a) for i, a in rows if i not in known]
+        known = self._running.keys() | self._completer.pending
+        lost = [(i, a) for i, a in rows if (i, a) not in known]
         if lost:
             logger.warning("handing back %d job(s) claimed by this worker but never received", len(lost))
             transition = decide(Released(), attempt=0, max_attempts=1, backoff=lambda a: 0.0)

@@ -1,0 +1,492 @@
+"""How a running worker executes jobs, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import anyio
+import pytest
+from psycopg import sql
+
+from nursery_worker import App, JobState, WorkerState, open_worker
+
+from .helpers import Connection, fast, query, wait_for_state, wait_until, worker_ids
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_async_task_completes(app: App) -> None:
+    """An ``async def`` task runs once with its arguments and its job ends completed."""
+    seen: list[int] = []
+
+    @app.task
+    async def add(n: int) -> None:
+        seen.append(n)
+
+    job = await add.defer(n=3)
+    async with open_worker(app, **fast()):
+        done = await wait_for_state(app, job.id, JobState.COMPLETED)
+    assert seen == [3]
+    assert done.attempt == 1
+    assert done.worker_id is None
+    assert done.finished_at is not None
+    assert done.errors == ()
+
+
+async def test_sync_task_runs_in_a_thread_and_completes(app: App) -> None:
+    """A plain ``def`` task runs in a thread other than the event loop's and its job ends completed."""
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    @app.task
+    def blocking(n: int) -> None:
+        threads.append(threading.get_ident())
+
+    job = await blocking.defer(n=1)
+    async with open_worker(app, **fast()):
+        await wait_for_state(app, job.id, JobState.COMPLETED)
+    assert len(threads) == 1
+    assert threads[0] != loop_thread
+
+
+async def test_raising_task_becomes_retryable_with_error_and_backoff(app: App) -> None:
+    """A raising attempt leaves the job retryable, with a full error entry and scheduled_at per the retry policy."""
+
+    @app.task(retry=lambda attempt: 30.0 * attempt, max_attempts=3)
+    async def flaky() -> None:
+        raise ValueError("boom")
+
+    job = await flaky.defer()
+    async with open_worker(app, **fast()):
+        failed = await wait_for_state(app, job.id, JobState.RETRYABLE)
+    assert failed.attempt == 1
+    assert failed.worker_id is None
+    assert failed.finished_at is None
+    (error,) = failed.errors
+    assert error.attempt == 1
+    assert error.type == "ValueError"
+    assert error.message == "boom"
+    assert "ValueError: boom" in error.traceback
+    assert "flaky" in error.traceback
+    assert error.at is not None
+    # Both stamped with the same database now(): the wait is exactly the policy's 30 s * attempt 1.
+    assert failed.scheduled_at - error.at == dt.timedelta(seconds=30)
+
+
+async def test_failing_job_runs_again_when_due_and_is_discarded_after_max_attempts(app: App) -> None:
+    """A job that always fails runs max_attempts times and is then discarded with one error per attempt."""
+    calls: list[int] = []
+
+    @app.task(retry=0, max_attempts=3)
+    async def always_fails() -> None:
+        calls.append(1)
+        raise RuntimeError(f"failure {len(calls)}")
+
+    job = await always_fails.defer()
+    async with open_worker(app, **fast()):
+        gone = await wait_for_state(app, job.id, JobState.DISCARDED)
+    assert len(calls) == 3
+    assert gone.attempt == 3
+    assert gone.finished_at is not None
+    assert [(e.attempt, e.type, e.message) for e in gone.errors] == [
+        (1, "RuntimeError", "failure 1"),
+        (2, "RuntimeError", "failure 2"),
+        (3, "RuntimeError", "failure 3"),
+    ]
+
+
+async def test_error_list_is_capped_to_the_most_recent(app: App, dsn: str, schema: str) -> None:
+    """With App(error_cap=3) a job that failed five times keeps only its last three errors."""
+    async with App(dsn=dsn, schema=schema, error_cap=3) as capped:
+        calls: list[int] = []
+
+        @capped.task(retry=0, max_attempts=5)
+        async def fails() -> None:
+            calls.append(1)
+            raise RuntimeError(f"failure {len(calls)}")
+
+        job = await fails.defer()
+        async with open_worker(capped, **fast()):
+            gone = await wait_for_state(capped, job.id, JobState.DISCARDED)
+    assert len(calls) == 5
+    assert [e.attempt for e in gone.errors] == [3, 4, 5]
+    assert [e.message for e in gone.errors] == ["failure 3", "failure 4", "failure 5"]
+
+
+async def test_async_timeout_is_recorded_as_timeout_error_and_retried(app: App) -> None:
+    """An async attempt over its timeout is cancelled, recorded as TimeoutError, retried, then discarded."""
+    cancelled: list[int] = []
+
+    @app.task(timeout=0.2, retry=0, max_attempts=2)
+    async def slow() -> None:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(1)
+            raise
+
+    job = await slow.defer()
+    async with open_worker(app, **fast()) as worker:
+        gone = await wait_for_state(app, job.id, JobState.DISCARDED)
+        stats = worker.stats()
+    assert cancelled == [1, 1]
+    assert [(e.attempt, e.type) for e in gone.errors] == [(1, "TimeoutError"), (2, "TimeoutError")]
+    assert "timeout of 0.2s" in gone.errors[0].message
+    assert (stats.failed, stats.retried, stats.discarded) == (2, 1, 1)
+
+
+async def test_sync_timeout_is_abandoned_and_recorded(app: App) -> None:
+    """A sync attempt over its timeout is abandoned in its thread and recorded as TimeoutError at once."""
+    release = threading.Event()
+    returned = threading.Event()
+
+    @app.task(timeout=0.2, max_attempts=1)
+    def stuck() -> None:
+        release.wait(10)  # a blocking call that ignores cancellation, like time.sleep
+        returned.set()
+
+    job = await stuck.defer()
+    try:
+        async with open_worker(app, **fast()):
+            gone = await wait_for_state(app, job.id, JobState.DISCARDED)
+            # Recorded while the function is still blocked in its thread: it was abandoned.
+            assert not returned.is_set()
+    finally:
+        release.set()
+        await anyio.to_thread.run_sync(returned.wait, 10)
+    (error,) = gone.errors
+    assert error.type == "TimeoutError"
+    assert "abandoned" in error.message
+
+
+async def test_fetch_order_is_priority_then_oldest(app: App) -> None:
+    """With one slot, jobs run highest priority first and, within a priority, oldest first."""
+    order: list[str] = []
+
+    @app.task
+    async def record(label: str) -> None:
+        order.append(label)
+
+    for label, priority in [("low-1", 0), ("high-1", 5), ("low-2", 0), ("high-2", 5), ("mid", 3)]:
+        await record.configure(priority=priority).defer(label=label)
+    async with open_worker(app, **fast(concurrency=1)):
+        await wait_until(lambda: len(order) == 5)
+    assert order == ["high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+async def test_concurrency_limits_jobs_running_at_once(app: App) -> None:
+    """No more than ``concurrency`` jobs run at the same time, and that many do when enough are due."""
+    running = 0
+    most = 0
+    finished: list[int] = []
+
+    @app.task
+    async def busy(n: int) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await anyio.sleep(0.2)
+        finally:
+            running -= 1
+        finished.append(n)
+
+    await app.defer_many([busy.job(n=i) for i in range(9)])
+    async with open_worker(app, **fast(concurrency=3)):
+        await wait_until(lambda: len(finished) == 9)
+    assert most == 3
+
+
+async def test_worker_never_claims_more_than_its_free_capacity(app: App, db: Connection, schema: str) -> None:
+    """After every write to the jobs table, no worker has more executing rows than its concurrency."""
+    # A statement trigger logs, after every UPDATE of jobs (claims and completions alike), how many
+    # rows each worker has executing, as the database sees it.
+    db.execute("CREATE TABLE claim_log (worker_id text, executing int)")
+    db.execute(
+        sql.SQL(
+            "CREATE FUNCTION log_claims() RETURNS trigger LANGUAGE plpgsql SET search_path = {} AS $$ "
+            "BEGIN INSERT INTO claim_log SELECT worker_id, count(*) FROM jobs WHERE state = 'executing' "
+            "GROUP BY worker_id; RETURN NULL; END $$"
+        ).format(sql.Identifier(schema))
+    )
+    db.execute("CREATE TRIGGER log_claims AFTER UPDATE ON jobs FOR EACH STATEMENT EXECUTE FUNCTION log_claims()")
+    finished: list[int] = []
+
+    @app.task
+    async def quick(n: int) -> None:
+        await anyio.sleep(0.01 * (n % 3))
+        finished.append(n)
+
+    await app.defer_many([quick.job(n=i) for i in range(40)])
+    async with open_worker(app, **fast(concurrency=2)):
+        await wait_until(lambda: len(finished) == 40)
+    rows = await query(db, "SELECT worker_id, max(executing) FROM claim_log GROUP BY worker_id")
+    assert rows, "the trigger logged nothing"
+    assert max(int(r[1]) for r in rows) <= 2, rows
+
+
+async def test_unknown_task_is_discarded_and_the_worker_keeps_running(app: App) -> None:
+    """A job naming an unregistered task is discarded with a TaskNotFound error; other jobs still run."""
+    ran: list[int] = []
+
+    @app.task
+    async def known(n: int) -> None:
+        ran.append(n)
+
+    (unknown,) = await app.defer_many([app.job_by_name("nope")])
+    async with open_worker(app, **fast()) as worker:
+        gone = await wait_for_state(app, unknown.id, JobState.DISCARDED)
+        later = await known.defer(n=1)
+        await wait_for_state(app, later.id, JobState.COMPLETED)
+        assert worker.state is WorkerState.RUNNING
+    assert ran == [1]
+    assert gone.attempt == 1
+    (error,) = gone.errors
+    assert error.type == "TaskNotFound"
+    assert "'nope'" in error.message
+
+
+async def test_arguments_not_fitting_the_signature_are_discarded_without_retry(app: App) -> None:
+    """A job whose arguments do not bind to the task's signature is discarded on its first attempt."""
+    (job,) = await app.defer_many([app.job_by_name("late.registered", {"wrong": 1})])
+    calls: list[int] = []
+
+    @app.task(name="late.registered", max_attempts=5)
+    async def late(right: int) -> None:
+        calls.append(right)
+
+    async with open_worker(app, **fast()):
+        gone = await wait_for_state(app, job.id, JobState.DISCARDED)
+    assert calls == []
+    assert gone.attempt == 1
+    (error,) = gone.errors
+    assert error.type == "TypeError"
+    assert "arguments do not fit" in error.message
+
+
+async def test_non_object_arguments_are_discarded_without_retry(app: App, db: Connection) -> None:
+    """A job inserted by SQL with a JSON array as arguments is discarded on its first attempt."""
+    calls: list[int] = []
+
+    @app.task(name="takes.nothing")
+    async def takes_nothing() -> None:
+        calls.append(1)
+
+    (row,) = await query(
+        db, "INSERT INTO jobs (task, queue, args) VALUES ('takes.nothing', 'default', '[1, 2]') RETURNING id"
+    )
+    async with open_worker(app, **fast()):
+        gone = await wait_for_state(app, int(row[0]), JobState.DISCARDED)
+    assert calls == []
+    assert gone.attempt == 1
+    (error,) = gone.errors
+    assert error.type == "TypeError"
+    assert "JSON object" in error.message
+
+
+async def test_scheduled_job_runs_only_after_its_time(app: App) -> None:
+    """A job deferred with a delay is scheduled, and its attempt starts no earlier than its scheduled_at."""
+    ran: list[int] = []
+
+    @app.task
+    async def later() -> None:
+        ran.append(1)
+
+    job = await later.configure(delay=0.5).defer()
+    assert job.state is JobState.SCHEDULED
+    async with open_worker(app, **fast()):
+        done = await wait_for_state(app, job.id, JobState.COMPLETED)
+    assert ran == [1]
+    assert done.attempted_at is not None
+    assert done.attempted_at >= done.scheduled_at
+
+
+async def test_jobs_on_other_queues_are_not_taken(app: App) -> None:
+    """A worker on 'default' leaves a job of another queue available and untouched."""
+    ran: list[str] = []
+
+    @app.task
+    async def record(label: str) -> None:
+        ran.append(label)
+
+    other = await record.configure(queue="other").defer(label="other")
+    mine = await record.defer(label="mine")
+    async with open_worker(app, queues=["default"], **fast()):
+        await wait_for_state(app, mine.id, JobState.COMPLETED)
+        await anyio.sleep(0.3)  # a few more polls, none of which may take the other queue's job
+    untouched = await app.get_job(other.id)
+    assert ran == ["mine"]
+    assert untouched.state is JobState.AVAILABLE
+    assert untouched.attempt == 0
+
+
+async def test_a_worker_serves_several_queues(app: App) -> None:
+    """A worker given two queues (as a comma-separated string) runs the jobs of both."""
+    ran: list[str] = []
+
+    @app.task
+    async def record(label: str) -> None:
+        ran.append(label)
+
+    a = await record.configure(queue="alpha").defer(label="a")
+    b = await record.configure(queue="beta").defer(label="b")
+    async with open_worker(app, queues="alpha, beta", **fast()) as worker:
+        assert worker.config.queues == ("alpha", "beta")
+        await wait_for_state(app, a.id, JobState.COMPLETED)
+        await wait_for_state(app, b.id, JobState.COMPLETED)
+    assert sorted(ran) == ["a", "b"]
+
+
+async def test_notify_wakes_an_idle_worker(app: App) -> None:
+    """With a 30 s poll interval, a job deferred while the worker idles is picked up by NOTIFY, long before a poll."""
+    ran: list[int] = []
+
+    @app.task
+    async def ping() -> None:
+        ran.append(1)
+
+    async with open_worker(app, **fast(poll_interval=30)) as worker:
+        await wait_until(lambda: worker.listener_connected)
+        await anyio.sleep(0.2)  # idle: the first fetches are over, the next poll is 30 s away
+        job = await ping.defer()
+        await wait_for_state(app, job.id, JobState.COMPLETED, within=5)
+    assert ran == [1]
+
+
+async def test_polling_picks_up_jobs_without_listen(app: App) -> None:
+    """With listen=False the worker never listens, and polling still picks up a job deferred after start."""
+    ran: list[int] = []
+
+    @app.task
+    async def ping() -> None:
+        ran.append(1)
+
+    async with open_worker(app, **fast(listen=False)) as worker:
+        await anyio.sleep(0.2)
+        job = await ping.defer()
+        await wait_for_state(app, job.id, JobState.COMPLETED)
+        assert not worker.listener_connected
+    assert ran == [1]
+
+
+async def test_stats_count_outcomes(app: App) -> None:
+    """worker.stats() counts processed, completed, failed, retried, discarded and running jobs, and its times."""
+    release = anyio.Event()
+
+    @app.task
+    async def ok() -> None:
+        pass
+
+    @app.task(retry=0, max_attempts=2)
+    async def bad() -> None:
+        raise RuntimeError("bad")
+
+    @app.task
+    async def held() -> None:
+        await release.wait()
+
+    await app.defer_many([ok.job(), bad.job(), held.job()])
+    before = dt.datetime.now(dt.UTC)
+    async with open_worker(app, **fast()) as worker:
+        stats = await wait_until(
+            lambda: (s := worker.stats()).completed == 1 and s.discarded == 1 and s.running == 1 and s
+        )
+        assert stats.worker_id == worker.id
+        assert stats.state is WorkerState.RUNNING
+        assert (stats.processed, stats.completed, stats.failed, stats.retried, stats.discarded) == (3, 1, 2, 1, 1)
+        assert stats.released == 0
+        assert stats.started_at is not None
+        assert before <= stats.started_at <= dt.datetime.now(dt.UTC)
+        first_beat = stats.last_heartbeat
+        assert first_beat is not None
+        await wait_until(lambda: (b := worker.stats().last_heartbeat) is not None and b > first_beat)
+        release.set()
+    final = worker.stats()
+    assert (final.processed, final.completed, final.running) == (4, 2, 0)
+
+
+async def test_worker_state_is_running_inside_and_stopped_after(app: App, db: Connection) -> None:
+    """The worker is RUNNING and registered inside the block, and STOPPED and unregistered after it."""
+    async with open_worker(app, **fast()) as worker:
+        inside = worker.state
+        assert await worker_ids(db) == [worker.id]
+    assert inside is WorkerState.RUNNING
+    assert worker.state is WorkerState.STOPPED
+    assert worker.stats().state is WorkerState.STOPPED
+    assert await worker_ids(db) == []
+
+
+async def test_once_stops_by_itself_after_working_off_available_jobs(app: App) -> None:
+    """open_worker(once=True) runs every available job and then stops without being asked."""
+    ran: list[int] = []
+
+    @app.task
+    async def record(n: int) -> None:
+        ran.append(n)
+
+    jobs = await app.defer_many([record.job(n=i) for i in range(5)])
+    with anyio.fail_after(10):
+        async with open_worker(app, **fast(once=True)) as worker:
+            await worker.wait_stopped()
+    assert worker.state is WorkerState.STOPPED
+    assert sorted(ran) == [0, 1, 2, 3, 4]
+    for job in jobs:
+        assert (await app.get_job(job.id)).state is JobState.COMPLETED
+
+
+async def test_once_works_off_a_due_retry_even_when_its_write_is_slow(app: App, db: Connection) -> None:
+    """open_worker(once=True) also runs a failed job that is due again, even when writing the failure is slow."""
+    started = anyio.Event()
+    fail_now = anyio.Event()
+    calls: list[int] = []
+
+    @app.task(retry=0, max_attempts=3)
+    async def second_time_lucky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            await fail_now.wait()
+            raise RuntimeError("first attempt fails")
+
+    job = await second_time_lucky.defer()
+    with anyio.fail_after(15):
+        async with open_worker(app, **fast(once=True)) as worker:
+            await started.wait()
+            # Hold the job's row lock, so that the worker's write of the failure waits on it (as a
+            # slow or contended write would), while fetches and promotions skip the row.
+            with db.transaction():
+                db.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", [job.id])
+                fail_now.set()
+                # Give a wrong stop the chance to happen; a correct worker keeps waiting for the write.
+                with anyio.move_on_after(1):
+                    await wait_until(lambda: worker.state is not WorkerState.RUNNING)
+            await worker.wait_stopped()
+    done = await app.get_job(job.id)
+    assert len(calls) == 2
+    assert (done.state, done.attempt) == (JobState.COMPLETED, 2)
+
+
+async def test_exception_in_body_propagates_as_itself_after_graceful_stop(app: App, db: Connection) -> None:
+    """An exception raised in the ``async with`` body comes out unwrapped, after running jobs finished."""
+
+    class Boom(Exception):
+        pass
+
+    started = anyio.Event()
+
+    @app.task
+    async def short() -> None:
+        started.set()
+        await anyio.sleep(0.2)
+
+    job = await short.defer()
+    with pytest.raises(Boom) as info:
+        async with open_worker(app, **fast()) as worker:
+            await started.wait()
+            raise Boom("from the body")
+    assert type(info.value) is Boom
+    assert str(info.value) == "from the body"
+    assert worker.state is WorkerState.STOPPED
+    assert (await app.get_job(job.id)).state is JobState.COMPLETED
+    assert await worker_ids(db) == []
