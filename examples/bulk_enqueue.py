@@ -11,7 +11,7 @@ import anyio
 
 from nursery_worker import App, open_worker
 
-app = App(schema="nursery_worker_examples")
+app = App(schema="example_bulk")
 done = 0
 
 

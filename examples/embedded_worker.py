@@ -13,7 +13,7 @@ import trio
 
 from nursery_worker import App, open_worker
 
-app = App(schema="nursery_worker_examples")
+app = App(schema="example_embedded")
 resources: dict[str, object] = {}
 
 

@@ -16,7 +16,7 @@ import anyio
 
 from nursery_worker import App
 
-app = App()  # the DSN comes from $NURSERY_WORKER_DSN (or pass App(dsn=...))
+app = App()  # DSN from $NURSERY_WORKER_DSN (or App(dsn=...)); schema from $NURSERY_WORKER_SCHEMA or "nursery_worker"
 
 
 @app.task(max_attempts=5, timeout=10)

@@ -11,7 +11,7 @@ import psycopg
 
 from nursery_worker import App
 
-app = App(schema="nursery_worker_examples")
+app = App(schema="example_transactional")
 
 
 @app.task
@@ -37,7 +37,7 @@ def main() -> None:
         except RuntimeError as exc:
             print(f"order 2: {exc}")
         rows = conn.execute(
-            "SELECT args->>'order_id' FROM nursery_worker_examples.jobs WHERE task = %s", [send_receipt.name]
+            "SELECT args->>'order_id' FROM example_transactional.jobs WHERE task = %s", [send_receipt.name]
         ).fetchall()
     print("receipt jobs enqueued for orders:", sorted({r[0] for r in rows}))
     app.close()

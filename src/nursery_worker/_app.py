@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -49,7 +50,8 @@ class App:
     Args:
         dsn: a PostgreSQL DSN (``postgresql://user:password@host:5432/db``). When None, the
             ``NURSERY_WORKER_DSN`` environment variable is read on first use.
-        schema: the PostgreSQL schema holding the tables, beside the application's own.
+        schema: the PostgreSQL schema holding the tables, beside the application's own; when None,
+            ``$NURSERY_WORKER_SCHEMA``, else ``"nursery_worker"``.
         pool_min_size: connections kept open.
         pool_max_size: the most connections this process opens (the listener has one more).
         connect_timeout: seconds before an unreachable database is reported.
@@ -70,7 +72,7 @@ class App:
         self,
         dsn: str | None = None,
         *,
-        schema: str = "nursery_worker",
+        schema: str | None = None,
         pool_min_size: int = 1,
         pool_max_size: int = 10,
         connect_timeout: float = 5.0,
@@ -92,7 +94,7 @@ class App:
         if not isinstance(connect_timeout, (int, float)) or not connect_timeout > 0:
             raise ConfigurationError(f"App(connect_timeout={connect_timeout!r}): must be a number of seconds > 0")
         self._dsn = dsn
-        self.schema = schema
+        self.schema = schema if schema is not None else os.environ.get("NURSERY_WORKER_SCHEMA", "nursery_worker")
         self.pool_min_size = pool_min_size
         self.pool_max_size = pool_max_size
         self.connect_timeout = float(connect_timeout)

@@ -61,7 +61,7 @@ def _make_app(app_path: str | None, dsn: str | None, schema: str | None) -> App:
         if dsn is not None:
             app._use_dsn(dsn)
         return app
-    return App(dsn=dsn, schema=schema or "nursery_worker")
+    return App(dsn=dsn, schema=schema)
 
 
 def _common(func: F) -> F:
@@ -70,7 +70,11 @@ def _common(func: F) -> F:
         default=None,
         help="PostgreSQL DSN; default: the app's, else $NURSERY_WORKER_DSN.",
     )(func)
-    func = click.option("--schema", default=None, help="Schema holding the tables (default: nursery_worker).")(func)
+    func = click.option(
+        "--schema",
+        default=None,
+        help="Schema holding the tables; default: the app's, $NURSERY_WORKER_SCHEMA, nursery_worker.",
+    )(func)
     return click.option(
         "--log-level",
         default="info",
