@@ -87,10 +87,16 @@ class JobSpec:
 
 @attrs.frozen(kw_only=True)
 class Completion:
-    """A decided outcome of one attempt, queued for the completer's guarded batch write."""
+    """A decided outcome of one attempt, queued for the completer's guarded batch write.
+
+    ``attempted_at`` is the claim's lease: the fetch stamps it with ``clock_timestamp()``, which
+    differs for every claim of a row, so (id, attempt, worker, attempted_at) names one claim even
+    when an attempt was given back and the same worker claims the job again.
+    """
 
     job_id: int
     attempt: int
+    attempted_at: dt.datetime | None
     transition: Transition
 
 

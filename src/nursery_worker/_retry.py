@@ -55,7 +55,10 @@ class ExponentialBackoff:
     def __call__(self, attempt: int) -> float:
         """Return the seconds to wait after failed attempt number *attempt*."""
         exponent = min(max(attempt - 1, 0), 64)
-        delay = min(self.max_delay, self.base * self.factor**exponent)
+        try:
+            delay = min(self.max_delay, self.base * self.factor**exponent)
+        except OverflowError:  # factor ** exponent beyond a float: far past the cap anyway
+            delay = self.max_delay
         if self.jitter:
             delay *= 1 + self.rng.uniform(-self.jitter, self.jitter)
         return max(0.0, delay)

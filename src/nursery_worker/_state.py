@@ -155,6 +155,7 @@ class JobRecord:
     attempt: int = 0
     max_attempts: int = 20
     worker_id: str | None = None
+    lease: int = 0  # attempted_at: a new value at every claim (clock_timestamp() in SQL)
     due: bool = True  # scheduled_at <= now()
     errors: int = 0
 
@@ -163,12 +164,22 @@ def fetch_guarded(job: JobRecord, worker_id: str) -> JobRecord:
     """Claim *job* for *worker_id* if it is available and due (the fetch statement's WHERE)."""
     if job.state is not JobState.AVAILABLE or not job.due:
         return job
-    return attrs.evolve(job, state=JobState.EXECUTING, attempt=job.attempt + 1, worker_id=worker_id)
+    return attrs.evolve(
+        job, state=JobState.EXECUTING, attempt=job.attempt + 1, worker_id=worker_id, lease=job.lease + 1
+    )
 
 
-def finish_guarded(job: JobRecord, *, worker_id: str, attempt: int, transition: Transition) -> JobRecord:
-    """Apply *transition* only if *job* is still executing this attempt on this worker."""
+def finish_guarded(
+    job: JobRecord, *, worker_id: str, attempt: int, transition: Transition, lease: int | None = None
+) -> JobRecord:
+    """Apply *transition* only if *job* is still executing this claim: attempt, worker and lease.
+
+    *lease* is the value of ``job.lease`` when it was fetched (None: the caller holds the row's
+    current lease, as in a direct model step).
+    """
     if job.state is not JobState.EXECUTING or job.attempt != attempt or job.worker_id != worker_id:
+        return job
+    if lease is not None and lease != job.lease:
         return job
     return attrs.evolve(
         job,

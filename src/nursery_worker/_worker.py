@@ -474,7 +474,9 @@ class Worker:
         job, task = r.job, r.task
         backoff = task.backoff if task is not None else (lambda attempt: 0.0)
         transition = decide(outcome, attempt=job.attempt, max_attempts=job.max_attempts, backoff=backoff)
-        self._completer.submit(Completion(job_id=job.id, attempt=job.attempt, transition=transition))
+        self._completer.submit(
+            Completion(job_id=job.id, attempt=job.attempt, attempted_at=job.attempted_at, transition=transition)
+        )
         counts = self._counts
         if isinstance(outcome, Released):
             counts["released"] += 1
@@ -507,13 +509,15 @@ class Worker:
         lost_after = max(60.0, 4 * self.config.poll_interval)
         rows = await self.app.driver.executing_ids(worker_id=self.id, older_than=lost_after)
         known = self._running.keys() | self._completer.pending
-        lost = [(i, a) for i, a in rows if (i, a) not in known]
+        lost = [(i, a, lease) for i, a, lease in rows if (i, a) not in known]
         if lost:
             logger.warning("handing back %d job(s) claimed by this worker but never received", len(lost))
             transition = decide(Released(), attempt=0, max_attempts=1, backoff=lambda a: 0.0)
             await self.app.driver.finish_jobs(
                 worker_id=self.id,
-                completions=[Completion(job_id=i, attempt=a, transition=transition) for i, a in lost],
+                completions=[
+                    Completion(job_id=i, attempt=a, attempted_at=lease, transition=transition) for i, a, lease in lost
+                ],
                 error_cap=self.app.error_cap,
             )
 

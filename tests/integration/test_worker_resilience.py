@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import anyio
 import pytest
 from psycopg.conninfo import make_conninfo
@@ -18,27 +20,30 @@ pytestmark = pytest.mark.anyio
 _COMPLETED = Transition(state=JobState.COMPLETED)
 
 
-async def _claim(app: App, worker_id: str) -> int:
-    """Claim the one available job for *worker_id* through the driver's fetch; return its id."""
+async def _claim(app: App, worker_id: str, attempt: int = 1) -> tuple[int, datetime | None]:
+    """Claim the one available job for *worker_id* through the driver's fetch; return its id and lease."""
     (job,) = await app.driver.fetch_jobs(worker_id=worker_id, queues=["default"], limit=1)
-    assert (job.state, job.attempt, job.worker_id) == (JobState.EXECUTING, 1, worker_id)
-    return job.id
+    assert (job.state, job.attempt, job.worker_id) == (JobState.EXECUTING, attempt, worker_id)
+    assert job.attempted_at is not None
+    return job.id, job.attempted_at
 
 
 async def test_finish_with_a_wrong_attempt_changes_nothing(app: App) -> None:
     """finish_jobs for an attempt other than the one executing changes no row."""
     await app.defer_many([app.job_by_name("anything")])
-    job_id = await _claim(app, "w-1")
+    job_id, lease = await _claim(app, "w-1")
     failing = Transition(state=JobState.RETRYABLE, delay=0.0, error=ErrorInfo(type="X", message="late"))
     for attempt, transition in [(2, _COMPLETED), (0, _COMPLETED), (2, failing)]:
-        late = [Completion(job_id=job_id, attempt=attempt, transition=transition)]
+        late = [Completion(job_id=job_id, attempt=attempt, attempted_at=lease, transition=transition)]
         changed = await app.driver.finish_jobs(worker_id="w-1", completions=late, error_cap=20)
         assert changed == 0
     job = await app.get_job(job_id)
     assert (job.state, job.attempt, job.worker_id, job.errors) == (JobState.EXECUTING, 1, "w-1", ())
     # The right attempt on the right worker does apply.
     changed = await app.driver.finish_jobs(
-        worker_id="w-1", completions=[Completion(job_id=job_id, attempt=1, transition=_COMPLETED)], error_cap=20
+        worker_id="w-1",
+        completions=[Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=_COMPLETED)],
+        error_cap=20,
     )
     assert changed == 1
     assert (await app.get_job(job_id)).state is JobState.COMPLETED
@@ -47,11 +52,13 @@ async def test_finish_with_a_wrong_attempt_changes_nothing(app: App) -> None:
 async def test_finish_from_a_wrong_worker_changes_nothing(app: App) -> None:
     """finish_jobs from a worker other than the one executing the job changes no row."""
     await app.defer_many([app.job_by_name("anything")])
-    job_id = await _claim(app, "w-1")
+    job_id, lease = await _claim(app, "w-1")
     released = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
     for transition in (_COMPLETED, released):
         changed = await app.driver.finish_jobs(
-            worker_id="w-2", completions=[Completion(job_id=job_id, attempt=1, transition=transition)], error_cap=20
+            worker_id="w-2",
+            completions=[Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=transition)],
+            error_cap=20,
         )
         assert changed == 0
     job = await app.get_job(job_id)
@@ -61,14 +68,31 @@ async def test_finish_from_a_wrong_worker_changes_nothing(app: App) -> None:
 async def test_finish_of_a_finished_job_changes_nothing(app: App) -> None:
     """A second finish_jobs for an attempt already written changes no row."""
     await app.defer_many([app.job_by_name("anything")])
-    job_id = await _claim(app, "w-1")
-    once = [Completion(job_id=job_id, attempt=1, transition=_COMPLETED)]
+    job_id, lease = await _claim(app, "w-1")
+    once = [Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=_COMPLETED)]
     assert await app.driver.finish_jobs(worker_id="w-1", completions=once, error_cap=20) == 1
     released = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
-    again = [Completion(job_id=job_id, attempt=1, transition=released)]
+    again = [Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=released)]
     assert await app.driver.finish_jobs(worker_id="w-1", completions=again, error_cap=20) == 0
     job = await app.get_job(job_id)
     assert (job.state, job.attempt) == (JobState.COMPLETED, 1)
+
+
+async def test_stale_write_of_a_given_back_claim_does_not_touch_the_same_workers_reclaim(app: App) -> None:
+    """After a claim is handed back and the same worker claims the job again, the old claim's write changes nothing."""
+    await app.defer_many([app.job_by_name("anything")])
+    job_id, first = await _claim(app, "w-1")
+    released = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
+    give_back = [Completion(job_id=job_id, attempt=1, attempted_at=first, transition=released)]
+    assert await app.driver.finish_jobs(worker_id="w-1", completions=give_back, error_cap=20) == 1
+    again_id, second = await _claim(app, "w-1")  # same worker, same attempt number: only the lease differs
+    assert again_id == job_id and second != first
+    stale = [Completion(job_id=job_id, attempt=1, attempted_at=first, transition=_COMPLETED)]
+    assert await app.driver.finish_jobs(worker_id="w-1", completions=stale, error_cap=20) == 0
+    job = await app.get_job(job_id)
+    assert (job.state, job.attempt, job.worker_id) == (JobState.EXECUTING, 1, "w-1")
+    fresh = [Completion(job_id=job_id, attempt=1, attempted_at=second, transition=_COMPLETED)]
+    assert await app.driver.finish_jobs(worker_id="w-1", completions=fresh, error_cap=20) == 1
 
 
 async def test_late_completion_after_a_rescue_is_a_noop(app: App, db: Connection) -> None:

@@ -7,6 +7,7 @@ today; the embedded engine of a later issue plugs in at :func:`create_driver`.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -77,7 +78,8 @@ class Driver(Protocol):
         """Claim up to *limit* available jobs (priority, then oldest first) for *worker_id*."""
 
     async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
-        """Apply decided transitions in one guarded statement; return how many rows changed."""
+        """Apply decided transitions in one statement, each guarded by state, attempt, worker and
+        lease (``attempted_at``); return how many rows changed."""
 
     async def register_worker(self, info: WorkerInfo) -> None:
         """Insert or refresh the worker's row."""
@@ -94,8 +96,8 @@ class Driver(Protocol):
     async def rescue_orphans(self, *, rescuer_id: str, rescue_after: float, limit: int, error_cap: int) -> RescueResult:
         """Rescue executing jobs whose worker has not beaten for *rescue_after* seconds."""
 
-    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int]]:
-        """(id, attempt) of jobs executing on *worker_id* whose attempt began over *older_than* s ago."""
+    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int, dt.datetime | None]]:
+        """(id, attempt, attempted_at) of jobs executing on *worker_id*, claimed over *older_than* s ago."""
 
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""

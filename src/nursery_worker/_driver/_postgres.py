@@ -83,7 +83,7 @@ WITH next AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {s}.jobs AS j
-SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), worker_id = %(worker)s
+SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(), worker_id = %(worker)s
 FROM next
 WHERE j.id = next.id AND j.state = 'available'
 RETURNING j.id, j.task, j.queue, j.args, j.state, j.attempt, j.max_attempts, j.priority,
@@ -106,10 +106,11 @@ SET state = u.state,
     finished_at = CASE WHEN u.state IN ('completed', 'discarded', 'cancelled') THEN now() END,
     worker_id = NULL,
     errors = CASE WHEN u.error IS NULL THEN j.errors ELSE %(append_error)s END
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(delays)s::float8[],
-            %(errors)s::text[], %(give_back)s::int[])
-     AS u(id, attempt, state, delay, error, give_back)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(leases)s::timestamptz[], %(states)s::text[],
+            %(delays)s::float8[], %(errors)s::text[], %(give_back)s::int[])
+     AS u(id, attempt, lease, state, delay, error, give_back)
 WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt AND j.worker_id = %(worker)s
+  AND j.attempted_at IS NOT DISTINCT FROM u.lease
 RETURNING j.id, CASE WHEN u.state = 'available' THEN pg_notify(%(channel)s, 'available:' || j.queue) END
 """
 
@@ -166,7 +167,7 @@ _SQL_HEARTBEAT = "UPDATE {s}.workers SET heartbeat_at = now() WHERE id = %(id)s"
 _SQL_DEREGISTER = "DELETE FROM {s}.workers WHERE id = %(id)s"
 _SQL_GET = "SELECT " + _JOB_COLUMNS + " FROM {s}.jobs WHERE id = %(id)s"
 _SQL_EXECUTING = """
-SELECT id, attempt FROM {s}.jobs
+SELECT id, attempt, attempted_at FROM {s}.jobs
 WHERE state = 'executing' AND worker_id = %(worker)s
   AND attempted_at < now() - %(older)s * interval '1 second'
 """
@@ -508,6 +509,7 @@ class PostgresDriver:
         params = {
             "ids": [c.job_id for c in completions],
             "attempts": [c.attempt for c in completions],
+            "leases": [c.attempted_at for c in completions],
             "states": [c.transition.state.value for c in completions],
             "delays": [c.transition.delay for c in completions],
             "errors": [None if c.transition.error is None else _error_entry(c.transition.error) for c in completions],
@@ -563,10 +565,10 @@ class PostgresDriver:
 
         return await self._hop(rescue)
 
-    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int]]:
+    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int, dt.datetime | None]]:
         params = {"worker": worker_id, "older": older_than}
         rows = await self._hop(lambda c: c.execute(self._sql_executing, params).fetchall())
-        return [(int(r[0]), int(r[1])) for r in rows]
+        return [(int(r[0]), int(r[1]), r[2]) for r in rows]
 
     def listener(self) -> PostgresListener:
         return PostgresListener(self)
