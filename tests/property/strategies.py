@@ -26,6 +26,12 @@ releases = st.builds(Released, reason=st.sampled_from(["worker shutdown", "worke
 #: Every outcome an attempt can have: Succeeded, Failed, Failed(permanent=True), Released.
 outcomes: st.SearchStrategy[Outcome] = st.one_of(st.builds(Succeeded), failures, releases)
 
+#: The same outcomes weighted for the state machine: failures with attempts left lead to the most
+#: later steps (retry, promote, re-fetch), so they come twice as often as each other outcome.
+machine_outcomes: st.SearchStrategy[Outcome] = st.one_of(
+    st.builds(Succeeded), transient_failures, transient_failures, permanent_failures, releases
+)
+
 #: Delays a user's retry policy may return, including negative ones (decide() clamps them to 0).
 raw_delays = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -62,13 +68,16 @@ def executing_records(draw: st.DrawFn, *, worker_id: str = "w1") -> JobRecord:
         attempt=attempt,
         max_attempts=budget,
         worker_id=worker_id,
+        lease=draw(st.integers(min_value=1, max_value=100)),
         errors=draw(st.integers(min_value=0, max_value=attempt - 1)),
     )
 
 
-#: Parameters of ExponentialBackoff in the range users configure (factor capped: see the overflow test).
+#: Parameters of ExponentialBackoff: the range users configure, plus factors whose powers overflow a float.
 backoff_bases = st.floats(min_value=1e-3, max_value=1e4, allow_nan=False)
-backoff_factors = st.floats(min_value=1e-2, max_value=100.0, allow_nan=False)
+backoff_factors = st.one_of(
+    st.floats(min_value=1e-2, max_value=100.0, allow_nan=False), st.floats(min_value=100.0, max_value=1e300)
+)
 backoff_caps = st.floats(min_value=1e-3, max_value=1e7, allow_nan=False)
 jitters = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 attempts = st.integers(min_value=0, max_value=200)
