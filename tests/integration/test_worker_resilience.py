@@ -106,12 +106,12 @@ async def test_late_completion_after_a_rescue_is_a_noop(app: App, db: Connection
         await release.wait()
 
     job = await held.defer()
-    # Slow heartbeats and reaps, so that nothing of the worker's own interferes within the test.
-    async with open_worker(app, **fast(heartbeat_interval=5, rescue_after=10, reap_interval=5)) as worker:
+    # Heartbeats and reaps far apart: the worker's own beat must not refresh the row the test made stale.
+    async with open_worker(app, **fast(heartbeat_interval=60, rescue_after=120, reap_interval=60)) as worker:
         await started.wait()
         # A peer sees the worker's heartbeat as stale and rescues its job.
         await execute(db, "UPDATE workers SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", [worker.id])
-        await Rescuer(app.driver, "peer", rescue_after=10).run_once()
+        await Rescuer(app.driver, "peer", rescue_after=120).run_once()
         # (The worker's own reaper may be the one that got there first: either way the job is rescued.)
         rescued = await app.get_job(job.id)
         assert (rescued.state, rescued.worker_id) == (JobState.DISCARDED, None)
@@ -142,10 +142,10 @@ async def test_late_result_of_a_rescued_attempt_does_not_touch_its_rerun(app: Ap
             raise RuntimeError("late failure of the rescued attempt")
 
     job = await held.defer()
-    async with open_worker(app, **fast(heartbeat_interval=5, rescue_after=10, reap_interval=5)) as worker:
+    async with open_worker(app, **fast(heartbeat_interval=60, rescue_after=120, reap_interval=60)) as worker:
         await started[0].wait()
         await execute(db, "UPDATE workers SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", [worker.id])
-        await Rescuer(app.driver, "peer", rescue_after=10).run_once()
+        await Rescuer(app.driver, "peer", rescue_after=120).run_once()
         # The promoter makes the rescued job available again and this same worker claims attempt 2.
         with anyio.fail_after(10):
             await started[1].wait()
