@@ -21,10 +21,16 @@ logger = logging.getLogger("nursery_worker.maintenance")
 
 
 async def serve_periodically(
-    name: str, interval: float, run_once: Callable[[], Awaitable[object]], *, jitter: float = 0.1
+    name: str,
+    interval: float,
+    run_once: Callable[[], Awaitable[object]],
+    *,
+    jitter: float = 0.1,
+    first_after: float = 0.0,
 ) -> None:
-    """Call *run_once* every *interval* seconds (± *jitter*) until cancelled."""
+    """Call *run_once* every *interval* seconds (± *jitter*), the first time after *first_after*."""
     backoff = ServiceBackoff(cap=max(interval, 1.0))
+    await anyio.sleep(first_after)
     while True:
         try:
             await run_once()

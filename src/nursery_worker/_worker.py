@@ -309,8 +309,15 @@ class Worker:
                 try:
                     async with anyio.create_task_group() as services:
                         c = self.config
+                        # Registering stamped the first heartbeat: the next one is due an interval later.
                         services.start_soon(
-                            serve_periodically, "heartbeat", c.heartbeat_interval, self._heartbeat.run_once
+                            functools.partial(
+                                serve_periodically,
+                                "heartbeat",
+                                c.heartbeat_interval,
+                                self._heartbeat.run_once,
+                                first_after=c.heartbeat_interval,
+                            )
                         )
                         services.start_soon(serve_periodically, "reaper", c.reap_interval, self._reap)
                         services.start_soon(serve_periodically, "promoter", c.promote_interval, self._promoter.run_once)
