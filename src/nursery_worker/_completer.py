@@ -37,7 +37,6 @@ class Completer:
     on_written: Callable[[], None] | None = None
     #: (job id, attempt) of completions submitted but not yet written.
     pending: set[tuple[int, int]] = attrs.field(factory=set)
-    written: int = 0
     _send: MemoryObjectSendStream[Completion] = attrs.field(init=False)
     _receive: MemoryObjectReceiveStream[Completion] = attrs.field(init=False)
     _closing_deadline: float | None = attrs.field(init=False, default=None)
@@ -63,7 +62,6 @@ class Completer:
         await self.driver.finish_jobs(worker_id=self.worker_id, completions=batch, error_cap=self.error_cap)
         for c in batch:
             self.pending.discard((c.job_id, c.attempt))
-        self.written += len(batch)
         if self.on_written is not None:
             self.on_written()
 

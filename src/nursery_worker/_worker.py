@@ -296,7 +296,7 @@ class Worker:
             self._heartbeat.last = dt.datetime.now(dt.UTC)
             hooks_started = True
             await self._run_hooks(self.app.startup_hooks, strict=True)
-        except BaseException:
+        except BaseException:  # including cancellation (a signal during startup): clean up, re-raise
             self._set_state(WorkerState.ERROR)
             await self._final(hooks=hooks_started, deregister=registered)
             self._stopped.set()

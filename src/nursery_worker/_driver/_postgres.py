@@ -267,9 +267,9 @@ class PostgresDriver:
         self._pool_lock = threading.Lock()
         ident = sql.Identifier(schema)
 
-        def q(text: str, **extra: str) -> bytes:
-            fmt = {"s": ident, **{k: sql.SQL(v).format(s=ident) for k, v in extra.items()}}
-            return sql.SQL(text).format(**fmt).as_bytes(None)
+        def q(text: str) -> bytes:
+            # Composed once per driver: the schema is the only identifier, everything else is bound.
+            return sql.SQL(text).format(s=ident).as_bytes(None)
 
         append_error = _APPEND_ERROR.format(entry="u.error::jsonb")
         rescue_entry = (
