@@ -21,7 +21,7 @@ import click
 from ._app import App
 from ._dsn import redact
 from ._errors import NurseryWorkerError
-from ._worker import Worker, open_worker, unwrap_group
+from ._worker import Worker, open_worker, relay_signals, unwrap_group
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("nursery_worker.cli")
@@ -152,23 +152,7 @@ def run(
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
                 run_scope = anyio.CancelScope()
-
-                async def on_signals() -> None:
-                    seen = 0
-                    async for signum in signals:
-                        seen += 1
-                        name = signal.Signals(signum).name
-                        if not running:
-                            logger.warning("%s during startup: stopping", name)
-                            run_scope.cancel()
-                        elif seen == 1:
-                            logger.warning("%s: stopping gracefully (send it again to stop now)", name)
-                            running[0].stop()
-                        else:
-                            logger.warning("%s again: stopping now", name)
-                            running[0].stop(hard=True)
-
-                tg.start_soon(on_signals)
+                tg.start_soon(relay_signals, signals, lambda: running[0] if running else None, run_scope.cancel)
                 with run_scope:
                     async with open_worker(
                         app, queues=queues, concurrency=concurrency, shutdown_timeout=shutdown_timeout, once=once

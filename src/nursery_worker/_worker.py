@@ -22,11 +22,12 @@ import functools
 import logging
 import math
 import os
+import signal
 import socket
 import threading
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -235,6 +236,26 @@ class Worker:
     async def wait_stopped(self) -> None:
         """Wait until the worker is STOPPED or in ERROR."""
         await self._stopped.wait()
+
+    async def serve_until_signalled(self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Run until the worker stops, stopping it on SIGTERM or SIGINT as the CLI does.
+
+        The first signal stops gracefully; a second one stops at once. Only the main thread can
+        receive signals, and a library should not take over a process's signals unasked, so
+        ``open_worker`` never does this by itself.
+
+        Args:
+            signals: the signal numbers to handle.
+
+        Example:
+            >>> async with open_worker(app) as worker:
+            ...     await worker.serve_until_signalled()
+        """
+        with anyio.open_signal_receiver(*signals) as received:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(relay_signals, received, lambda: self, lambda: None)
+                await self.wait_stopped()
+                tg.cancel_scope.cancel()
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -558,6 +579,26 @@ class Worker:
             self.listener_connected = False
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
+
+
+async def relay_signals(
+    received: AsyncIterator[int], worker: Callable[[], Worker | None], during_startup: Callable[[], None]
+) -> None:
+    """First signal: stop *worker()* gracefully; second: stop it at once; before it runs: *during_startup*."""
+    seen = 0
+    async for signum in received:
+        seen += 1
+        name = signal.Signals(signum).name
+        current = worker()
+        if current is None:
+            logger.warning("%s during startup: stopping", name)
+            during_startup()
+        elif seen == 1:
+            logger.warning("%s: stopping gracefully (send it again to stop now)", name)
+            current.stop()
+        else:
+            logger.warning("%s again: stopping now", name)
+            current.stop(hard=True)
 
 
 def unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
