@@ -125,7 +125,14 @@ class App:
 
     @property
     def driver(self) -> Driver:
-        """The database driver (created on first use from the DSN)."""
+        """The database driver (created on first use from the DSN).
+
+        Returns:
+            The engine behind this app's queue operations.
+
+        Raises:
+            ConfigurationError: no DSN (neither ``dsn=`` nor ``$NURSERY_WORKER_DSN``), or an invalid one.
+        """
         if self._driver is None:
             with self._driver_lock:
                 if self._driver is None:
@@ -153,7 +160,11 @@ class App:
         return await self.driver.migrate()
 
     def migrate_sync(self) -> list[int]:
-        """Like :meth:`migrate`, from synchronous code."""
+        """Like :meth:`migrate`, from synchronous code.
+
+        Returns:
+            The migration versions applied by this call ([] when already up to date).
+        """
         return self.driver.migrate_sync()
 
     async def aclose(self) -> None:
@@ -274,6 +285,12 @@ class App:
     def get_task(self, name: str) -> Task[..., Any]:
         """Return the registered task called *name*.
 
+        Args:
+            name: the task's registered name.
+
+        Returns:
+            The :class:`Task`.
+
         Raises:
             TaskNotFound: no such task is registered (the message lists the registered ones).
         """
@@ -295,6 +312,15 @@ class App:
         """Register an ``async def`` run, in registration order, while a worker is STARTING.
 
         If one raises, the worker goes to ERROR, runs the shutdown hooks, and re-raises.
+
+        Args:
+            func: an ``async def`` taking no arguments.
+
+        Returns:
+            *func* itself, so this works as a decorator.
+
+        Raises:
+            TypeError: *func* is not an ``async def`` function.
         """
         return self._hook(self.startup_hooks, func, "on_startup")
 
@@ -302,6 +328,16 @@ class App:
         """Register an ``async def`` run, in reverse registration order, while a worker is STOPPING.
 
         Shutdown hooks also run when startup failed part-way, so they must tolerate a partial start.
+        A failing shutdown hook is logged; the others still run.
+
+        Args:
+            func: an ``async def`` taking no arguments.
+
+        Returns:
+            *func* itself, so this works as a decorator.
+
+        Raises:
+            TypeError: *func* is not an ``async def`` function.
         """
         return self._hook(self.shutdown_hooks, func, "on_shutdown")
 
@@ -338,7 +374,15 @@ class App:
         return await self.driver.insert_jobs(self._check_specs(jobs), connection=connection)
 
     def defer_many_sync(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[Job]:
-        """Like :meth:`defer_many`, from synchronous code."""
+        """Like :meth:`defer_many`, from synchronous code (blocks the calling thread).
+
+        Args:
+            jobs: items from ``task.job(**kwargs)``.
+            connection: an open ``psycopg.Connection`` whose transaction the insert joins.
+
+        Returns:
+            The inserted jobs, in the order given.
+        """
         return self.driver.insert_jobs_sync(self._check_specs(jobs), connection=connection)
 
     def job_by_name(
@@ -354,6 +398,14 @@ class App:
 
         A registered task's signature and defaults apply; an unregistered name uses queue
         "default", priority 0 and 20 attempts.
+
+        Args:
+            task: the task name.
+            args: its keyword arguments (JSON).
+            queue, priority, max_attempts: per-job options.
+
+        Returns:
+            A :class:`JobSpec` for :meth:`defer_many`.
 
         Raises:
             ConfigurationError: an option or the name is invalid.
@@ -379,6 +431,12 @@ class App:
 
     async def get_job(self, job_id: int) -> Job:
         """Return a fresh snapshot of job *job_id*.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            The :class:`Job` as the database holds it now.
 
         Raises:
             JobNotFound: no such job.

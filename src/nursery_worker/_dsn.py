@@ -19,6 +19,12 @@ def redact(text: str) -> str:
 
     Works on URL DSNs (``postgresql://user:pw@host``), on ``password=`` query parameters and on
     libpq key/value strings (``host=x password=pw``), and on any message that embeds one of them.
+
+    Args:
+        text: a DSN, or any text that may contain one.
+
+    Returns:
+        The text with each password replaced by ``***``.
     """
     text = _URL_PASSWORD.sub(r"\g<head>***\g<tail>", text)
     text = _QUERY_PASSWORD.sub(r"\g<head>***", text)

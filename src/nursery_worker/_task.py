@@ -154,7 +154,11 @@ class Task(Generic[P, R]):
         return self.func(*args, **kwargs)
 
     def check_args(self, kwargs: Mapping[str, Any]) -> None:
-        """Raise ``TypeError`` if *kwargs* cannot be passed to the function."""
+        """Raise ``TypeError`` if *kwargs* cannot be passed to the function.
+
+        Args:
+            kwargs: the keyword arguments of a job.
+        """
         try:
             self.signature.bind(**kwargs)
         except TypeError as exc:
@@ -202,11 +206,25 @@ class Task(Generic[P, R]):
         )
 
     def job(self, **kwargs: Any) -> JobSpec:
-        """Validate arguments into a :class:`JobSpec` for ``app.defer_many``, writing nothing."""
+        """Validate arguments into a :class:`JobSpec` for ``app.defer_many``, writing nothing.
+
+        Args:
+            **kwargs: the function's keyword arguments (JSON values).
+
+        Returns:
+            The :class:`JobSpec`.
+
+        Raises:
+            TypeError: the arguments do not fit the function or are not JSON.
+            ValueError: NaN/Infinity, a NUL character, or arguments that are too large.
+        """
         return self.configure().job(**kwargs)
 
     async def defer(self, **kwargs: Any) -> Job:
         """Enqueue one job with these keyword arguments.
+
+        Args:
+            **kwargs: the function's keyword arguments (JSON values).
 
         Returns:
             The inserted :class:`Job` (``state`` is available, or scheduled when it is not yet due).
@@ -220,7 +238,14 @@ class Task(Generic[P, R]):
         return await self.configure().defer(**kwargs)
 
     def defer_sync(self, **kwargs: Any) -> Job:
-        """Like :meth:`defer`, for synchronous code (blocks the calling thread)."""
+        """Like :meth:`defer`, for synchronous code (blocks the calling thread).
+
+        Args:
+            **kwargs: the function's keyword arguments (JSON values).
+
+        Returns:
+            The inserted :class:`Job`.
+        """
         return self.configure().defer_sync(**kwargs)
 
 
@@ -238,6 +263,12 @@ class TaskCall:
 
     def job(self, **kwargs: Any) -> JobSpec:
         """Validate arguments into a :class:`JobSpec`, writing nothing.
+
+        Args:
+            **kwargs: the function's keyword arguments (JSON values).
+
+        Returns:
+            The :class:`JobSpec`, with these options.
 
         Raises:
             TypeError: the arguments do not fit the function or are not JSON.
@@ -257,13 +288,27 @@ class TaskCall:
         )
 
     async def defer(self, **kwargs: Any) -> Job:
-        """Enqueue one job; see :meth:`Task.defer`."""
+        """Enqueue one job with these options; see :meth:`Task.defer` for what it raises.
+
+        Args:
+            **kwargs: the function's keyword arguments (JSON values).
+
+        Returns:
+            The inserted :class:`Job`.
+        """
         spec = self.job(**kwargs)
         (job,) = await self.task.app.driver.insert_jobs([spec], connection=self.connection)
         return job
 
     def defer_sync(self, **kwargs: Any) -> Job:
-        """Enqueue one job from synchronous code; see :meth:`Task.defer`."""
+        """Enqueue one job from synchronous code; see :meth:`Task.defer` for what it raises.
+
+        Args:
+            **kwargs: the function's keyword arguments (JSON values).
+
+        Returns:
+            The inserted :class:`Job`.
+        """
         spec = self.job(**kwargs)
         (job,) = self.task.app.driver.insert_jobs_sync([spec], connection=self.connection)
         return job

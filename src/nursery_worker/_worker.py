@@ -201,7 +201,11 @@ class Worker:
     # --- public controls ----------------------------------------------------------------------
 
     def stats(self) -> WorkerStats:
-        """Return the worker's counters now."""
+        """Return the worker's counters now.
+
+        Returns:
+            A :class:`WorkerStats` snapshot.
+        """
         return WorkerStats(
             worker_id=self.id,
             state=self.state,
@@ -223,6 +227,9 @@ class Worker:
         then cancel the rest and write them back as available without using an attempt.
         Hard: skip the wait and cancel running jobs now (still written back); it may follow a
         graceful stop that is under way (the CLI does so on a second signal).
+
+        Args:
+            hard: cancel running jobs at once instead of giving them ``shutdown_timeout``.
         """
         self._stop_requested = True
         if hard:
