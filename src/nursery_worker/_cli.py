@@ -98,6 +98,9 @@ def _fail(exc: BaseException) -> click.ClickException:
     )
 
 
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nursery-worker")
 def cli() -> None:
@@ -116,6 +119,18 @@ def cli() -> None:
     help="Seconds running jobs get after SIGTERM/SIGINT.",
 )
 @click.option("--once", is_flag=True, help="Work off the jobs available now, print the count, and exit.")
+@click.option("--poll-interval", default=1.0, show_default=True, type=_POSITIVE, help="Seconds between polls.")
+@click.option(
+    "--heartbeat-interval", default=2.0, show_default=True, type=_POSITIVE, help="Seconds between heartbeats."
+)
+@click.option(
+    "--rescue-after",
+    default=15.0,
+    show_default=True,
+    type=_POSITIVE,
+    help="Seconds without a heartbeat before peers rescue a worker's jobs.",
+)
+@click.option("--no-listen", is_flag=True, help="Do not use LISTEN/NOTIFY; rely on polling alone.")
 @click.option(
     "--backend",
     default=lambda: os.environ.get("NURSERY_WORKER_BACKEND", "asyncio"),
@@ -130,6 +145,10 @@ def run(
     concurrency: int,
     shutdown_timeout: float,
     once: bool,
+    poll_interval: float,
+    heartbeat_interval: float,
+    rescue_after: float,
+    no_listen: bool,
     backend: str,
     dsn: str | None,
     schema: str | None,
@@ -155,7 +174,15 @@ def run(
                 tg.start_soon(relay_signals, signals, lambda: running[0] if running else None, run_scope.cancel)
                 with run_scope:
                     async with open_worker(
-                        app, queues=queues, concurrency=concurrency, shutdown_timeout=shutdown_timeout, once=once
+                        app,
+                        queues=queues,
+                        concurrency=concurrency,
+                        shutdown_timeout=shutdown_timeout,
+                        once=once,
+                        poll_interval=poll_interval,
+                        heartbeat_interval=heartbeat_interval,
+                        rescue_after=rescue_after,
+                        listen=not no_listen,
                     ) as worker:
                         running.append(worker)
                         await worker.wait_stopped()

@@ -360,6 +360,35 @@ def test_run_concurrency_zero(tmp_path: Path, dsn: str, schema: str) -> None:
     _assert_one_line_error(result, "--concurrency")
 
 
+def test_run_poll_interval_zero(tmp_path: Path, dsn: str, schema: str) -> None:
+    """`run --poll-interval 0` fails with one line naming the option."""
+    _write_app(tmp_path, schema)
+    result = _cli(["run", "--app", "myjobs:app", "--poll-interval", "0"], cwd=tmp_path, dsn=dsn)
+    _assert_one_line_error(result, "--poll-interval")
+
+
+def test_run_rescue_window_shorter_than_two_heartbeats(tmp_path: Path, dsn: str, schema: str, app: App) -> None:
+    """`run --rescue-after` below twice `--heartbeat-interval` fails with one line naming both settings."""
+    _write_app(tmp_path, schema)
+    args = ["run", "--app", "myjobs:app", "--rescue-after", "3", "--heartbeat-interval", "2"]
+    result = _cli(args, cwd=tmp_path, dsn=dsn)
+    _assert_one_line_error(result, "rescue_after", "heartbeat_interval")
+
+
+@pytest.mark.slow
+def test_run_once_without_listen_polls_the_jobs(
+    tmp_path: Path, dsn: str, schema: str, app: App, db: psycopg.Connection[Any]
+) -> None:
+    """`run --once --no-listen --poll-interval 0.1` works off the available jobs by polling alone."""
+    _write_app(tmp_path, schema)
+    _defer(app, *[({"n": n}, "default") for n in range(3)])
+    args = ["run", "--app", "myjobs:app", "--once", "--no-listen", "--poll-interval", "0.1"]
+    result = _cli(args, cwd=tmp_path, dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "processed 3 job(s): 3 completed, 0 failed" in result.stdout
+    assert _rows(db, "SELECT DISTINCT state FROM jobs") == [("completed",)]
+
+
 def test_run_shutdown_timeout_zero(tmp_path: Path, dsn: str, schema: str) -> None:
     """`run --shutdown-timeout 0` fails with one line naming the option."""
     _write_app(tmp_path, schema)
