@@ -6,6 +6,7 @@ import datetime as dt
 import threading
 
 import anyio
+import anyio.lowlevel
 import pytest
 from psycopg import sql
 
@@ -490,3 +491,27 @@ async def test_exception_in_body_propagates_as_itself_after_graceful_stop(app: A
     assert worker.state is WorkerState.STOPPED
     assert (await app.get_job(job.id)).state is JobState.COMPLETED
     assert await worker_ids(db) == []
+
+
+async def test_three_workers_sharing_a_queue_run_every_job_exactly_once(app: App, db: Connection) -> None:
+    """Three workers claiming from one queue with SKIP LOCKED run each of 2,000 jobs once and only once."""
+    runs: list[int] = []
+
+    @app.task
+    async def work(n: int) -> None:
+        runs.append(n)
+        await anyio.lowlevel.checkpoint()
+
+    await app.defer_many([work.job(n=n) for n in range(2_000)])
+    async with (
+        open_worker(app, **fast(concurrency=20)) as w1,
+        open_worker(app, **fast(concurrency=20)) as w2,
+        open_worker(app, **fast(concurrency=20)) as w3,
+    ):
+        await wait_until(lambda: len(runs) >= 2_000, within=60)
+        await anyio.sleep(0.3)  # a duplicate run, if there were one, would have time to show up
+        per_worker = [w.stats().completed for w in (w1, w2, w3)]
+    assert sorted(runs) == list(range(2_000))
+    assert sum(per_worker) == 2_000
+    assert sum(1 for c in per_worker if c > 0) >= 2  # the work was actually shared
+    assert await query(db, "SELECT state, count(*) FROM jobs GROUP BY state") == [("completed", 2_000)]
