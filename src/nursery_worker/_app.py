@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import sys
 import threading
@@ -17,7 +16,18 @@ from ._errors import ConfigurationError, JobNotFound, TaskNotFound
 from ._json import DEFAULT_MAX_ARGS_BYTES
 from ._models import Job, JobSpec
 from ._retry import RetryPolicy, resolve_retry
-from ._task import Task, check_max_attempts, check_priority, check_queue, check_task_name, check_timeout
+from ._task import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    Task,
+    build_spec,
+    check_max_attempts,
+    check_priority,
+    check_queue,
+    check_task_name,
+    check_timeout,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -200,9 +210,9 @@ class App:
         /,
         *,
         name: str | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        max_attempts: int = 20,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
     ) -> TaskDecorator: ...
@@ -213,9 +223,9 @@ class App:
         /,
         *,
         name: str | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        max_attempts: int = 20,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
     ) -> Task[P, R] | TaskDecorator:
@@ -418,15 +428,15 @@ class App:
         known = self.tasks.get(task)
         if known is not None:
             return known.configure(queue=queue, priority=priority, max_attempts=max_attempts).job(**args)
-        from ._json import encode_args
-
-        return JobSpec(
+        return build_spec(
             task=check_task_name(task, where=where),
-            args=json.loads(args_json := encode_args(args, max_bytes=self.max_args_bytes)),
-            args_json=args_json,
-            queue=check_queue("default" if queue is None else queue, where=where),
-            priority=check_priority(0 if priority is None else priority, where=where),
-            max_attempts=check_max_attempts(20 if max_attempts is None else max_attempts, where=where),
+            kwargs=args,
+            max_bytes=self.max_args_bytes,
+            queue=check_queue(DEFAULT_QUEUE if queue is None else queue, where=where),
+            priority=check_priority(DEFAULT_PRIORITY if priority is None else priority, where=where),
+            max_attempts=check_max_attempts(
+                DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts, where=where
+            ),
         )
 
     async def get_job(self, job_id: int) -> Job:

@@ -119,6 +119,10 @@ class Transition:
     give_back_attempt: bool = False
 
 
+#: A hand-back: the attempt did not count and the job is available again.
+RELEASE = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
+
+
 def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callable[[int], float]) -> Transition:
     """Decide what an executing job becomes after *outcome* of attempt number *attempt*.
 
@@ -134,7 +138,7 @@ def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callab
     if isinstance(outcome, Succeeded):
         return Transition(state=JobState.COMPLETED)
     if isinstance(outcome, Released):
-        return Transition(state=JobState.AVAILABLE, give_back_attempt=True)
+        return RELEASE
     if outcome.permanent or attempt >= max_attempts:
         return Transition(state=JobState.DISCARDED, error=outcome.error)
     delay = max(0.0, float(backoff(attempt)))

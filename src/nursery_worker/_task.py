@@ -26,6 +26,10 @@ R = TypeVar("R")
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,99}")
 _TASK_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
 _INT32 = (-(2**31), 2**31 - 1)
+#: Options of a job whose task sets none (``@app.task`` defaults, and unregistered task names).
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 0
+DEFAULT_MAX_ATTEMPTS = 20
 _MAX_DELAY = 100 * 365.25 * 86400
 
 
@@ -98,6 +102,31 @@ def check_schedule(scheduled_at: object, delay: object, *, where: str) -> tuple[
             )
         return None, float(delay)
     return None, None
+
+
+def build_spec(
+    *,
+    task: str,
+    kwargs: Mapping[str, Any],
+    max_bytes: int,
+    queue: str,
+    priority: int,
+    max_attempts: int,
+    scheduled_at: dt.datetime | None = None,
+    delay: float | None = None,
+) -> JobSpec:
+    """Encode validated options and arguments into a :class:`JobSpec` (the one place specs are made)."""
+    args_json = encode_args(kwargs, max_bytes=max_bytes)
+    return JobSpec(
+        task=task,
+        args=json.loads(args_json),  # what the row will hold: tuples as lists, no shared objects
+        args_json=args_json,
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        scheduled_at=scheduled_at,
+        delay=delay,
+    )
 
 
 def _kwargs_signature(func: Callable[..., Any], name: str) -> inspect.Signature:
@@ -275,11 +304,10 @@ class TaskCall:
             ValueError: NaN/Infinity, a NUL character, or arguments above ``App(max_args_bytes=...)``.
         """
         self.task.check_args(kwargs)
-        args_json = encode_args(kwargs, max_bytes=self.task.app.max_args_bytes)
-        return JobSpec(
+        return build_spec(
             task=self.task.name,
-            args=json.loads(args_json),  # what the row will hold: tuples as lists, no shared objects
-            args_json=args_json,
+            kwargs=kwargs,
+            max_bytes=self.task.app.max_args_bytes,
             queue=self.queue,
             priority=self.priority,
             max_attempts=self.max_attempts,

@@ -42,7 +42,7 @@ from ._completer import Completer
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
 from ._maintenance import Heartbeat, Promoter, Rescuer, serve_periodically
 from ._models import Completion, Job, WorkerInfo
-from ._state import ErrorInfo, Failed, Outcome, Released, Succeeded, WorkerState, decide
+from ._state import RELEASE, ErrorInfo, Failed, Outcome, Released, Succeeded, WorkerState, decide
 from ._task import Task, check_queue
 
 logger = logging.getLogger("nursery_worker.worker")
@@ -547,11 +547,10 @@ class Worker:
         lost = [(i, a, lease) for i, a, lease in rows if (i, a) not in known]
         if lost:
             logger.warning("handing back %d job(s) claimed by this worker but never received", len(lost))
-            transition = decide(Released(), attempt=0, max_attempts=1, backoff=lambda a: 0.0)
             await self.app.driver.finish_jobs(
                 worker_id=self.id,
                 completions=[
-                    Completion(job_id=i, attempt=a, attempted_at=lease, transition=transition) for i, a, lease in lost
+                    Completion(job_id=i, attempt=a, attempted_at=lease, transition=RELEASE) for i, a, lease in lost
                 ],
                 error_cap=self.app.error_cap,
             )
