@@ -4,17 +4,29 @@ Everything public is imported from here; every other module is private.
 """
 
 from ._app import App as App
+from ._context import CallNext as CallNext
+from ._context import JobContext as JobContext
+from ._context import Middleware as Middleware
 from ._dsn import redact as redact_dsn
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DatabaseError as DatabaseError
+from ._errors import JobFailed as JobFailed
 from ._errors import JobNotFound as JobNotFound
+from ._errors import JobStateError as JobStateError
 from ._errors import NurseryWorkerError as NurseryWorkerError
 from ._errors import SchemaNotReady as SchemaNotReady
 from ._errors import TaskNotFound as TaskNotFound
+from ._models import CancelResult as CancelResult
 from ._models import Job as Job
 from ._models import JobError as JobError
 from ._models import JobSpec as JobSpec
+from ._outcomes import Discard as Discard
+from ._outcomes import JobOutcome as JobOutcome
+from ._outcomes import Retry as Retry
+from ._outcomes import Snooze as Snooze
+from ._retry import ConstantBackoff as ConstantBackoff
 from ._retry import ExponentialBackoff as ExponentialBackoff
+from ._retry import LinearBackoff as LinearBackoff
 from ._retry import RetryPolicy as RetryPolicy
 from ._state import JobState as JobState
 from ._state import WorkerState as WorkerState
@@ -26,17 +38,29 @@ from ._worker import open_worker as open_worker
 
 __all__ = [
     "App",
+    "CallNext",
+    "CancelResult",
     "ConfigurationError",
+    "ConstantBackoff",
     "DatabaseError",
+    "Discard",
     "ExponentialBackoff",
     "Job",
+    "JobContext",
     "JobError",
+    "JobFailed",
     "JobNotFound",
+    "JobOutcome",
     "JobSpec",
     "JobState",
+    "JobStateError",
+    "LinearBackoff",
+    "Middleware",
     "NurseryWorkerError",
+    "Retry",
     "RetryPolicy",
     "SchemaNotReady",
+    "Snooze",
     "Task",
     "TaskCall",
     "TaskNotFound",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
+import math
 import os
 import sys
 import threading
@@ -10,23 +12,28 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from ._context import CallNext, JobContext, Middleware
 from ._driver import Driver, create_driver
 from ._dsn import redact, resolve_dsn
-from ._errors import ConfigurationError, JobNotFound, TaskNotFound
+from ._errors import ConfigurationError, JobFailed, JobNotFound, JobStateError, TaskNotFound
 from ._json import DEFAULT_MAX_ARGS_BYTES
-from ._models import Job, JobSpec
+from ._maintenance import Pruner
+from ._models import CancelResult, Job, JobSpec
 from ._retry import RetryPolicy, resolve_retry
+from ._state import JobState
 from ._task import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
     Task,
+    UniqueKey,
     build_spec,
     check_max_attempts,
     check_priority,
     check_queue,
     check_task_name,
     check_timeout,
+    check_unique,
 )
 
 P = ParamSpec("P")
@@ -113,6 +120,7 @@ class App:
         self.tasks: dict[str, Task[..., Any]] = {}
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
+        self.middlewares: list[Middleware] = []
         self._driver: Driver | None = None
         self._driver_lock = threading.Lock()
         if dsn is not None:
@@ -215,6 +223,8 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
+        unique_key: UniqueKey = None,
+        unique_states: Iterable[str] | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -228,6 +238,8 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
+        unique_key: UniqueKey = None,
+        unique_states: Iterable[str] | None = None,
     ) -> Task[P, R] | TaskDecorator:
         """Register a function as a task, with or without options.
 
@@ -240,8 +252,16 @@ class App:
             priority: the default priority (higher runs first).
             max_attempts: attempts before a failing job is discarded (>= 1).
             timeout: seconds one attempt may run; it is then cancelled and retried as a failure.
-            retry: the backoff after a failure: an ``ExponentialBackoff`` (the default), a callable
-                ``attempt -> seconds``, or a constant number of seconds.
+            retry: the backoff after a failure: an ``ExponentialBackoff`` (the default),
+                ``LinearBackoff``, ``ConstantBackoff``, a callable ``attempt -> seconds``, or a
+                constant number of seconds.
+            unique_key: make its jobs unique: a string, True (the arguments are the key) or a
+                function ``args -> str``; see :meth:`Task.configure`.
+            unique_states: the states in which an existing job blocks a new one (default: queued
+                or running).
+
+        A parameter annotated :class:`JobContext` receives the running job's context instead of
+        an argument from the job.
 
         Returns:
             The :class:`Task` (or a decorator that makes one).
@@ -264,9 +284,12 @@ class App:
                 )
             task_name = name if name is not None else f"{_module_name(fn)}.{fn.__qualname__}"
             where = f"@app.task on {task_name!r}"
+            key_option, states = check_unique(unique_key, unique_states, where=where)
             task = Task(
                 self,
                 fn,
+                unique_key=key_option,
+                unique_states=states,
                 name=check_task_name(task_name, where=where),
                 queue=check_queue(queue, where=where),
                 priority=check_priority(priority, where=where),
@@ -350,6 +373,94 @@ class App:
             TypeError: *func* is not an ``async def`` function.
         """
         return self._hook(self.shutdown_hooks, func, "on_shutdown")
+
+    # --- middleware ---------------------------------------------------------------------------
+
+    def middleware(self, func: Middleware) -> Middleware:
+        """Register an around-middleware: ``async def mw(context, call_next)``, run around each job.
+
+        Middlewares wrap jobs in registration order (the first registered is the outermost). Each
+        must ``return await call_next()`` (or another JSON result). An exception a middleware raises
+        fails the job like the task's own exception; the worker goes on.
+
+        Args:
+            func: an ``async def`` taking a :class:`JobContext` and ``call_next``.
+
+        Returns:
+            *func* itself, so this works as a decorator.
+
+        Raises:
+            TypeError: *func* is not an ``async def`` function.
+
+        Example:
+            >>> @app.middleware
+            ... async def log_jobs(context: JobContext, call_next: CallNext) -> Any:
+            ...     log.info("start %s", context.job_id)
+            ...     return await call_next()
+        """
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"@app.middleware needs an 'async def' taking (context, call_next), got {func!r}")
+        self.middlewares.append(func)
+        return func
+
+    def before_job(self, func: Callable[[JobContext], Awaitable[None]]) -> Callable[[JobContext], Awaitable[None]]:
+        """Register ``async def hook(context)``, run before each job (as a middleware, in order).
+
+        An exception it raises fails the job, which then does not run.
+
+        Args:
+            func: an ``async def`` taking a :class:`JobContext`.
+
+        Returns:
+            *func* itself, so this works as a decorator.
+
+        Raises:
+            TypeError: *func* is not an ``async def`` function.
+        """
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"@app.before_job needs an 'async def' taking (context), got {func!r}")
+
+        async def before(context: JobContext, call_next: CallNext) -> Any:
+            await func(context)
+            return await call_next()
+
+        before.__qualname__ = f"before_job({getattr(func, '__qualname__', func)!s})"
+        self.middlewares.append(before)
+        return func
+
+    def after_job(
+        self, func: Callable[[JobContext, Any, BaseException | None], Awaitable[None]]
+    ) -> Callable[[JobContext, Any, BaseException | None], Awaitable[None]]:
+        """Register ``async def hook(context, result, error)``, run after each job (as a middleware).
+
+        *error* is the exception the job raised (None if it returned); the job's outcome stays as it
+        was unless the hook raises, which fails the job. It does not run for a job that was
+        cancelled or released by a shutdown.
+
+        Args:
+            func: an ``async def`` taking a :class:`JobContext`, the result and the error.
+
+        Returns:
+            *func* itself, so this works as a decorator.
+
+        Raises:
+            TypeError: *func* is not an ``async def`` function.
+        """
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"@app.after_job needs an 'async def' taking (context, result, error), got {func!r}")
+
+        async def after(context: JobContext, call_next: CallNext) -> Any:
+            try:
+                result = await call_next()
+            except Exception as exc:
+                await func(context, None, exc)
+                raise
+            await func(context, result, None)
+            return result
+
+        after.__qualname__ = f"after_job({getattr(func, '__qualname__', func)!s})"
+        self.middlewares.append(after)
+        return func
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -458,3 +569,221 @@ class App:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    @staticmethod
+    def _check_id(job_id: object, where: str) -> int:
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise TypeError(f"{where}: job_id must be an int, got {job_id!r}")
+        return job_id
+
+    async def cancel(self, job_id: int) -> CancelResult:
+        """Cancel a job.
+
+        A scheduled, available or retryable job becomes ``cancelled`` at once. An executing job
+        gets a durable cancel request: the worker running it is notified (and polls the request, so
+        a lost notification loses nothing), cancels the job's scope, and records it ``cancelled``;
+        it is not retried. A job that ignores cancellation (a plain ``def`` in a thread, a blocking
+        call) is recorded as cancelled and abandoned. Cancelling a finished job changes nothing.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            A :class:`CancelResult`: ``status`` is ``"cancelled"``, ``"requested"`` or
+            ``"already_finished"``, and ``job`` the job after the call.
+
+        Raises:
+            JobNotFound: no such job.
+            TypeError: the id is not an int.
+
+        Example:
+            >>> result = await app.cancel(job.id)
+            >>> print(result.message)
+        """
+        job_id = self._check_id(job_id, "cancel")
+        found = await self.driver.cancel_job(job_id, error_cap=self.error_cap)
+        if found is None:
+            raise JobNotFound(job_id)
+        job, status = found
+        return CancelResult(job=job, status=status)
+
+    async def retry(self, job_id: int) -> Job:
+        """Put a discarded or cancelled job back in its queue (the dead-letter path).
+
+        The job becomes available now, keeping its errors; if it had used all its attempts it gets
+        one more.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            The job, available again.
+
+        Raises:
+            JobNotFound: no such job.
+            JobStateError: the job is not discarded or cancelled (the message names its state), or
+                a unique job with the same key is queued or running.
+            TypeError: the id is not an int.
+        """
+        job_id = self._check_id(job_id, "retry")
+        job = await self.driver.retry_job(job_id)
+        if job is not None:
+            return job
+        current = await self.get_job(job_id)
+        raise JobStateError(
+            f"job {job_id} is {current.state.value}, not discarded or cancelled: only a finished, failed or "
+            "cancelled job can be retried"
+            + (" (it is already queued)" if current.state.value in ("available", "scheduled", "retryable") else "")
+        )
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | str | Iterable[JobState | str] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """List jobs, newest first, filtered by every option given.
+
+        Args:
+            state: a state or several (``"discarded"``, ``[JobState.RETRYABLE, ...]``).
+            queue: only this queue.
+            task: only this task name.
+            limit: at most this many (1-10000).
+            before_id: only jobs with a smaller id (to page: pass the last id of the previous page).
+
+        Returns:
+            The jobs, newest (highest id) first.
+
+        Raises:
+            ConfigurationError: an unknown state, or a bad limit, queue or task name.
+        """
+        states: list[str] | None = None
+        if state is not None:
+            items = [state] if isinstance(state, str) else list(state)
+            states = []
+            for item in items:
+                try:
+                    states.append(JobState(item).value)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"list_jobs(state={item!r}): not a job state; use one of {', '.join(s.value for s in JobState)}"
+                    ) from None
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ConfigurationError(f"list_jobs(limit={limit!r}): must be an int from 1 to 10000")
+        if queue is not None:
+            check_queue(queue, where="list_jobs()")
+        if task is not None:
+            check_task_name(task, where="list_jobs()")
+        if before_id is not None:
+            self._check_id(before_id, "list_jobs(before_id=...)")
+        return await self.driver.list_jobs(states=states, queue=queue, task=task, limit=limit, before_id=before_id)
+
+    async def prune(
+        self, *, older_than: float | dt.timedelta, states: Iterable[str] = ("completed", "discarded", "cancelled")
+    ) -> int:
+        """Delete finished jobs (and their results) older than *older_than*, in bounded batches.
+
+        Workers prune by themselves (``open_worker(retention=...)``); this is for scripts and the CLI.
+
+        Args:
+            older_than: seconds (or a timedelta) since the job finished.
+            states: which final states to prune.
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ConfigurationError: a negative age or a state that is not a final state.
+        """
+        if isinstance(older_than, dt.timedelta):
+            older_than = older_than.total_seconds()
+        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
+            raise ConfigurationError(f"prune(older_than={older_than!r}): must be seconds >= 0 or a timedelta")
+        chosen = list(states)
+        for state in chosen:
+            if state not in ("completed", "discarded", "cancelled"):
+                raise ConfigurationError(f"prune(states=...): {state!r} is not a final state")
+        pruner = Pruner(self.driver, retention={s: float(older_than) for s in chosen}, max_batches=1_000_000)
+        return sum((await pruner.run_once()).values())
+
+    async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job:  # noqa: ASYNC109
+        """Wait until a job finishes and return it (with its ``result`` once completed).
+
+        Woken by the workers' NOTIFY when jobs finish, with polling every *poll_interval* seconds
+        as the fallback (each call holds one listening connection while it waits).
+
+        Args:
+            job_id: the job's id.
+            timeout: seconds to wait at most (None: no limit).
+            poll_interval: seconds between checks when no notification arrives.
+
+        Returns:
+            The completed :class:`Job`; ``job.result`` holds the task's return value.
+
+        Raises:
+            JobFailed: the job ended discarded or cancelled (``exc.job`` is the job).
+            TimeoutError: it did not finish within *timeout* (nothing is changed).
+            JobNotFound: no such job (or it was pruned).
+
+        Example:
+            >>> job = await add.defer(a=1, b=2)
+            >>> (await app.wait_for(job.id, timeout=10)).result
+            3
+        """
+        job_id = self._check_id(job_id, "wait_for")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ConfigurationError(f"wait_for(timeout={timeout!r}): must be seconds >= 0 or None")
+        finished = await _wait_finished(self, job_id, limit=timeout, poll_interval=poll_interval)
+        if finished.state is JobState.COMPLETED:
+            return finished
+        last = finished.errors[-1].message if finished.errors else "no error recorded"
+        raise JobFailed(f"job {job_id} ({finished.task}) ended {finished.state.value}: {last}", finished)
+
+
+async def _wait_finished(app: App, job_id: int, *, limit: float | None, poll_interval: float) -> Job:
+    """Poll the job, waking early on a 'finished' notification that may name it."""
+    import anyio
+
+    from ._errors import RETRYABLE_ERRORS
+
+    woken = anyio.Event()
+    result: list[Job] = []
+    wanted = str(job_id)
+
+    async def listen() -> None:
+        listener = app.driver.listener()
+        try:
+            await listener.connect()
+            while True:
+                for note in await listener.wait(keepalive=15.0):
+                    if note.kind == "finished" and (note.value == "*" or wanted in note.value.split(",")):
+                        woken.set()
+        except RETRYABLE_ERRORS:
+            return  # polling goes on
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+
+    async def poll(tg_scope: anyio.CancelScope) -> None:
+        nonlocal woken
+        while True:
+            job = await app.get_job(job_id)
+            if job.state.is_terminal:
+                result.append(job)
+                tg_scope.cancel()
+                return
+            with anyio.move_on_after(poll_interval):
+                await woken.wait()
+            woken = anyio.Event()
+
+    with anyio.move_on_after(limit if limit is not None else math.inf) as outer:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            await poll(tg.cancel_scope)
+    if result:
+        return result[0]
+    assert outer.cancelled_caught
+    raise TimeoutError(f"job {job_id} did not finish within {limit:g}s" if limit is not None else "")

@@ -27,6 +27,18 @@ class SchemaNotReady(NurseryWorkerError, RuntimeError):
     """Raised when the database schema is missing, older or newer than this version expects."""
 
 
+class JobStateError(NurseryWorkerError, ValueError):
+    """Raised when an operation does not fit the job's state (retrying a job that is not finished)."""
+
+
+class JobFailed(NurseryWorkerError, RuntimeError):
+    """Raised by ``app.wait_for`` when the job ended discarded or cancelled; ``.job`` is the job."""
+
+    def __init__(self, message: str, job: object) -> None:
+        super().__init__(message)
+        self.job = job
+
+
 class DatabaseError(NurseryWorkerError, ConnectionError):
     """Raised when the database cannot be reached or a statement fails; the DSN password is redacted."""
 

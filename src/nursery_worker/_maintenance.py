@@ -84,16 +84,18 @@ class Rescuer:
             total = RescueResult(
                 retryable=total.retryable + result.retryable,
                 discarded=total.discarded + result.discarded,
+                cancelled=total.cancelled + result.cancelled,
                 workers_removed=total.workers_removed + result.workers_removed,
             )
             if result.rescued < self.batch:
                 break
         if total.rescued:
             logger.warning(
-                "rescued %d job(s) from dead workers (%d retryable, %d discarded)",
+                "rescued %d job(s) from dead workers (%d retryable, %d discarded, %d cancelled)",
                 total.rescued,
                 total.retryable,
                 total.discarded,
+                total.cancelled,
             )
         return total
 
@@ -113,3 +115,42 @@ class Promoter:
             total += n
             if n < self.batch:
                 return total
+
+
+#: Default retention of finished jobs, in seconds, by final state (None: keep forever).
+DEFAULT_RETENTION: dict[str, float | None] = {
+    "completed": 24 * 3600.0,
+    "discarded": 7 * 24 * 3600.0,
+    "cancelled": 7 * 24 * 3600.0,
+}
+
+
+@attrs.define
+class Pruner:
+    """Deletes finished jobs older than their state's retention, in bounded batches.
+
+    Results and errors go with their jobs. A retention of None keeps that state's jobs forever.
+    """
+
+    driver: Driver
+    retention: dict[str, float | None] = attrs.field(factory=lambda: dict(DEFAULT_RETENTION))
+    batch: int = 1000
+    max_batches: int = 20  # per run: one pass never holds the reaper for long
+
+    async def run_once(self) -> dict[str, int]:
+        """Prune every state once (at most ``max_batches`` batches each); return the counts by state."""
+        counts: dict[str, int] = {}
+        for state, age in self.retention.items():
+            if age is None:
+                continue
+            total = 0
+            for _ in range(self.max_batches):
+                n = await self.driver.prune_jobs(state=state, older_than=age, limit=self.batch)
+                total += n
+                if n < self.batch:
+                    break
+            if total:
+                counts[state] = total
+        if counts:
+            logger.info("pruned finished jobs: %s", counts)
+        return counts

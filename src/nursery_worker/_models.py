@@ -49,6 +49,12 @@ class Job:
         finished_at: when it reached a terminal state, or None.
         errors: the recorded failures, oldest first (capped to the most recent ones).
         worker_id: the worker running it while ``state`` is executing, else None.
+        result: the task's return value (JSON) once completed, else None.
+        cancel_requested_at: when a cancel was requested while it was executing, or None.
+        unique_key: the key that keeps it unique among its task's jobs, or None.
+        retry_policy: a per-job retry policy (as stored, JSON), or None for the task's.
+        duplicate: True when an enqueue returned this existing job instead of inserting a new one
+            (a unique job already queued or running); nothing was written.
     """
 
     id: int
@@ -65,6 +71,16 @@ class Job:
     finished_at: dt.datetime | None = None
     errors: tuple[JobError, ...] = ()
     worker_id: str | None = None
+    result: Any = None
+    cancel_requested_at: dt.datetime | None = None
+    unique_key: str | None = None
+    retry_policy: Mapping[str, Any] | None = None
+    duplicate: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is completed, discarded or cancelled."""
+        return self.state.is_terminal
 
 
 @attrs.frozen(kw_only=True)
@@ -83,6 +99,9 @@ class JobSpec:
     max_attempts: int
     scheduled_at: dt.datetime | None = None
     delay: float | None = None
+    unique_key: str | None = None
+    unique_states: tuple[str, ...] | None = None
+    retry_policy: Mapping[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -98,6 +117,7 @@ class Completion:
     attempt: int
     attempted_at: dt.datetime | None
     transition: Transition
+    result_json: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -117,9 +137,34 @@ class RescueResult:
 
     retryable: int = 0
     discarded: int = 0
+    cancelled: int = 0
     workers_removed: int = 0
 
     @property
     def rescued(self) -> int:
-        """Jobs taken back from dead workers, retryable or discarded."""
-        return self.retryable + self.discarded
+        """Jobs taken back from dead workers: retryable, discarded, or cancelled (a cancel was requested)."""
+        return self.retryable + self.discarded + self.cancelled
+
+
+@attrs.frozen(kw_only=True)
+class CancelResult:
+    """What ``app.cancel`` did.
+
+    Attributes:
+        job: the job as it is after the call.
+        status: ``"cancelled"`` (it was waiting and is cancelled now), ``"requested"`` (it is
+            executing: its worker cancels it, and it ends ``cancelled`` unless it finishes first), or
+            ``"already_finished"`` (it was completed, discarded or cancelled: nothing changed).
+    """
+
+    job: Job
+    status: str
+
+    @property
+    def message(self) -> str:
+        """A sentence saying what happened, for logs and the CLI."""
+        if self.status == "cancelled":
+            return f"job {self.job.id} was cancelled"
+        if self.status == "requested":
+            return f"job {self.job.id} is executing on {self.job.worker_id}; its cancellation was requested"
+        return f"job {self.job.id} had already finished ({self.job.state.value}); nothing changed"

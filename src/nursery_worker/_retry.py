@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -18,9 +18,14 @@ class RetryPolicy(Protocol):
     def __call__(self, attempt: int) -> float: ...
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ConfigurationError(f"ExponentialBackoff({attribute.name}={value!r}): must be > 0")
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ConfigurationError(f"{type(instance).__name__}({attribute.name}={value!r}): must be a number > 0")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ConfigurationError(f"{type(instance).__name__}({attribute.name}={value!r}): must be a number >= 0")
 
 
 @attrs.frozen(kw_only=True)
@@ -89,3 +94,90 @@ def resolve_retry(
         f"{where}: retry={retry!r} is not a policy; pass ExponentialBackoff(...), a callable attempt -> seconds, "
         "or a number of seconds"
     )
+
+
+@attrs.frozen(kw_only=True)
+class LinearBackoff:
+    """Waits that grow by the same step: ``base + step * (attempt - 1)``, capped.
+
+    Args:
+        base: the wait after the first failed attempt, in seconds.
+        step: added per further attempt, in seconds.
+        max_delay: the cap, in seconds.
+
+    Example:
+        >>> @app.task(retry=LinearBackoff(base=10, step=10))
+        ... async def fetch_feed(url: str) -> None: ...
+    """
+
+    base: float = attrs.field(default=1.0, validator=_non_negative)
+    step: float = attrs.field(default=1.0, validator=_non_negative)
+    max_delay: float = attrs.field(default=3600.0, validator=_positive)
+
+    def __call__(self, attempt: int) -> float:
+        """Return the seconds to wait after failed attempt number *attempt*."""
+        return max(0.0, min(self.max_delay, self.base + self.step * max(attempt - 1, 0)))
+
+
+@attrs.frozen(kw_only=True)
+class ConstantBackoff:
+    """The same wait after every failed attempt.
+
+    Args:
+        seconds: the wait, in seconds.
+
+    Example:
+        >>> send_email.configure(retry=ConstantBackoff(seconds=30))
+    """
+
+    seconds: float = attrs.field(default=1.0, validator=_non_negative)
+
+    def __call__(self, attempt: int) -> float:
+        """Return the seconds to wait after any failed attempt."""
+        return self.seconds
+
+
+def policy_to_json(policy: object, *, where: str) -> dict[str, Any]:
+    """Describe a built-in policy as JSON, to store it on a job (a per-job ``retry=``).
+
+    Raises:
+        ConfigurationError: the policy is a callable, which cannot be stored on a job.
+    """
+    if isinstance(policy, ExponentialBackoff):
+        return {
+            "kind": "exponential",
+            "base": policy.base,
+            "factor": policy.factor,
+            "max_delay": policy.max_delay,
+            "jitter": policy.jitter,
+        }
+    if isinstance(policy, LinearBackoff):
+        return {"kind": "linear", "base": policy.base, "step": policy.step, "max_delay": policy.max_delay}
+    if isinstance(policy, ConstantBackoff):
+        return {"kind": "constant", "seconds": policy.seconds}
+    if isinstance(policy, (int, float)) and not isinstance(policy, bool):
+        return policy_to_json(ConstantBackoff(seconds=float(policy)), where=where)
+    raise ConfigurationError(
+        f"{where}: retry={policy!r} cannot be stored on a job; a per-job retry must be ExponentialBackoff(...), "
+        "LinearBackoff(...), ConstantBackoff(...) or a number of seconds "
+        "(a callable works per task: @app.task(retry=...))"
+    )
+
+
+def policy_from_json(data: Any) -> Callable[[int], float] | None:
+    """Rebuild a policy stored by :func:`policy_to_json`; None if *data* is empty or unknown."""
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind")
+    try:
+        if kind == "exponential":
+            return ExponentialBackoff(
+                base=data["base"], factor=data["factor"], max_delay=data["max_delay"], jitter=data["jitter"]
+            )
+        if kind == "linear":
+            return LinearBackoff(base=data["base"], step=data["step"], max_delay=data["max_delay"])
+        if kind == "constant":
+            return ConstantBackoff(seconds=data["seconds"])
+    except (KeyError, TypeError, ConfigurationError):
+        return None
+    return None

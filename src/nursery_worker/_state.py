@@ -8,11 +8,19 @@ must mirror them line by line (see ``_driver/_postgres.py``).
 Lifecycle::
 
     scheduled ──due──▶ available ──fetch──▶ executing ──ok──▶ completed
-        ▲                  ▲                   │ │ ╰─error, attempts left──▶ retryable ──due──▶ available
+        ▲  ▲               ▲                   │ │ ╰─error, attempts left──▶ retryable ──due──▶ available
+        │  ╰──snoozed──────┼───────────────────┤ │
         │                  ╰──released────────╯ │
-    (deferred later)      (graceful shutdown)    ╰─error, no attempts left / permanent──▶ discarded
+    (deferred later)      (graceful shutdown)    ╰─error, no attempts left / Discard──▶ discarded
 
-``cancelled`` is terminal and reached by an explicit cancel (a later issue adds the API).
+    scheduled, available, retryable ──cancel──▶ cancelled
+    executing ──cancel request──▶ (its scope is cancelled) ──▶ cancelled
+    discarded, cancelled ──app.retry──▶ available          (the dead-letter path)
+
+A cancel request on an executing job is durable (``cancel_requested``): whatever the attempt's
+outcome is afterwards, a job that would run again (released, retryable, snoozed) becomes
+``cancelled`` instead. Finished states are never left by a worker's write; only an explicit
+``app.retry`` moves a discarded or cancelled job back to ``available``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ class JobState(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        """True for completed, discarded and cancelled: states no write ever leaves."""
+        """True for completed, discarded and cancelled: finished states no worker write ever leaves."""
         return self in TERMINAL_STATES
 
 
@@ -47,13 +55,24 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SCHEDULED: frozenset({JobState.AVAILABLE, JobState.CANCELLED}),
     JobState.AVAILABLE: frozenset({JobState.EXECUTING, JobState.CANCELLED}),
     JobState.EXECUTING: frozenset(
-        {JobState.COMPLETED, JobState.RETRYABLE, JobState.DISCARDED, JobState.AVAILABLE, JobState.CANCELLED}
+        {
+            JobState.COMPLETED,
+            JobState.RETRYABLE,
+            JobState.DISCARDED,
+            JobState.AVAILABLE,
+            JobState.CANCELLED,
+            JobState.SCHEDULED,
+        }
     ),
     JobState.RETRYABLE: frozenset({JobState.AVAILABLE, JobState.CANCELLED}),
     JobState.COMPLETED: frozenset(),
-    JobState.DISCARDED: frozenset(),
-    JobState.CANCELLED: frozenset(),
+    # Only by an explicit app.retry (the dead-letter path), never by a worker.
+    JobState.DISCARDED: frozenset({JobState.AVAILABLE}),
+    JobState.CANCELLED: frozenset({JobState.AVAILABLE}),
 }
+
+#: States in which a job is queued or running: what a unique job's scope always covers.
+ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.EXECUTING, JobState.RETRYABLE})
 
 
 class WorkerState(enum.StrEnum):
@@ -86,10 +105,30 @@ class Succeeded:
 
 @attrs.frozen(kw_only=True)
 class Failed:
-    """The attempt raised, timed out, or cannot run at all (``permanent``: do not retry)."""
+    """The attempt raised, timed out, or cannot run at all.
+
+    ``permanent``: do not retry (``Discard``, an unknown task, bad arguments). ``retry_after``: the
+    task chose the wait before the next attempt (``Retry(after=...)``), instead of its policy.
+    """
 
     error: ErrorInfo
     permanent: bool = False
+    retry_after: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Snoozed:
+    """The task asked to run again after *delay* seconds without using up an attempt."""
+
+    delay: float
+
+
+@attrs.frozen(kw_only=True)
+class Cancelled:
+    """The attempt was stopped by a cancel request (``abandoned``: it did not stop, and was left)."""
+
+    reason: str = "cancelled by request"
+    abandoned: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -99,7 +138,7 @@ class Released:
     reason: str = "worker shutdown"
 
 
-Outcome = Succeeded | Failed | Released
+Outcome = Succeeded | Failed | Released | Snoozed | Cancelled
 
 
 @attrs.frozen(kw_only=True)
@@ -139,10 +178,16 @@ def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callab
         return Transition(state=JobState.COMPLETED)
     if isinstance(outcome, Released):
         return RELEASE
+    if isinstance(outcome, Snoozed):
+        if outcome.delay <= 0:
+            return RELEASE
+        return Transition(state=JobState.SCHEDULED, delay=outcome.delay, give_back_attempt=True)
+    if isinstance(outcome, Cancelled):
+        return Transition(state=JobState.CANCELLED, error=ErrorInfo(type="Cancelled", message=outcome.reason))
     if outcome.permanent or attempt >= max_attempts:
         return Transition(state=JobState.DISCARDED, error=outcome.error)
-    delay = max(0.0, float(backoff(attempt)))
-    return Transition(state=JobState.RETRYABLE, delay=delay, error=outcome.error)
+    delay = outcome.retry_after if outcome.retry_after is not None else backoff(attempt)
+    return Transition(state=JobState.RETRYABLE, delay=max(0.0, float(delay)), error=outcome.error)
 
 
 # --- the guarded writes, in Python ------------------------------------------------------------
@@ -162,6 +207,11 @@ class JobRecord:
     lease: int = 0  # attempted_at: a new value at every claim (clock_timestamp() in SQL)
     due: bool = True  # scheduled_at <= now()
     errors: int = 0
+    cancel_requested: bool = False
+
+
+#: Where a job that would run again goes instead when a cancel was requested during its attempt.
+_REQUEUE_STATES = frozenset({JobState.AVAILABLE, JobState.RETRYABLE, JobState.SCHEDULED})
 
 
 def fetch_guarded(job: JobRecord, worker_id: str) -> JobRecord:
@@ -185,12 +235,15 @@ def finish_guarded(
         return job
     if lease is not None and lease != job.lease:
         return job
+    state = transition.state
+    if job.cancel_requested and state in _REQUEUE_STATES:
+        state = JobState.CANCELLED
     return attrs.evolve(
         job,
-        state=transition.state,
+        state=state,
         attempt=job.attempt - 1 if transition.give_back_attempt else job.attempt,
         worker_id=None,
-        due=transition.state is not JobState.RETRYABLE or not transition.delay,
+        due=state not in (JobState.RETRYABLE, JobState.SCHEDULED) or not transition.delay,
         errors=job.errors + (transition.error is not None),
     )
 
@@ -199,7 +252,12 @@ def rescue_guarded(job: JobRecord, live_workers: frozenset[str]) -> JobRecord:
     """Rescue *job* if it is executing on a worker that is not alive (the reaper's WHERE)."""
     if job.state is not JobState.EXECUTING or job.worker_id in live_workers:
         return job
-    state = JobState.DISCARDED if job.attempt >= job.max_attempts else JobState.RETRYABLE
+    if job.cancel_requested:
+        state = JobState.CANCELLED
+    elif job.attempt >= job.max_attempts:
+        state = JobState.DISCARDED
+    else:
+        state = JobState.RETRYABLE
     return attrs.evolve(job, state=state, worker_id=None, due=True, errors=job.errors + 1)
 
 
@@ -208,3 +266,25 @@ def promote_guarded(job: JobRecord) -> JobRecord:
     if job.state in (JobState.SCHEDULED, JobState.RETRYABLE) and job.due:
         return attrs.evolve(job, state=JobState.AVAILABLE)
     return job
+
+
+def cancel_guarded(job: JobRecord) -> JobRecord:
+    """``app.cancel``: a waiting job is cancelled now; an executing one gets a durable request."""
+    if job.state in (JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYABLE):
+        return attrs.evolve(job, state=JobState.CANCELLED, errors=job.errors + 1)
+    if job.state is JobState.EXECUTING:
+        return attrs.evolve(job, cancel_requested=True)
+    return job
+
+
+def retry_guarded(job: JobRecord) -> JobRecord:
+    """``app.retry``: a discarded or cancelled job is available again, with one more attempt allowed."""
+    if job.state not in (JobState.DISCARDED, JobState.CANCELLED):
+        return job
+    return attrs.evolve(
+        job,
+        state=JobState.AVAILABLE,
+        max_attempts=max(job.max_attempts, job.attempt + 1),
+        cancel_requested=False,
+        due=True,
+    )

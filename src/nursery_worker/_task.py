@@ -8,14 +8,17 @@ import inspect
 import json
 import math
 import re
+import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
 from ._errors import ConfigurationError
-from ._json import encode_args
+from ._json import check_json, encode_args
 from ._models import Job, JobSpec
+from ._retry import policy_to_json
+from ._state import ACTIVE_STATES, JobState
 
 if TYPE_CHECKING:
     from ._app import App
@@ -31,6 +34,63 @@ DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 0
 DEFAULT_MAX_ATTEMPTS = 20
 _MAX_DELAY = 100 * 365.25 * 86400
+_DEFAULT_UNIQUE_STATES = tuple(s.value for s in JobState if s in ACTIVE_STATES)
+_UNIQUE_KEY_MAX = 1000
+
+#: ``unique_key=``: a string, True (the arguments are the key), or a function of the arguments.
+UniqueKey = str | bool | Callable[[dict[str, Any]], str] | None
+
+
+def check_unique(unique_key: object, unique_states: object, *, where: str) -> tuple[UniqueKey, tuple[str, ...]]:
+    """Validate the unique options; return (key option, sorted states)."""
+    if unique_key is not None and not isinstance(unique_key, (str, bool)) and not callable(unique_key):
+        raise ConfigurationError(
+            f"{where}: unique_key={unique_key!r} must be a string, True (the arguments are the key), a function "
+            "args -> str, or None"
+        )
+    if isinstance(unique_key, str) and not 0 < len(unique_key) <= _UNIQUE_KEY_MAX:
+        raise ConfigurationError(f"{where}: unique_key must be 1-{_UNIQUE_KEY_MAX} characters, got {unique_key!r}")
+    if unique_states is None:
+        return unique_key, _DEFAULT_UNIQUE_STATES
+    if isinstance(unique_states, str) or not hasattr(unique_states, "__iter__"):
+        raise ConfigurationError(f"{where}: unique_states={unique_states!r} must be a collection of job states")
+    states: set[str] = set()
+    for value in unique_states:
+        try:
+            states.add(JobState(value).value)
+        except ValueError:
+            raise ConfigurationError(
+                f"{where}: unique_states holds {value!r}, which is not a job state "
+                f"(one of {', '.join(s.value for s in JobState)})"
+            ) from None
+    missing = set(_DEFAULT_UNIQUE_STATES) - states
+    if missing:
+        raise ConfigurationError(
+            f"{where}: unique_states={sorted(states)} must include every queued and running state "
+            f"({', '.join(_DEFAULT_UNIQUE_STATES)}); missing {sorted(missing)}. Add 'completed' (and others) to "
+            "also refuse a job whose twin already finished"
+        )
+    return unique_key, tuple(s.value for s in JobState if s.value in states)
+
+
+def resolve_unique_key(option: UniqueKey, kwargs: Mapping[str, Any], *, where: str) -> str | None:
+    """The unique key of one job from the ``unique_key=`` option and its arguments."""
+    if option is None or option is False:
+        return None
+    if option is True:
+        return json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(option, str):
+        return option
+    try:
+        key = option(dict(kwargs))
+    except Exception as exc:
+        raise ConfigurationError(f"{where}: the unique_key function raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(key, str) or not 0 < len(key) <= _UNIQUE_KEY_MAX:
+        raise ConfigurationError(
+            f"{where}: the unique_key function returned {key!r}; it must return a string of 1-{_UNIQUE_KEY_MAX} "
+            "characters"
+        )
+    return key
 
 
 def check_queue(queue: object, *, where: str) -> str:
@@ -114,10 +174,16 @@ def build_spec(
     max_attempts: int,
     scheduled_at: dt.datetime | None = None,
     delay: float | None = None,
+    unique_key: str | None = None,
+    unique_states: tuple[str, ...] | None = None,
+    retry_policy: dict[str, Any] | None = None,
 ) -> JobSpec:
     """Encode validated options and arguments into a :class:`JobSpec` (the one place specs are made)."""
     args_json = encode_args(kwargs, max_bytes=max_bytes)
     return JobSpec(
+        unique_key=unique_key,
+        unique_states=unique_states if unique_key is not None else None,
+        retry_policy=retry_policy,
         task=task,
         args=json.loads(args_json),  # what the row will hold: tuples as lists, no shared objects
         args_json=args_json,
@@ -129,15 +195,56 @@ def build_spec(
     )
 
 
-def _kwargs_signature(func: Callable[..., Any], name: str) -> inspect.Signature:
+def _is_context(annotation: Any) -> bool:
+    from ._context import JobContext
+
+    if annotation is JobContext:
+        return True
+    return isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "JobContext"
+
+
+def _kwargs_signature(func: Callable[..., Any], name: str) -> tuple[inspect.Signature, str | None]:
+    """The signature jobs' arguments must fit, and the name of a ``JobContext`` parameter if any."""
     sig = inspect.signature(func)
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolvable forward references: fall back to the raw annotations
+        hints = {}
+    context: str | None = None
     for param in sig.parameters.values():
+        if _is_context(hints.get(param.name, param.annotation)):
+            if context is not None:
+                raise ConfigurationError(f"task {name!r}: only one parameter may take the JobContext")
+            context = param.name
+            continue
         if param.kind is inspect.Parameter.POSITIONAL_ONLY and param.default is inspect.Parameter.empty:
             raise ConfigurationError(
                 f"task {name!r}: parameter {param.name!r} is positional-only, but jobs pass arguments by "
                 "keyword; remove the '/' from the signature"
             )
-    return sig
+    if context is not None:
+        if sig.parameters[context].kind not in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            raise ConfigurationError(f"task {name!r}: the JobContext parameter {context!r} must be passable by keyword")
+        sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != context])
+    return sig, context
+
+
+def encode_result(value: Any, *, task: str) -> str | None:
+    """The JSON of a task's return value (None stays SQL NULL).
+
+    Raises:
+        TypeError / ValueError: the value is not JSON; the message names the task and the path.
+    """
+    if value is None:
+        return None
+    try:
+        check_json(value, "result")
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"task {task!r} returned a value that is not JSON: {exc}") from None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class Task(Generic[P, R]):
@@ -163,6 +270,8 @@ class Task(Generic[P, R]):
         max_attempts: int,
         timeout: float | None,
         backoff: Callable[[int], float],
+        unique_key: UniqueKey = None,
+        unique_states: tuple[str, ...] = _DEFAULT_UNIQUE_STATES,
     ) -> None:
         self.app = app
         self.func = func
@@ -172,8 +281,10 @@ class Task(Generic[P, R]):
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.backoff = backoff
+        self.unique_key = unique_key
+        self.unique_states = unique_states
         self.is_async = inspect.iscoroutinefunction(func)
-        self.signature = _kwargs_signature(func, name)
+        self.signature, self.context_param = _kwargs_signature(func, name)
         functools.update_wrapper(self, func)
 
     def __repr__(self) -> str:
@@ -202,6 +313,9 @@ class Task(Generic[P, R]):
         delay: float | dt.timedelta | None = None,
         max_attempts: int | None = None,
         connection: Any = None,
+        unique_key: UniqueKey = None,
+        unique_states: typing.Iterable[str] | None = None,
+        retry: Any = None,
     ) -> TaskCall:
         """Return a deferrer with per-job options.
 
@@ -212,6 +326,16 @@ class Task(Generic[P, R]):
             delay: seconds (or a timedelta) from now, by the database's clock.
             max_attempts: the attempt budget for these jobs.
             connection: an open psycopg connection: the insert joins its transaction.
+            unique_key: make the job unique among its task's jobs: a string, True (its arguments
+                are the key) or a function ``args -> str``. While a job with the same key is in
+                *unique_states*, enqueueing returns that job (``job.duplicate`` is True) and inserts
+                nothing; the database enforces it, across processes. Default: the task's.
+            unique_states: the states in which an existing job blocks a new one; always includes
+                scheduled, available, executing and retryable (the default); add ``"completed"``
+                to also refuse a job whose twin already completed.
+            retry: this job's retry policy: ``ExponentialBackoff``, ``LinearBackoff``,
+                ``ConstantBackoff`` or a number of seconds (stored on the job; a callable policy
+                can only be set per task).
 
         Returns:
             A :class:`TaskCall` with ``defer``, ``defer_sync`` and ``job``.
@@ -224,7 +348,18 @@ class Task(Generic[P, R]):
         """
         where = f"{self.name}.configure()"
         at, seconds = check_schedule(scheduled_at, delay, where=where)
+        if unique_key is None and unique_states is None:
+            key_option, states = self.unique_key, self.unique_states
+        else:
+            key_option, states = check_unique(
+                self.unique_key if unique_key is None else unique_key,
+                self.unique_states if unique_states is None else unique_states,
+                where=where,
+            )
         return TaskCall(
+            unique_key=key_option,
+            unique_states=states,
+            retry_policy=None if retry is None else policy_to_json(retry, where=where),
             task=self,
             queue=self.queue if queue is None else check_queue(queue, where=where),
             priority=self.priority if priority is None else check_priority(priority, where=where),
@@ -289,6 +424,9 @@ class TaskCall:
     scheduled_at: dt.datetime | None = None
     delay: float | None = None
     connection: Any = attrs.field(default=None, repr=False)
+    unique_key: UniqueKey = None
+    unique_states: tuple[str, ...] = _DEFAULT_UNIQUE_STATES
+    retry_policy: dict[str, Any] | None = None
 
     def job(self, **kwargs: Any) -> JobSpec:
         """Validate arguments into a :class:`JobSpec`, writing nothing.
@@ -304,7 +442,8 @@ class TaskCall:
             ValueError: NaN/Infinity, a NUL character, or arguments above ``App(max_args_bytes=...)``.
         """
         self.task.check_args(kwargs)
-        return build_spec(
+        spec = build_spec(
+            retry_policy=self.retry_policy,
             task=self.task.name,
             kwargs=kwargs,
             max_bytes=self.task.app.max_args_bytes,
@@ -314,6 +453,11 @@ class TaskCall:
             scheduled_at=self.scheduled_at,
             delay=self.delay,
         )
+        if self.unique_key is None or self.unique_key is False:
+            return spec
+        # The key is computed from the arguments as the row will hold them (validated JSON).
+        key = resolve_unique_key(self.unique_key, dict(spec.args), where=f"{self.task.name}.job()")
+        return attrs.evolve(spec, unique_key=key, unique_states=self.unique_states)
 
     async def defer(self, **kwargs: Any) -> Job:
         """Enqueue one job with these options; see :meth:`Task.defer` for what it raises.

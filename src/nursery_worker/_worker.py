@@ -22,12 +22,13 @@ import functools
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import threading
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,11 +40,26 @@ import attrs
 from ._app import App
 from ._backoff import ServiceBackoff
 from ._completer import Completer
+from ._context import JobContext
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
-from ._maintenance import Heartbeat, Promoter, Rescuer, serve_periodically
+from ._maintenance import DEFAULT_RETENTION, Heartbeat, Promoter, Pruner, Rescuer, serve_periodically
 from ._models import Completion, Job, WorkerInfo
-from ._state import RELEASE, ErrorInfo, Failed, Outcome, Released, Succeeded, WorkerState, decide
-from ._task import Task, check_queue
+from ._outcomes import Discard, JobOutcome, Retry, Snooze
+from ._retry import policy_from_json
+from ._state import (
+    RELEASE,
+    Cancelled,
+    ErrorInfo,
+    Failed,
+    Outcome,
+    Released,
+    Snoozed,
+    Succeeded,
+    Transition,
+    WorkerState,
+    decide,
+)
+from ._task import Task, check_queue, encode_result
 
 logger = logging.getLogger("nursery_worker.worker")
 
@@ -79,6 +95,34 @@ def _queues(value: Sequence[str] | str) -> tuple[str, ...]:
     return queues
 
 
+_FINAL_STATES = ("completed", "discarded", "cancelled")
+
+
+def _retention(value: Mapping[str, float | dt.timedelta | None] | None) -> dict[str, float | None]:
+    """Validate ``retention=``: seconds (or a timedelta, or None to keep) by final state."""
+    if value is None:
+        return {state: None for state in _FINAL_STATES}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"open_worker(retention={value!r}): pass a dict such as {{'completed': 3600, 'discarded': 86400}}, "
+            "or None to never prune"
+        )
+    out = dict(DEFAULT_RETENTION)
+    for state, age in value.items():
+        if state not in _FINAL_STATES:
+            raise ConfigurationError(
+                f"open_worker(retention=...): {state!r} is not a final state; use {', '.join(_FINAL_STATES)}"
+            )
+        if isinstance(age, dt.timedelta):
+            age = age.total_seconds()
+        if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not age >= 0):
+            raise ConfigurationError(
+                f"open_worker(retention={{{state!r}: {age!r}}}): must be seconds >= 0, a timedelta, or None to keep"
+            )
+        out[state] = None if age is None else float(age)
+    return out
+
+
 @attrs.frozen(kw_only=True)
 class WorkerConfig:
     """The options of :func:`open_worker`, validated."""
@@ -95,6 +139,15 @@ class WorkerConfig:
     sync_threads: int | None = attrs.field(default=None)
     listen: bool = True
     once: bool = False
+    cancel_grace: float = attrs.field(default=10.0, validator=_positive("cancel_grace"))
+    retention: dict[str, float | None] = attrs.field(factory=lambda: dict(DEFAULT_RETENTION), converter=_retention)
+    prune_interval: float = attrs.field(default=60.0, validator=_positive("prune_interval"))
+    wait_for_db: float = attrs.field(default=0.0)
+
+    @wait_for_db.validator
+    def _check_wait(self, _: object, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigurationError(f"open_worker(wait_for_db={value!r}): must be seconds >= 0 (0: fail at once)")
 
     @concurrency.validator
     def _check_concurrency(self, _: object, value: int) -> None:
@@ -120,11 +173,13 @@ class WorkerStats:
     """Counters of one worker since it started.
 
     Attributes:
-        processed: attempts that ran to an outcome (completed or failed).
+        processed: attempts that ran to an outcome (completed, failed, snoozed or cancelled).
         completed: attempts that succeeded.
         failed: attempts that raised or timed out (retried or discarded).
         retried: failed attempts that will run again.
-        discarded: jobs given up on (attempts exhausted, unknown task, bad arguments).
+        discarded: jobs given up on (attempts exhausted, ``Discard``, unknown task, bad arguments).
+        snoozed: attempts that asked to run again later (``Snooze``), not using an attempt.
+        cancelled: executing jobs stopped by ``app.cancel``.
         released: attempts handed back at shutdown, to run again without using an attempt.
         running: jobs executing now.
         started_at: when the worker became RUNNING (wall clock, UTC).
@@ -138,6 +193,8 @@ class WorkerStats:
     failed: int
     retried: int
     discarded: int
+    snoozed: int
+    cancelled: int
     released: int
     running: int
     started_at: dt.datetime | None
@@ -150,6 +207,8 @@ class _Running:
     task: Task[..., Any] | None
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     released: bool = False
+    cancel_requested: bool = False
+    abandoned: bool = False  # its outcome was written while it still ran (it ignored cancellation)
 
 
 class Worker:
@@ -174,7 +233,16 @@ class Worker:
         )
         self.state = WorkerState.INITIALIZING
         self._running: dict[tuple[int, int], _Running] = {}
-        self._counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0, "discarded": 0, "released": 0}
+        self._counts = {
+            "processed": 0,
+            "completed": 0,
+            "failed": 0,
+            "retried": 0,
+            "discarded": 0,
+            "snoozed": 0,
+            "cancelled": 0,
+            "released": 0,
+        }
         self._started_at: dt.datetime | None = None
         self._stop_requested = False
         self._hard = False
@@ -188,6 +256,10 @@ class Worker:
         self._heartbeat = Heartbeat(driver, self.info)
         self._rescuer = Rescuer(driver, self.id, config.rescue_after, error_cap=app.error_cap)
         self._promoter = Promoter(driver)
+        self._pruner = Pruner(driver, retention=dict(config.retention))
+        self._services: anyio.abc.TaskGroup | None = None
+        #: Called with (job, outcome, transition) after each attempt (the testing helpers use it).
+        self._on_outcome: Callable[[Job, Outcome, Transition], None] | None = None
         self._completer = Completer(
             driver, self.id, error_cap=app.error_cap, final_timeout=config.final_timeout, on_written=self._on_written
         )
@@ -312,13 +384,31 @@ class Worker:
         if scope.cancelled_caught:
             logger.error("worker %s: shutdown steps overran final_timeout=%ss", self.id, self.config.final_timeout)
 
+    async def _connect_first(self) -> None:
+        """Reach the database and check the schema; with ``wait_for_db``, retry with backoff until then."""
+        driver = self.app.driver
+        deadline = anyio.current_time() + self.config.wait_for_db
+        backoff = ServiceBackoff(cap=5.0)
+        while True:
+            try:
+                await driver.open()
+                await driver.check_schema()
+                return
+            except RETRYABLE_ERRORS as exc:
+                delay = backoff.next()
+                if anyio.current_time() + delay > deadline:
+                    if self.config.wait_for_db:
+                        logger.error("gave up waiting %gs for the database", self.config.wait_for_db)
+                    raise
+                logger.warning("waiting for the database: %s; retrying in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+
     async def _serve(self, *, task_status: anyio.abc.TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
         self._set_state(WorkerState.STARTING)
         driver = self.app.driver
         registered = hooks_started = False
         try:
-            await driver.open()
-            await driver.check_schema()
+            await self._connect_first()
             await driver.register_worker(self.info)
             registered = True
             self._heartbeat.last = dt.datetime.now(dt.UTC)
@@ -336,6 +426,7 @@ class Worker:
                 await root.start(self._completer.serve)
                 try:
                     async with anyio.create_task_group() as services:
+                        self._services = services
                         c = self.config
                         # Registering stamped the first heartbeat: the next one is due an interval later.
                         services.start_soon(
@@ -347,7 +438,22 @@ class Worker:
                                 first_after=c.heartbeat_interval,
                             )
                         )
-                        services.start_soon(serve_periodically, "reaper", c.reap_interval, self._reap)
+                        # Jittered widely: many workers started together must not all reap at once.
+                        services.start_soon(
+                            functools.partial(serve_periodically, "reaper", c.reap_interval, self._reap, jitter=0.3)
+                        )
+                        services.start_soon(self._watch_cancel_requests)
+                        if any(age is not None for age in c.retention.values()):
+                            services.start_soon(
+                                functools.partial(
+                                    serve_periodically,
+                                    "pruner",
+                                    c.prune_interval,
+                                    self._pruner.run_once,
+                                    jitter=0.3,
+                                    first_after=c.prune_interval * random.uniform(0.1, 1.0),
+                                )
+                            )
                         services.start_soon(serve_periodically, "promoter", c.promote_interval, self._promoter.run_once)
                         if c.listen:
                             services.start_soon(self._listen)
@@ -359,6 +465,7 @@ class Worker:
                         task_status.started(self)
                         await self._work()
                         services.cancel_scope.cancel()
+                    self._services = None
                 finally:
                     self._completer.close()
         except Exception:
@@ -435,24 +542,35 @@ class Worker:
 
     async def _run_job(self, r: _Running) -> None:
         outcome: Outcome | None = None
+        result: str | None = None
         try:
-            outcome = await self._execute(r)
+            outcome, result = await self._execute(r)
         finally:
             if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
                 outcome = Released(reason="worker cancelled")
-            self._record(r, outcome)
+            if not r.abandoned:
+                self._record(r, outcome, result)
 
-    async def _execute(self, r: _Running) -> Outcome:
+    def _context(self, r: _Running) -> JobContext:
+        deadline = None
+        if r.task is not None and r.task.timeout is not None:
+            deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=r.task.timeout)
+        return JobContext(job=r.job, worker_id=self.id, deadline=deadline, app=self.app)
+
+    async def _execute(self, r: _Running) -> tuple[Outcome, str | None]:
         job, task = r.job, r.task
         if task is None:
             known = ", ".join(sorted(self.app.tasks)) or "none"
-            return Failed(
-                permanent=True,
-                error=ErrorInfo(
-                    type="TaskNotFound",
-                    message=f"no task named {job.task!r} is registered in this worker's app (registered: {known}); "
-                    "the job was discarded",
+            return (
+                Failed(
+                    permanent=True,
+                    error=ErrorInfo(
+                        type="TaskNotFound",
+                        message=f"no task named {job.task!r} is registered in this worker's app (registered: {known}); "
+                        "the job was discarded",
+                    ),
                 ),
+                None,
             )
         args = job.args
         try:
@@ -460,34 +578,81 @@ class Worker:
                 raise TypeError(f"job arguments must be a JSON object, got {type(args).__name__}")
             task.signature.bind(**args)
         except TypeError as exc:
-            return Failed(
-                permanent=True,
-                error=ErrorInfo(type="TypeError", message=f"arguments do not fit {task.name}{task.signature}: {exc}"),
+            return (
+                Failed(
+                    permanent=True,
+                    error=ErrorInfo(
+                        type="TypeError", message=f"arguments do not fit {task.name}{task.signature}: {exc}"
+                    ),
+                ),
+                None,
             )
+        middlewares = self.app.middlewares
+        context = self._context(r) if (middlewares or task.context_param) else None
+        kwargs = dict(args)
+        if task.context_param is not None:
+            kwargs[task.context_param] = context
+
+        async def call_task() -> Any:
+            if task.is_async:
+                return await task.func(**kwargs)
+            return await anyio.to_thread.run_sync(
+                functools.partial(self._call_in_thread, task.func, kwargs),
+                abandon_on_cancel=True,
+                limiter=self._thread_limiter,
+            )
+
+        handler: Callable[[], Any] = call_task
+        if context is not None:
+            for middleware in reversed(middlewares):
+                handler = functools.partial(middleware, context, handler)
         if task.timeout is not None:
             r.scope.deadline = anyio.current_time() + task.timeout
         try:
             with r.scope:
-                if task.is_async:
-                    await task.func(**args)
-                else:
-                    await anyio.to_thread.run_sync(
-                        functools.partial(self._call_in_thread, task.func, args),
-                        abandon_on_cancel=True,
-                        limiter=self._thread_limiter,
-                    )
-                return Succeeded()
+                value = await handler()
+                if isinstance(value, JobOutcome):
+                    return self._steered(value), None
+                try:
+                    return Succeeded(), encode_result(value, task=task.name)
+                except (TypeError, ValueError) as exc:
+                    # The work is done; running it again would not change what it returns.
+                    return Failed(permanent=True, error=ErrorInfo(type=type(exc).__name__, message=str(exc))), None
+        except JobOutcome as steer:
+            if r.released or r.cancel_requested:
+                return self._interrupted(r, task), None
+            return self._steered(steer), None
         except Exception as exc:
-            if r.released:
-                return Released()
-            return Failed(error=error_info(exc))
-        if r.released:
-            return Released()
+            if r.released or r.cancel_requested:
+                return self._interrupted(r, task), None
+            return Failed(error=error_info(exc)), None
+        if r.released or r.cancel_requested:
+            return self._interrupted(r, task), None
         # The job's own scope caught a cancellation that was not a shutdown: its deadline passed.
         detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
-        return Failed(
-            error=ErrorInfo(type="TimeoutError", message=f"job exceeded its timeout of {task.timeout:g}s{detail}")
+        return (
+            Failed(
+                error=ErrorInfo(type="TimeoutError", message=f"job exceeded its timeout of {task.timeout:g}s{detail}")
+            ),
+            None,
         )
+
+    @staticmethod
+    def _interrupted(r: _Running, task: Task[..., Any]) -> Outcome:
+        if r.cancel_requested:
+            detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
+            return Cancelled(reason=f"cancelled by request while executing{detail}", abandoned=not task.is_async)
+        return Released()
+
+    @staticmethod
+    def _steered(outcome: JobOutcome) -> Outcome:
+        if isinstance(outcome, Snooze):
+            return Snoozed(delay=outcome.seconds)
+        if isinstance(outcome, Retry):
+            return Failed(error=ErrorInfo(type="Retry", message=outcome.reason), retry_after=outcome.seconds)
+        if isinstance(outcome, Discard):
+            return Failed(error=ErrorInfo(type="Discard", message=outcome.reason), permanent=True)
+        return Failed(error=error_info(outcome))
 
     def _call_in_thread(self, func: Any, args: dict[str, Any]) -> None:
         # Counted so that the CLI knows when abandoned threads (timed out, or cancelled at
@@ -505,13 +670,23 @@ class Worker:
         """Threads still running plain ``def`` jobs, including ones the worker abandoned."""
         return self._threads_alive
 
-    def _record(self, r: _Running, outcome: Outcome) -> None:
+    def _record(self, r: _Running, outcome: Outcome, result: str | None = None) -> None:
         job, task = r.job, r.task
-        backoff = task.backoff if task is not None else (lambda attempt: 0.0)
+        backoff = policy_from_json(job.retry_policy) if job.retry_policy else None
+        if backoff is None:
+            backoff = task.backoff if task is not None else (lambda attempt: 0.0)
         transition = decide(outcome, attempt=job.attempt, max_attempts=job.max_attempts, backoff=backoff)
         self._completer.submit(
-            Completion(job_id=job.id, attempt=job.attempt, attempted_at=job.attempted_at, transition=transition)
+            Completion(
+                job_id=job.id,
+                attempt=job.attempt,
+                attempted_at=job.attempted_at,
+                transition=transition,
+                result_json=result,
+            )
         )
+        if self._on_outcome is not None:
+            self._on_outcome(job, outcome, transition)
         counts = self._counts
         if isinstance(outcome, Released):
             counts["released"] += 1
@@ -519,6 +694,11 @@ class Worker:
             counts["processed"] += 1
             if isinstance(outcome, Succeeded):
                 counts["completed"] += 1
+            elif isinstance(outcome, Snoozed):
+                counts["snoozed"] += 1
+            elif isinstance(outcome, Cancelled):
+                counts["cancelled"] += 1
+                logger.warning("job %d (%s) attempt %d: %s", job.id, job.task, job.attempt, outcome.reason)
             else:
                 counts["failed"] += 1
                 counts["retried" if transition.state == "retryable" else "discarded"] += 1
@@ -555,6 +735,58 @@ class Worker:
                 error_cap=self.app.error_cap,
             )
 
+    def _cancel_running(self, job_id: int, attempt: int | None = None) -> None:
+        """Cancel the scope of a running job whose cancel was requested (no-op if not ours)."""
+        for (jid, att), r in list(self._running.items()):
+            if jid != job_id or (attempt is not None and att != attempt) or r.cancel_requested:
+                continue
+            logger.info("job %d (%s): cancel requested; cancelling it", jid, r.job.task)
+            r.cancel_requested = True
+            r.scope.cancel()
+            if self._services is not None:
+                self._services.start_soon(self._abandon_if_stuck, r, name=f"cancel watchdog {jid}")
+
+    async def _abandon_if_stuck(self, r: _Running) -> None:
+        """A job that ignores its cancellation is recorded as cancelled and abandoned after a grace."""
+        await anyio.sleep(self.config.cancel_grace)
+        key = (r.job.id, r.job.attempt)
+        if self._running.get(key) is not r:
+            return
+        logger.error(
+            "job %d (%s) ignored its cancellation for %gs; recorded as cancelled and abandoned (it may still run)",
+            r.job.id,
+            r.job.task,
+            self.config.cancel_grace,
+        )
+        r.abandoned = True
+        self._record(
+            r,
+            Cancelled(
+                reason=f"cancelled by request; the job did not stop within {self.config.cancel_grace:g}s and was "
+                "abandoned (it may still be running)",
+                abandoned=True,
+            ),
+        )
+
+    async def _watch_cancel_requests(self) -> None:
+        """The durable side of cancellation: a lost NOTIFY must not lose a cancel request."""
+        interval = self.config.poll_interval
+        backoff = ServiceBackoff(cap=max(interval, 1.0))
+        while True:
+            await anyio.sleep(interval)
+            if not self._running:
+                continue
+            try:
+                requested = await self.app.driver.cancel_requested(worker_id=self.id)
+            except RETRYABLE_ERRORS as exc:
+                delay = backoff.next()
+                logger.warning("cancel check: %s; retrying in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+                continue
+            backoff.reset()
+            for job_id, attempt in requested:
+                self._cancel_running(job_id, attempt)
+
     async def _listen(self) -> None:
         listener = self.app.driver.listener()
         backoff = ServiceBackoff(cap=max(5.0, self.config.poll_interval))
@@ -574,6 +806,8 @@ class Worker:
                             if note.kind == "available" and note.value in queues:
                                 self._more = True
                                 self._wake()
+                            elif note.kind == "cancel" and note.value.isdigit():
+                                self._cancel_running(int(note.value))
                 except RETRYABLE_ERRORS as exc:
                     self.listener_connected = False
                     delay = backoff.next()
@@ -638,6 +872,10 @@ async def open_worker(
     sync_threads: int | None = None,
     listen: bool = True,
     once: bool = False,
+    cancel_grace: float = 10.0,
+    retention: Mapping[str, float | dt.timedelta | None] | None = DEFAULT_RETENTION,
+    prune_interval: float = 60.0,
+    wait_for_db: float = 0.0,
 ) -> AsyncIterator[Worker]:
     """Run a worker as a child of the calling task; leaving the block stops it gracefully.
 
@@ -661,6 +899,14 @@ async def open_worker(
             ``min(concurrency, 32)``).
         listen: use LISTEN/NOTIFY to pick up jobs at once (polling always runs as a fallback).
         once: stop by itself when no job is available or running (what ``run --once`` does).
+        cancel_grace: seconds a cancelled job gets to stop; one that ignores its cancellation is
+            then recorded as cancelled and abandoned (its task may still run).
+        retention: seconds (or a timedelta) to keep finished jobs, by final state
+            (``completed``, ``discarded``, ``cancelled``); a state given None is kept forever, and
+            ``retention=None`` turns pruning off. Default: completed 1 day, the others 7 days.
+        prune_interval: seconds between pruning passes (each deletes in bounded batches).
+        wait_for_db: seconds to keep retrying the first connection (and schema check) with
+            backoff, for containers that start before their database; 0 fails at once.
 
     Yields:
         The RUNNING :class:`Worker`.
@@ -688,6 +934,10 @@ async def open_worker(
         sync_threads=sync_threads,
         listen=listen,
         once=once,
+        cancel_grace=cancel_grace,
+        retention=retention,
+        prune_interval=prune_interval,
+        wait_for_db=wait_for_db,
     )
     worker = Worker(app, config)
     try:

@@ -13,10 +13,13 @@ import pytest
 from psycopg import sql
 
 from nursery_worker import App, SchemaNotReady, open_worker
+from nursery_worker._driver._postgres import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 
 Conn = psycopg.Connection[Any]
+
+ALL_VERSIONS = list(range(1, SCHEMA_VERSION + 1))
 
 
 def tables_in(db: Conn, schema: str) -> set[str]:
@@ -44,18 +47,18 @@ def jobs_in(db: Conn, schema: str) -> int:
 async def test_migrate_applies_version_1_then_nothing(dsn: str, schema: str) -> None:
     """The first migrate of a fresh schema applies [1]; a second one applies nothing and returns []."""
     async with App(dsn=dsn, schema=schema) as app:
-        assert await app.migrate() == [1]
+        assert await app.migrate() == ALL_VERSIONS
         assert await app.migrate() == []
 
 
 def test_migrate_sync_is_idempotent(dsn: str, schema: str, db: Conn) -> None:
     """migrate_sync twice applies version 1 once and records it once."""
     with App(dsn=dsn, schema=schema) as app:
-        assert app.migrate_sync() == [1]
+        assert app.migrate_sync() == ALL_VERSIONS
         assert app.migrate_sync() == []
 
     rows = db.execute(sql.SQL("SELECT version FROM {}.migrations").format(sql.Identifier(schema))).fetchall()
-    assert rows == [(1,)]
+    assert rows == [(v,) for v in ALL_VERSIONS]
 
 
 async def test_migrate_keeps_existing_jobs(app: App, db: Conn) -> None:
@@ -86,7 +89,7 @@ def test_concurrent_migrations_both_succeed(dsn: str, schema: str, db: Conn) -> 
         for app in apps:
             app.close()
 
-    assert sorted(results) == [[], [1]]
+    assert sorted(results) == [[], ALL_VERSIONS]
     assert {"jobs", "workers", "migrations"} <= tables_in(db, schema)
 
 
@@ -102,7 +105,7 @@ async def test_concurrent_migrations_from_tasks_both_succeed(dsn: str, schema: s
         for _ in range(4):
             tg.start_soon(migrate)
 
-    assert sorted(results) == [[], [], [], [1]]
+    assert sorted(results) == [[], [], [], ALL_VERSIONS]
 
 
 def test_the_tables_live_in_the_configured_schema(app: App, db: Conn) -> None:
@@ -240,7 +243,8 @@ async def test_migrate_on_a_newer_schema_raises_schema_not_ready(app: App, db: C
 
     assert "999" in str(info.value)
     assert "upgrade" in str(info.value)
-    assert db.execute("SELECT version FROM migrations ORDER BY version").fetchall() == [(1,), (999,)]
+    rows = db.execute("SELECT version FROM migrations ORDER BY version").fetchall()
+    assert rows == [*((v,) for v in ALL_VERSIONS), (999,)]
 
 
 def test_migrate_sync_on_a_newer_schema_raises_schema_not_ready(app: App, db: Conn) -> None:

@@ -527,8 +527,9 @@ def test_a_stale_write_after_give_back_and_refetch_by_the_same_worker_changes_no
 
 
 def test_terminal_states_have_no_way_out() -> None:
-    """The terminal states are exactly the states without outgoing edges, and every edge stays inside JobState."""
-    assert {s for s, out in TRANSITIONS.items() if not out} == TERMINAL_STATES
+    """Completed has no outgoing edge, and discarded and cancelled only go back to available (app.retry)."""
+    assert {s for s, out in TRANSITIONS.items() if not out} == {JobState.COMPLETED}
+    assert all(TRANSITIONS[s] == {JobState.AVAILABLE} for s in TERMINAL_STATES - {JobState.COMPLETED})
     assert set(TRANSITIONS) == set(JobState)
     assert all(out <= set(JobState) for out in TRANSITIONS.values())
     assert all(s.is_terminal == (s in TERMINAL_STATES) for s in JobState)

@@ -18,7 +18,11 @@ from .._models import Completion, Job, JobSpec, RescueResult, WorkerInfo
 
 @attrs.frozen(kw_only=True)
 class Notification:
-    """A decoded NOTIFY: ``kind`` is ``"available"`` (value: a queue name) for now."""
+    """A decoded NOTIFY.
+
+    ``kind`` is ``"available"`` (value: a queue name), ``"cancel"`` (value: a job id) or
+    ``"finished"`` (value: comma-separated job ids, or ``*`` for too many to list).
+    """
 
     kind: str
     value: str
@@ -98,6 +102,33 @@ class Driver(Protocol):
 
     async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int, dt.datetime | None]]:
         """(id, attempt, attempted_at) of jobs executing on *worker_id*, claimed over *older_than* s ago."""
+
+    async def cancel_job(self, job_id: int, *, error_cap: int) -> tuple[Job, str] | None:
+        """Cancel a waiting job, or request the cancel of an executing one (and notify it).
+
+        Returns (the job after, ``"cancelled"`` | ``"requested"`` | ``"already_finished"``), or None
+        when there is no such job."""
+
+    async def cancel_requested(self, *, worker_id: str) -> list[tuple[int, int]]:
+        """(id, attempt) of jobs executing on *worker_id* whose cancel was requested."""
+
+    async def retry_job(self, job_id: int) -> Job | None:
+        """Make a discarded or cancelled job available again; None if it is in another state or
+        does not exist. Raises ``JobStateError`` if a unique job holds its key."""
+
+    async def list_jobs(
+        self,
+        *,
+        states: Sequence[str] | None,
+        queue: str | None,
+        task: str | None,
+        limit: int,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Jobs matching every filter given, newest first."""
+
+    async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
+        """Delete up to *limit* jobs finished in *state* over *older_than* seconds ago; return how many."""
 
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import attrs
 import psycopg
 import psycopg.errors
 import psycopg_pool
@@ -32,7 +33,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._dsn import redact
-from .._errors import ConfigurationError, DatabaseError, SchemaNotReady
+from .._errors import ConfigurationError, DatabaseError, JobStateError, SchemaNotReady
 from .._models import Completion, Job, JobError, JobSpec, RescueResult, WorkerInfo
 from .._state import JobState
 from . import Notification
@@ -42,39 +43,77 @@ logger = logging.getLogger("nursery_worker.driver")
 T = TypeVar("T")
 
 #: The schema version this code reads and writes; the last entry of MIGRATIONS.
-SCHEMA_VERSION = 1
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"),)
+SCHEMA_VERSION = 2
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"), (2, "0002_job_control.sql"))
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _JOB_COLUMNS = (
     "id, task, queue, args, state, attempt, max_attempts, priority, scheduled_at, inserted_at, "
-    "attempted_at, finished_at, errors, worker_id"
+    "attempted_at, finished_at, errors, worker_id, result, cancel_requested_at, unique_key, retry_policy"
 )
+_J_COLUMNS = ", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))
+_TERMINAL = "('completed', 'discarded', 'cancelled')"
+#: A finished-jobs notification carries the ids, or '*' when they would not fit NOTIFY's 8000 bytes.
+_NOTIFY_FINISHED = """
+SELECT pg_notify(%(channel)s, 'finished:' || CASE WHEN length(f.ids) > 7000 THEN '*' ELSE f.ids END)
+FROM (SELECT string_agg(id::text, ',') AS ids FROM {source} WHERE state IN ('completed', 'discarded', 'cancelled')) AS f
+WHERE f.ids IS NOT NULL
+"""
+#: One NOTIFY per queue that got available jobs, not one per row (the listeners only need a nudge).
+_NOTIFY_AVAILABLE = """
+SELECT pg_notify(%(channel)s, 'available:' || q.queue)
+FROM (SELECT DISTINCT queue FROM {source} WHERE state = 'available') AS q
+"""
 
 # --- SQL -------------------------------------------------------------------------------------
 # {s} is the schema identifier; %(name)s parameters are always bound, never formatted in.
 
-_SQL_INSERT = """
+# Rows come back in id order, which is the order given: identities are drawn in ORDER BY u.ord.
+# With unique jobs, ON CONFLICT skips a row whose (task, unique_key) is taken in its scope; the
+# caller matches the returned rows to its specs and looks the existing jobs up.
+_SQL_INSERT = (
+    """
 WITH ins AS (
-    INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state)
+    INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state,
+                          unique_key, unique_states, retry_policy)
     SELECT u.task, u.queue, u.args::jsonb, u.priority, u.max_attempts, w.at,
-           CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END
+           CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END,
+           u.unique_key, string_to_array(u.unique_states, ','), u.retry_policy::jsonb
     FROM unnest(%(tasks)s::text[], %(queues)s::text[], %(args)s::text[], %(priorities)s::int[],
-                %(max_attempts)s::int[], %(scheduled)s::timestamptz[], %(delays)s::float8[])
-         WITH ORDINALITY AS u(task, queue, args, priority, max_attempts, scheduled_at, delay, ord)
+                %(max_attempts)s::int[], %(scheduled)s::timestamptz[], %(delays)s::float8[],
+                %(unique_keys)s::text[], %(unique_states)s::text[], %(retry_policies)s::text[])
+         WITH ORDINALITY AS u(task, queue, args, priority, max_attempts, scheduled_at, delay,
+                              unique_key, unique_states, retry_policy, ord)
     CROSS JOIN LATERAL (
         SELECT coalesce(u.scheduled_at, now() + coalesce(u.delay, 0) * interval '1 second') AS at
     ) AS w
     ORDER BY u.ord
-    RETURNING id, state, queue, scheduled_at, inserted_at
-)
-SELECT id, state, scheduled_at, inserted_at,
-       CASE WHEN state = 'available' THEN pg_notify(%(channel)s, 'available:' || queue) END
+    {on_conflict}
+    RETURNING id, state, queue, scheduled_at, inserted_at, unique_key, task
+), notified AS ("""
+    + _NOTIFY_AVAILABLE.format(source="ins")
+    + """)
+SELECT id, state, scheduled_at, inserted_at, unique_key, task, (SELECT count(*) FROM notified)
 FROM ins ORDER BY id
 """
+)
+_ON_CONFLICT = "ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states) DO NOTHING"
+
+# The jobs that hold the unique keys some inserts were refused for.
+_SQL_UNIQUE_HOLDERS = (
+    """
+SELECT """
+    + _J_COLUMNS
+    + """ FROM {s}.jobs AS j
+JOIN unnest(%(tasks)s::text[], %(keys)s::text[]) AS k(task, unique_key)
+  ON j.task = k.task AND j.unique_key = k.unique_key
+WHERE j.unique_key IS NOT NULL AND j.state = ANY (j.unique_states)
+"""
+)
 
 # fetch_guarded: available -> executing, attempt + 1, worker set.
-_SQL_FETCH = """
+_SQL_FETCH = (
+    """
 WITH next AS (
     SELECT id FROM {s}.jobs
     WHERE state = 'available' AND queue = ANY(%(queues)s::text[])
@@ -86,9 +125,11 @@ UPDATE {s}.jobs AS j
 SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(), worker_id = %(worker)s
 FROM next
 WHERE j.id = next.id AND j.state = 'available'
-RETURNING j.id, j.task, j.queue, j.args, j.state, j.attempt, j.max_attempts, j.priority,
-          j.scheduled_at, j.inserted_at, j.attempted_at, j.finished_at, j.errors, j.worker_id
+RETURNING """
+    + _J_COLUMNS
+    + """
 """
+)
 
 # An error entry appended to j.errors, keeping at most %(cap)s entries (the oldest one dropped).
 _APPEND_ERROR = """
@@ -96,23 +137,44 @@ _APPEND_ERROR = """
     || jsonb_build_array({entry} || jsonb_build_object('at', now(), 'attempt', j.attempt))
 """
 
-# finish_guarded: only the attempt this worker is executing may be finished.
-_SQL_FINISH = """
-UPDATE {s}.jobs AS j
-SET state = u.state,
-    attempt = j.attempt - u.give_back,
-    scheduled_at = CASE WHEN u.delay IS NULL THEN j.scheduled_at
-                        ELSE now() + u.delay * interval '1 second' END,
-    finished_at = CASE WHEN u.state IN ('completed', 'discarded', 'cancelled') THEN now() END,
-    worker_id = NULL,
-    errors = CASE WHEN u.error IS NULL THEN j.errors ELSE %(append_error)s END
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(leases)s::timestamptz[], %(states)s::text[],
-            %(delays)s::float8[], %(errors)s::text[], %(give_back)s::int[])
-     AS u(id, attempt, lease, state, delay, error, give_back)
-WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt AND j.worker_id = %(worker)s
-  AND j.attempted_at IS NOT DISTINCT FROM u.lease
-RETURNING j.id, CASE WHEN u.state = 'available' THEN pg_notify(%(channel)s, 'available:' || j.queue) END
+# finish_guarded: only the attempt this worker is executing may be finished. A job whose cancel was
+# requested during the attempt never runs again: where it would (released, retryable, snoozed) it
+# becomes cancelled.
+_FINAL_STATE = """(CASE WHEN j.cancel_requested_at IS NOT NULL AND u.state IN ('available', 'retryable', 'scheduled')
+      THEN 'cancelled' ELSE u.state END)"""
+_SQL_FINISH = (
+    """
+WITH upd AS (
+    UPDATE {s}.jobs AS j
+    SET state = """
+    + _FINAL_STATE
+    + """,
+        attempt = j.attempt - u.give_back,
+        scheduled_at = CASE WHEN u.delay IS NULL THEN j.scheduled_at
+                            ELSE now() + u.delay * interval '1 second' END,
+        finished_at = CASE WHEN """
+    + _FINAL_STATE
+    + """ IN """
+    + _TERMINAL
+    + """ THEN now() END,
+        worker_id = NULL,
+        result = CASE WHEN u.result IS NULL THEN j.result ELSE u.result::jsonb END,
+        errors = CASE WHEN u.error IS NULL THEN j.errors ELSE %(append_error)s END
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(leases)s::timestamptz[], %(states)s::text[],
+                %(delays)s::float8[], %(errors)s::text[], %(give_back)s::int[], %(results)s::text[])
+         AS u(id, attempt, lease, state, delay, error, give_back, result)
+    WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt AND j.worker_id = %(worker)s
+      AND j.attempted_at IS NOT DISTINCT FROM u.lease
+    RETURNING j.id, j.queue, j.state
+), available AS ("""
+    + _NOTIFY_AVAILABLE.format(source="upd")
+    + """
+), finished AS ("""
+    + _NOTIFY_FINISHED.format(source="upd")
+    + """)
+SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM available), (SELECT count(*) FROM finished)
 """
+)
 
 # promote_guarded: due scheduled/retryable -> available.
 _SQL_PROMOTE = """
@@ -126,8 +188,15 @@ WITH due AS (
 UPDATE {s}.jobs AS j SET state = 'available'
 FROM due
 WHERE j.id = due.id AND j.state IN ('scheduled', 'retryable')
-RETURNING pg_notify(%(channel)s, 'available:' || j.queue)
+RETURNING j.queue, j.state
 """
+_SQL_PROMOTE = (
+    "WITH promoted AS ("
+    + _SQL_PROMOTE
+    + "), notified AS ("
+    + _NOTIFY_AVAILABLE.format(source="promoted")
+    + ") SELECT (SELECT count(*) FROM promoted), (SELECT count(*) FROM notified)"
+)
 
 # rescue_guarded: executing on a worker with no recent heartbeat (or no row at all).
 _SQL_RESCUE = """
@@ -143,9 +212,10 @@ WITH orphans AS (
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE {s}.jobs AS j
-SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END,
+SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                 WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END,
     scheduled_at = now(),
-    finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts THEN now() END,
     worker_id = NULL,
     errors = %(append_error)s
 FROM orphans
@@ -172,6 +242,56 @@ WHERE state = 'executing' AND worker_id = %(worker)s
   AND attempted_at < now() - %(older)s * interval '1 second'
 """
 _SQL_VERSION = "SELECT max(version) FROM {s}.migrations"
+
+# cancel_guarded, in two steps: a waiting job is cancelled at once ...
+_SQL_CANCEL_WAITING = (
+    """
+UPDATE {s}.jobs AS j
+SET state = 'cancelled', finished_at = now(), errors = %(append_error)s
+WHERE j.id = %(id)s AND j.state IN ('scheduled', 'available', 'retryable')
+RETURNING """
+    + _J_COLUMNS
+    + """, pg_notify(%(channel)s, 'finished:' || j.id)
+"""
+)
+# ... an executing one gets a durable request, and its worker a nudge.
+_SQL_CANCEL_EXECUTING = (
+    """
+UPDATE {s}.jobs AS j
+SET cancel_requested_at = coalesce(j.cancel_requested_at, now())
+WHERE j.id = %(id)s AND j.state = 'executing'
+RETURNING """
+    + _J_COLUMNS
+    + """, pg_notify(%(channel)s, 'cancel:' || j.id)
+"""
+)
+_SQL_CANCEL_REQUESTED = """
+SELECT id, attempt FROM {s}.jobs
+WHERE state = 'executing' AND worker_id = %(worker)s AND cancel_requested_at IS NOT NULL
+"""
+# retry_guarded: the dead-letter path back to the queue, with one more attempt allowed.
+_SQL_RETRY = (
+    """
+UPDATE {s}.jobs AS j
+SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL, result = NULL,
+    max_attempts = greatest(j.max_attempts, j.attempt + 1)
+WHERE j.id = %(id)s AND j.state IN ('discarded', 'cancelled')
+RETURNING """
+    + _J_COLUMNS
+    + """, pg_notify(%(channel)s, 'available:' || j.queue)
+"""
+)
+# Pruning, one final state and one bounded batch at a time.
+_SQL_PRUNE = """
+WITH doomed AS (
+    SELECT id FROM {s}.jobs
+    WHERE state = %(state)s AND finished_at < now() - %(age)s * interval '1 second'
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {s}.jobs AS j USING doomed WHERE j.id = doomed.id AND j.state = %(state)s
+"""
 
 
 def _conninfo(dsn: str, connect_timeout: float) -> str:
@@ -214,7 +334,7 @@ def _parse_time(value: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value))
 
 
-def _job_from_row(row: Sequence[Any]) -> Job:
+def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
     errors = tuple(
         JobError(
             attempt=int(e.get("attempt", 0)),
@@ -225,6 +345,7 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         )
         for e in (row[12] or ())
     )
+    extra = len(row) > 14
     return Job(
         id=row[0],
         task=row[1],
@@ -240,6 +361,11 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         finished_at=row[11],
         errors=errors,
         worker_id=row[13],
+        result=row[14] if extra else None,
+        cancel_requested_at=row[15] if extra else None,
+        unique_key=row[16] if extra else None,
+        retry_policy=row[17] if extra else None,
+        duplicate=duplicate,
     )
 
 
@@ -276,7 +402,18 @@ class PostgresDriver:
             "jsonb_build_object('type', 'WorkerLost', 'message', 'worker ' || coalesce(j.worker_id, '?') "
             "|| ' stopped heartbeating; job rescued by ' || %(rescuer)s, 'traceback', '')"
         )
-        self._sql_insert = q(_SQL_INSERT)
+        self._sql_insert = q(_SQL_INSERT.replace("{on_conflict}", ""))
+        self._sql_insert_unique = q(_SQL_INSERT.replace("{on_conflict}", _ON_CONFLICT))
+        self._sql_unique_holders = q(_SQL_UNIQUE_HOLDERS)
+        cancel_entry = "jsonb_build_object('type', 'Cancelled', 'message', 'cancelled before it ran', 'traceback', '')"
+        self._sql_cancel_waiting = q(
+            _SQL_CANCEL_WAITING.replace("%(append_error)s", _APPEND_ERROR.format(entry=cancel_entry))
+        )
+        self._sql_cancel_executing = q(_SQL_CANCEL_EXECUTING)
+        self._sql_cancel_requested = q(_SQL_CANCEL_REQUESTED)
+        self._sql_retry = q(_SQL_RETRY)
+        self._sql_prune = q(_SQL_PRUNE)
+        self._q = q
         self._sql_fetch = q(_SQL_FETCH)
         self._sql_finish = q(_SQL_FINISH.replace("%(append_error)s", append_error))
         self._sql_promote = q(_SQL_PROMOTE)
@@ -435,26 +572,93 @@ class PostgresDriver:
             "max_attempts": [s.max_attempts for s in specs],
             "scheduled": [s.scheduled_at for s in specs],
             "delays": [s.delay for s in specs],
+            "unique_keys": [s.unique_key for s in specs],
+            "unique_states": [None if s.unique_states is None else ",".join(s.unique_states) for s in specs],
+            "retry_policies": [None if s.retry_policy is None else json.dumps(s.retry_policy) for s in specs],
             "channel": self.channel,
         }
 
     @staticmethod
-    def _inserted(specs: Sequence[JobSpec], rows: Sequence[Sequence[Any]]) -> list[Job]:
-        return [
-            Job(
-                id=row[0],
-                task=spec.task,
-                queue=spec.queue,
-                args=spec.args,
-                state=JobState(row[1]),
-                attempt=0,
-                max_attempts=spec.max_attempts,
-                priority=spec.priority,
-                scheduled_at=row[2],
-                inserted_at=row[3],
-            )
-            for spec, row in zip(specs, rows, strict=True)
-        ]
+    def _new_job(spec: JobSpec, row: Sequence[Any], *, duplicate: bool = False) -> Job:
+        return Job(
+            id=row[0],
+            task=spec.task,
+            queue=spec.queue,
+            args=spec.args,
+            state=JobState(row[1]),
+            attempt=0,
+            max_attempts=spec.max_attempts,
+            priority=spec.priority,
+            scheduled_at=row[2],
+            inserted_at=row[3],
+            unique_key=spec.unique_key,
+            retry_policy=spec.retry_policy,
+            duplicate=duplicate,
+        )
+
+    def _match(self, specs: Sequence[JobSpec], rows: Sequence[Sequence[Any]]) -> list[Job | None]:
+        """Pair the inserted rows (in id order, that is the order given) with their specs.
+
+        A unique spec whose key was taken gets None; one whose key an earlier spec of the same call
+        took gets that job, marked as a duplicate.
+        """
+        out: list[Job | None] = []
+        keys_inserted = {(r[5], r[4]) for r in rows if r[4] is not None}
+        by_key: dict[tuple[str, str], Job] = {}
+        it = iter(rows)
+        for spec in specs:
+            if spec.unique_key is None:
+                out.append(self._new_job(spec, next(it)))
+                continue
+            key = (spec.task, spec.unique_key)
+            if key in by_key:
+                out.append(attrs.evolve(by_key[key], duplicate=True))
+                continue
+            if key not in keys_inserted:
+                out.append(None)
+                continue
+            row = next(it)
+            job = self._new_job(spec, row)
+            by_key[key] = job
+            out.append(job)
+        return out
+
+    def _insert_on(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        if all(s.unique_key is None for s in specs):
+            rows = conn.execute(self._sql_insert, self._insert_params(specs)).fetchall()
+            return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
+        return self._insert_unique(conn, specs)
+
+    def _insert_unique(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        """Insert with unique keys: a refused spec returns the job that holds its key."""
+        result: list[Job | None] = [None] * len(specs)
+        todo = list(range(len(specs)))
+        for _ in range(5):
+            batch = [specs[i] for i in todo]
+            rows = conn.execute(self._sql_insert_unique, self._insert_params(batch)).fetchall()
+            matched = self._match(batch, rows)
+            missing = [i for i, job in zip(todo, matched, strict=True) if job is None]
+            for i, job in zip(todo, matched, strict=True):
+                result[i] = job
+            if not missing:
+                break
+            wanted = [(specs[i].task, specs[i].unique_key) for i in missing]
+            holders = conn.execute(
+                self._sql_unique_holders, {"tasks": [t for t, _ in wanted], "keys": [k for _, k in wanted]}
+            ).fetchall()
+            found = {(r[1], r[16]): _job_from_row(r, duplicate=True) for r in holders}
+            todo = []
+            for i in missing:
+                job = found.get((specs[i].task, specs[i].unique_key or ""))
+                if job is None:
+                    todo.append(i)  # the holder left the scope meanwhile: insert again
+                else:
+                    result[i] = job
+            if not todo:
+                break
+        if any(job is None for job in result):
+            raise DatabaseError("could not insert or find the holders of some unique jobs after 5 tries; retry")
+        return [job for job in result if job is not None]
 
     @staticmethod
     def _check_connection(connection: Any, *, allow_async: bool) -> None:
@@ -464,10 +668,6 @@ class PostgresDriver:
         if not isinstance(connection, allowed):
             kinds = "a psycopg.Connection or psycopg.AsyncConnection" if allow_async else "a psycopg.Connection"
             raise TypeError(f"connection= must be {kinds} with an open transaction, got {type(connection).__name__}")
-
-    def _insert_on(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
-        rows = conn.execute(self._sql_insert, self._insert_params(specs)).fetchall()
-        return self._inserted(specs, rows)
 
     def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: Any = None) -> list[Job]:
         if not specs:
@@ -487,11 +687,17 @@ class PostgresDriver:
             return await self._hop(lambda c: self._insert_on(c, specs))
         self._check_connection(connection, allow_async=True)
         if isinstance(connection, psycopg.AsyncConnection):
+            if any(s.unique_key is not None for s in specs):
+                raise ConfigurationError(
+                    "unique jobs cannot be enqueued on a psycopg.AsyncConnection yet; use a sync psycopg.Connection "
+                    "or no connection="
+                )
             try:
                 cur = await connection.execute(self._sql_insert, self._insert_params(specs))
-                return self._inserted(specs, await cur.fetchall())
+                rows = await cur.fetchall()
             except psycopg.Error as exc:
                 raise self._translate(exc) from exc
+            return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
         return await anyio.to_thread.run_sync(lambda: self.insert_jobs_sync(specs, connection=connection))
 
     async def get_job(self, job_id: int) -> Job | None:
@@ -514,12 +720,13 @@ class PostgresDriver:
             "delays": [c.transition.delay for c in completions],
             "errors": [None if c.transition.error is None else _error_entry(c.transition.error) for c in completions],
             "give_back": [int(c.transition.give_back_attempt) for c in completions],
+            "results": [c.result_json for c in completions],
             "worker": worker_id,
             "cap": error_cap,
             "channel": self.channel,
         }
-        rows = await self._hop(lambda c: c.execute(self._sql_finish, params).fetchall())
-        return len(rows)
+        row = await self._hop(lambda c: c.execute(self._sql_finish, params).fetchone())
+        return int(row[0]) if row else 0
 
     # --- workers and maintenance --------------------------------------------------------------
 
@@ -551,7 +758,8 @@ class PostgresDriver:
 
     async def promote_due(self, *, limit: int) -> int:
         params = {"limit": limit, "channel": self.channel}
-        return await self._hop(lambda c: len(c.execute(self._sql_promote, params).fetchall()))
+        row = await self._hop(lambda c: c.execute(self._sql_promote, params).fetchone())
+        return int(row[0]) if row else 0
 
     async def rescue_orphans(self, *, rescuer_id: str, rescue_after: float, limit: int, error_cap: int) -> RescueResult:
         params = {"after": rescue_after, "limit": limit, "rescuer": rescuer_id, "cap": error_cap}
@@ -560,7 +768,10 @@ class PostgresDriver:
             states = [r[0] for r in c.execute(self._sql_rescue, params).fetchall()]
             removed = c.execute(self._sql_delete_dead, {"after": rescue_after}).rowcount
             return RescueResult(
-                retryable=states.count("retryable"), discarded=states.count("discarded"), workers_removed=removed
+                retryable=states.count("retryable"),
+                discarded=states.count("discarded"),
+                cancelled=states.count("cancelled"),
+                workers_removed=removed,
             )
 
         return await self._hop(rescue)
@@ -569,6 +780,85 @@ class PostgresDriver:
         params = {"worker": worker_id, "older": older_than}
         rows = await self._hop(lambda c: c.execute(self._sql_executing, params).fetchall())
         return [(int(r[0]), int(r[1]), r[2]) for r in rows]
+
+    # --- job control --------------------------------------------------------------------------
+
+    async def cancel_job(self, job_id: int, *, error_cap: int) -> tuple[Job, str] | None:
+        params = {"id": job_id, "channel": self.channel, "cap": error_cap}
+
+        def cancel(c: psycopg.Connection[Any]) -> tuple[Job, str] | None:
+            # Three single-statement steps; a job that moves between them is simply tried again.
+            for _ in range(5):
+                row = c.execute(self._sql_cancel_waiting, params).fetchone()
+                if row is not None:
+                    return _job_from_row(row), "cancelled"
+                row = c.execute(self._sql_cancel_executing, params).fetchone()
+                if row is not None:
+                    return _job_from_row(row), "requested"
+                row = c.execute(self._sql_get, params).fetchone()
+                if row is None:
+                    return None
+                job = _job_from_row(row)
+                if job.state.is_terminal:
+                    return job, "already_finished"
+            raise DatabaseError(f"job {job_id} kept changing state while being cancelled; try again")
+
+        return await self._hop(cancel)
+
+    async def cancel_requested(self, *, worker_id: str) -> list[tuple[int, int]]:
+        params = {"worker": worker_id}
+        rows = await self._hop(lambda c: c.execute(self._sql_cancel_requested, params).fetchall())
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    async def retry_job(self, job_id: int) -> Job | None:
+        params = {"id": job_id, "channel": self.channel}
+
+        def retry(c: psycopg.Connection[Any]) -> Job | None:
+            try:
+                row = c.execute(self._sql_retry, params).fetchone()
+            except psycopg.errors.UniqueViolation:
+                raise JobStateError(
+                    f"job {job_id} cannot be retried: another job of its task with the same unique key is queued or "
+                    "running; cancel that one first, or wait for it to finish"
+                ) from None
+            return None if row is None else _job_from_row(row)
+
+        return await self._hop(retry)
+
+    async def list_jobs(
+        self,
+        *,
+        states: Sequence[str] | None,
+        queue: str | None,
+        task: str | None,
+        limit: int,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        where: list[sql.Composable] = []
+        params: dict[str, Any] = {"limit": limit}
+        if states is not None:
+            where.append(sql.SQL("state = ANY(%(states)s::text[])"))
+            params["states"] = list(states)
+        if queue is not None:
+            where.append(sql.SQL("queue = %(queue)s"))
+            params["queue"] = queue
+        if task is not None:
+            where.append(sql.SQL("task = %(task)s"))
+            params["task"] = task
+        if before_id is not None:
+            where.append(sql.SQL("id < %(before)s"))
+            params["before"] = before_id
+        query = sql.SQL("SELECT {cols} FROM {s}.jobs {where} ORDER BY id DESC LIMIT %(limit)s").format(
+            cols=sql.SQL(_JOB_COLUMNS),
+            s=self._ident,
+            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+        )
+        rows = await self._hop(lambda c: c.execute(query, params).fetchall())
+        return [_job_from_row(r) for r in rows]
+
+    async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
+        params = {"state": state, "age": older_than, "limit": limit}
+        return await self._hop(lambda c: c.execute(self._sql_prune, params).rowcount)
 
     def listener(self) -> PostgresListener:
         return PostgresListener(self)

@@ -1,0 +1,93 @@
+"""JobContext: what a running job may know about itself, and the middleware protocol."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from ._models import Job
+
+if TYPE_CHECKING:
+    from ._app import App
+
+
+@attrs.frozen(kw_only=True)
+class JobContext:
+    """The running job, for a task that declares a parameter annotated ``JobContext``.
+
+    Attributes:
+        job: the job as it was fetched (``job.args`` are the arguments of this call).
+        worker_id: the worker running it (``"testing"`` under the testing helpers).
+        deadline: when the attempt's timeout expires (UTC), or None without a timeout.
+        app: the :class:`App` the task belongs to (to enqueue follow-up jobs).
+
+    Example:
+        >>> @app.task
+        ... async def import_file(path: str, context: JobContext) -> None:
+        ...     log.info("job %d attempt %d on %s", context.job_id, context.attempt, context.worker_id)
+    """
+
+    job: Job
+    worker_id: str
+    deadline: dt.datetime | None = None
+    app: App | None = attrs.field(default=None, repr=False)
+
+    @property
+    def job_id(self) -> int:
+        """The job's id."""
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt running now (1 for the first)."""
+        return self.job.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        """The job's attempt budget."""
+        return self.job.max_attempts
+
+    @property
+    def queue(self) -> str:
+        """The queue the job runs on."""
+        return self.job.queue
+
+    @property
+    def task(self) -> str:
+        """The task name."""
+        return self.job.task
+
+    @property
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (by this machine's clock), or None without a timeout."""
+        if self.deadline is None:
+            return None
+        return (self.deadline - dt.datetime.now(dt.UTC)).total_seconds()
+
+
+#: What ``call_next`` of a middleware returns: the task's result (or the outcome it returned).
+CallNext = Callable[[], Awaitable[Any]]
+
+
+class Middleware(Protocol):
+    """An ``async`` callable wrapped around each job: ``await middleware(context, call_next)``.
+
+    It runs before the job, calls ``await call_next()`` to run the rest of the chain and the task,
+    and may act on the result or the exception afterwards. It must return what ``call_next``
+    returned (or another JSON result). An exception it raises fails the job (like the task's own),
+    never the worker.
+
+    Example:
+        >>> @app.middleware
+        ... async def timing(context: JobContext, call_next: CallNext) -> Any:
+        ...     start = time.perf_counter()
+        ...     try:
+        ...         return await call_next()
+        ...     finally:
+        ...         log.info("job %d took %.3fs", context.job_id, time.perf_counter() - start)
+    """
+
+    def __call__(self, context: JobContext, call_next: CallNext, /) -> Awaitable[Any]: ...
