@@ -165,6 +165,14 @@ class App:
         self._dsn = dsn
         self._driver = None
 
+    def _use_schema(self, schema: str) -> None:
+        """Point the app at another schema (the testing helpers' isolation), replacing the driver."""
+        if self._driver is not None:
+            self._driver.close_sync()
+        self.schema = schema
+        self._driver = None
+        self.driver  # noqa: B018 - validate the schema name now
+
     async def migrate(self) -> list[int]:
         """Create or upgrade the tables in the app's schema; safe to run concurrently and repeatedly.
 

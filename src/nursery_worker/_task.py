@@ -243,7 +243,8 @@ def encode_result(value: Any, *, task: str) -> str | None:
     try:
         check_json(value, "result")
     except (TypeError, ValueError) as exc:
-        raise type(exc)(f"task {task!r} returned a value that is not JSON: {exc}") from None
+        detail = str(exc).replace("job argument ", "", 1)
+        raise type(exc)(f"task {task!r} returned a value that is not JSON: {detail}") from None
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 

@@ -654,13 +654,13 @@ class Worker:
             return Failed(error=ErrorInfo(type="Discard", message=outcome.reason), permanent=True)
         return Failed(error=error_info(outcome))
 
-    def _call_in_thread(self, func: Any, args: dict[str, Any]) -> None:
+    def _call_in_thread(self, func: Any, args: dict[str, Any]) -> Any:
         # Counted so that the CLI knows when abandoned threads (timed out, or cancelled at
         # shutdown: they cannot be interrupted) are still running after the worker stopped.
         with self._threads_lock:
             self._threads_alive += 1
         try:
-            func(**args)
+            return func(**args)
         finally:
             with self._threads_lock:
                 self._threads_alive -= 1

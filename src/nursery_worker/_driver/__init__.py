@@ -66,6 +66,9 @@ class Driver(Protocol):
     def migrate_sync(self) -> list[int]:
         """Like :meth:`migrate`, from synchronous code."""
 
+    async def drop_schema(self) -> None:
+        """Drop the schema and everything in it (the testing helpers' clean-up)."""
+
     async def check_schema(self) -> None:
         """Raise ``SchemaNotReady`` unless the schema is at exactly this version."""
 

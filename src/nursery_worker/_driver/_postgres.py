@@ -544,6 +544,10 @@ class PostgresDriver:
     async def migrate(self) -> list[int]:
         return await anyio.to_thread.run_sync(self.migrate_sync)
 
+    async def drop_schema(self) -> None:
+        query = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(self._ident)
+        await self._hop(lambda c: c.execute(query))
+
     def _too_new(self, version: int) -> SchemaNotReady:
         return SchemaNotReady(
             f"schema {self.schema!r} of {self._dsn_redacted} is at version {version}, newer than this "
