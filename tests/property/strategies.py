@@ -6,7 +6,17 @@ from collections.abc import Callable
 
 from hypothesis import strategies as st
 
-from nursery_worker._state import ErrorInfo, Failed, JobRecord, JobState, Outcome, Released, Succeeded
+from nursery_worker._state import (
+    Cancelled,
+    ErrorInfo,
+    Failed,
+    JobRecord,
+    JobState,
+    Outcome,
+    Released,
+    Snoozed,
+    Succeeded,
+)
 
 #: Small attempt budgets make the "last attempt" paths common; large ones check nothing new.
 max_attempts = st.integers(min_value=1, max_value=4)
@@ -22,14 +32,24 @@ failures = st.builds(Failed, error=error_infos, permanent=st.booleans())
 transient_failures = st.builds(Failed, error=error_infos, permanent=st.just(False))
 permanent_failures = st.builds(Failed, error=error_infos, permanent=st.just(True))
 releases = st.builds(Released, reason=st.sampled_from(["worker shutdown", "worker cancelled"]))
+#: Snooze(0) hands the job straight back; a positive snooze makes it scheduled for later.
+snoozes = st.builds(Snoozed, delay=st.sampled_from([0.0, 0.5, 30.0]))
+cancels = st.builds(Cancelled, reason=st.just("cancelled by request"), abandoned=st.booleans())
+#: Retry(after=...): a transient failure whose wait the task chose.
+chosen_retries = st.builds(
+    Failed, error=error_infos, retry_after=st.floats(min_value=0, max_value=1e4, allow_nan=False)
+)
 
-#: Every outcome an attempt can have: Succeeded, Failed, Failed(permanent=True), Released.
-outcomes: st.SearchStrategy[Outcome] = st.one_of(st.builds(Succeeded), failures, releases)
+#: Every outcome an attempt can have: Succeeded, Failed (permanent or not, with a chosen wait or
+#: not), Released, Snoozed, Cancelled.
+outcomes: st.SearchStrategy[Outcome] = st.one_of(
+    st.builds(Succeeded), failures, chosen_retries, releases, snoozes, cancels
+)
 
 #: The same outcomes weighted for the state machine: failures with attempts left lead to the most
 #: later steps (retry, promote, re-fetch), so they come twice as often as each other outcome.
 machine_outcomes: st.SearchStrategy[Outcome] = st.one_of(
-    st.builds(Succeeded), transient_failures, transient_failures, permanent_failures, releases
+    st.builds(Succeeded), transient_failures, transient_failures, permanent_failures, releases, snoozes, cancels
 )
 
 #: Delays a user's retry policy may return, including negative ones (decide() clamps them to 0).

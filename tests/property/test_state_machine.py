@@ -38,19 +38,23 @@ from nursery_worker._retry import ExponentialBackoff
 from nursery_worker._state import (
     TERMINAL_STATES,
     TRANSITIONS,
+    Cancelled,
     ErrorInfo,
     Failed,
     JobRecord,
     JobState,
     Outcome,
     Released,
+    Snoozed,
     Succeeded,
     Transition,
+    cancel_guarded,
     decide,
     fetch_guarded,
     finish_guarded,
     promote_guarded,
     rescue_guarded,
+    retry_guarded,
 )
 
 from . import strategies as nst
@@ -60,6 +64,7 @@ MAX_OPEN_JOBS = 4  # jobs not yet terminal at any one time
 MAX_WORKERS = 3  # workers with a heartbeat at any one time
 MAX_WORKER_IDS = 20  # worker processes ever started, including the 2-3 of the start
 WAITING = (JobState.SCHEDULED, JobState.RETRYABLE)
+REQUEUE = (JobState.AVAILABLE, JobState.RETRYABLE, JobState.SCHEDULED)
 
 
 @attrs.frozen
@@ -120,6 +125,9 @@ class JobLifecycle(RuleBasedStateMachine):
         self.claims: list[Claim] = []  # every claim ever made
         self.current: dict[int, Claim] = {}  # job -> the claim the row belongs to now
         self.given_back: set[int] = set()  # jobs whose attempt was given back in this step
+        self.error_delta: dict[int, int] = {}  # job -> errors a write of this step appended
+        self.cancel_asked: set[int] = set()  # jobs app.cancel was called on in this step
+        self.retried: set[int] = set()  # jobs app.retry put back in this step
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -150,6 +158,7 @@ class JobLifecycle(RuleBasedStateMachine):
         self.jobs[claim.job] = new
         if new != old:
             self.current.pop(claim.job, None)
+            self.error_delta[claim.job] = int(transition.error is not None)
             if transition.give_back_attempt:
                 self.given_back.add(claim.job)
         return old, new, transition
@@ -251,11 +260,14 @@ class JobLifecycle(RuleBasedStateMachine):
         if not was_current:
             assert new == old, f"the write of {claim}, no longer the row's claim, changed {old} into {new}"
             return
-        assert new.state is transition.state
+        # A job whose cancel was requested never runs again: where it would, it is cancelled.
+        cancelled_instead = old.cancel_requested and transition.state in REQUEUE
+        assert new.state is (JobState.CANCELLED if cancelled_instead else transition.state)
         assert new.worker_id is None
         assert new.attempt == old.attempt - transition.give_back_attempt
         assert new.errors == old.errors + (transition.error is not None)
-        assert new.due == (not (transition.state is JobState.RETRYABLE and delay > 0))
+        waits = new.state in WAITING and (transition.delay or 0) > 0
+        assert new.due == (not waits)
         if reclaim and new.state is JobState.AVAILABLE and self.mode[worker] == "running":
             # Its next poll claims the job straight back: same worker, and after a give-back the
             # same attempt number; only the lease tells this claim from the one just released.
@@ -323,9 +335,55 @@ class JobLifecycle(RuleBasedStateMachine):
             if old.state is not JobState.EXECUTING or old.worker_id in alive:
                 assert new == old
                 continue
-            expected = JobState.DISCARDED if old.attempt >= old.max_attempts else JobState.RETRYABLE
+            if old.cancel_requested:
+                expected = JobState.CANCELLED
+            else:
+                expected = JobState.DISCARDED if old.attempt >= old.max_attempts else JobState.RETRYABLE
             assert new == attrs.evolve(old, state=expected, worker_id=None, due=True, errors=old.errors + 1)
             self.current.pop(job, None)
+            self.error_delta[job] = 1
+
+    @precondition(lambda self: bool(self.jobs))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        """app.cancel: a waiting job is cancelled now, an executing one is asked to stop, a finished one stays."""
+        job = data.draw(st.sampled_from(sorted(self.jobs)), label="cancelled job")
+        old = self.jobs[job]
+        new = cancel_guarded(old)
+        self.jobs[job] = new
+        self.cancel_asked.add(job)
+        if old.state in (*WAITING, JobState.AVAILABLE):
+            assert new == attrs.evolve(old, state=JobState.CANCELLED, errors=old.errors + 1)
+            self.error_delta[job] = 1
+        elif old.state is JobState.EXECUTING:
+            # The row stays the claim's: its worker cancels the scope and writes the outcome.
+            assert new == attrs.evolve(old, cancel_requested=True)
+        else:
+            assert new == old
+
+    @precondition(
+        lambda self: (
+            any(r.state in (JobState.DISCARDED, JobState.CANCELLED) for r in self.jobs.values())
+            and sum(not r.state.is_terminal for r in self.jobs.values()) < MAX_OPEN_JOBS
+        )
+    )
+    @rule(data=st.data())
+    def retry_dead(self, data: st.DataObject) -> None:
+        """app.retry: a discarded or cancelled job is available again, with one attempt more if it had none left."""
+        dead = sorted(j for j, r in self.jobs.items() if r.state in (JobState.DISCARDED, JobState.CANCELLED))
+        job = data.draw(st.sampled_from(dead), label="retried job")
+        old = self.jobs[job]
+        new = retry_guarded(old)
+        self.jobs[job] = new
+        self.retried.add(job)
+        assert new == attrs.evolve(
+            old,
+            state=JobState.AVAILABLE,
+            max_attempts=max(old.max_attempts, old.attempt + 1),
+            cancel_requested=False,
+            due=True,
+        )
+        assert retry_guarded(new) == new, "retrying twice changes nothing more"
 
     # --- invariants -------------------------------------------------------------------------------
 
@@ -343,6 +401,9 @@ class JobLifecycle(RuleBasedStateMachine):
             self._can_still_finish(new)
         self.before = dict(self.jobs)
         self.given_back.clear()
+        self.error_delta.clear()
+        self.cancel_asked.clear()
+        self.retried.clear()
 
     def _no_job_is_lost(self) -> None:
         assert sorted(self.jobs) == list(range(1, self.enqueued + 1))
@@ -370,32 +431,43 @@ class JobLifecycle(RuleBasedStateMachine):
             assert job not in self.current
         if row.state is JobState.AVAILABLE:
             assert row.due, "an available job that is not due could never be fetched"
+        if row.state in (*WAITING, JobState.AVAILABLE):
+            assert not row.cancel_requested, "a job whose cancel was requested is queued to run again"
 
     def _moves_right(self, job: int, old: JobRecord, new: JobRecord) -> None:
         if old.state.is_terminal:
+            if job in self.retried and new.state is JobState.AVAILABLE:
+                assert old.state in (JobState.DISCARDED, JobState.CANCELLED)
+                assert new.attempt == old.attempt and new.max_attempts > new.attempt
+                return
             assert new == old, f"terminal job {job} changed: {old} -> {new}"
             return
         if new.state is not old.state:
             assert new.state in TRANSITIONS[old.state], f"illegal edge {old.state} -> {new.state}"
         assert new.max_attempts == old.max_attempts
+        if new.cancel_requested != old.cancel_requested:
+            assert job in self.cancel_asked and old.state is JobState.EXECUTING and new.cancel_requested
         step = new.attempt - old.attempt
         if step == 1:
             assert (old.state, new.state) == (JobState.AVAILABLE, JobState.EXECUTING)
         elif step == -1:
-            assert (old.state, new.state) == (JobState.EXECUTING, JobState.AVAILABLE)
-            assert job in self.given_back, "attempt went down without a Released give-back"
+            # Released or snoozed (maybe cancelled instead, when a cancel was requested).
+            assert old.state is JobState.EXECUTING
+            assert new.state in (JobState.AVAILABLE, JobState.SCHEDULED, JobState.CANCELLED)
+            assert job in self.given_back, "attempt went down without a give-back"
         else:
             assert step == 0, f"attempt jumped by {step}"
-        failed = old.state is JobState.EXECUTING and new.state in (JobState.RETRYABLE, JobState.DISCARDED)
-        assert new.errors - old.errors == int(failed)
+        assert new.errors - old.errors == self.error_delta.get(job, 0)
 
     def _can_still_finish(self, row: JobRecord) -> None:
         if row.state.is_terminal:
             return
         alive = self._alive()
         assert _drive(row, alive, Succeeded()).state.is_terminal
-        # Even if every remaining attempt fails, the attempt budget ends the job.
-        assert _drive(row, alive, Failed(error=ErrorInfo(type="E", message="boom"))).state is JobState.DISCARDED
+        # Even if every remaining attempt fails, the attempt budget (or a requested cancel) ends the job.
+        ends = _drive(row, alive, Failed(error=ErrorInfo(type="E", message="boom"))).state
+        # (On its last attempt a failure discards the job even when a cancel was requested.)
+        assert ends in ((JobState.CANCELLED, JobState.DISCARDED) if row.cancel_requested else (JobState.DISCARDED,))
 
 
 TestJobLifecycle = JobLifecycle.TestCase
@@ -485,7 +557,7 @@ def test_every_decision_is_a_legal_edge_out_of_executing(
     transition = decide(outcome, attempt=record.attempt, max_attempts=record.max_attempts, backoff=backoff)
     assert transition.state in TRANSITIONS[JobState.EXECUTING]
     assert transition.delay is None or (transition.delay >= 0 and math.isfinite(transition.delay))
-    assert (transition.delay is not None) == (transition.state is JobState.RETRYABLE)
+    assert (transition.delay is not None) == (transition.state in WAITING)
     after = finish_guarded(record, worker_id="w1", attempt=record.attempt, lease=record.lease, transition=transition)
     assert after.state is transition.state
     assert after.worker_id is None
@@ -595,3 +667,53 @@ def test_backoff_rejects_nonsense_settings(base: float, jitter: float) -> None:
 def test_a_huge_factor_is_capped_instead_of_overflowing(factor: float, attempt: int, cap: float) -> None:
     """A factor whose 64th power overflows a float yields max_delay instead of raising in the worker."""
     assert ExponentialBackoff(factor=factor, max_delay=cap, jitter=0.0)(attempt) == cap
+
+
+@settings(max_examples=100)
+@given(attempt_budget=nst.attempt_and_budget(), outcome=nst.snoozes, backoff=nst.backoffs())
+def test_snooze_waits_without_using_an_attempt(
+    attempt_budget: tuple[int, int], outcome: Snoozed, backoff: Callable[[int], float]
+) -> None:
+    """A snooze gives the attempt back, even the last one: scheduled after its delay, or available at once for 0."""
+    attempt, budget = attempt_budget
+    transition = decide(outcome, attempt=attempt, max_attempts=budget, backoff=backoff)
+    if outcome.delay > 0:
+        assert transition == Transition(state=JobState.SCHEDULED, delay=outcome.delay, give_back_attempt=True)
+    else:
+        assert transition == Transition(state=JobState.AVAILABLE, give_back_attempt=True)
+
+
+@settings(max_examples=100)
+@given(attempt_budget=nst.attempt_and_budget(), outcome=nst.cancels, backoff=nst.backoffs())
+def test_a_cancelled_attempt_ends_the_job_cancelled(
+    attempt_budget: tuple[int, int], outcome: Cancelled, backoff: Callable[[int], float]
+) -> None:
+    """A cancelled attempt ends the job cancelled, with the reason recorded, whatever attempts are left."""
+    attempt, budget = attempt_budget
+    transition = decide(outcome, attempt=attempt, max_attempts=budget, backoff=backoff)
+    assert transition.state is JobState.CANCELLED
+    assert transition.error is not None and transition.error.message == outcome.reason
+    assert not transition.give_back_attempt
+
+
+@settings(max_examples=100)
+@given(attempt_budget=nst.attempt_and_budget(last=False), outcome=nst.chosen_retries)
+def test_a_chosen_retry_wait_overrides_the_policy(attempt_budget: tuple[int, int], outcome: Failed) -> None:
+    """Retry(after=...) with attempts left waits exactly the chosen time; the policy is not asked."""
+    attempt, budget = attempt_budget
+
+    def policy(n: int) -> float:
+        raise AssertionError("the policy must not be asked")
+
+    transition = decide(outcome, attempt=attempt, max_attempts=budget, backoff=policy)
+    assert transition == Transition(state=JobState.RETRYABLE, delay=outcome.retry_after, error=outcome.error)
+
+
+@settings(max_examples=100)
+@given(record=nst.executing_records(), outcome=nst.outcomes)
+def test_a_requested_cancel_turns_every_requeue_into_cancelled(record: JobRecord, outcome: Outcome) -> None:
+    """With a cancel requested, an attempt that would run the job again (released, retried, snoozed) cancels it."""
+    requested = attrs.evolve(record, cancel_requested=True)
+    transition = decide(outcome, attempt=record.attempt, max_attempts=record.max_attempts, backoff=_constant(1.0))
+    after = finish_guarded(requested, worker_id="w1", attempt=record.attempt, lease=record.lease, transition=transition)
+    assert after.state is (JobState.CANCELLED if transition.state in REQUEUE else transition.state)
