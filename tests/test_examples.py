@@ -35,6 +35,12 @@ def drop(schema: str) -> None:
         ("retries_and_timeouts", "example_retries", "completed after 3 attempt(s)"),
         ("transactional_enqueue", "example_transactional", "receipt jobs enqueued for orders: ['1']"),
         ("bulk_enqueue", "example_bulk", "worked 10000 jobs"),
+        ("cancel", "example_cancel", "had already finished (cancelled); nothing changed"),
+        ("snooze_retry_discard", "example_steer", "snoozed 2 time(s), retried 2, discarded 1"),
+        ("unique_jobs", "example_unique", "20 concurrent defers of reindex users -> 1 job"),
+        ("results", "example_results", "parse('42') -> 42"),
+        ("context_and_middleware", "example_middleware", "hello ada from job 1 on queue default"),
+        ("testing_your_tasks", "example_testing", "drain: completed [2] snoozed 1"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:

@@ -6,12 +6,14 @@ import) prints one line and exits non-zero; tracebacks are for bugs, and for ``-
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -101,6 +103,45 @@ def _fail(exc: BaseException) -> click.ClickException:
 _POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
+class _ExitWatchdog:
+    """The last resort of a stop: exit the process if the worker has not stopped in time.
+
+    An async job that swallows cancellation, or code that blocks the event loop, can keep a task
+    group from ever finishing; structured concurrency cannot abandon a task. The watchdog is a
+    timer thread armed by the first signal: if the worker is still not stopped at its deadline, it
+    logs the jobs still running and exits non-zero. Those jobs stay executing in the database and
+    peers rescue them once this worker's heartbeat lapses (``rescue_after``).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def arm(self, worker: Callable[[], Worker | None]) -> None:
+        if self._timer is not None:
+            return
+        self._timer = threading.Timer(self.seconds, self._fire, args=(worker,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self, worker: Callable[[], Worker | None]) -> None:
+        current = worker()
+        stuck = ", ".join(f"{j.id} ({j.task})" for j in current.running_jobs) if current is not None else ""
+        logger.error(
+            "the worker did not stop within %gs of the signal; exiting now. Jobs still running: %s. They stay "
+            "executing and peers rescue them once this worker's heartbeat lapses.",
+            self.seconds,
+            stuck or "none",
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nursery-worker")
 def cli() -> None:
@@ -132,6 +173,20 @@ def cli() -> None:
 )
 @click.option("--no-listen", is_flag=True, help="Do not use LISTEN/NOTIFY; rely on polling alone.")
 @click.option(
+    "--wait-for-db",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to keep retrying the first database connection (for containers); 0 fails at once.",
+)
+@click.option(
+    "--cancel-grace",
+    default=10.0,
+    show_default=True,
+    type=_POSITIVE,
+    help="Seconds a cancelled job gets to stop before it is recorded as abandoned.",
+)
+@click.option(
     "--backend",
     default=lambda: os.environ.get("NURSERY_WORKER_BACKEND", "asyncio"),
     type=click.Choice(["asyncio", "trio"]),
@@ -149,6 +204,8 @@ def run(
     heartbeat_interval: float,
     rescue_after: float,
     no_listen: bool,
+    wait_for_db: float,
+    cancel_grace: float,
     backend: str,
     dsn: str | None,
     schema: str | None,
@@ -162,6 +219,8 @@ def run(
         except ImportError:
             raise click.UsageError("--backend trio needs trio: pip install 'nursery-worker[trio]'") from None
     app = _make_app(app_path, dsn, schema)
+    # Generous: the grace for running jobs, a cancelled job's grace, and the final writes twice.
+    watchdog = _ExitWatchdog(shutdown_timeout + cancel_grace + 25.0)
 
     async def main() -> Worker | None:
         # Signals are caught from the very start: during startup a signal cancels the start (which
@@ -171,7 +230,15 @@ def run(
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
                 run_scope = anyio.CancelScope()
-                tg.start_soon(relay_signals, signals, lambda: running[0] if running else None, run_scope.cancel)
+                tg.start_soon(
+                    functools.partial(
+                        relay_signals,
+                        signals,
+                        lambda: running[0] if running else None,
+                        run_scope.cancel,
+                        on_signal=lambda: watchdog.arm(lambda: running[0] if running else None),
+                    )
+                )
                 with run_scope:
                     async with open_worker(
                         app,
@@ -183,6 +250,8 @@ def run(
                         heartbeat_interval=heartbeat_interval,
                         rescue_after=rescue_after,
                         listen=not no_listen,
+                        wait_for_db=wait_for_db,
+                        cancel_grace=cancel_grace,
                     ) as worker:
                         running.append(worker)
                         await worker.wait_stopped()
@@ -202,6 +271,7 @@ def run(
     except Exception as exc:
         raise _fail(exc) from None
     finally:
+        watchdog.disarm()
         app.close()
     if worker is None:
         return

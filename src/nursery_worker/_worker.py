@@ -822,12 +822,21 @@ class Worker:
 
 
 async def relay_signals(
-    received: AsyncIterator[int], worker: Callable[[], Worker | None], during_startup: Callable[[], None]
+    received: AsyncIterator[int],
+    worker: Callable[[], Worker | None],
+    during_startup: Callable[[], None],
+    *,
+    on_signal: Callable[[], None] | None = None,
 ) -> None:
-    """First signal: stop *worker()* gracefully; second: stop it at once; before it runs: *during_startup*."""
+    """First signal: stop *worker()* gracefully; second: stop it at once; before it runs: *during_startup*.
+
+    *on_signal* is called at every signal first (the CLI arms its exit watchdog).
+    """
     seen = 0
     async for signum in received:
         seen += 1
+        if on_signal is not None:
+            on_signal()
         name = signal.Signals(signum).name
         current = worker()
         if current is None:
