@@ -29,7 +29,7 @@ async def main() -> None:
     # 1. Call the function directly, with a fake context when it declares one: no database.
     print("run_task(add) ->", await run_task(add, a=2, b=3))
     try:
-        await run_task(wait_until_ready, context=make_context(wait_until_ready, attempt=1))
+        await run_task(wait_until_ready, job_context=make_context(wait_until_ready, attempt=1))
     except Snooze as snooze:
         print(f"run_task(wait_until_ready) raised Snooze({snooze.seconds:g})")
     # 2. A fresh schema for this test, dropped afterwards; drain runs what is due, in-process.

@@ -690,7 +690,10 @@ class App:
         return await self.driver.list_jobs(states=states, queue=queue, task=task, limit=limit, before_id=before_id)
 
     async def prune(
-        self, *, older_than: float | dt.timedelta, states: Iterable[str] = ("completed", "discarded", "cancelled")
+        self,
+        *,
+        older_than: float | dt.timedelta,
+        states: str | Iterable[str] = ("completed", "discarded", "cancelled"),
     ) -> int:
         """Delete finished jobs (and their results) older than *older_than*, in bounded batches.
 
@@ -710,7 +713,7 @@ class App:
             older_than = older_than.total_seconds()
         if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
             raise ConfigurationError(f"prune(older_than={older_than!r}): must be seconds >= 0 or a timedelta")
-        chosen = list(states)
+        chosen = [states] if isinstance(states, str) else list(states)
         for state in chosen:
             if state not in ("completed", "discarded", "cancelled"):
                 raise ConfigurationError(f"prune(states=...): {state!r} is not a final state")
@@ -777,20 +780,31 @@ async def _wait_finished(app: App, job_id: int, *, limit: float | None, poll_int
 
     async def poll(tg_scope: anyio.CancelScope) -> None:
         nonlocal woken
-        while True:
-            job = await app.get_job(job_id)
-            if job.state.is_terminal:
-                result.append(job)
-                tg_scope.cancel()
-                return
-            with anyio.move_on_after(poll_interval):
-                await woken.wait()
-            woken = anyio.Event()
+        try:
+            while True:
+                with anyio.move_on_after(poll_interval):
+                    await woken.wait()
+                woken = anyio.Event()
+                job = await app.get_job(job_id)
+                if job.state.is_terminal:
+                    result.append(job)
+                    return
+        except JobNotFound as exc:  # pruned while we waited: raised below, not inside a group
+            failure.append(exc)
+        finally:
+            tg_scope.cancel()
 
+    # The first look is outside any deadline: a finished job is returned even with timeout=0.
+    first = await app.get_job(job_id)
+    if first.state.is_terminal:
+        return first
+    failure: list[JobNotFound] = []
     with anyio.move_on_after(limit if limit is not None else math.inf) as outer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
-            await poll(tg.cancel_scope)
+            tg.start_soon(poll, tg.cancel_scope)
+    if failure:
+        raise failure[0]
     if result:
         return result[0]
     assert outer.cancelled_caught

@@ -119,7 +119,7 @@ class LinearBackoff:
         return max(0.0, min(self.max_delay, self.base + self.step * max(attempt - 1, 0)))
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class ConstantBackoff:
     """The same wait after every failed attempt.
 

@@ -196,11 +196,14 @@ def build_spec(
 
 
 def _is_context(annotation: Any) -> bool:
+    """True for ``JobContext``, ``JobContext | None``, ``Optional[JobContext]`` and their string forms."""
     from ._context import JobContext
 
     if annotation is JobContext:
         return True
-    return isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "JobContext"
+    if isinstance(annotation, str):
+        return re.search(r"(?<![\w.])(?:[\w.]+\.)?JobContext\b", annotation) is not None
+    return any(_is_context(arg) for arg in typing.get_args(annotation))
 
 
 def _kwargs_signature(func: Callable[..., Any], name: str) -> tuple[inspect.Signature, str | None]:
@@ -349,6 +352,10 @@ class Task(Generic[P, R]):
         """
         where = f"{self.name}.configure()"
         at, seconds = check_schedule(scheduled_at, delay, where=where)
+        if unique_states is not None and unique_key is None and self.unique_key is None:
+            raise ConfigurationError(
+                f"{where}: unique_states= has no effect without a unique_key (here or in @app.task(unique_key=...))"
+            )
         if unique_key is None and unique_states is None:
             key_option, states = self.unique_key, self.unique_states
         else:
@@ -456,8 +463,14 @@ class TaskCall:
         )
         if self.unique_key is None or self.unique_key is False:
             return spec
-        # The key is computed from the arguments as the row will hold them (validated JSON).
-        key = resolve_unique_key(self.unique_key, dict(spec.args), where=f"{self.task.name}.job()")
+        # The key is computed from the arguments as the row will hold them (validated JSON), with
+        # defaults filled in: f(a=1) and f(a=1, b=<b's default>) are the same job.
+        key_args = dict(spec.args)
+        if self.unique_key is True:
+            bound = self.task.signature.bind(**key_args)
+            bound.apply_defaults()
+            key_args = json.loads(encode_args(dict(bound.arguments), max_bytes=self.task.app.max_args_bytes))
+        key = resolve_unique_key(self.unique_key, key_args, where=f"{self.task.name}.job()")
         return attrs.evolve(spec, unique_key=key, unique_states=self.unique_states)
 
     async def defer(self, **kwargs: Any) -> Job:

@@ -98,6 +98,10 @@ def _queues(value: Sequence[str] | str) -> tuple[str, ...]:
 _FINAL_STATES = ("completed", "discarded", "cancelled")
 
 
+class _JobTimeout(TimeoutError):
+    """A job's own timeout, raised from ``call_next`` so that middleware sees it."""
+
+
 def _retention(value: Mapping[str, float | dt.timedelta | None] | None) -> dict[str, float | None]:
     """Validate ``retention=``: seconds (or a timedelta, or None to keep) by final state."""
     if value is None:
@@ -395,11 +399,13 @@ class Worker:
                 await driver.check_schema()
                 return
             except RETRYABLE_ERRORS as exc:
-                delay = backoff.next()
-                if anyio.current_time() + delay > deadline:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
                     if self.config.wait_for_db:
                         logger.error("gave up waiting %gs for the database", self.config.wait_for_db)
                     raise
+                # The last try lands on the deadline itself, not a backoff step before it.
+                delay = min(backoff.next(), remaining)
                 logger.warning("waiting for the database: %s; retrying in %.1fs", exc, delay)
                 await anyio.sleep(delay)
 
@@ -594,20 +600,25 @@ class Worker:
             kwargs[task.context_param] = context
 
         async def call_task() -> Any:
-            if task.is_async:
-                return await task.func(**kwargs)
-            return await anyio.to_thread.run_sync(
-                functools.partial(self._call_in_thread, task.func, kwargs),
-                abandon_on_cancel=True,
-                limiter=self._thread_limiter,
-            )
+            # The timeout is the deadline of a scope around the function alone, turned into a
+            # TimeoutError raised from call_next: middleware sees it like any other failure.
+            with anyio.CancelScope() as deadline_scope:
+                if task.timeout is not None:
+                    deadline_scope.deadline = anyio.current_time() + task.timeout
+                if task.is_async:
+                    return await task.func(**kwargs)
+                return await anyio.to_thread.run_sync(
+                    functools.partial(self._call_in_thread, task.func, kwargs),
+                    abandon_on_cancel=True,
+                    limiter=self._thread_limiter,
+                )
+            detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
+            raise _JobTimeout(f"job exceeded its timeout of {task.timeout:g}s{detail}")
 
         handler: Callable[[], Any] = call_task
         if context is not None:
             for middleware in reversed(middlewares):
                 handler = functools.partial(middleware, context, handler)
-        if task.timeout is not None:
-            r.scope.deadline = anyio.current_time() + task.timeout
         try:
             with r.scope:
                 value = await handler()
@@ -625,17 +636,12 @@ class Worker:
         except Exception as exc:
             if r.released or r.cancel_requested:
                 return self._interrupted(r, task), None
+            if isinstance(exc, _JobTimeout):
+                # Our own timeout: the traceback of the job's cancellation says nothing useful.
+                return Failed(error=ErrorInfo(type="TimeoutError", message=str(exc))), None
             return Failed(error=error_info(exc)), None
-        if r.released or r.cancel_requested:
-            return self._interrupted(r, task), None
-        # The job's own scope caught a cancellation that was not a shutdown: its deadline passed.
-        detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
-        return (
-            Failed(
-                error=ErrorInfo(type="TimeoutError", message=f"job exceeded its timeout of {task.timeout:g}s{detail}")
-            ),
-            None,
-        )
+        # Only the worker cancels the job's scope: at shutdown (released) or by a cancel request.
+        return self._interrupted(r, task), None
 
     @staticmethod
     def _interrupted(r: _Running, task: Task[..., Any]) -> Outcome:

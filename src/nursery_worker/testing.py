@@ -88,7 +88,7 @@ def make_context(
     return JobContext(job=job, worker_id=worker_id, deadline=deadline, app=task.app)
 
 
-async def run_task(task: Task[..., Any], /, *, context: JobContext | None = None, **kwargs: Any) -> Any:
+async def run_task(task: Task[..., Any], /, *, job_context: JobContext | None = None, **kwargs: Any) -> Any:
     """Call *task*'s function with *kwargs* (and a :class:`JobContext` if it declares one).
 
     ``async def`` tasks are awaited; plain ``def`` tasks run in a thread, as in a worker. What the
@@ -97,7 +97,9 @@ async def run_task(task: Task[..., Any], /, *, context: JobContext | None = None
 
     Args:
         task: a registered task.
-        context: the context to pass (default: :func:`make_context` with these arguments).
+        job_context: the context to pass to a task that declares one (default:
+            :func:`make_context` with these arguments); named so that a task argument called
+            ``context`` passes through.
         **kwargs: the job's arguments.
 
     Returns:
@@ -109,7 +111,7 @@ async def run_task(task: Task[..., Any], /, *, context: JobContext | None = None
     task.check_args(kwargs)
     call_kwargs = dict(kwargs)
     if task.context_param is not None:
-        call_kwargs[task.context_param] = context or make_context(task, args=kwargs)
+        call_kwargs[task.context_param] = job_context or make_context(task, args=kwargs)
     if task.is_async:
         return await task.func(**call_kwargs)
     return await anyio.to_thread.run_sync(lambda: task.func(**call_kwargs))
@@ -190,7 +192,7 @@ async def drain(
         if kind is not None:
             seen.append((job.id, kind))
 
-    with anyio.fail_after(timeout):
+    with anyio.move_on_after(timeout) as limit:
         async with open_worker(
             app,
             queues=queues,
@@ -203,6 +205,11 @@ async def drain(
         ) as worker:
             worker._on_outcome = on_outcome
             await worker.wait_stopped()
+    if limit.cancelled_caught:
+        raise TimeoutError(
+            f"drain: jobs were still running after {timeout:g}s (they were handed back as available); "
+            "a job that snoozes for 0 or never ends keeps a drain busy"
+        )
     fresh: dict[int, Job] = {}
     for job_id, _ in seen:
         if job_id not in fresh:

@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 from typing import Any
 
+import anyio
 import pytest
 
 from nursery_worker import App, CallNext, ConstantBackoff, Job, JobContext, JobState, open_worker
@@ -107,7 +108,7 @@ async def test_a_job_context_parameter_is_found_when_other_annotations_cannot_be
     """With an unresolvable forward reference beside it, the 'JobContext' annotation is still recognised."""
 
     @app.task
-    async def report(n: "NotDefinedAnywhere", ctx: JobContext) -> int:  # type: ignore[name-defined]  # noqa: F821
+    async def report(n: NotDefinedAnywhere, ctx: JobContext) -> int:  # type: ignore[name-defined]  # noqa: F821
         return ctx.job_id + n  # type: ignore[no-any-return]
 
     job = await report.defer(n=1000)
@@ -306,7 +307,7 @@ async def test_registering_a_non_async_middleware_is_a_type_error(app: App) -> N
     def after(context: JobContext, result: Any, error: BaseException | None) -> None: ...
 
     with pytest.raises(TypeError, match="async def"):
-        app.middleware(mw)  # type: ignore[arg-type]
+        app.middleware(mw)
     with pytest.raises(TypeError, match="async def"):
         app.before_job(before)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="async def"):
@@ -412,3 +413,40 @@ async def test_hooks_and_middlewares_share_one_registration_order(app: App) -> N
 
     assert done.state is JobState.COMPLETED
     assert events == ["before_job", "mw-before", "task", "after_job", "mw-after"]
+
+
+# --- known bugs ------------------------------------------------------------------------------
+
+
+async def test_an_optional_job_context_parameter_receives_the_context(app: App) -> None:
+    """A parameter annotated 'JobContext | None' (so the function can be called directly) still gets the context."""
+
+    @app.task
+    async def report(context: JobContext | None = None) -> int | None:
+        return None if context is None else context.job_id
+
+    with pytest.raises(TypeError):
+        await report.defer(context="not a context")
+    job = await report.defer()
+    (done,) = await _run(app, job.id)
+    assert done.result == job.id
+
+
+async def test_after_job_sees_a_timeout(app: App) -> None:
+    """after_job is told about an attempt that failed by exceeding the task's timeout."""
+    errors: list[BaseException | None] = []
+
+    @app.after_job
+    async def after(context: JobContext, result: Any, error: BaseException | None) -> None:
+        errors.append(error)
+
+    @app.task(timeout=0.2, max_attempts=1)
+    async def slow() -> None:
+        await anyio.sleep(30)
+
+    job = await slow.defer()
+    (done,) = await _run(app, job.id)
+
+    assert done.state is JobState.DISCARDED
+    assert [e.type for e in done.errors] == ["TimeoutError"]
+    assert len(errors) == 1 and isinstance(errors[0], TimeoutError)

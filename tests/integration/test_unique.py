@@ -176,8 +176,12 @@ async def test_a_new_job_is_refused_while_the_holder_is_executing(app: App, db: 
     async def work() -> None: ...
 
     first = await work.defer()
-    await query(db, "UPDATE jobs SET state = 'executing', attempt = 1, worker_id = 'elsewhere', attempted_at = now() "
-        "WHERE id = %s RETURNING id", [first.id])
+    await query(
+        db,
+        "UPDATE jobs SET state = 'executing', attempt = 1, worker_id = 'elsewhere', attempted_at = now() "
+        "WHERE id = %s RETURNING id",
+        [first.id],
+    )
 
     second = await work.defer()
 
@@ -224,9 +228,7 @@ async def test_unique_states_with_a_bogus_state_is_a_configuration_error(app: Ap
     """A unique_states entry that is not a job state is refused, naming it."""
     with pytest.raises(ConfigurationError, match="'finished'"):
 
-        @app.task(
-            unique_key="k", unique_states=["scheduled", "available", "executing", "retryable", "finished"]
-        )
+        @app.task(unique_key="k", unique_states=["scheduled", "available", "executing", "retryable", "finished"])
         async def task_a() -> None: ...
 
 
@@ -287,7 +289,16 @@ async def test_defer_many_returns_one_job_per_item_in_order_with_duplicates_mark
 
     assert len(jobs) == 8
     assert [j.duplicate for j in jobs] == [False, True, False, False, True, False, True, False]
-    assert [j.task for j in jobs] == [plain.name, uniq.name, uniq.name, plain.name, uniq.name, uniq.name, uniq.name, plain.name]
+    assert [j.task for j in jobs] == [
+        plain.name,
+        uniq.name,
+        uniq.name,
+        plain.name,
+        uniq.name,
+        uniq.name,
+        uniq.name,
+        plain.name,
+    ]
     assert jobs[1].id == existing.id and jobs[6].id == existing.id
     assert jobs[4].id == jobs[2].id
     new_ids = [jobs[i].id for i in (0, 2, 3, 5, 7)]
@@ -458,3 +469,36 @@ async def test_a_unique_job_deferred_in_a_committed_transaction_holds_its_key(
 
     assert (after.id, after.duplicate) == (inside.id, True)
     assert await _count(db) == 1
+
+
+# --- known bugs ------------------------------------------------------------------------------
+
+
+async def test_unique_key_true_treats_an_explicit_default_like_an_omitted_argument(app: App, db: Connection) -> None:
+    """f(a=1) and f(a=1, b=<b's default>) are the same call, so with unique_key=True the second is a duplicate."""
+
+    @app.task(unique_key=True)
+    async def work(a: int, b: int = 0) -> None: ...
+
+    first = await work.defer(a=1)
+    second = await work.defer(a=1, b=0)
+
+    assert (second.id, second.duplicate) == (first.id, True)
+    assert await _count(db) == 1
+
+
+async def test_configure_unique_states_with_completed_refuses_a_twin_that_completed_earlier(app: App) -> None:
+    """A job enqueued with 'completed' in its unique_states is refused while a twin of its key is completed."""
+
+    @app.task(unique_key="k")
+    async def work() -> None: ...
+
+    first = await work.defer()
+    await drain(app)
+    assert (await app.get_job(first.id)).state is JobState.COMPLETED
+
+    second = await work.configure(
+        unique_states=["scheduled", "available", "executing", "retryable", "completed"]
+    ).defer()
+
+    assert (second.id, second.duplicate) == (first.id, True)

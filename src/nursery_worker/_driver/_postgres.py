@@ -53,6 +53,7 @@ _JOB_COLUMNS = (
 )
 _J_COLUMNS = ", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))
 _TERMINAL = "('completed', 'discarded', 'cancelled')"
+_ACTIVE_SET = frozenset({"scheduled", "available", "executing", "retryable"})
 #: A finished-jobs notification carries the ids, or '*' when they would not fit NOTIFY's 8000 bytes.
 _NOTIFY_FINISHED = """
 SELECT pg_notify(%(channel)s, 'finished:' || CASE WHEN length(f.ids) > 7000 THEN '*' ELSE f.ids END)
@@ -97,19 +98,20 @@ SELECT id, state, scheduled_at, inserted_at, unique_key, task, (SELECT count(*) 
 FROM ins ORDER BY id
 """
 )
-_ON_CONFLICT = "ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states) DO NOTHING"
+_ACTIVE = "('scheduled', 'available', 'executing', 'retryable')"
+_ON_CONFLICT = "ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL AND state IN " + _ACTIVE + " DO NOTHING"
 
-# The jobs that hold the unique keys some inserts were refused for.
-_SQL_UNIQUE_HOLDERS = (
-    """
-SELECT """
-    + _J_COLUMNS
-    + """ FROM {s}.jobs AS j
-JOIN unnest(%(tasks)s::text[], %(keys)s::text[]) AS k(task, unique_key)
+# The job holding each unique key, in the scope of states of the spec asking (a queued or running
+# holder first, then the newest). Queued and running holders are what the index refused an insert
+# for; finished ones count only for a spec whose scope includes their state.
+_SQL_UNIQUE_HOLDERS = """
+SELECT DISTINCT ON (k.ord) k.ord, __J_COLUMNS__ FROM {s}.jobs AS j
+JOIN unnest(%(tasks)s::text[], %(keys)s::text[], %(states)s::text[])
+     WITH ORDINALITY AS k(task, unique_key, states, ord)
   ON j.task = k.task AND j.unique_key = k.unique_key
-WHERE j.unique_key IS NOT NULL AND j.state = ANY (j.unique_states)
-"""
-)
+WHERE j.unique_key IS NOT NULL AND j.state = ANY (string_to_array(k.states, ','))
+ORDER BY k.ord, (j.state IN __ACTIVE__) DESC, j.id DESC
+""".replace("__J_COLUMNS__", _J_COLUMNS).replace("__ACTIVE__", _ACTIVE)
 
 # fetch_guarded: available -> executing, attempt + 1, worker set.
 _SQL_FETCH = (
@@ -633,11 +635,33 @@ class PostgresDriver:
             return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
         return self._insert_unique(conn, specs)
 
+    def _holders(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job | None]:
+        """For each unique spec, the job holding its key in the spec's scope of states, or None."""
+        params = {
+            "tasks": [s.task for s in specs],
+            "keys": [s.unique_key for s in specs],
+            "states": [",".join(s.unique_states or ()) for s in specs],
+        }
+        found: list[Job | None] = [None] * len(specs)
+        for row in conn.execute(self._sql_unique_holders, params).fetchall():
+            found[int(row[0]) - 1] = _job_from_row(row[1:], duplicate=True)
+        return found
+
     def _insert_unique(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
         """Insert with unique keys: a refused spec returns the job that holds its key."""
         result: list[Job | None] = [None] * len(specs)
         todo = list(range(len(specs)))
+        # A scope beyond the queued and running states (the index's) also refuses finished twins:
+        # look those up first. A row only finishes after being queued or running, so a finished
+        # twin that is not there now can only appear after the index itself refused us.
+        wide = [i for i in todo if set(specs[i].unique_states or ()) - _ACTIVE_SET]
+        if wide:
+            for i, holder in zip(wide, self._holders(conn, [specs[i] for i in wide]), strict=True):
+                result[i] = holder
+            todo = [i for i in todo if result[i] is None]
         for _ in range(5):
+            if not todo:
+                break
             batch = [specs[i] for i in todo]
             rows = conn.execute(self._sql_insert_unique, self._insert_params(batch)).fetchall()
             matched = self._match(batch, rows)
@@ -646,20 +670,12 @@ class PostgresDriver:
                 result[i] = job
             if not missing:
                 break
-            wanted = [(specs[i].task, specs[i].unique_key) for i in missing]
-            holders = conn.execute(
-                self._sql_unique_holders, {"tasks": [t for t, _ in wanted], "keys": [k for _, k in wanted]}
-            ).fetchall()
-            found = {(r[1], r[16]): _job_from_row(r, duplicate=True) for r in holders}
             todo = []
-            for i in missing:
-                job = found.get((specs[i].task, specs[i].unique_key or ""))
-                if job is None:
+            for i, holder in zip(missing, self._holders(conn, [specs[i] for i in missing]), strict=True):
+                if holder is None:
                     todo.append(i)  # the holder left the scope meanwhile: insert again
                 else:
-                    result[i] = job
-            if not todo:
-                break
+                    result[i] = holder
         if any(job is None for job in result):
             raise DatabaseError("could not insert or find the holders of some unique jobs after 5 tries; retry")
         return [job for job in result if job is not None]

@@ -10,11 +10,12 @@ ALTER TABLE {schema}.jobs
     ADD CONSTRAINT jobs_unique_states_check
         CHECK (unique_key IS NULL OR unique_states @> ARRAY['scheduled', 'available', 'executing', 'retryable']);
 
--- Unique jobs: at most one row per (task, unique_key) among the rows whose state is in the job's own
--- scope. The scope always holds every queued and running state (the CHECK above), so no worker
--- write ever moves a row into conflict; only inserts and an explicit retry can meet one.
+-- Unique jobs: at most one queued or running row per (task, unique_key), race-free. Only queued
+-- and running states are in the index, so no worker write ever moves a row into conflict (only an
+-- insert or an explicit retry can meet one). A job whose scope (unique_states) also holds finished
+-- states is checked against finished twins by the insert itself (see the driver).
 CREATE UNIQUE INDEX jobs_unique_idx ON {schema}.jobs (task, unique_key)
-    WHERE unique_key IS NOT NULL AND state = ANY (unique_states);
+    WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'executing', 'retryable');
 
 -- Inspection by task (app.list_jobs, the CLI).
 CREATE INDEX jobs_task_idx ON {schema}.jobs (task, id);
