@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import baseline, enqueue, growth, latency, levers, peers, throughput
@@ -48,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the JSON report")
     parser.add_argument("--no-peers", action="store_true", help="skip PgQueuer, Procrastinate and oban-py")
+    parser.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's JSON report and exit")
     args = parser.parse_args(argv)
+    if args.render:
+        print_tables(json.loads(Path(args.render).read_text(encoding="utf-8")))
+        return 0
 
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "verification": {"passed": not report.verification_failures, "failures": report.verification_failures},
     }
     print_tables(data)
-    dump_json(__import__("pathlib").Path(args.output), data)
+    dump_json(Path(args.output), data)
     log(f"wrote {args.output} ({data['seconds']:.0f}s)")
     if report.verification_failures:
         log(f"{len(report.verification_failures)} verification failure(s)")

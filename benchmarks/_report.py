@@ -13,7 +13,7 @@ PEER_SYSTEMS = ("pgqueuer", "procrastinate", "oban")
 def _fmt(value: float | None, unit: str = "") -> str:
     if value is None or value != value:
         return "n/a"
-    if unit in ("ms", "ratio") or abs(value) < 10:
+    if abs(value) < 10 or unit == "ratio":
         return f"{value:,.2f}"
     return f"{value:,.0f}"
 
@@ -230,11 +230,10 @@ def print_tables(data: dict[str, Any]) -> None:
                 ]
                 cells.append(_fmt(match[0]["median"]) if match else "n/a")
             out.append(f"| {section}: {name} | " + " | ".join(cells) + " |")
+        out.append("")
         for f in figures:
             if f["system"] == "plain-sql":
-                out.append(
-                    f"| plain SQL: {f['name']} (rows/s) | " + _fmt(f["median"]) + " |" + " |" * (len(present) - 1)
-                )
+                out.append(f"- plain-SQL baseline, {f['name']}: {_fmt(f['median'])} rows/s")
         out.append("")
     for skipped in data["skipped"]:
         out.append(f"- skipped {skipped['what']}: {skipped['why']}")
