@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests-trio tests-asyncio lint typecheck``."""
+"""Developer sessions: ``nox -s tests-trio tests-asyncio lint typecheck``; benchmarks: ``nox -s bench``."""
 
 from __future__ import annotations
 
@@ -35,3 +35,10 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark harness (docs/performance.md): ``nox -s bench -- --quick`` for a smoke run."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

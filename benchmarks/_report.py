@@ -1,0 +1,266 @@
+"""The targets of issue 3 and the printed tables."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ._common import Figure, Report
+
+PEER_SYSTEMS = ("pgqueuer", "procrastinate", "oban")
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None or value != value:
+        return "n/a"
+    if abs(value) < 10 or unit == "ratio":
+        return f"{value:,.2f}"
+    return f"{value:,.0f}"
+
+
+def _median(fig: Figure | None) -> float | None:
+    return fig.median if fig is not None else None
+
+
+def _target(name: str, measured: float | None, goal: float, *, at_least: bool, unit: str, basis: str) -> dict[str, Any]:
+    if measured is None:
+        return {
+            "target": name,
+            "measured": None,
+            "goal": goal,
+            "met": None,
+            "ratio": None,
+            "unit": unit,
+            "basis": basis + " (not measured in this run)",
+        }
+    ratio = measured / goal if at_least else (goal / measured if measured else None)
+    met = measured >= goal if at_least else measured <= goal
+    return {
+        "target": name,
+        "measured": measured,
+        "goal": goal,
+        "met": met,
+        "ratio": ratio,
+        "unit": unit,
+        "basis": basis,
+    }
+
+
+def targets(report: Report) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    find = report.find
+    peer_best = max(
+        (
+            (f.median, f.system)
+            for f in report.figures
+            if f.section == "throughput" and f.name == "no-op, concurrency 50" and f.system in PEER_SYSTEMS and f.reps
+        ),
+        default=(None, None),
+    )
+    base = find("baseline", "claim 100 + complete 100, SKIP LOCKED, one connection", "plain-sql", "-")
+    for backend in ("asyncio", "trio"):
+        ours = _median(find("throughput", "no-op, concurrency 50", backend=backend))
+        if peer_best[0] is not None and ours is not None:
+            rows.append(
+                _target(
+                    f"throughput ≥ 3× the fastest peer ({backend})",
+                    ours / peer_best[0],
+                    3.0,
+                    at_least=True,
+                    unit="×",
+                    basis=f"concurrency 50 vs {peer_best[1]} {_fmt(peer_best[0])} jobs/s",
+                )
+            )
+        else:
+            rows.append(
+                _target(
+                    f"throughput ≥ 3× the fastest peer ({backend})",
+                    None,
+                    3.0,
+                    at_least=True,
+                    unit="×",
+                    basis="needs the peers section",
+                )
+            )
+        if base is not None and base.reps and ours is not None:
+            rows.append(
+                _target(
+                    f"throughput ≥ 30% of the plain-SQL baseline ({backend})",
+                    ours / base.median,
+                    0.30,
+                    at_least=True,
+                    unit="fraction",
+                    basis=f"baseline {_fmt(base.median)} rows/s",
+                )
+            )
+    for f in report.figures:
+        if f.system != "nursery-worker":
+            continue
+        if f.section == "enqueue" and f.name.startswith("defer_many"):
+            rows.append(
+                _target(
+                    f"bulk enqueue ≥ 100,000 jobs/s ({f.backend})",
+                    f.median,
+                    100_000,
+                    at_least=True,
+                    unit="jobs/s",
+                    basis=f.name,
+                )
+            )
+        if f.section == "enqueue" and f.name == "single defer(), sequential":
+            rows.append(
+                _target(
+                    f"single sequential defer ≥ 3,000/s ({f.backend})",
+                    f.median,
+                    3_000,
+                    at_least=True,
+                    unit="jobs/s",
+                    basis="await task.defer() in a loop",
+                )
+            )
+        if f.section == "latency" and f.name == "pickup p50, LISTEN/NOTIFY":
+            rows.append(
+                _target(
+                    f"pickup p50 with LISTEN ≤ 1.5 ms ({f.backend})",
+                    f.median,
+                    1.5,
+                    at_least=False,
+                    unit="ms",
+                    basis="median of the runs' p50",
+                )
+            )
+        if f.section == "latency" and f.name == "pickup p99, LISTEN/NOTIFY":
+            rows.append(
+                _target(
+                    f"pickup p99 with LISTEN ≤ 4 ms ({f.backend})",
+                    f.median,
+                    4.0,
+                    at_least=False,
+                    unit="ms",
+                    basis="median of the runs' p99",
+                )
+            )
+        if f.section == "growth" and f.unit == "ratio":
+            rows.append(
+                {
+                    **_target(
+                        f"worker RSS flat ±10% ({f.backend})",
+                        f.median,
+                        1.10,
+                        at_least=False,
+                        unit="×",
+                        basis=f"{f.extra.get('rss_warm_mib', 0):.1f} → {f.extra.get('rss_end_mib', 0):.1f} MiB",
+                    ),
+                    "met": f.median is not None and 0.9 <= f.median <= 1.1,
+                }
+            )
+    growth = [f for f in report.figures if f.section == "growth" and f.unit == "jobs/s"]
+    for backend in ("asyncio", "trio"):
+        mine = sorted((f for f in growth if f.backend == backend), key=lambda f: f.extra.get("finished_rows", 0))
+        if len(mine) >= 2 and mine[0].median and mine[-1].median:
+            rows.append(
+                _target(
+                    f"throughput with {mine[-1].extra['finished_rows']:,} finished rows "
+                    f"within 20% of empty ({backend})",
+                    mine[-1].median / mine[0].median,
+                    0.8,
+                    at_least=True,
+                    unit="fraction",
+                    basis=f"{_fmt(mine[-1].median)} vs {_fmt(mine[0].median)} jobs/s",
+                )
+            )
+    # trio within 15% of asyncio on every figure measured on both.
+    worst: tuple[float, str] | None = None
+    pairs = []
+    for f in report.figures:
+        if f.system != "nursery-worker" or f.backend != "trio" or not f.reps:
+            continue
+        a = find(f.section, f.name, backend="asyncio")
+        if a is None or not a.reps or f.unit == "ratio":
+            continue
+        ratio = f.median / a.median if f.higher_is_better else a.median / f.median
+        pairs.append({"figure": f"{f.section}: {f.name}", "trio_vs_asyncio": ratio})
+        if worst is None or ratio < worst[0]:
+            worst = (ratio, f"{f.section}: {f.name}")
+    if worst is not None:
+        row = _target(
+            "trio within 15% of asyncio on every figure (worst)",
+            worst[0],
+            0.85,
+            at_least=True,
+            unit="trio/asyncio",
+            basis=worst[1],
+        )
+        row["pairs"] = pairs
+        row["failing"] = [p for p in pairs if p["trio_vs_asyncio"] < 0.85]
+        rows.append(row)
+    return rows
+
+
+def print_tables(data: dict[str, Any]) -> None:
+    env = data["environment"]
+    out: list[str] = []
+    out.append(f"\n## nursery-worker benchmarks ({data['mode']}, {data['plan']['reps']} repetition(s), medians)\n")
+    out.append(
+        f"{env['cpu_count']} CPUs ({env['cpu_model']}), Linux {env['kernel']}, Python {env['python']}, "
+        f"{(env['postgresql'] or '').split(' on ')[0]}, psycopg {env['packages'].get('psycopg')}, "
+        f"anyio {env['packages'].get('anyio')}, trio {env['packages'].get('trio')}; "
+        f"load average {env['loadavg_start']} -> {env.get('loadavg_end')}\n"
+    )
+    figures = data["figures"]
+    # Side by side: the workloads the peers run too.
+    systems = ["nursery-worker/asyncio", "nursery-worker/trio", *PEER_SYSTEMS]
+    present = [s for s in systems if any(f"{f['system']}/{f['backend']}" == s or f["system"] == s for f in figures)]
+    shared = []
+    for f in figures:
+        if f["system"] in PEER_SYSTEMS and (f["section"], f["name"]) not in shared:
+            shared.append((f["section"], f["name"]))
+    if shared:
+        out.append("| workload (jobs/s) | " + " | ".join(present) + " |")
+        out.append("|---|" + "---:|" * len(present))
+        for section, name in shared:
+            cells = []
+            for s in present:
+                system, _, backend = s.partition("/")
+                match = [
+                    f
+                    for f in figures
+                    if (f["section"], f["name"], f["system"]) == (section, name, system)
+                    and (not backend or f["backend"] == backend)
+                ]
+                cells.append(_fmt(match[0]["median"]) if match else "n/a")
+            out.append(f"| {section}: {name} | " + " | ".join(cells) + " |")
+        out.append("")
+        for f in figures:
+            if f["system"] == "plain-sql":
+                out.append(f"- plain-SQL baseline, {f['name']}: {_fmt(f['median'])} rows/s")
+        out.append("")
+    for skipped in data["skipped"]:
+        out.append(f"- skipped {skipped['what']}: {skipped['why']}")
+    out.append("\n| section | figure | system | backend | median | unit | repetitions | verified |")
+    out.append("|---|---|---|---|---:|---|---|---|")
+    for f in figures:
+        reps = ", ".join(_fmt(r, f["unit"]) for r in f["reps"])
+        out.append(
+            f"| {f['section']} | {f['name']} | {f['system']} | {f['backend']} | {_fmt(f['median'], f['unit'])} "
+            f"| {f['unit']} | {reps} | {'yes' if f['verified'] else 'NO'} |"
+        )
+    if data["targets"]:
+        out.append("\n| target | measured | goal | ratio | met | basis |")
+        out.append("|---|---:|---:|---:|---|---|")
+        for t in data["targets"]:
+            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "NO")
+            out.append(
+                f"| {t['target']} | {_fmt(t['measured'], 'ms')} {t['unit']} | {_fmt(t['goal'], 'ms')} "
+                f"| {_fmt(t['ratio'], 'ratio')} | {met} | {t['basis']} |"
+            )
+    if data["levers"]:
+        out.append("\n| lever | variant | median | unit | notes |")
+        out.append("|---|---|---:|---|---|")
+        for lv in data["levers"]:
+            out.append(f"| {lv['lever']} | {lv['variant']} | {_fmt(lv['median'])} | {lv['unit']} | {lv['notes']} |")
+    out.append(f"\nverification: {'all passed' if data['verification']['passed'] else 'FAILED'}")
+    print("\n".join(out), flush=True)
+
+
+__all__ = ["print_tables", "statistics", "targets"]

@@ -1,0 +1,183 @@
+"""Section 5a, the peers: PgQueuer, Procrastinate and oban-py on the same workloads, same run, same server.
+
+They are installed by the harness into a venv of their own (``benchmarks/.peers-venv``, not a
+dependency of nursery-worker; oban-py needs Python >= 3.12, so the venv uses the newest of
+``$NW_BENCH_PEERS_PYTHON``, ``python3.13``, ``python3.12`` and this interpreter). Each peer runs in a
+database of its own, created for the run and dropped after it; each workload runs in a fresh
+process of that venv's Python (``benchmarks/peer_scripts/<peer>_bench.py``) and verifies its result in the
+database. A peer that cannot be installed or set up is skipped with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from ._common import BENCH_DIR, Plan, Report, log
+
+SECTION = "peers"
+VENV = BENCH_DIR / ".peers-venv"
+PEERS = {"pgqueuer": ["pgqueuer", "asyncpg"], "procrastinate": ["procrastinate"], "oban": ["oban"]}
+CONCURRENCY = 50
+
+
+def _python_candidates() -> list[str]:
+    """Interpreters to build the venv with, best first: the first one >= 3.12 that works is taken."""
+    found = [os.environ.get("NW_BENCH_PEERS_PYTHON", "")]
+    found += [shutil.which(name) or "" for name in ("python3.13", "python3.12")]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found += sorted((str(p) for p in pyenv.glob("3.1[2-9]*/bin/python3")), reverse=True)
+    usable = []
+    for candidate in filter(None, found):
+        proc = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.version_info >= (3, 12))"], capture_output=True, text=True
+        )
+        if proc.returncode == 0 and proc.stdout.strip() == "True":
+            usable.append(candidate)
+    return [*usable, sys.executable]
+
+
+def peer_dsn(dsn: str, dbname: str) -> str:
+    """*dsn* pointed at *dbname*, as a URL (asyncpg takes URLs only)."""
+    p = conninfo_to_dict(dsn)
+    auth = quote(str(p.get("user", "postgres")))
+    if p.get("password"):
+        auth += ":" + quote(str(p["password"]))
+    return f"postgresql://{auth}@{p.get('host', '127.0.0.1')}:{p.get('port', 5432)}/{dbname}"
+
+
+def _venv_python() -> Path:
+    return VENV / "bin" / "python"
+
+
+def ensure_venv() -> tuple[dict[str, str], str]:
+    """Create the venv (once) and install what can be installed; return {peer: problem} and the Python version."""
+    problems: dict[str, str] = {}
+    if not _venv_python().exists():
+        for candidate in _python_candidates():
+            proc = subprocess.run([candidate, "-m", "venv", str(VENV)], capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+        else:
+            return {p: "cannot create a venv" for p in PEERS}, "?"
+    py = str(_venv_python())
+    pyver = subprocess.run(
+        [py, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True, text=True
+    ).stdout.strip()
+    for peer, packages in PEERS.items():
+        check = subprocess.run([py, "-c", f"import {peer}"], capture_output=True, text=True)
+        if check.returncode == 0:
+            continue
+        log(f"peers: installing {' '.join(packages)} into {VENV}")
+        proc = subprocess.run([py, "-m", "pip", "install", "-q", *packages], capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()
+            problems[peer] = f"pip install {' '.join(packages)} failed (Python {pyver}): {(lines or ['?'])[-1][:200]}"
+    return problems, pyver
+
+
+def _call(peer: str, dsn: str, workload: str, n: int = 0, concurrency: int = CONCURRENCY) -> dict[str, Any]:
+    script = BENCH_DIR / "peer_scripts" / f"{peer}_bench.py"
+    proc = subprocess.run(
+        [
+            str(_venv_python()),
+            str(script),
+            "--dsn",
+            dsn,
+            "--workload",
+            workload,
+            "--n",
+            str(n),
+            "--concurrency",
+            str(concurrency),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=str(BENCH_DIR / "peer_scripts"),
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{workload} failed (exit {proc.returncode}): {tail[:300]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _database(dsn: str, name: str, create: bool) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if create:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        else:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def workloads(plan: Plan) -> list[tuple[str, str, str, int]]:
+    """(section, figure name, workload, n): the same names as nursery-worker's figures."""
+    return [
+        ("enqueue", "single defer(), sequential", "enqueue-single", plan.seq_defers),
+        ("enqueue", f"defer_many() of {plan.bulk_jobs:,} jobs", "enqueue-bulk", plan.bulk_jobs),
+        ("throughput", f"no-op, concurrency {CONCURRENCY}", "throughput", plan.throughput_jobs),
+    ]
+
+
+def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
+    problems, pyver = ensure_venv()
+    info: dict[str, Any] = {"python": pyver, "venv": str(VENV), "peers": {}}
+    for peer in PEERS:
+        if peer in problems:
+            report.skip(peer, problems[peer])
+            info["peers"][peer] = {"skipped": problems[peer]}
+            continue
+        db = f"nwb_{peer}_{uuid.uuid4().hex[:8]}"
+        url = peer_dsn(dsn, db)
+        try:
+            _database(dsn, db, create=True)
+            meta = _call(peer, url, "version")
+            _call(peer, url, "setup")
+        except Exception as exc:
+            report.skip(peer, f"could not set up: {exc}")
+            info["peers"][peer] = {"skipped": str(exc)}
+            _database(dsn, db, create=False)
+            continue
+        info["peers"][peer] = meta
+        log(f"peers: {peer} {meta.get('version')} ({meta.get('driver')})")
+        try:
+            figs = {
+                w: report.figure(
+                    section=section,
+                    name=name,
+                    system=peer,
+                    backend="asyncio",
+                    unit="jobs/s",
+                    higher_is_better=True,
+                    extra={"jobs": n, "version": meta.get("version")},
+                )
+                for section, name, w, n in workloads(plan)
+            }
+            for _ in range(plan.reps):
+                for _section, name, w, n in workloads(plan):
+                    fig = figs[w]
+                    try:
+                        out = _call(peer, url, w, n)
+                    except Exception as exc:
+                        report.verify(fig, False, str(exc))
+                        continue
+                    fig.reps.append(out["rate"])
+                    fig.notes = out.get("detail", "")
+                    report.verify(fig, bool(out["verified"]), out.get("detail", ""))
+                    log(f"peers: {peer} {name}: {out['rate']:,.0f} jobs/s ({out.get('detail', '')})")
+        finally:
+            _database(dsn, db, create=False)
+    return info

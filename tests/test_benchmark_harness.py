@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark harness (``python -m benchmarks``): it runs on a small N and verifies.
+
+No timed assertions: only that every section ran, wrote its figures, and that the harness's own
+checks in the database (every job really completed) passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_harness_runs_and_verifies(tmp_path: Path, dsn: str) -> None:
+    output = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-peers", "--dsn", dsn, "--output", str(output)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert report["mode"] == "quick"
+    assert report["verification"] == {"passed": True, "failures": []}
+    env = report["environment"]
+    assert env["cpu_count"] >= 1 and env["postgresql"] and env["packages"]["psycopg"]
+    sections = {f["section"] for f in report["figures"]}
+    assert sections == {"enqueue", "throughput", "latency", "growth", "baseline"}
+    assert all(f["verified"] and f["reps"] and f["median"] is not None for f in report["figures"])
+    assert {f["backend"] for f in report["figures"] if f["system"] == "nursery-worker"} == {"asyncio", "trio"}
+    assert report["levers"] and all(lv["median"] is not None for lv in report["levers"])
+    assert any(t["target"].startswith("trio within 15%") for t in report["targets"])
+    assert "| target |" in proc.stdout
+
+
+def test_unknown_section_is_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "nope"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown section" in proc.stderr
