@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._models import Completion, Job, JobSpec, RescueResult, WorkerInfo
+from .._models import Completion, Job, JobSpec, RescueResult, WorkerInfo, WorkerLoad, WorkerRow
 
 
 @attrs.frozen(kw_only=True)
@@ -84,8 +84,9 @@ class Driver(Protocol):
     async def register_worker(self, info: WorkerInfo) -> None:
         """Insert or refresh the worker's row."""
 
-    async def heartbeat(self, info: WorkerInfo) -> bool:
-        """Beat; return False if the row had vanished (declared dead) and was re-inserted."""
+    async def heartbeat(self, info: WorkerInfo, load: WorkerLoad | None = None) -> bool:
+        """Beat (recording *load* when given); return False if the row had vanished (declared dead)
+        and was re-inserted."""
 
     async def deregister_worker(self, worker_id: str) -> None:
         """Delete the worker's row."""
@@ -98,6 +99,9 @@ class Driver(Protocol):
 
     async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int, dt.datetime | None]]:
         """(id, attempt, attempted_at) of jobs executing on *worker_id*, claimed over *older_than* s ago."""
+
+    async def list_workers(self) -> list[WorkerRow]:
+        """Every registered worker, supervised ones first (by supervisor and slot)."""
 
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""
