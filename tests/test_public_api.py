@@ -10,6 +10,7 @@ import nursery_worker
 
 PUBLIC_NAMES = [
     "App",
+    "ChildStatus",
     "ConfigurationError",
     "DatabaseError",
     "ExponentialBackoff",
@@ -21,6 +22,8 @@ PUBLIC_NAMES = [
     "NurseryWorkerError",
     "RetryPolicy",
     "SchemaNotReady",
+    "Supervisor",
+    "SupervisorError",
     "Task",
     "TaskCall",
     "TaskNotFound",
@@ -29,6 +32,7 @@ PUBLIC_NAMES = [
     "WorkerStats",
     "open_worker",
     "redact_dsn",
+    "run_supervisor",
 ]
 
 
@@ -65,6 +69,7 @@ def test_the_package_has_a_version_string() -> None:
         ("JobNotFound", "LookupError"),
         ("TaskNotFound", "LookupError"),
         ("SchemaNotReady", "RuntimeError"),
+        ("SupervisorError", "RuntimeError"),
         ("DatabaseError", "ConnectionError"),
     ],
 )

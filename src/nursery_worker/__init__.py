@@ -10,6 +10,7 @@ from ._errors import DatabaseError as DatabaseError
 from ._errors import JobNotFound as JobNotFound
 from ._errors import NurseryWorkerError as NurseryWorkerError
 from ._errors import SchemaNotReady as SchemaNotReady
+from ._errors import SupervisorError as SupervisorError
 from ._errors import TaskNotFound as TaskNotFound
 from ._models import Job as Job
 from ._models import JobError as JobError
@@ -18,6 +19,9 @@ from ._retry import ExponentialBackoff as ExponentialBackoff
 from ._retry import RetryPolicy as RetryPolicy
 from ._state import JobState as JobState
 from ._state import WorkerState as WorkerState
+from ._supervisor import ChildStatus as ChildStatus
+from ._supervisor import Supervisor as Supervisor
+from ._supervisor import run_supervisor as run_supervisor
 from ._task import Task as Task
 from ._task import TaskCall as TaskCall
 from ._worker import Worker as Worker
@@ -26,6 +30,7 @@ from ._worker import open_worker as open_worker
 
 __all__ = [
     "App",
+    "ChildStatus",
     "ConfigurationError",
     "DatabaseError",
     "ExponentialBackoff",
@@ -37,6 +42,8 @@ __all__ = [
     "NurseryWorkerError",
     "RetryPolicy",
     "SchemaNotReady",
+    "Supervisor",
+    "SupervisorError",
     "Task",
     "TaskCall",
     "TaskNotFound",
@@ -45,6 +52,7 @@ __all__ = [
     "WorkerStats",
     "open_worker",
     "redact_dsn",
+    "run_supervisor",
 ]
 
 __version__ = "0.1.0"

@@ -41,7 +41,7 @@ from ._backoff import ServiceBackoff
 from ._completer import Completer
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
 from ._maintenance import Heartbeat, Promoter, Rescuer, serve_periodically
-from ._models import Completion, Job, WorkerInfo
+from ._models import Completion, Job, Supervision, WorkerInfo, WorkerLoad
 from ._state import RELEASE, ErrorInfo, Failed, Outcome, Released, Succeeded, WorkerState, decide
 from ._task import Task, check_queue
 
@@ -161,7 +161,7 @@ class Worker:
         config: the validated options.
     """
 
-    def __init__(self, app: App, config: WorkerConfig) -> None:
+    def __init__(self, app: App, config: WorkerConfig, *, supervision: Supervision | None = None) -> None:
         self.app = app
         self.config = config
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -171,6 +171,7 @@ class Worker:
             pid=os.getpid(),
             queues=config.queues,
             concurrency=config.concurrency,
+            **(attrs.asdict(supervision) if supervision is not None else {}),
         )
         self.state = WorkerState.INITIALIZING
         self._running: dict[tuple[int, int], _Running] = {}
@@ -185,7 +186,7 @@ class Worker:
         self._stopped = anyio.Event()
         self.listener_connected = False
         driver = app.driver
-        self._heartbeat = Heartbeat(driver, self.info)
+        self._heartbeat = Heartbeat(driver, self.info, load=self._load)
         self._rescuer = Rescuer(driver, self.id, config.rescue_after, error_cap=app.error_cap)
         self._promoter = Promoter(driver)
         self._completer = Completer(
@@ -214,6 +215,10 @@ class Worker:
             last_heartbeat=self._heartbeat.last,
             **self._counts,
         )
+
+    def _load(self) -> WorkerLoad:
+        c, state = self._counts, self.state.value
+        return WorkerLoad(state=state, processed=c["processed"], failed=c["failed"], running=len(self._running))
 
     @property
     def running_jobs(self) -> tuple[Job, ...]:
@@ -689,7 +694,13 @@ async def open_worker(
         listen=listen,
         once=once,
     )
-    worker = Worker(app, config)
+    async with serve_worker(Worker(app, config)) as worker:
+        yield worker
+
+
+@asynccontextmanager
+async def serve_worker(worker: Worker) -> AsyncIterator[Worker]:
+    """:func:`open_worker` for a :class:`Worker` built by the caller (the supervisor's child does)."""
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(worker._serve)
