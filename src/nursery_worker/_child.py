@@ -79,6 +79,8 @@ class Reporter:
 
     def title(self, state: str, processed: int = 0) -> None:
         title = f"nursery-worker: worker {self.options.index} [queues={self.queues}] processed={processed}"
+        if state == WorkerState.INITIALIZING.value:
+            state = WorkerState.STARTING.value
         if state != WorkerState.RUNNING.value:
             title += f" ({state})"
         if title != self._title:

@@ -159,8 +159,8 @@ DELETE FROM {s}.workers WHERE heartbeat_at <= now() - %(after)s * interval '1 se
 """
 
 _SQL_REGISTER = """
-INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency, supervisor_id, child_index, restarts)
-VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s,
+INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency, state, supervisor_id, child_index, restarts)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s, 'starting',
         %(supervisor_id)s, %(child_index)s, %(restarts)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
 """
@@ -566,6 +566,8 @@ class PostgresDriver:
             if updated:
                 return True
             c.execute(self._sql_register, self._worker_params(info))
+            if load is not None:
+                c.execute(self._sql_heartbeat_load, {"id": info.id, **attrs.asdict(load)})
             return False
 
         return await self._hop(beat)
