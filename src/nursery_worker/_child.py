@@ -143,9 +143,11 @@ class _StartupFailed(Exception):
 
 
 async def _serve(app: App, options: ChildOptions, reporter: Reporter) -> Worker:
-    config = WorkerConfig(**options.worker)
     supervision = Supervision(supervisor_id=options.supervisor_id, child_index=options.index, restarts=options.restarts)
-    worker = Worker(app, config, supervision=supervision)
+    try:
+        worker = Worker(app, WorkerConfig(**options.worker), supervision=supervision)
+    except Exception as exc:  # no DSN, an invalid option: the child cannot start
+        raise _StartupFailed from exc
     started = False
     with anyio.open_signal_receiver(signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
