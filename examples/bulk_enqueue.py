@@ -1,6 +1,6 @@
 """Enqueue thousands of jobs in one round trip with ``defer_many``, then work them off.
 
-    NURSERY_WORKER_DSN=postgresql://postgres@127.0.0.1:5432/test python -m examples.bulk_enqueue
+NURSERY_WORKER_DSN=postgresql://postgres@127.0.0.1:5432/test python -m examples.bulk_enqueue
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Retries with backoff, attempt budgets and timeouts, and what the job records about each failure.
 
-    NURSERY_WORKER_DSN=postgresql://postgres@127.0.0.1:5432/test python -m examples.retries_and_timeouts
+NURSERY_WORKER_DSN=postgresql://postgres@127.0.0.1:5432/test python -m examples.retries_and_timeouts
 """
 
 from __future__ import annotations

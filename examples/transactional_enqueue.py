@@ -1,6 +1,6 @@
 """Enqueue inside your own transaction: the job exists only if your transaction commits.
 
-    NURSERY_WORKER_DSN=postgresql://postgres@127.0.0.1:5432/test python -m examples.transactional_enqueue
+NURSERY_WORKER_DSN=postgresql://postgres@127.0.0.1:5432/test python -m examples.transactional_enqueue
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ def drop(schema: str) -> None:
         ("retries_and_timeouts", "example_retries", "completed after 3 attempt(s)"),
         ("transactional_enqueue", "example_transactional", "receipt jobs enqueued for orders: ['1']"),
         ("bulk_enqueue", "example_bulk", "worked 10000 jobs"),
+        ("supervisor", "example_supervisor", "worked 20 jobs in 2 processes"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:
