@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from nursery_worker import App, ConfigurationError, DatabaseError, JobState, redact_dsn
+from nursery_worker._driver._postgres import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +79,7 @@ async def test_the_env_var_dsn_is_used_when_set(
     monkeypatch.setenv(ENV_VAR, dsn)
 
     async with App(schema=schema) as app:
-        assert await app.migrate() == [1]
+        assert await app.migrate() == [version for version, _ in MIGRATIONS]
 
         @app.task
         async def send(to: str) -> None: ...
