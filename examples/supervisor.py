@@ -36,7 +36,9 @@ async def main() -> None:
         children = supervisor.children()
         for child in children:
             print(f"child {child.index}: pid {child.pid}, {child.state}")
-        while [(await app.get_job(job.id)).state for job in jobs] != [JobState.COMPLETED] * len(jobs):
+        while True:  # the jobs are done in the children; poll their state
+            if [(await app.get_job(job.id)).state for job in jobs] == [JobState.COMPLETED] * len(jobs):
+                break
             await anyio.sleep(0.1)
         supervisor.stop()  # graceful: each child drains, then run_supervisor returns
     print(f"worked {len(jobs)} jobs in {len(children)} processes")

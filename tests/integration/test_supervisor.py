@@ -215,7 +215,7 @@ def assert_clean_exit(sup: SupervisorProcess, status: int) -> None:
 
 @BACKENDS
 def test_a_sigkilled_child_is_replaced_and_its_job_is_rerun_by_a_sibling(
-    start: Callable[..., SupervisorProcess], app: App, db: Conn, backend: str
+    start: Callable[..., SupervisorProcess], app: App, db: Conn, tmp_path: Path, backend: str
 ) -> None:
     """A child killed with SIGKILL mid-job is replaced in its slot, and a sibling rescues and completes its job."""
     sup = start("--app", "myjobs:app", "--processes", "2", "--backend", backend, *FAST)
@@ -223,6 +223,8 @@ def test_a_sigkilled_child_is_replaced_and_its_job_is_rerun_by_a_sibling(
     (job_id,) = defer(app, "stuck_once", 1)
     ((_, worker_id),) = poll("the job executing", lambda: executing(db, 1), sup)
     ((victim,),) = db.execute("SELECT pid FROM workers WHERE id = %s", [worker_id]).fetchall()
+    # Claimed is not yet started: kill only once the first attempt has left its marker.
+    poll("the first attempt started", lambda: (tmp_path / "stuck-0").exists(), sup)
 
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
