@@ -213,6 +213,8 @@ def main() -> None:
         reporter.send({"state": "error", "error": f"{type(exc).__name__}: {exc}"})
         sys.exit(1)
     finally:
+        # The worker has stopped: a late SIGTERM (the supervisor's second) must not kill the exit.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with contextlib.suppress(Exception):
             app.close()
     if worker.sync_threads_alive:

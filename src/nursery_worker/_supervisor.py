@@ -260,7 +260,7 @@ class Supervisor:
         if not self._hard:
             self._hard = True
             for child in list(self._live):
-                if child.terms_sent < 2:
+                if child.terms_sent < 2 and child.state != "stopped":
                     child.terminate()
             self._set_kill_deadline(self.config.kill_margin)
 
@@ -307,7 +307,10 @@ class Supervisor:
         slot = child.slot
         reason = child.exit_reason()
         if self._stopping:
-            clean = child.returncode == 0 or (child.returncode == -signal.SIGTERM and not child.ever_running)
+            # SIGTERM is harmless before the worker ran (nothing claimed) and after it had stopped
+            # (everything written back, deregistered): a second signal can meet a child on its way out.
+            harmless = not child.ever_running or child.state == "stopped"
+            clean = child.returncode == 0 or (child.returncode == -signal.SIGTERM and harmless)
             if child.killed or child.hung or not clean:
                 self._unclean.append(f"{child.name()} {reason}")
                 logger.warning("%s %s while stopping", child.name(), reason)
