@@ -41,6 +41,7 @@ def drop(schema: str) -> None:
         ("results", "example_results", "parse('42') -> 42"),
         ("context_and_middleware", "example_middleware", "hello ada from job 1 on queue default"),
         ("testing_your_tasks", "example_testing", "drain: completed [2] snoozed 1"),
+        ("supervisor", "example_supervisor", "worked 20 jobs in 2 processes"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:

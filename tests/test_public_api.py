@@ -12,6 +12,7 @@ PUBLIC_NAMES = [
     "App",
     "CallNext",
     "CancelResult",
+    "ChildStatus",
     "ConfigurationError",
     "ConstantBackoff",
     "DatabaseError",
@@ -33,6 +34,8 @@ PUBLIC_NAMES = [
     "RetryPolicy",
     "SchemaNotReady",
     "Snooze",
+    "Supervisor",
+    "SupervisorError",
     "Task",
     "TaskCall",
     "TaskNotFound",
@@ -41,6 +44,7 @@ PUBLIC_NAMES = [
     "WorkerStats",
     "open_worker",
     "redact_dsn",
+    "run_supervisor",
 ]
 
 
@@ -77,6 +81,7 @@ def test_the_package_has_a_version_string() -> None:
         ("JobNotFound", "LookupError"),
         ("TaskNotFound", "LookupError"),
         ("SchemaNotReady", "RuntimeError"),
+        ("SupervisorError", "RuntimeError"),
         ("DatabaseError", "ConnectionError"),
         ("JobStateError", "ValueError"),
         ("JobFailed", "RuntimeError"),

@@ -15,6 +15,7 @@ from ._errors import JobNotFound as JobNotFound
 from ._errors import JobStateError as JobStateError
 from ._errors import NurseryWorkerError as NurseryWorkerError
 from ._errors import SchemaNotReady as SchemaNotReady
+from ._errors import SupervisorError as SupervisorError
 from ._errors import TaskNotFound as TaskNotFound
 from ._models import CancelResult as CancelResult
 from ._models import Job as Job
@@ -30,6 +31,9 @@ from ._retry import LinearBackoff as LinearBackoff
 from ._retry import RetryPolicy as RetryPolicy
 from ._state import JobState as JobState
 from ._state import WorkerState as WorkerState
+from ._supervisor import ChildStatus as ChildStatus
+from ._supervisor import Supervisor as Supervisor
+from ._supervisor import run_supervisor as run_supervisor
 from ._task import Task as Task
 from ._task import TaskCall as TaskCall
 from ._worker import Worker as Worker
@@ -40,6 +44,7 @@ __all__ = [
     "App",
     "CallNext",
     "CancelResult",
+    "ChildStatus",
     "ConfigurationError",
     "ConstantBackoff",
     "DatabaseError",
@@ -61,6 +66,8 @@ __all__ = [
     "RetryPolicy",
     "SchemaNotReady",
     "Snooze",
+    "Supervisor",
+    "SupervisorError",
     "Task",
     "TaskCall",
     "TaskNotFound",
@@ -69,6 +76,7 @@ __all__ = [
     "WorkerStats",
     "open_worker",
     "redact_dsn",
+    "run_supervisor",
 ]
 
 __version__ = "0.1.0"

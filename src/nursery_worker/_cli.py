@@ -142,6 +142,51 @@ class _ExitWatchdog:
         os._exit(1)
 
 
+def _supervisor_options(func: F) -> F:
+    """The options of ``run --processes N`` (the supervisor); see ``_run_supervised``."""
+    options = [
+        click.option(
+            "--processes",
+            default=1,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Worker processes; above 1, a supervisor runs and restarts them.",
+        ),
+        click.option(
+            "--health-timeout",
+            default=10.0,
+            show_default=True,
+            type=_POSITIVE,
+            help="Seconds without a report before a child is killed and replaced (a hung event loop).",
+        ),
+        click.option(
+            "--max-restarts",
+            default=5,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Restarts of one child within --restart-window before the supervisor gives up.",
+        ),
+        click.option("--restart-window", default=60.0, show_default=True, type=_POSITIVE, help="Seconds."),
+        click.option(
+            "--restart-delay",
+            default=1.0,
+            show_default=True,
+            type=_POSITIVE,
+            help="First restart's backoff in seconds; doubles with each recent crash (to 30 s).",
+        ),
+        click.option(
+            "--status-interval",
+            default=60.0,
+            show_default=True,
+            type=_POSITIVE,
+            help="Seconds between the supervisor's per-child status lines.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nursery-worker")
 def cli() -> None:
@@ -193,6 +238,7 @@ def cli() -> None:
     show_default="asyncio, or $NURSERY_WORKER_BACKEND",
     help="The event loop your tasks are written for.",
 )
+@_supervisor_options
 @_common
 def run(
     app_path: str,
@@ -210,8 +256,13 @@ def run(
     dsn: str | None,
     schema: str | None,
     log_level: str,
+    **supervisor: Any,
 ) -> None:
-    """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
+    """Run a worker until SIGTERM/SIGINT (a second signal stops at once).
+
+    With --processes N above 1, run a supervisor of N worker processes instead: SIGTERM/SIGINT stop
+    them all gracefully (again: at once), SIGHUP restarts them one at a time.
+    """
     _setup_logging(log_level)
     if backend == "trio":
         try:
@@ -219,6 +270,23 @@ def run(
         except ImportError:
             raise click.UsageError("--backend trio needs trio: pip install 'nursery-worker[trio]'") from None
     app = _make_app(app_path, dsn, schema)
+    if supervisor["processes"] > 1:
+        if once:
+            app.close()
+            raise click.UsageError("--once runs a single process: drop --processes or --once")
+        options = dict(
+            queues=queues,
+            concurrency=concurrency,
+            shutdown_timeout=shutdown_timeout,
+            poll_interval=poll_interval,
+            heartbeat_interval=heartbeat_interval,
+            rescue_after=rescue_after,
+            listen=not no_listen,
+            wait_for_db=wait_for_db,
+            cancel_grace=cancel_grace,
+        )
+        _run_supervised(app, app_path, backend, dsn, log_level, options, supervisor)
+        return
     # Generous: the grace for running jobs, a cancelled job's grace, and the final writes twice.
     watchdog = _ExitWatchdog(shutdown_timeout + cancel_grace + 25.0)
 
@@ -287,6 +355,44 @@ def run(
         os._exit(0)
 
 
+def _run_supervised(
+    app: App,
+    app_path: str,
+    backend: str,
+    dsn: str | None,
+    log_level: str,
+    worker_options: dict[str, Any],
+    supervisor: dict[str, Any],
+) -> None:
+    """``run --processes N``: the supervisor, in this process; the app was imported to validate it."""
+    from ._process import set_title
+    from ._supervisor import run_supervisor
+
+    app.close()  # the supervisor itself never touches the database
+    set_title(f"nursery-worker: supervisor [app={app_path} processes={supervisor['processes']}]")
+    call = functools.partial(
+        run_supervisor,
+        app_path,
+        backend=backend,
+        dsn=dsn,
+        log_level=log_level,
+        **worker_options,
+        **supervisor,
+    )
+    try:
+        try:
+            anyio.run(call, backend=backend)
+        except BaseExceptionGroup as group:
+            leaf = unwrap_group(group)
+            if leaf is group:
+                raise
+            raise leaf from leaf.__cause__
+    except (NurseryWorkerError, click.ClickException):
+        raise
+    except Exception as exc:
+        raise _fail(exc) from None
+
+
 @cli.command()
 @click.option(
     "--app", "app_path", default=None, help="Optional App ('package.module:app') to take DSN and schema from."
@@ -343,6 +449,34 @@ def defer(
     finally:
         app.close()
     click.echo(json.dumps({"id": job.id, "task": job.task, "queue": job.queue, "state": job.state.value}))
+
+
+@cli.command()
+@click.option(
+    "--app", "app_path", default=None, help="Optional App ('package.module:app') to take DSN and schema from."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@_common
+def status(app_path: str | None, as_json: bool, dsn: str | None, schema: str | None, log_level: str) -> None:
+    """Show every registered worker: pid, host, state, uptime, restarts, counters, last heartbeat."""
+    from ._status import render_json, render_table
+
+    _setup_logging(log_level)
+    app = _make_app(app_path, dsn, schema)
+
+    async def rows() -> Any:
+        try:
+            return await app.driver.list_workers()
+        finally:
+            await app.aclose()
+
+    try:
+        workers = anyio.run(rows)
+    except NurseryWorkerError:
+        raise
+    except Exception as exc:
+        raise _fail(exc) from None
+    click.echo(render_json(workers) if as_json else render_table(workers, schema=app.schema))
 
 
 def main() -> None:

@@ -43,6 +43,11 @@ class DatabaseError(NurseryWorkerError, ConnectionError):
     """Raised when the database cannot be reached or a statement fails; the DSN password is redacted."""
 
 
+class SupervisorError(NurseryWorkerError, RuntimeError):
+    """Raised when a supervisor gives up: a child failed to start, or crash-looped; the message names
+    the child, its last exit and the reason."""
+
+
 #: What a running worker's loops log and retry with backoff instead of dying (the tables may come
 #: back: a restore, a migration run late).
 RETRYABLE_ERRORS = (DatabaseError, SchemaNotReady)

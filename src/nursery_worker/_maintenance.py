@@ -15,7 +15,7 @@ import attrs
 from ._backoff import ServiceBackoff
 from ._driver import Driver
 from ._errors import RETRYABLE_ERRORS
-from ._models import RescueResult, WorkerInfo
+from ._models import RescueResult, WorkerInfo, WorkerLoad
 
 logger = logging.getLogger("nursery_worker.maintenance")
 
@@ -50,10 +50,12 @@ class Heartbeat:
     driver: Driver
     info: WorkerInfo
     last: dt.datetime | None = None
+    #: What to record with each beat (state and counters, for `nursery-worker status`).
+    load: Callable[[], WorkerLoad] | None = None
 
     async def run_once(self) -> bool:
         """Beat once; return False if the row had vanished (peers had declared this worker dead)."""
-        alive = await self.driver.heartbeat(self.info)
+        alive = await self.driver.heartbeat(self.info, None if self.load is None else self.load())
         self.last = dt.datetime.now(dt.UTC)
         if not alive:
             logger.warning(

@@ -129,6 +129,51 @@ class WorkerInfo:
     pid: int
     queues: tuple[str, ...]
     concurrency: int
+    #: Set for a child of a supervisor (``run --processes N``): which supervisor, which slot, and
+    #: how many times that slot's process was replaced.
+    supervisor_id: str | None = None
+    child_index: int | None = None
+    restarts: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Supervision:
+    """Who started a supervised worker: the supervisor's id, the slot, and the slot's restarts."""
+
+    supervisor_id: str
+    child_index: int
+    restarts: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class WorkerLoad:
+    """What a worker's heartbeat records besides the time: its state and counters."""
+
+    state: str
+    processed: int
+    failed: int
+    running: int
+
+
+@attrs.frozen(kw_only=True)
+class WorkerRow:
+    """One row of the workers table as ``nursery-worker status`` shows it (times by the database's clock)."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    started_at: dt.datetime
+    heartbeat_at: dt.datetime
+    state: str
+    processed: int
+    failed: int
+    running: int
+    supervisor_id: str | None
+    child_index: int | None
+    restarts: int
+    now: dt.datetime
 
 
 @attrs.frozen(kw_only=True)

@@ -43,7 +43,7 @@ from ._completer import Completer
 from ._context import JobContext
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
 from ._maintenance import DEFAULT_RETENTION, Heartbeat, Promoter, Pruner, Rescuer, serve_periodically
-from ._models import Completion, Job, WorkerInfo
+from ._models import Completion, Job, Supervision, WorkerInfo, WorkerLoad
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
 from ._retry import policy_from_json
 from ._state import (
@@ -224,7 +224,7 @@ class Worker:
         config: the validated options.
     """
 
-    def __init__(self, app: App, config: WorkerConfig) -> None:
+    def __init__(self, app: App, config: WorkerConfig, *, supervision: Supervision | None = None) -> None:
         self.app = app
         self.config = config
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -234,6 +234,7 @@ class Worker:
             pid=os.getpid(),
             queues=config.queues,
             concurrency=config.concurrency,
+            **(attrs.asdict(supervision) if supervision is not None else {}),
         )
         self.state = WorkerState.INITIALIZING
         self._running: dict[tuple[int, int], _Running] = {}
@@ -257,7 +258,7 @@ class Worker:
         self._stopped = anyio.Event()
         self.listener_connected = False
         driver = app.driver
-        self._heartbeat = Heartbeat(driver, self.info)
+        self._heartbeat = Heartbeat(driver, self.info, load=self._load)
         self._rescuer = Rescuer(driver, self.id, config.rescue_after, error_cap=app.error_cap)
         self._promoter = Promoter(driver)
         self._pruner = Pruner(driver, retention=dict(config.retention))
@@ -290,6 +291,10 @@ class Worker:
             last_heartbeat=self._heartbeat.last,
             **self._counts,
         )
+
+    def _load(self) -> WorkerLoad:
+        c, state = self._counts, self.state.value
+        return WorkerLoad(state=state, processed=c["processed"], failed=c["failed"], running=len(self._running))
 
     @property
     def running_jobs(self) -> tuple[Job, ...]:
@@ -954,7 +959,13 @@ async def open_worker(
         prune_interval=prune_interval,
         wait_for_db=wait_for_db,
     )
-    worker = Worker(app, config)
+    async with serve_worker(Worker(app, config)) as worker:
+        yield worker
+
+
+@asynccontextmanager
+async def serve_worker(worker: Worker) -> AsyncIterator[Worker]:
+    """:func:`open_worker` for a :class:`Worker` built by the caller (the supervisor's child does)."""
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(worker._serve)

@@ -13,13 +13,15 @@ import pytest
 from psycopg import sql
 
 from nursery_worker import App, SchemaNotReady, open_worker
-from nursery_worker._driver._postgres import SCHEMA_VERSION
+from nursery_worker._driver._postgres import MIGRATIONS
+
+#: Every migration version, in order (not necessarily contiguous: versions are applied by number).
+VERSIONS = [version for version, _ in MIGRATIONS]
 
 pytestmark = pytest.mark.anyio
 
 Conn = psycopg.Connection[Any]
 
-ALL_VERSIONS = list(range(1, SCHEMA_VERSION + 1))
 
 
 def tables_in(db: Conn, schema: str) -> set[str]:
@@ -44,21 +46,21 @@ def jobs_in(db: Conn, schema: str) -> int:
 # --- migrate --------------------------------------------------------------------------------
 
 
-async def test_migrate_applies_version_1_then_nothing(dsn: str, schema: str) -> None:
-    """The first migrate of a fresh schema applies [1]; a second one applies nothing and returns []."""
+async def test_migrate_applies_every_version_then_nothing(dsn: str, schema: str) -> None:
+    """The first migrate of a fresh schema applies every version; a second one applies nothing and returns []."""
     async with App(dsn=dsn, schema=schema) as app:
-        assert await app.migrate() == ALL_VERSIONS
+        assert await app.migrate() == VERSIONS
         assert await app.migrate() == []
 
 
 def test_migrate_sync_is_idempotent(dsn: str, schema: str, db: Conn) -> None:
-    """migrate_sync twice applies version 1 once and records it once."""
+    """migrate_sync twice applies each version once and records it once."""
     with App(dsn=dsn, schema=schema) as app:
-        assert app.migrate_sync() == ALL_VERSIONS
+        assert app.migrate_sync() == VERSIONS
         assert app.migrate_sync() == []
 
-    rows = db.execute(sql.SQL("SELECT version FROM {}.migrations").format(sql.Identifier(schema))).fetchall()
-    assert rows == [(v,) for v in ALL_VERSIONS]
+    query = sql.SQL("SELECT version FROM {}.migrations ORDER BY version").format(sql.Identifier(schema))
+    assert db.execute(query).fetchall() == [(v,) for v in VERSIONS]
 
 
 async def test_migrate_keeps_existing_jobs(app: App, db: Conn) -> None:
@@ -74,7 +76,7 @@ async def test_migrate_keeps_existing_jobs(app: App, db: Conn) -> None:
 
 
 def test_concurrent_migrations_both_succeed(dsn: str, schema: str, db: Conn) -> None:
-    """Two migrations of one fresh schema started together from two threads both succeed; one applies [1]."""
+    """Two migrations of one fresh schema started together from two threads both succeed; one applies them all."""
     apps = [App(dsn=dsn, schema=schema) for _ in range(2)]
     barrier = threading.Barrier(len(apps))
 
@@ -89,12 +91,12 @@ def test_concurrent_migrations_both_succeed(dsn: str, schema: str, db: Conn) -> 
         for app in apps:
             app.close()
 
-    assert sorted(results) == [[], ALL_VERSIONS]
+    assert sorted(results) == [[], VERSIONS]
     assert {"jobs", "workers", "migrations"} <= tables_in(db, schema)
 
 
 async def test_concurrent_migrations_from_tasks_both_succeed(dsn: str, schema: str) -> None:
-    """Four migrate() calls of one fresh schema running at once in a task group all succeed; one applies [1]."""
+    """Four migrate() calls of one fresh schema running at once in a task group all succeed; one applies them all."""
     results: list[list[int]] = []
 
     async def migrate() -> None:
@@ -105,7 +107,7 @@ async def test_concurrent_migrations_from_tasks_both_succeed(dsn: str, schema: s
         for _ in range(4):
             tg.start_soon(migrate)
 
-    assert sorted(results) == [[], [], [], ALL_VERSIONS]
+    assert sorted(results) == [[], [], [], VERSIONS]
 
 
 def test_the_tables_live_in_the_configured_schema(app: App, db: Conn) -> None:
@@ -243,8 +245,7 @@ async def test_migrate_on_a_newer_schema_raises_schema_not_ready(app: App, db: C
 
     assert "999" in str(info.value)
     assert "upgrade" in str(info.value)
-    rows = db.execute("SELECT version FROM migrations ORDER BY version").fetchall()
-    assert rows == [*((v,) for v in ALL_VERSIONS), (999,)]
+    assert db.execute("SELECT version FROM migrations ORDER BY version").fetchall() == [(v,) for v in [*VERSIONS, 999]]
 
 
 def test_migrate_sync_on_a_newer_schema_raises_schema_not_ready(app: App, db: Conn) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._models import Completion, Job, JobSpec, RescueResult, WorkerInfo
+from .._models import Completion, Job, JobSpec, RescueResult, WorkerInfo, WorkerLoad, WorkerRow
 
 
 @attrs.frozen(kw_only=True)
@@ -91,8 +91,9 @@ class Driver(Protocol):
     async def register_worker(self, info: WorkerInfo) -> None:
         """Insert or refresh the worker's row."""
 
-    async def heartbeat(self, info: WorkerInfo) -> bool:
-        """Beat; return False if the row had vanished (declared dead) and was re-inserted."""
+    async def heartbeat(self, info: WorkerInfo, load: WorkerLoad | None = None) -> bool:
+        """Beat (recording *load* when given); return False if the row had vanished (declared dead)
+        and was re-inserted."""
 
     async def deregister_worker(self, worker_id: str) -> None:
         """Delete the worker's row."""
@@ -132,6 +133,9 @@ class Driver(Protocol):
 
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         """Delete up to *limit* jobs finished in *state* over *older_than* seconds ago; return how many."""
+
+    async def list_workers(self) -> list[WorkerRow]:
+        """Every registered worker, supervised ones first (by supervisor and slot)."""
 
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""

@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._dsn import redact
 from .._errors import ConfigurationError, DatabaseError, JobStateError, SchemaNotReady
-from .._models import Completion, Job, JobError, JobSpec, RescueResult, WorkerInfo
+from .._models import Completion, Job, JobError, JobSpec, RescueResult, WorkerInfo, WorkerLoad, WorkerRow
 from .._state import JobState
 from . import Notification
 
@@ -43,8 +43,12 @@ logger = logging.getLogger("nursery_worker.driver")
 T = TypeVar("T")
 
 #: The schema version this code reads and writes; the last entry of MIGRATIONS.
-SCHEMA_VERSION = 2
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"), (2, "0002_job_control.sql"))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, "0001_initial.sql"),
+    (2, "0002_job_control.sql"),
+    (3, "0003_worker_stats.sql"),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _JOB_COLUMNS = (
@@ -230,12 +234,25 @@ DELETE FROM {s}.workers WHERE heartbeat_at <= now() - %(after)s * interval '1 se
 """
 
 _SQL_REGISTER = """
-INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency)
-VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s)
+INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency, state, supervisor_id, child_index, restarts)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s, 'starting',
+        %(supervisor_id)s, %(child_index)s, %(restarts)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
 """
 
 _SQL_HEARTBEAT = "UPDATE {s}.workers SET heartbeat_at = now() WHERE id = %(id)s"
+# The heartbeat with the worker's counters, for `nursery-worker status`.
+_SQL_HEARTBEAT_LOAD = """
+UPDATE {s}.workers
+SET heartbeat_at = now(), state = %(state)s, processed = %(processed)s, failed = %(failed)s, running = %(running)s
+WHERE id = %(id)s
+"""
+_SQL_LIST_WORKERS = """
+SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at, state, processed, failed, running,
+       supervisor_id, child_index, restarts, now()
+FROM {s}.workers
+ORDER BY supervisor_id NULLS LAST, child_index NULLS LAST, hostname, pid, id
+"""
 _SQL_DEREGISTER = "DELETE FROM {s}.workers WHERE id = %(id)s"
 _SQL_GET = "SELECT " + _JOB_COLUMNS + " FROM {s}.jobs WHERE id = %(id)s"
 _SQL_EXECUTING = """
@@ -423,6 +440,8 @@ class PostgresDriver:
         self._sql_delete_dead = q(_SQL_DELETE_DEAD_WORKERS)
         self._sql_register = q(_SQL_REGISTER)
         self._sql_heartbeat = q(_SQL_HEARTBEAT)
+        self._sql_heartbeat_load = q(_SQL_HEARTBEAT_LOAD)
+        self._sql_list_workers = q(_SQL_LIST_WORKERS)
         self._sql_deregister = q(_SQL_DEREGISTER)
         self._sql_get = q(_SQL_GET)
         self._sql_executing = q(_SQL_EXECUTING)
@@ -758,17 +777,27 @@ class PostgresDriver:
             "pid": info.pid,
             "queues": list(info.queues),
             "concurrency": info.concurrency,
+            "supervisor_id": info.supervisor_id,
+            "child_index": info.child_index,
+            "restarts": info.restarts,
         }
 
     async def register_worker(self, info: WorkerInfo) -> None:
         params = self._worker_params(info)
         await self._hop(lambda c: c.execute(self._sql_register, params))
 
-    async def heartbeat(self, info: WorkerInfo) -> bool:
+    async def heartbeat(self, info: WorkerInfo, load: WorkerLoad | None = None) -> bool:
         def beat(c: psycopg.Connection[Any]) -> bool:
-            if c.execute(self._sql_heartbeat, {"id": info.id}).rowcount:
+            if load is None:
+                updated = c.execute(self._sql_heartbeat, {"id": info.id}).rowcount
+            else:
+                params = {"id": info.id, **attrs.asdict(load)}
+                updated = c.execute(self._sql_heartbeat_load, params).rowcount
+            if updated:
                 return True
             c.execute(self._sql_register, self._worker_params(info))
+            if load is not None:
+                c.execute(self._sql_heartbeat_load, {"id": info.id, **attrs.asdict(load)})
             return False
 
         return await self._hop(beat)
@@ -879,6 +908,29 @@ class PostgresDriver:
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         params = {"state": state, "age": older_than, "limit": limit}
         return await self._hop(lambda c: c.execute(self._sql_prune, params).rowcount)
+
+    async def list_workers(self) -> list[WorkerRow]:
+        rows = await self._hop(lambda c: c.execute(self._sql_list_workers).fetchall())
+        return [
+            WorkerRow(
+                id=r[0],
+                hostname=r[1],
+                pid=r[2],
+                queues=tuple(r[3]),
+                concurrency=r[4],
+                started_at=r[5],
+                heartbeat_at=r[6],
+                state=r[7],
+                processed=r[8],
+                failed=r[9],
+                running=r[10],
+                supervisor_id=r[11],
+                child_index=r[12],
+                restarts=r[13],
+                now=r[14],
+            )
+            for r in rows
+        ]
 
     def listener(self) -> PostgresListener:
         return PostgresListener(self)
