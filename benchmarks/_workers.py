@@ -89,8 +89,18 @@ def cli_has_processes() -> bool:
     return "--processes" in proc.stdout
 
 
-def run_cli_processes(dsn: str, schema: str, backend: str, concurrency: int, processes: int) -> None:
-    """``nursery-worker run --processes N --once`` (only when the supervisor exists)."""
+def run_cli_processes(dsn: str, schema: str, backend: str, concurrency: int, processes: int, n: int) -> None:
+    """``nursery-worker run --processes N`` (the supervisor) until the *n* queued jobs are completed.
+
+    The supervisor runs until signalled (``--once`` is a single-process mode), so the harness waits
+    until the database shows every job completed, then stops it with SIGTERM; the figure is taken
+    from the database span (first claim to last finish), not counting the children's start-up.
+    """
+    import signal
+    import time
+
+    from ._common import count_states
+
     cmd = [
         sys.executable,
         "-m",
@@ -104,12 +114,21 @@ def run_cli_processes(dsn: str, schema: str, backend: str, concurrency: int, pro
         str(concurrency),
         "--backend",
         backend,
-        "--once",
         "--processes",
         str(processes),
         "--log-level",
         "warning",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=worker_env(dsn, schema), capture_output=True, text=True, timeout=600)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(dsn, schema), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while count_states(dsn, schema).get("completed", 0) < n:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nursery-worker run --processes ended early or timed out (exit {proc.returncode})")
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
     if proc.returncode != 0:
-        raise RuntimeError(f"nursery-worker run --processes exited with {proc.returncode}: {proc.stderr[-2000:]}")
+        raise RuntimeError(f"nursery-worker run --processes exited with {proc.returncode}: {stderr[-2000:]}")

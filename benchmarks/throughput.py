@@ -8,8 +8,6 @@ database (first ``attempted_at`` to last ``finished_at``) is kept beside it as a
 
 from __future__ import annotations
 
-import time
-
 from ._common import BACKENDS, Plan, Report, count_states, db_span, log, migrated_schema, truncate_jobs
 from ._workers import cli_has_processes, finish_runner, run_cli_processes, run_once, start_runner
 from .bench_app import build_app
@@ -43,10 +41,8 @@ def measure(
     truncate_jobs(dsn, schema)
     enqueue(dsn, schema, n, task, **args)
     if processes > 1 and cli_has_processes():
-        started = time.time()
-        run_cli_processes(dsn, schema, backend, concurrency, processes)
-        wall = time.time() - started
-        rate_wall = n / wall
+        run_cli_processes(dsn, schema, backend, concurrency, processes, n)
+        rate_wall = n / db_span(dsn, schema)
     elif processes > 1:
         # Stand-in for the supervisor: N independent worker processes side by side.
         procs = [start_runner(dsn, schema, backend, concurrency, once=True) for _ in range(processes)]
