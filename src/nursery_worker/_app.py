@@ -757,17 +757,22 @@ class App:
 async def _wait_finished(app: App, job_id: int, *, limit: float | None, poll_interval: float) -> Job:
     """Poll the job, waking early on a 'finished' notification that may name it."""
     import anyio
+    import anyio.abc
 
     from ._errors import RETRYABLE_ERRORS
 
     woken = anyio.Event()
     result: list[Job] = []
+    failure: list[JobNotFound] = []
     wanted = str(job_id)
 
-    async def listen() -> None:
+    async def listen(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = app.driver.listener()
         try:
-            await listener.connect()
+            try:
+                await listener.connect()
+            finally:
+                task_status.started()  # LISTEN is up (or failed: polling alone then)
             while True:
                 for note in await listener.wait(keepalive=15.0):
                     if note.kind == "finished" and (note.value == "*" or wanted in note.value.split(",")):
@@ -782,13 +787,14 @@ async def _wait_finished(app: App, job_id: int, *, limit: float | None, poll_int
         nonlocal woken
         try:
             while True:
-                with anyio.move_on_after(poll_interval):
-                    await woken.wait()
-                woken = anyio.Event()
+                # Read after LISTEN is up, so a finish in between is seen by this read or notified.
                 job = await app.get_job(job_id)
                 if job.state.is_terminal:
                     result.append(job)
                     return
+                with anyio.move_on_after(poll_interval):
+                    await woken.wait()
+                woken = anyio.Event()
         except JobNotFound as exc:  # pruned while we waited: raised below, not inside a group
             failure.append(exc)
         finally:
@@ -798,10 +804,9 @@ async def _wait_finished(app: App, job_id: int, *, limit: float | None, poll_int
     first = await app.get_job(job_id)
     if first.state.is_terminal:
         return first
-    failure: list[JobNotFound] = []
     with anyio.move_on_after(limit if limit is not None else math.inf) as outer:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(listen)
+            await tg.start(listen)
             tg.start_soon(poll, tg.cancel_scope)
     if failure:
         raise failure[0]

@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._backoff import ServiceBackoff
 from ._driver import Driver
-from ._errors import RETRYABLE_ERRORS
+from ._errors import RETRYABLE_ERRORS, DatabaseError
 from ._models import Completion
 
 logger = logging.getLogger("nursery_worker.completer")
@@ -59,11 +59,34 @@ class Completer:
         self._send.close()
 
     async def _write(self, batch: list[Completion]) -> None:
-        await self.driver.finish_jobs(worker_id=self.worker_id, completions=batch, error_cap=self.error_cap)
+        try:
+            await self.driver.finish_jobs(worker_id=self.worker_id, completions=batch, error_cap=self.error_cap)
+        except DatabaseError as exc:
+            if exc.transient:
+                raise
+            # The statement itself was refused: retrying the batch would fail forever and take
+            # every later outcome with it. Split it to find the completion(s) at fault.
+            await self._isolate(batch, exc)
         for c in batch:
             self.pending.discard((c.job_id, c.attempt))
         if self.on_written is not None:
             self.on_written()
+
+    async def _isolate(self, batch: list[Completion], exc: DatabaseError) -> None:
+        if len(batch) == 1:
+            (c,) = batch
+            # Dropped from the completer: the row stays executing under this worker, and the
+            # reaper's check for claims this worker no longer knows hands it back to the queue.
+            logger.error("could not record the outcome of job %d attempt %d: %s", c.job_id, c.attempt, exc)
+            return
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            try:
+                await self.driver.finish_jobs(worker_id=self.worker_id, completions=part, error_cap=self.error_cap)
+            except DatabaseError as inner:
+                if inner.transient:
+                    raise
+                await self._isolate(part, inner)
 
     def _take(self, batch: list[Completion]) -> bool:
         """Move queued completions into *batch*; return False once the stream is closed and empty."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import Job
+
 
 class NurseryWorkerError(Exception):
     """Root of every error nursery-worker raises on purpose."""
@@ -34,13 +39,19 @@ class JobStateError(NurseryWorkerError, ValueError):
 class JobFailed(NurseryWorkerError, RuntimeError):
     """Raised by ``app.wait_for`` when the job ended discarded or cancelled; ``.job`` is the job."""
 
-    def __init__(self, message: str, job: object) -> None:
+    def __init__(self, message: str, job: Job) -> None:
         super().__init__(message)
         self.job = job
 
 
 class DatabaseError(NurseryWorkerError, ConnectionError):
-    """Raised when the database cannot be reached or a statement fails; the DSN password is redacted."""
+    """Raised when the database cannot be reached or a statement fails; the DSN password is redacted.
+
+    ``transient`` is False when the statement itself was refused (bad data, a constraint): trying
+    the same statement again cannot succeed.
+    """
+
+    transient: bool = True
 
 
 class SupervisorError(NurseryWorkerError, RuntimeError):

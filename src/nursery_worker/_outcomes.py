@@ -11,12 +11,16 @@ import math
 
 from ._errors import ConfigurationError
 
+_MAX_SECONDS = 100 * 365.25 * 86400
+
 
 def _seconds(value: object, *, where: str) -> float:
     if isinstance(value, dt.timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ConfigurationError(f"{where}: {value!r} must be a number of seconds >= 0 or a timedelta")
+    if value > _MAX_SECONDS:
+        raise ConfigurationError(f"{where}: {value!r} seconds is more than 100 years; pass a shorter wait")
     return float(value)
 
 

@@ -24,8 +24,11 @@ def _positive(instance: object, attribute: attrs.Attribute[float], value: float)
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise ConfigurationError(f"{type(instance).__name__}({attribute.name}={value!r}): must be a number >= 0")
+    # Capped at 100 years: a longer wait could not be stored as a timestamp.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100 * 365.25 * 86400:
+        raise ConfigurationError(
+            f"{type(instance).__name__}({attribute.name}={value!r}): must be a number of seconds from 0 to 100 years"
+        )
 
 
 @attrs.frozen(kw_only=True)

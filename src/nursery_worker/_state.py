@@ -26,6 +26,7 @@ outcome is afterwards, a job that would run again (released, retryable, snoozed)
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 
 import attrs
@@ -158,6 +159,10 @@ class Transition:
     give_back_attempt: bool = False
 
 
+#: The longest wait a decision writes (100 years): beyond PostgreSQL's timestamp range a finish
+#: statement would fail, and with it every other outcome in its batch.
+MAX_DELAY = 100 * 365.25 * 86400.0
+
 #: A hand-back: the attempt did not count and the job is available again.
 RELEASE = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
 
@@ -181,13 +186,16 @@ def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callab
     if isinstance(outcome, Snoozed):
         if outcome.delay <= 0:
             return RELEASE
-        return Transition(state=JobState.SCHEDULED, delay=outcome.delay, give_back_attempt=True)
+        return Transition(state=JobState.SCHEDULED, delay=min(outcome.delay, MAX_DELAY), give_back_attempt=True)
     if isinstance(outcome, Cancelled):
         return Transition(state=JobState.CANCELLED, error=ErrorInfo(type="Cancelled", message=outcome.reason))
     if outcome.permanent or attempt >= max_attempts:
         return Transition(state=JobState.DISCARDED, error=outcome.error)
     delay = outcome.retry_after if outcome.retry_after is not None else backoff(attempt)
-    return Transition(state=JobState.RETRYABLE, delay=max(0.0, float(delay)), error=outcome.error)
+    delay = float(delay)
+    if math.isnan(delay):
+        delay = 0.0
+    return Transition(state=JobState.RETRYABLE, delay=min(max(0.0, delay), MAX_DELAY), error=outcome.error)
 
 
 # --- the guarded writes, in Python ------------------------------------------------------------
@@ -236,15 +244,19 @@ def finish_guarded(
     if lease is not None and lease != job.lease:
         return job
     state = transition.state
+    give_back = transition.give_back_attempt
+    recorded = transition.error is not None
     if job.cancel_requested and state in _REQUEUE_STATES:
-        state = JobState.CANCELLED
+        # The attempt ran and is what the cancel ended: it counts, and a Cancelled error is
+        # recorded when the outcome had none (a release at shutdown, a snooze).
+        state, give_back, recorded = JobState.CANCELLED, False, True
     return attrs.evolve(
         job,
         state=state,
-        attempt=job.attempt - 1 if transition.give_back_attempt else job.attempt,
+        attempt=job.attempt - 1 if give_back else job.attempt,
         worker_id=None,
         due=state not in (JobState.RETRYABLE, JobState.SCHEDULED) or not transition.delay,
-        errors=job.errors + (transition.error is not None),
+        errors=job.errors + recorded,
     )
 
 

@@ -68,11 +68,15 @@ _TRACEBACK_CAP = 8_000
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """Describe *exc* for the job's error list, capped in size (the traceback keeps its tail)."""
-    message = str(exc)
+    """Describe *exc* for the job's error list, capped in size (the traceback keeps its tail).
+
+    NUL characters are replaced: PostgreSQL's jsonb cannot hold them, and one would fail the whole
+    batch of outcomes it is written with.
+    """
+    message = str(exc).replace("\x00", "\\x00")
     if len(message) > _MESSAGE_CAP:
         message = message[:_MESSAGE_CAP] + "… (truncated)"
-    tb = "".join(traceback.format_exception(exc))
+    tb = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
     if len(tb) > _TRACEBACK_CAP:
         tb = "(truncated) …" + tb[-_TRACEBACK_CAP:]
     return ErrorInfo(type=type(exc).__qualname__, message=message, traceback=tb)
@@ -660,9 +664,11 @@ class Worker:
         if isinstance(outcome, Snooze):
             return Snoozed(delay=outcome.seconds)
         if isinstance(outcome, Retry):
-            return Failed(error=ErrorInfo(type="Retry", message=outcome.reason), retry_after=outcome.seconds)
+            reason = outcome.reason.replace("\x00", "\\x00")
+            return Failed(error=ErrorInfo(type="Retry", message=reason), retry_after=outcome.seconds)
         if isinstance(outcome, Discard):
-            return Failed(error=ErrorInfo(type="Discard", message=outcome.reason), permanent=True)
+            reason = outcome.reason.replace("\x00", "\\x00")
+            return Failed(error=ErrorInfo(type="Discard", message=reason), permanent=True)
         return Failed(error=error_info(outcome))
 
     def _call_in_thread(self, func: Any, args: dict[str, Any]) -> Any:

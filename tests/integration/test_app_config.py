@@ -21,7 +21,6 @@ PASSWORD = "s3cret"
 UNREACHABLE = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/test"
 
 
-
 def job_count(db: Conn) -> int:
     """How many rows the test schema's jobs table holds."""
     row = db.execute("SELECT count(*) FROM jobs").fetchone()

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
 
 
-
 def tables_in(db: Conn, schema: str) -> set[str]:
     """The names of the tables in *schema*."""
     rows = db.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema])

@@ -7,6 +7,7 @@ import functools
 import math
 from typing import Any
 
+import anyio
 import pytest
 
 from nursery_worker import (
@@ -181,51 +182,56 @@ async def test_worker_stats_count_snoozes(app: App) -> None:
     assert (stats.completed, stats.failed, stats.retried, stats.discarded, stats.cancelled) == (0, 0, 0, 0, 0)
 
 
-@pytest.mark.xfail(
-    reason="BUG: Snooze accepts any finite delay; one beyond PostgreSQL's timestamp range makes the completer's "
-    "batch UPDATE fail ('interval out of range') forever, so the job stays executing",
-    strict=True,
-)
 async def test_snooze_beyond_the_timestamp_range_does_not_wedge_the_job(app: App) -> None:
-    """A snooze too long for a timestamp is refused or clamped: the job does not stay executing."""
+    """A snooze too long for a timestamp is refused (raised inside the task, it fails the attempt): the job moves on."""
 
-    @app.task
+    @app.task(max_attempts=2, retry=0)
     async def poll() -> None:
         raise Snooze(dt.timedelta(days=999_999_999))  # about 2.7 million years
 
     job = await poll.defer()
-    async with open_worker(app, **fast(final_timeout=0.5)) as worker:
-        await wait_until(lambda: worker.stats().snoozed == 1)
-        await wait_until(lambda: _left_executing(app, job.id), within=2)
+    async with open_worker(app, **fast(final_timeout=0.5)):
+        await wait_for_state(app, job.id, JobState.DISCARDED, within=10)
+    assert (await app.get_job(job.id)).errors[-1].type == "ConfigurationError"
 
 
 async def _left_executing(app: App, job_id: int) -> bool:
     return (await app.get_job(job_id)).state not in (JobState.EXECUTING, JobState.AVAILABLE)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a completion whose write fails with a non-transient SQL error stays in the completer's batch, "
-    "which it retries forever and keeps adding to: every later outcome of the worker is never written",
-    strict=True,
-)
+def test_snooze_longer_than_a_hundred_years_is_refused_at_once() -> None:
+    """Snooze(seconds) beyond 100 years raises ConfigurationError naming the value."""
+    with pytest.raises(ConfigurationError, match="100 years"):
+        Snooze(dt.timedelta(days=999_999_999))
+
+
 async def test_a_poisoned_outcome_does_not_block_later_jobs_outcomes(app: App) -> None:
-    """After one outcome that the database refuses, the worker still records the outcomes of later jobs."""
+    """A completion the database refuses is isolated from its batch: the other outcomes are still written."""
+    from nursery_worker._completer import Completer
+    from nursery_worker._models import Completion
+    from nursery_worker._state import Transition
 
     @app.task
-    async def poll() -> None:
-        raise Snooze(dt.timedelta(days=999_999_999))
+    async def noop() -> None: ...
 
-    @app.task
-    async def fine() -> str:
-        return "ok"
-
-    bad = await poll.defer()
-    async with open_worker(app, **fast(final_timeout=0.5)) as worker:
-        await wait_until(lambda: worker.stats().snoozed == 1)
-        good = await fine.defer()
-        await wait_until(lambda: worker.stats().completed == 1)
-        await wait_for_state(app, good.id, JobState.COMPLETED, within=2)
-    assert (await app.get_job(bad.id)).state is not JobState.COMPLETED
+    jobs = [await noop.defer() for _ in range(3)]
+    claimed = await app.driver.fetch_jobs(worker_id="w-poison", queues=["default"], limit=3)
+    assert len(claimed) == 3
+    completer = Completer(app.driver, "w-poison", final_timeout=2.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(completer.serve)
+        for i, job in enumerate(claimed):
+            # The middle one asks for a delay no timestamp can hold: its statement is refused.
+            transition = (
+                Transition(state=JobState.RETRYABLE, delay=1e300) if i == 1 else Transition(state=JobState.COMPLETED)
+            )
+            completer.submit(
+                Completion(job_id=job.id, attempt=job.attempt, attempted_at=job.attempted_at, transition=transition)
+            )
+        await wait_until(lambda: not completer.pending, within=10)
+        completer.close()
+    states = [(await app.get_job(j.id)).state for j in sorted(jobs, key=lambda j: j.id)]
+    assert sorted(states) == [JobState.COMPLETED, JobState.COMPLETED, JobState.EXECUTING]
 
 
 # --- Retry --------------------------------------------------------------------------------------
@@ -537,11 +543,6 @@ def test_backoff_policies_refuse_invalid_values(make: Any) -> None:
         make()
 
 
-@pytest.mark.xfail(
-    reason="BUG: ConstantBackoff/LinearBackoff accept finite delays beyond PostgreSQL's timestamp range; the "
-    "completer's UPDATE then fails forever and the job stays executing",
-    strict=True,
-)
 async def test_retry_policy_beyond_the_timestamp_range_does_not_wedge_the_job(app: App) -> None:
     """A (per-job) policy delay far beyond the timestamp range is refused at configure time or clamped."""
 

@@ -158,8 +158,9 @@ class JobLifecycle(RuleBasedStateMachine):
         self.jobs[claim.job] = new
         if new != old:
             self.current.pop(claim.job, None)
-            self.error_delta[claim.job] = int(transition.error is not None)
-            if transition.give_back_attempt:
+            cancelled_instead = old.cancel_requested and transition.state in REQUEUE
+            self.error_delta[claim.job] = int(transition.error is not None or cancelled_instead)
+            if transition.give_back_attempt and not cancelled_instead:
                 self.given_back.add(claim.job)
         return old, new, transition
 
@@ -264,8 +265,9 @@ class JobLifecycle(RuleBasedStateMachine):
         cancelled_instead = old.cancel_requested and transition.state in REQUEUE
         assert new.state is (JobState.CANCELLED if cancelled_instead else transition.state)
         assert new.worker_id is None
-        assert new.attempt == old.attempt - transition.give_back_attempt
-        assert new.errors == old.errors + (transition.error is not None)
+        # A cancel that ends the attempt counts the attempt and records why.
+        assert new.attempt == old.attempt - (transition.give_back_attempt and not cancelled_instead)
+        assert new.errors == old.errors + (transition.error is not None or cancelled_instead)
         waits = new.state in WAITING and (transition.delay or 0) > 0
         assert new.due == (not waits)
         if reclaim and new.state is JobState.AVAILABLE and self.mode[worker] == "running":
@@ -451,9 +453,9 @@ class JobLifecycle(RuleBasedStateMachine):
         if step == 1:
             assert (old.state, new.state) == (JobState.AVAILABLE, JobState.EXECUTING)
         elif step == -1:
-            # Released or snoozed (maybe cancelled instead, when a cancel was requested).
+            # Released or snoozed (never when a requested cancel ended the attempt instead).
             assert old.state is JobState.EXECUTING
-            assert new.state in (JobState.AVAILABLE, JobState.SCHEDULED, JobState.CANCELLED)
+            assert new.state in (JobState.AVAILABLE, JobState.SCHEDULED)
             assert job in self.given_back, "attempt went down without a give-back"
         else:
             assert step == 0, f"attempt jumped by {step}"

@@ -146,6 +146,7 @@ _APPEND_ERROR = """
 # finish_guarded: only the attempt this worker is executing may be finished. A job whose cancel was
 # requested during the attempt never runs again: where it would (released, retryable, snoozed) it
 # becomes cancelled.
+_OVERRIDE = "(j.cancel_requested_at IS NOT NULL AND u.state IN ('available', 'retryable', 'scheduled'))"
 _FINAL_STATE = """(CASE WHEN j.cancel_requested_at IS NOT NULL AND u.state IN ('available', 'retryable', 'scheduled')
       THEN 'cancelled' ELSE u.state END)"""
 _SQL_FINISH = (
@@ -155,7 +156,7 @@ WITH upd AS (
     SET state = """
     + _FINAL_STATE
     + """,
-        attempt = j.attempt - u.give_back,
+        attempt = j.attempt - (CASE WHEN __OVERRIDE__ THEN 0 ELSE u.give_back END),
         scheduled_at = CASE WHEN u.delay IS NULL THEN j.scheduled_at
                             ELSE now() + u.delay * interval '1 second' END,
         finished_at = CASE WHEN """
@@ -165,7 +166,9 @@ WITH upd AS (
     + """ THEN now() END,
         worker_id = NULL,
         result = CASE WHEN u.result IS NULL THEN j.result ELSE u.result::jsonb END,
-        errors = CASE WHEN u.error IS NULL THEN j.errors ELSE %(append_error)s END
+        errors = CASE WHEN u.error IS NOT NULL THEN %(append_error)s
+                      WHEN __OVERRIDE__ THEN %(append_cancel)s
+                      ELSE j.errors END
     FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(leases)s::timestamptz[], %(states)s::text[],
                 %(delays)s::float8[], %(errors)s::text[], %(give_back)s::int[], %(results)s::text[])
          AS u(id, attempt, lease, state, delay, error, give_back, result)
@@ -434,7 +437,15 @@ class PostgresDriver:
         self._sql_prune = q(_SQL_PRUNE)
         self._q = q
         self._sql_fetch = q(_SQL_FETCH)
-        self._sql_finish = q(_SQL_FINISH.replace("%(append_error)s", append_error))
+        override_entry = (
+            "jsonb_build_object('type', 'Cancelled', 'message', 'cancelled by request; the attempt ended by a shutdown "
+            "or a snooze', 'traceback', '')"
+        )
+        self._sql_finish = q(
+            _SQL_FINISH.replace("__OVERRIDE__", _OVERRIDE)
+            .replace("%(append_error)s", append_error)
+            .replace("%(append_cancel)s", _APPEND_ERROR.format(entry=override_entry))
+        )
         self._sql_promote = q(_SQL_PROMOTE)
         self._sql_rescue = q(_SQL_RESCUE.replace("%(append_error)s", _APPEND_ERROR.format(entry=rescue_entry)))
         self._sql_delete_dead = q(_SQL_DELETE_DEAD_WORKERS)
@@ -463,7 +474,12 @@ class PostgresDriver:
             )
         if isinstance(exc, psycopg_pool.PoolTimeout):
             return DatabaseError(f"no database connection to {self._dsn_redacted} became free in time: {message}")
-        return DatabaseError(f"database error on {self._dsn_redacted}: {message}")
+        error = DatabaseError(f"database error on {self._dsn_redacted}: {message}")
+        if isinstance(
+            exc, (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgrammingError)
+        ) and not isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            error.transient = False
+        return error
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
