@@ -118,24 +118,23 @@ ORDER BY k.ord, (j.state IN __ACTIVE__) DESC, j.id DESC
 """.replace("__J_COLUMNS__", _J_COLUMNS).replace("__ACTIVE__", _ACTIVE)
 
 # fetch_guarded: available -> executing, attempt + 1, worker set.
-_SQL_FETCH = (
-    """
-WITH next AS (
+# The claim selects ids in a sub-select and updates them by primary key. With a CTE joined back
+# to the table the planner picks a nested loop once the table holds many finished rows and its
+# statistics lag, and one fetch of 50 took 90 ms (docs/performance.md, "growth"). One queue is
+# compared as a plain value, which the planner matches to the fetch index far better than
+# ``= ANY(array)``.
+_SQL_FETCH = """
+UPDATE {s}.jobs AS j
+SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(), worker_id = %(worker)s
+WHERE j.id = ANY(ARRAY(
     SELECT id FROM {s}.jobs
-    WHERE state = 'available' AND queue = ANY(%(queues)s::text[])
+    WHERE state = 'available' AND __QUEUES__
     ORDER BY priority DESC, scheduled_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-)
-UPDATE {s}.jobs AS j
-SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(), worker_id = %(worker)s
-FROM next
-WHERE j.id = next.id AND j.state = 'available'
-RETURNING """
-    + _J_COLUMNS
-    + """
-"""
-)
+)) AND j.state = 'available'
+RETURNING __J_COLUMNS__
+""".replace("__J_COLUMNS__", _J_COLUMNS)
 
 # An error entry appended to j.errors, keeping at most %(cap)s entries (the oldest one dropped).
 _APPEND_ERROR = """
@@ -436,7 +435,8 @@ class PostgresDriver:
         self._sql_retry = q(_SQL_RETRY)
         self._sql_prune = q(_SQL_PRUNE)
         self._q = q
-        self._sql_fetch = q(_SQL_FETCH)
+        self._sql_fetch = q(_SQL_FETCH.replace("__QUEUES__", "queue = ANY(%(queues)s::text[])"))
+        self._sql_fetch_one = q(_SQL_FETCH.replace("__QUEUES__", "queue = %(queue)s"))
         override_entry = (
             "jsonb_build_object('type', 'Cancelled', 'message', 'cancelled by request; the attempt ended by a shutdown "
             "or a snooze', 'traceback', '')"
@@ -760,9 +760,15 @@ class PostgresDriver:
         return None if row is None else _job_from_row(row)
 
     async def fetch_jobs(self, *, worker_id: str, queues: Sequence[str], limit: int) -> list[Job]:
-        params = {"queues": list(queues), "limit": limit, "worker": worker_id}
-        rows = await self._hop(lambda c: c.execute(self._sql_fetch, params).fetchall())
-        return [_job_from_row(r) for r in rows]
+        if len(queues) == 1:
+            query, params = self._sql_fetch_one, {"queue": queues[0], "limit": limit, "worker": worker_id}
+        else:
+            query, params = self._sql_fetch, {"queues": list(queues), "limit": limit, "worker": worker_id}
+        rows = await self._hop(lambda c: c.execute(query, params).fetchall())
+        # Claimed in priority order; the UPDATE's RETURNING does not keep it.
+        jobs = [_job_from_row(r) for r in rows]
+        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+        return jobs
 
     async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
         if not completions:
