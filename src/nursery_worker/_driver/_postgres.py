@@ -102,6 +102,32 @@ SELECT id, state, scheduled_at, inserted_at, unique_key, task, (SELECT count(*) 
 FROM ins ORDER BY id
 """
 )
+# One job: plain parameters (no arrays to build) and one NOTIFY.
+_SQL_INSERT_ONE = """
+WITH ins AS (
+    INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy)
+    SELECT %(task)s, %(queue)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, w.at,
+           CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END, %(retry_policy)s::jsonb
+    FROM (SELECT coalesce(%(scheduled)s::timestamptz, now() + coalesce(%(delay)s::float8, 0) * interval '1 second')
+          AS at) AS w
+    RETURNING id, state, queue, scheduled_at, inserted_at
+)
+SELECT id, state, scheduled_at, inserted_at, NULL, NULL,
+       CASE WHEN state = 'available' THEN pg_notify(%(channel)s, 'available:' || queue) END
+FROM ins
+"""
+
+# Bulk inserts of many jobs go through COPY: ids drawn first (so the jobs come back in order),
+# the transaction's now() read once and the schedule computed from it, then one NOTIFY per queue.
+_COPY_MIN = 200
+_SQL_COPY_PREPARE = (
+    "SELECT now(), array_agg(nextval(pg_get_serial_sequence(%(table)s, 'id'))) FROM generate_series(1, %(n)s)"
+)
+_SQL_COPY = (
+    "COPY {s}.jobs (id, task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy) FROM STDIN"
+)
+_SQL_NOTIFY_QUEUES = "SELECT pg_notify(%(channel)s, 'available:' || q) FROM unnest(%(queues)s::text[]) AS q"
+
 _ACTIVE = "('scheduled', 'available', 'executing', 'retryable')"
 _ON_CONFLICT = "ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL AND state IN " + _ACTIVE + " DO NOTHING"
 
@@ -425,6 +451,10 @@ class PostgresDriver:
         )
         self._sql_insert = q(_SQL_INSERT.replace("{on_conflict}", ""))
         self._sql_insert_unique = q(_SQL_INSERT.replace("{on_conflict}", _ON_CONFLICT))
+        self._sql_insert_one = q(_SQL_INSERT_ONE)
+        self._sql_copy_prepare = _SQL_COPY_PREPARE.encode()
+        self._sql_copy = q(_SQL_COPY)
+        self._sql_notify_queues = _SQL_NOTIFY_QUEUES.encode()
         self._sql_unique_holders = q(_SQL_UNIQUE_HOLDERS)
         cancel_entry = "jsonb_build_object('type', 'Cancelled', 'message', 'cancelled before it ran', 'traceback', '')"
         self._sql_cancel_waiting = q(
@@ -665,10 +695,69 @@ class PostgresDriver:
         return out
 
     def _insert_on(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
-        if all(s.unique_key is None for s in specs):
-            rows = conn.execute(self._sql_insert, self._insert_params(specs)).fetchall()
-            return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
-        return self._insert_unique(conn, specs)
+        if any(s.unique_key is not None for s in specs):
+            return self._insert_unique(conn, specs)
+        if len(specs) == 1:
+            spec = specs[0]
+            params = {
+                "task": spec.task,
+                "queue": spec.queue,
+                "args": spec.args_json,
+                "priority": spec.priority,
+                "max_attempts": spec.max_attempts,
+                "scheduled": spec.scheduled_at,
+                "delay": spec.delay,
+                "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+                "channel": self.channel,
+            }
+            row = conn.execute(self._sql_insert_one, params).fetchone()
+            assert row is not None
+            return [self._new_job(spec, row)]
+        if len(specs) >= _COPY_MIN:
+            return self._insert_copy(conn, specs)
+        rows = conn.execute(self._sql_insert, self._insert_params(specs)).fetchall()
+        return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
+
+    def _insert_copy(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        """Many jobs in one transaction (the caller's, if it has one): ids, COPY, one NOTIFY per queue."""
+        with conn.transaction():
+            row = conn.execute(self._sql_copy_prepare, {"table": f"{self.schema}.jobs", "n": len(specs)}).fetchone()
+            assert row is not None
+            now: dt.datetime = row[0]
+            ids: list[int] = row[1]
+            rows: list[tuple[int, str, dt.datetime]] = []
+            queues: set[str] = set()
+            with conn.cursor().copy(self._sql_copy) as copy:
+                for job_id, spec in zip(ids, specs, strict=True):
+                    if spec.scheduled_at is not None:
+                        at = spec.scheduled_at
+                    elif spec.delay:
+                        at = now + dt.timedelta(seconds=spec.delay)
+                    else:
+                        at = now
+                    state = "scheduled" if at > now else "available"
+                    if state == "available":
+                        queues.add(spec.queue)
+                    policy = None if spec.retry_policy is None else json.dumps(spec.retry_policy)
+                    copy.write_row(
+                        (
+                            job_id,
+                            spec.task,
+                            spec.queue,
+                            spec.args_json,
+                            spec.priority,
+                            spec.max_attempts,
+                            at,
+                            state,
+                            policy,
+                        )
+                    )
+                    rows.append((job_id, state, at))
+            if queues:
+                conn.execute(self._sql_notify_queues, {"channel": self.channel, "queues": sorted(queues)})
+        return [
+            self._new_job(spec, (job_id, state, at, now)) for spec, (job_id, state, at) in zip(specs, rows, strict=True)
+        ]
 
     def _holders(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job | None]:
         """For each unique spec, the job holding its key in the spec's scope of states, or None."""
