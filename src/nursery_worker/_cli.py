@@ -287,8 +287,8 @@ def run(
         )
         _run_supervised(app, app_path, backend, dsn, log_level, options, supervisor)
         return
-    # Generous: the grace for running jobs, a cancelled job's grace, and the final writes twice.
-    watchdog = _ExitWatchdog(shutdown_timeout + cancel_grace + 25.0)
+    # The grace for running jobs, a cancelled job's grace, the final writes (10 s) and a margin.
+    watchdog = _ExitWatchdog(shutdown_timeout + cancel_grace + 15.0)
 
     async def main() -> Worker | None:
         # Signals are caught from the very start: during startup a signal cancels the start (which
