@@ -11,8 +11,9 @@ import pytest
 from psycopg import sql
 
 from nursery_worker import App, JobState, WorkerState, open_worker
+from nursery_worker._maintenance import Promoter
 
-from .helpers import Connection, fast, query, wait_for_state, wait_until, worker_ids
+from .helpers import Connection, execute, fast, query, wait_for_state, wait_until, worker_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -515,3 +516,25 @@ async def test_three_workers_sharing_a_queue_run_every_job_exactly_once(app: App
     assert sum(per_worker) == 2_000
     assert sum(1 for c in per_worker if c > 0) >= 2  # the work was actually shared
     assert await query(db, "SELECT state, count(*) FROM jobs GROUP BY state") == [("completed", 2_000)]
+
+
+async def test_a_due_scheduled_job_takes_its_place_by_priority_and_schedule(app: App, db: Connection) -> None:
+    """A scheduled job, once due, runs by priority and then by its scheduled time, among jobs queued before it."""
+    order: list[str] = []
+
+    @app.task
+    async def record(label: str) -> None:
+        order.append(label)
+
+    await record.configure(priority=0).defer(label="low")
+    await record.configure(priority=5, delay=3600).defer(label="high-later")
+    await record.configure(priority=5).defer(label="high-now")
+    # Make the scheduled one due, with a schedule older than every other job's.
+    await execute(
+        db,
+        "UPDATE jobs SET scheduled_at = now() - interval '1 hour' WHERE args->>'label' = 'high-later'",
+    )
+    assert await Promoter(app.driver).run_once() == 1
+    async with open_worker(app, **fast(concurrency=1)):
+        await wait_until(lambda: len(order) == 3)
+    assert order == ["high-later", "high-now", "low"]
