@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from nursery_worker import App, JobState, QueueInfo, open_worker
@@ -21,7 +22,7 @@ async def test_a_paused_queue_is_not_fetched_by_any_worker(app: App) -> None:
 
     @app.task
     async def noop() -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     assert await app.pause_queue("held") is True
     held = [j.id for j in await app.defer_many([noop.configure(queue="held").job() for _ in range(5)])]
@@ -44,7 +45,7 @@ async def test_resuming_a_queue_wakes_the_workers_at_once(app: App) -> None:
 
     @app.task
     async def noop() -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     await app.pause_queue("held")
     (job,) = await app.defer_many([noop.configure(queue="held").job()])
@@ -87,7 +88,7 @@ async def test_list_queues_shows_pause_state_counts_and_oldest_age(app: App) -> 
 
     @app.task
     async def noop() -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     await noop.defer()
     await app.defer_many([noop.configure(queue="later", delay=3600).job()])
