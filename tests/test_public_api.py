@@ -30,6 +30,7 @@ PUBLIC_NAMES = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "QueueInfo",
     "Retry",
     "RetryPolicy",
     "SchemaNotReady",

@@ -21,6 +21,7 @@ from ._models import CancelResult as CancelResult
 from ._models import Job as Job
 from ._models import JobError as JobError
 from ._models import JobSpec as JobSpec
+from ._models import QueueInfo as QueueInfo
 from ._outcomes import Discard as Discard
 from ._outcomes import JobOutcome as JobOutcome
 from ._outcomes import Retry as Retry
@@ -62,6 +63,7 @@ __all__ = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "QueueInfo",
     "Retry",
     "RetryPolicy",
     "SchemaNotReady",

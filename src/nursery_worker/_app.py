@@ -18,7 +18,7 @@ from ._dsn import redact, resolve_dsn
 from ._errors import ConfigurationError, JobFailed, JobNotFound, JobStateError, TaskNotFound
 from ._json import DEFAULT_MAX_ARGS_BYTES
 from ._maintenance import Pruner
-from ._models import CancelResult, Job, JobSpec
+from ._models import CancelResult, Job, JobSpec, QueueInfo
 from ._retry import RetryPolicy, resolve_retry
 from ._state import JobState
 from ._task import (
@@ -719,6 +719,64 @@ class App:
                 raise ConfigurationError(f"prune(states=...): {state!r} is not a final state")
         pruner = Pruner(self.driver, retention={s: float(older_than) for s in chosen}, max_batches=1_000_000)
         return sum((await pruner.run_once()).values())
+
+    async def pause_queue(self, name: str) -> bool:
+        """Pause queue *name*: no worker fetches its jobs until :meth:`resume_queue`.
+
+        Jobs can still be deferred to a paused queue; jobs already executing finish normally. The
+        pause is stored in the database, so it holds for every worker and survives restarts. A fetch
+        that started before the pause committed may still claim that queue's jobs once.
+
+        Args:
+            name: the queue (it need not have jobs yet).
+
+        Returns:
+            True if the queue was running and is paused now; False if it was already paused.
+
+        Raises:
+            ConfigurationError: the name is not a valid queue name.
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.pause_queue("emails")
+            True
+        """
+        return await self.driver.set_queue_paused(check_queue(name, where="pause_queue()"), paused=True)
+
+    async def resume_queue(self, name: str) -> bool:
+        """Resume a paused queue; its workers are notified and fetch at once.
+
+        Args:
+            name: the queue.
+
+        Returns:
+            True if the queue was paused and runs again; False if it was not paused.
+
+        Raises:
+            ConfigurationError: the name is not a valid queue name.
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.resume_queue("emails")
+            True
+        """
+        return await self.driver.set_queue_paused(check_queue(name, where="resume_queue()"), paused=False)
+
+    async def list_queues(self) -> list[QueueInfo]:
+        """Every queue that has jobs or was ever paused, with its pause flag and job counts.
+
+        Returns:
+            :class:`QueueInfo` rows sorted by name: ``paused``, ``counts`` by state and the age of
+            the oldest available job, by the database's clock.
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> [(q.name, q.paused, q.counts["available"]) for q in await app.list_queues()]
+            [('default', False, 12), ('emails', True, 40)]
+        """
+        return await self.driver.list_queues()
 
     async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job:  # noqa: ASYNC109
         """Wait until a job finishes and return it (with its ``result`` once completed).

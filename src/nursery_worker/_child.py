@@ -31,6 +31,7 @@ import anyio
 
 from ._app import App
 from ._errors import NurseryWorkerError
+from ._logging import setup_logging
 from ._models import Supervision
 from ._process import ENV_OPTIONS, EXIT_STARTUP_FAILED, ChildOptions, import_app, set_title
 from ._state import WorkerState
@@ -181,10 +182,11 @@ def main() -> None:
     options = ChildOptions.from_json(os.environ[ENV_OPTIONS])
     reporter = Reporter(options)
     reporter.report(None, WorkerState.STARTING.value)
-    logging.basicConfig(
-        level=getattr(logging, options.log_level.upper()),
-        format=f"%(asctime)s %(levelname)-7s [worker {options.index} pid {os.getpid()}] %(name)s: %(message)s",
-        stream=sys.stderr,
+    setup_logging(
+        options.log_level,
+        os.environ.get("NURSERY_WORKER_LOG_FORMAT", "console"),
+        prefix=f"[worker {options.index} pid {os.getpid()}] ",
+        static={"child": options.index, "pid": os.getpid()},
     )
     for entry in reversed(options.sys_path):
         if entry not in sys.path:

@@ -11,10 +11,13 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -23,9 +26,13 @@ import click
 from ._app import App
 from ._dsn import redact
 from ._errors import NurseryWorkerError
+from ._logging import LOG_FORMATS, setup_logging
+from ._models import JobSpec
+from ._state import JobState
 from ._worker import Worker, open_worker, relay_signals, unwrap_group
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 logger = logging.getLogger("nursery_worker.cli")
 
 
@@ -77,6 +84,14 @@ def _common(func: F) -> F:
         default=None,
         help="Schema holding the tables; default: the app's, $NURSERY_WORKER_SCHEMA, nursery_worker.",
     )(func)
+    func = click.option(
+        "--log-format",
+        default="console",
+        envvar="NURSERY_WORKER_LOG_FORMAT",
+        type=click.Choice(LOG_FORMATS),
+        show_default=True,
+        help="console: human lines; json: one object per line. Job lines carry job id, task, queue, attempt, worker.",
+    )(func)
     return click.option(
         "--log-level",
         default="info",
@@ -85,12 +100,10 @@ def _common(func: F) -> F:
     )(func)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, log_format: str = "console") -> None:
+    setup_logging(level, log_format)
+    # The supervisor's children read it from their environment.
+    os.environ["NURSERY_WORKER_LOG_FORMAT"] = log_format
 
 
 def _fail(exc: BaseException) -> click.ClickException:
@@ -256,6 +269,7 @@ def run(
     dsn: str | None,
     schema: str | None,
     log_level: str,
+    log_format: str,
     **supervisor: Any,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once).
@@ -263,7 +277,7 @@ def run(
     With --processes N above 1, run a supervisor of N worker processes instead: SIGTERM/SIGINT stop
     them all gracefully (again: at once), SIGHUP restarts them one at a time.
     """
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     if backend == "trio":
         try:
             import trio  # noqa: F401
@@ -398,9 +412,9 @@ def _run_supervised(
     "--app", "app_path", default=None, help="Optional App ('package.module:app') to take DSN and schema from."
 )
 @_common
-def migrate(app_path: str | None, dsn: str | None, schema: str | None, log_level: str) -> None:
+def migrate(app_path: str | None, dsn: str | None, schema: str | None, log_level: str, log_format: str) -> None:
     """Create or upgrade the tables (idempotent; safe to run concurrently)."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     app = _make_app(app_path, dsn, schema)
     try:
         applied = app.migrate_sync()
@@ -412,17 +426,117 @@ def migrate(app_path: str | None, dsn: str | None, schema: str | None, log_level
         click.echo(f"schema {app.schema!r} is up to date")
 
 
+_LOOKUP_APP = click.option(
+    "--app", "app_path", default=None, help="Optional App ('package.module:app') to take DSN and schema from."
+)
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (for scripts).")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` as seconds."""
+    match = _DURATION.match(text.lower())
+    if match is None:
+        raise click.UsageError(f"{text!r} is not a duration: use seconds or a number with s, m, h, d or w (e.g. 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _with_app(app: App, body: Callable[[App], Awaitable[T]]) -> T:
+    """Run ``body(app)`` on an event loop, close the app, and turn failures into one-line errors."""
+
+    async def main() -> T:
+        try:
+            return await body(app)
+        finally:
+            await app.aclose()
+
+    try:
+        return anyio.run(main)
+    except (NurseryWorkerError, click.ClickException):
+        raise
+    except Exception as exc:
+        raise _fail(exc) from None
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- defer ---------------------------------------------------------------------------------------
+
+_LINE_KEYS = frozenset({"task", "args", "queue", "priority", "max_attempts"})
+
+
+def _read_specs(app: App, stream: Any, name: str) -> list[JobSpec]:
+    """Every job of a JSON-lines stream, validated before anything is inserted."""
+    specs: list[JobSpec] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        where = f"{name} line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{where}: not valid JSON ({exc}); nothing was deferred") from None
+        if not isinstance(item, dict):
+            raise click.ClickException(
+                f"{where}: expected a JSON object, got {type(item).__name__}; nothing was deferred"
+            )
+        unknown = sorted(set(item) - _LINE_KEYS)
+        if unknown:
+            raise click.ClickException(
+                f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(_LINE_KEYS))}); "
+                "nothing was deferred"
+            )
+        task = item.get("task")
+        if not isinstance(task, str):
+            raise click.ClickException(f"{where}: 'task' must be a task name (a string); nothing was deferred")
+        args = item.get("args", {})
+        if not isinstance(args, dict):
+            raise click.ClickException(f"{where}: 'args' must be a JSON object; nothing was deferred")
+        try:
+            specs.append(
+                app.job_by_name(
+                    task,
+                    args,
+                    queue=item.get("queue"),
+                    priority=item.get("priority"),
+                    max_attempts=item.get("max_attempts"),
+                )
+            )
+        except (TypeError, ValueError) as exc:
+            raise click.ClickException(f"{where}: {exc}; nothing was deferred") from None
+    return specs
+
+
 @cli.command()
-@click.argument("task")
+@click.argument("task", required=False)
 @click.option("--args", "args_json", default="{}", show_default=True, help="Keyword arguments as a JSON object.")
+@click.option(
+    "--file",
+    "jobs_file",
+    type=click.File("r", encoding="utf-8"),
+    default=None,
+    help='Defer many jobs from a JSON-lines file (- for stdin): {"task": ..., "args": {...}, "queue": ...} a line.',
+)
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000), help="Jobs per insert.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show progress on stderr while deferring a file (default: when stderr is a terminal).",
+)
 @click.option("--app", "app_path", default=None, help="Optional App, to check the arguments against the task.")
 @click.option("--queue", default=None, help="Queue (default: the task's, else 'default').")
 @click.option("--priority", default=None, type=int, help="Priority (higher runs first).")
 @click.option("--max-attempts", default=None, type=click.IntRange(min=1))
 @_common
 def defer(
-    task: str,
+    task: str | None,
     args_json: str,
+    jobs_file: Any,
+    batch_size: int,
+    progress: bool | None,
     app_path: str | None,
     queue: str | None,
     priority: int | None,
@@ -430,9 +544,20 @@ def defer(
     dsn: str | None,
     schema: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
-    """Enqueue one job of TASK and print its id."""
-    _setup_logging(log_level)
+    """Enqueue one job of TASK and print it as JSON, or many with --file.
+
+    With --file, every line is validated first (a bad line names its number and nothing is
+    inserted); the jobs are then inserted in batches of --batch-size and the count printed.
+    """
+    _setup_logging(log_level, log_format)
+    if (task is None) == (jobs_file is None):
+        raise click.UsageError("give either TASK (one job) or --file PATH|- (many jobs), not both or neither")
+    if jobs_file is not None:
+        _defer_file(jobs_file, batch_size, progress, app_path, dsn, schema)
+        return
+    assert task is not None
     try:
         args = json.loads(args_json)
     except json.JSONDecodeError as exc:
@@ -451,32 +576,459 @@ def defer(
     click.echo(json.dumps({"id": job.id, "task": job.task, "queue": job.queue, "state": job.state.value}))
 
 
-@cli.command()
-@click.option(
-    "--app", "app_path", default=None, help="Optional App ('package.module:app') to take DSN and schema from."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
-@_common
-def status(app_path: str | None, as_json: bool, dsn: str | None, schema: str | None, log_level: str) -> None:
-    """Show every registered worker: pid, host, state, uptime, restarts, counters, last heartbeat."""
-    from ._status import render_json, render_table
+def _defer_file(
+    jobs_file: Any, batch_size: int, progress: bool | None, app_path: str | None, dsn: str | None, schema: str | None
+) -> None:
+    app = _make_app(app_path, dsn, schema)
+    name = "stdin" if jobs_file.name == "<stdin>" else jobs_file.name
+    done = 0
+    try:
+        specs = _read_specs(app, jobs_file, name)
+        interactive = sys.stderr.isatty()
+        show = interactive if progress is None else progress
+        batches = [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]
+        if show and interactive:
+            with click.progressbar(length=len(specs), label="deferring", file=sys.stderr) as bar:
+                for batch in batches:
+                    done += len(app.defer_many_sync(batch))
+                    bar.update(len(batch))
+        else:
+            for batch in batches:
+                done += len(app.defer_many_sync(batch))
+                if show:
+                    click.echo(f"deferred {done}/{len(specs)}", err=True)
+    except (NurseryWorkerError, click.ClickException) as exc:
+        if done:
+            raise click.ClickException(f"{redact(str(exc))} (after {done} job(s) were deferred)") from None
+        raise
+    finally:
+        app.close()
+    click.echo(f"deferred {done} job(s) from {name}")
 
-    _setup_logging(log_level)
+
+# --- status, healthcheck -----------------------------------------------------------------------
+
+
+@cli.command()
+@_LOOKUP_APP
+@_JSON
+@click.option(
+    "--watch",
+    type=_POSITIVE,
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Redraw every SECONDS (default 2) until Ctrl-C.",
+)
+@_common
+def status(
+    app_path: str | None,
+    as_json: bool,
+    watch: float | None,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Show each queue (paused?, jobs by state, oldest available job's age) and every worker.
+
+    Workers: pid, host, state, uptime, restarts, counters, and the age of the last heartbeat, all by
+    the database's clock.
+    """
+    from ._status import render_status, status_dict
+
+    _setup_logging(log_level, log_format)
     app = _make_app(app_path, dsn, schema)
 
-    async def rows() -> Any:
-        try:
-            return await app.driver.list_workers()
-        finally:
-            await app.aclose()
+    def draw(queues: Any, workers: Any) -> None:
+        if as_json:
+            data = status_dict(queues, workers, schema=app.schema)
+            click.echo(json.dumps(data) if watch is not None else json.dumps(data, indent=2))
+        else:
+            text = render_status(queues, workers, schema=app.schema)
+            if watch is not None:
+                if sys.stdout.isatty():
+                    click.clear()
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                head = f"nursery-worker status: schema {app.schema!r} at {stamp} (every {watch:g}s; Ctrl-C stops)"
+                text = f"{head}\n\n{text}\n"
+            click.echo(text)
+        sys.stdout.flush()
+
+    async def body(app: App) -> None:
+        while True:
+            draw(await app.list_queues(), await app.driver.list_workers())
+            if watch is None:
+                return
+            await anyio.sleep(watch)
 
     try:
-        workers = anyio.run(rows)
-    except NurseryWorkerError:
-        raise
-    except Exception as exc:
-        raise _fail(exc) from None
-    click.echo(render_json(workers) if as_json else render_table(workers, schema=app.schema))
+        _with_app(app, body)
+    except KeyboardInterrupt:
+        return
+
+
+_DEFAULT_HEALTH_AGE = 10.0
+
+
+@cli.command()
+@_LOOKUP_APP
+@click.option("--worker-id", default=None, help="This worker (an id from `status --json`).")
+@click.option("--pid", type=int, default=None, help="The worker of this process id on this host.")
+@click.option("--any-host", is_flag=True, help="Any worker in the schema, not only those of this host (the default).")
+@click.option(
+    "--max-age",
+    default=_DEFAULT_HEALTH_AGE,
+    show_default=True,
+    type=_POSITIVE,
+    help="Seconds: a heartbeat older than this is unhealthy (5 beats at the default --heartbeat-interval).",
+)
+@_common
+def healthcheck(
+    app_path: str | None,
+    worker_id: str | None,
+    pid: int | None,
+    any_host: bool,
+    max_age: float,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Exit 0 if a worker has a heartbeat within --max-age seconds, else print why and exit 1.
+
+    For container probes: it asks the database (and its clock), so it checks what peers see: a
+    worker whose heartbeat lapses is the one whose jobs get rescued. By default it looks for any
+    worker of this host (the container's hostname).
+    """
+    _setup_logging(log_level, log_format)
+    host = socket.gethostname()
+    try:
+        app = _make_app(app_path, dsn, schema)
+        workers = _with_app(app, lambda a: a.driver.list_workers())
+    except (NurseryWorkerError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"unhealthy: {redact(message)}", err=True)
+        sys.exit(1)
+    if worker_id is not None:
+        chosen, what = [w for w in workers if w.id == worker_id], f"worker {worker_id!r}"
+    elif pid is not None:
+        chosen, what = [w for w in workers if w.pid == pid and w.hostname == host], f"pid {pid} on {host}"
+    elif any_host:
+        chosen, what = list(workers), f"schema {app.schema!r}"
+    else:
+        chosen, what = [w for w in workers if w.hostname == host], f"host {host}"
+    if not chosen:
+        click.echo(f"unhealthy: no worker is registered for {what}", err=True)
+        sys.exit(1)
+    best = min(chosen, key=lambda w: w.now - w.heartbeat_at)
+    age = max(0.0, (best.now - best.heartbeat_at).total_seconds())
+    if age > max_age:
+        click.echo(
+            f"unhealthy: the last heartbeat for {what} was {age:.1f}s ago (worker {best.id}; --max-age {max_age:g}s)",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(f"healthy: worker {best.id} beat {age:.1f}s ago")
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def jobs() -> None:
+    """List, show, retry and cancel jobs."""
+
+
+_STATE_CHOICE = click.Choice([s.value for s in JobState])
+
+
+def _job_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise click.UsageError(f"{text!r} is not a job id (a positive integer)") from None
+    if value < 1:
+        raise click.UsageError(f"{text!r} is not a job id (a positive integer)")
+    return value
+
+
+@jobs.command("list")
+@_LOOKUP_APP
+@click.option("--state", "states", multiple=True, type=_STATE_CHOICE, help="Only this state (repeatable).")
+@click.option("--queue", default=None, help="Only this queue.")
+@click.option("--task", default=None, help="Only this task.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--before-id", default=None, type=click.IntRange(min=1), help="Page: only ids below this one.")
+@_JSON
+@_common
+def jobs_list(
+    app_path: str | None,
+    states: tuple[str, ...],
+    queue: str | None,
+    task: str | None,
+    limit: int,
+    before_id: int | None,
+    as_json: bool,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """List jobs, newest first."""
+    from ._status import job_dict, render_jobs
+
+    _setup_logging(log_level, log_format)
+    app = _make_app(app_path, dsn, schema)
+    found = _with_app(
+        app,
+        lambda a: a.list_jobs(state=states or None, queue=queue, task=task, limit=limit, before_id=before_id),
+    )
+    if as_json:
+        _echo_json([job_dict(j) for j in found])
+    else:
+        click.echo(render_jobs(found))
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@_LOOKUP_APP
+@_JSON
+@_common
+def jobs_show(
+    job_id: str,
+    app_path: str | None,
+    as_json: bool,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Show one job in full: arguments, result, and each error with its traceback."""
+    from ._status import job_dict, render_job
+
+    _setup_logging(log_level, log_format)
+    ident = _job_id(job_id)
+    app = _make_app(app_path, dsn, schema)
+    job = _with_app(app, lambda a: a.get_job(ident))
+    if as_json:
+        _echo_json(job_dict(job))
+    else:
+        click.echo(render_job(job))
+
+
+@jobs.command("retry")
+@click.argument("job_id", required=False)
+@click.option(
+    "--state",
+    default=None,
+    type=click.Choice(["discarded", "cancelled"]),
+    help="Retry every job in this state (with --queue/--task to narrow it).",
+)
+@click.option("--queue", default=None, help="With --state: only this queue.")
+@click.option("--task", default=None, help="With --state: only this task.")
+@click.option(
+    "--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="With --state: at most."
+)
+@_LOOKUP_APP
+@_JSON
+@_common
+def jobs_retry(
+    job_id: str | None,
+    state: str | None,
+    queue: str | None,
+    task: str | None,
+    limit: int,
+    app_path: str | None,
+    as_json: bool,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Put a discarded or cancelled job (ID), or all of them (--state), back in their queue."""
+    _setup_logging(log_level, log_format)
+    if (job_id is None) == (state is None):
+        raise click.UsageError("give either a job ID or --state discarded|cancelled, not both or neither")
+    if job_id is not None and (queue is not None or task is not None):
+        raise click.UsageError("--queue and --task narrow --state; they do not apply to one job ID")
+    app = _make_app(app_path, dsn, schema)
+    if job_id is not None:
+        ident = _job_id(job_id)
+        job = _with_app(app, lambda a: a.retry(ident))
+        if as_json:
+            _echo_json({"retried": [job.id], "skipped": []})
+        else:
+            click.echo(f"job {job.id} ({job.task}) is available again in queue {job.queue!r}")
+        return
+    assert state is not None
+
+    async def retry_all(a: App) -> tuple[list[int], list[tuple[int, str]]]:
+        retried: list[int] = []
+        skipped: list[tuple[int, str]] = []
+        before: int | None = None
+        while len(retried) + len(skipped) < limit:
+            page = await a.list_jobs(
+                state=state,
+                queue=queue,
+                task=task,
+                limit=min(500, limit - len(retried) - len(skipped)),
+                before_id=before,
+            )
+            if not page:
+                break
+            for job in page:
+                try:
+                    retried.append((await a.retry(job.id)).id)
+                except NurseryWorkerError as exc:  # raced with another retry, or a unique key is taken
+                    skipped.append((job.id, str(exc)))
+            before = page[-1].id
+        return retried, skipped
+
+    retried, skipped = _with_app(app, retry_all)
+    if as_json:
+        _echo_json({"retried": retried, "skipped": [{"id": i, "reason": r} for i, r in skipped]})
+        return
+    for ident, reason in skipped:
+        click.echo(f"skipped job {ident}: {reason}", err=True)
+    click.echo(f"retried {len(retried)} {state} job(s)" + (f"; skipped {len(skipped)}" if skipped else ""))
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@_LOOKUP_APP
+@_JSON
+@_common
+def jobs_cancel(
+    job_id: str,
+    app_path: str | None,
+    as_json: bool,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Cancel a waiting job at once, or ask the worker running it to cancel it."""
+    _setup_logging(log_level, log_format)
+    ident = _job_id(job_id)
+    app = _make_app(app_path, dsn, schema)
+    result = _with_app(app, lambda a: a.cancel(ident))
+    if as_json:
+        _echo_json(
+            {"id": result.job.id, "status": result.status, "state": result.job.state.value, "message": result.message}
+        )
+    else:
+        click.echo(result.message)
+
+
+# --- queues, prune -------------------------------------------------------------------------------
+
+
+@cli.group()
+def queues() -> None:
+    """List queues; pause and resume them."""
+
+
+@queues.command("list")
+@_LOOKUP_APP
+@_JSON
+@_common
+def queues_list(
+    app_path: str | None, as_json: bool, dsn: str | None, schema: str | None, log_level: str, log_format: str
+) -> None:
+    """Every queue with jobs or a pause record: running or paused, and its jobs by state."""
+    from ._status import queue_dict, render_queues
+
+    _setup_logging(log_level, log_format)
+    app = _make_app(app_path, dsn, schema)
+    found = _with_app(app, lambda a: a.list_queues())
+    if as_json:
+        _echo_json([queue_dict(q) for q in found])
+    else:
+        click.echo(render_queues(found))
+
+
+def _set_paused(
+    name: str, paused: bool, app_path: str | None, as_json: bool, dsn: str | None, schema: str | None
+) -> None:
+    app = _make_app(app_path, dsn, schema)
+    changed = _with_app(app, lambda a: a.pause_queue(name) if paused else a.resume_queue(name))
+    if as_json:
+        _echo_json({"queue": name, "paused": paused, "changed": changed})
+    elif paused:
+        click.echo(
+            f"queue {name!r} paused: workers stop fetching its jobs; running jobs finish"
+            if changed
+            else f"queue {name!r} was already paused"
+        )
+    else:
+        click.echo(f"queue {name!r} resumed" if changed else f"queue {name!r} was not paused")
+
+
+@queues.command("pause")
+@click.argument("name")
+@_LOOKUP_APP
+@_JSON
+@_common
+def queues_pause(
+    name: str, app_path: str | None, as_json: bool, dsn: str | None, schema: str | None, log_level: str, log_format: str
+) -> None:
+    """Stop every worker from fetching NAME's jobs (running jobs finish; deferring still works)."""
+    _setup_logging(log_level, log_format)
+    _set_paused(name, True, app_path, as_json, dsn, schema)
+
+
+@queues.command("resume")
+@click.argument("name")
+@_LOOKUP_APP
+@_JSON
+@_common
+def queues_resume(
+    name: str, app_path: str | None, as_json: bool, dsn: str | None, schema: str | None, log_level: str, log_format: str
+) -> None:
+    """Let workers fetch NAME's jobs again; they are notified at once."""
+    _setup_logging(log_level, log_format)
+    _set_paused(name, False, app_path, as_json, dsn, schema)
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    default="7d",
+    show_default=True,
+    help="Finished over this long ago: seconds, or a number with s, m, h, d or w.",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["completed", "discarded", "cancelled"]),
+    help="Only this final state (repeatable; default: all three).",
+)
+@_LOOKUP_APP
+@_JSON
+@_common
+def prune(
+    older_than: str,
+    states: tuple[str, ...],
+    app_path: str | None,
+    as_json: bool,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Delete finished jobs (and their results) older than --older-than, in bounded batches."""
+    _setup_logging(log_level, log_format)
+    seconds = _duration(older_than)
+    chosen = states or ("completed", "discarded", "cancelled")
+    app = _make_app(app_path, dsn, schema)
+    count = _with_app(app, lambda a: a.prune(older_than=seconds, states=chosen))
+    if as_json:
+        _echo_json({"pruned": count, "older_than": seconds, "states": list(chosen)})
+    else:
+        click.echo(f"pruned {count} job(s) ({', '.join(chosen)}) finished over {older_than} ago")
 
 
 def main() -> None:

@@ -213,3 +213,38 @@ class CancelResult:
         if self.status == "requested":
             return f"job {self.job.id} is executing on {self.job.worker_id}; its cancellation was requested"
         return f"job {self.job.id} had already finished ({self.job.state.value}); nothing changed"
+
+
+_STATE_ORDER = ("available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled")
+
+
+def _all_states(counts: Mapping[str, int]) -> dict[str, int]:
+    return {state: int(counts.get(state, 0)) for state in _STATE_ORDER}
+
+
+@attrs.frozen(kw_only=True)
+class QueueInfo:
+    """A queue as ``app.list_queues()`` and ``nursery-worker status`` see it.
+
+    Attributes:
+        name: the queue's name.
+        paused: whether workers skip its jobs (``app.pause_queue``).
+        paused_at: when it was paused, or None.
+        counts: jobs by state; every state is present, zero when there are none.
+        oldest_available_at: when the longest-waiting available job became due, or None.
+        now: the database's clock when the row was read (ages are measured against it).
+    """
+
+    name: str
+    paused: bool = False
+    paused_at: dt.datetime | None = None
+    counts: Mapping[str, int] = attrs.field(factory=dict, converter=_all_states)
+    oldest_available_at: dt.datetime | None = None
+    now: dt.datetime
+
+    @property
+    def oldest_available_age(self) -> float | None:
+        """Seconds the oldest available job has waited (database clock), or None when none is available."""
+        if self.oldest_available_at is None:
+            return None
+        return max(0.0, (self.now - self.oldest_available_at).total_seconds())

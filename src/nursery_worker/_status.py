@@ -1,12 +1,18 @@
-"""``nursery-worker status``: the workers table, as a table for people or JSON for programs."""
+"""What the operations commands print: tables for people, JSON for programs.
+
+``nursery-worker status`` (queues and workers), ``jobs list``/``jobs show`` and ``queues list``.
+Every age is measured against the database's clock (``now`` read in the same statement), so a
+skewed clock on the machine running the CLI does not distort it.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from ._models import WorkerRow
+from ._models import Job, JobError, QueueInfo, WorkerRow
 from ._supervisor import format_duration
 
 _COLUMNS = (
@@ -50,6 +56,157 @@ def as_dict(row: WorkerRow) -> dict[str, Any]:
 def render_json(rows: Sequence[WorkerRow]) -> str:
     """The workers as a JSON array of :func:`as_dict` objects."""
     return json.dumps([as_dict(r) for r in rows], indent=2)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An aligned plain-text table (two spaces between columns, no trailing blanks)."""
+    cells = [tuple(header), *(tuple(r) for r in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def _time(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# --- queues ------------------------------------------------------------------------------------
+
+_STATES = ("available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled")
+
+
+def queue_dict(q: QueueInfo) -> dict[str, Any]:
+    """One queue as a JSON-ready dict."""
+    age = q.oldest_available_age
+    return {
+        "name": q.name,
+        "paused": q.paused,
+        "paused_at": _iso(q.paused_at),
+        "counts": dict(q.counts),
+        "oldest_available_at": _iso(q.oldest_available_at),
+        "oldest_available_age": None if age is None else round(age, 3),
+    }
+
+
+def render_queues(queues: Sequence[QueueInfo]) -> str:
+    """The queues table: pause state, jobs by state, how long the oldest available job has waited."""
+    if not queues:
+        return "no queues: no jobs have been deferred and no queue was paused"
+    header = ("QUEUE", "STATE", *(s.upper() for s in _STATES), "OLDEST AVAILABLE")
+    rows = [
+        (
+            q.name,
+            "paused" if q.paused else "running",
+            *(str(q.counts.get(s, 0)) for s in _STATES),
+            "-" if q.oldest_available_age is None else format_duration(q.oldest_available_age),
+        )
+        for q in queues
+    ]
+    return table(header, rows)
+
+
+def render_status(queues: Sequence[QueueInfo], workers: Sequence[WorkerRow], *, schema: str) -> str:
+    """``nursery-worker status``: the queues table (when there are queues), then the workers table."""
+    parts = [render_queues(queues)] if queues else []
+    parts.append(render_table(workers, schema=schema))
+    return "\n\n".join(parts)
+
+
+def status_dict(queues: Sequence[QueueInfo], workers: Sequence[WorkerRow], *, schema: str) -> dict[str, Any]:
+    """``nursery-worker status --json``: ``{"schema", "queues": [...], "workers": [...]}``."""
+    return {"schema": schema, "queues": [queue_dict(q) for q in queues], "workers": [as_dict(w) for w in workers]}
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+def error_dict(e: JobError) -> dict[str, Any]:
+    """One recorded error as a JSON-ready dict."""
+    return {"attempt": e.attempt, "at": _iso(e.at), "type": e.type, "message": e.message, "traceback": e.traceback}
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """One job as a JSON-ready dict, with its arguments, result and errors (tracebacks included)."""
+    return {
+        "id": job.id,
+        "task": job.task,
+        "queue": job.queue,
+        "state": job.state.value,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "priority": job.priority,
+        "args": dict(job.args),
+        "scheduled_at": _iso(job.scheduled_at),
+        "inserted_at": _iso(job.inserted_at),
+        "attempted_at": _iso(job.attempted_at),
+        "finished_at": _iso(job.finished_at),
+        "worker_id": job.worker_id,
+        "cancel_requested_at": _iso(job.cancel_requested_at),
+        "unique_key": job.unique_key,
+        "result": job.result,
+        "errors": [error_dict(e) for e in job.errors],
+    }
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_jobs(jobs: Sequence[Job]) -> str:
+    """The jobs table, newest first; the last error's first line, shortened."""
+    if not jobs:
+        return "no jobs match"
+    header = ("ID", "TASK", "QUEUE", "STATE", "ATTEMPT", "PRIORITY", "SCHEDULED (UTC)", "LAST ERROR")
+    rows = [
+        (
+            str(j.id),
+            j.task,
+            j.queue,
+            j.state.value,
+            f"{j.attempt}/{j.max_attempts}",
+            str(j.priority),
+            _time(j.scheduled_at),
+            _short(f"{j.errors[-1].type}: {j.errors[-1].message}", 60) if j.errors else "",
+        )
+        for j in jobs
+    ]
+    return table(header, rows)
+
+
+def render_job(job: Job) -> str:
+    """One job in full: its fields, arguments, result, and every recorded error with its traceback."""
+    fields = [
+        ("task", job.task),
+        ("queue", job.queue),
+        ("state", job.state.value),
+        ("attempt", f"{job.attempt} of {job.max_attempts}"),
+        ("priority", str(job.priority)),
+        ("scheduled", _time(job.scheduled_at)),
+        ("inserted", _time(job.inserted_at)),
+        ("attempted", _time(job.attempted_at)),
+        ("finished", _time(job.finished_at)),
+        ("worker", job.worker_id or "-"),
+    ]
+    if job.cancel_requested_at is not None:
+        fields.append(("cancel asked", _time(job.cancel_requested_at)))
+    if job.unique_key is not None:
+        fields.append(("unique key", job.unique_key))
+    lines = [f"job {job.id}"]
+    lines += [f"  {name:<12} {value}" for name, value in fields]
+    lines.append("args:")
+    lines += ["  " + line for line in json.dumps(dict(job.args), indent=2, sort_keys=True, default=str).splitlines()]
+    if job.result is not None:
+        lines.append("result:")
+        lines += ["  " + line for line in json.dumps(job.result, indent=2, default=str).splitlines()]
+    lines.append(f"errors ({len(job.errors)}):" if job.errors else "errors: none")
+    for e in job.errors:
+        lines.append(f"  attempt {e.attempt} at {_time(e.at)}: {e.type}: {e.message}")
+        lines += ["    " + line for line in e.traceback.rstrip().splitlines()]
+    return "\n".join(lines)
 
 
 def render_table(rows: Sequence[WorkerRow], *, schema: str) -> str:

@@ -42,6 +42,7 @@ from ._backoff import ServiceBackoff
 from ._completer import Completer
 from ._context import JobContext
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
+from ._logging import job_log_context
 from ._maintenance import DEFAULT_RETENTION, Heartbeat, Promoter, Pruner, Rescuer, serve_periodically
 from ._models import Completion, Job, Supervision, WorkerInfo, WorkerLoad
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
@@ -558,13 +559,16 @@ class Worker:
     async def _run_job(self, r: _Running) -> None:
         outcome: Outcome | None = None
         result: str | None = None
-        try:
-            outcome, result = await self._execute(r)
-        finally:
-            if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
-                outcome = Released(reason="worker cancelled")
-            if not r.abandoned:
-                self._record(r, outcome, result)
+        job = r.job
+        # Every log line of this job's task (its code, middleware, our own) carries these fields.
+        with job_log_context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt, worker_id=self.id):
+            try:
+                outcome, result = await self._execute(r)
+            finally:
+                if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
+                    outcome = Released(reason="worker cancelled")
+                if not r.abandoned:
+                    self._record(r, outcome, result)
 
     def _context(self, r: _Running) -> JobContext:
         deadline = None

@@ -465,13 +465,13 @@ def test_status_shows_each_child_with_its_counters(
     as_json = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
     assert table.returncode == 0, table.stderr
-    header, *lines = table.stdout.strip().splitlines()
+    header, *lines = table.stdout.strip().split("\n\n")[-1].splitlines()  # the queues table comes first
     assert header.split() == [
         "SUPERVISOR", "CHILD", "PID", "HOST", "STATE", "UPTIME", "RESTARTS", "PROCESSED", "FAILED", "RUNNING",
         "HEARTBEAT", "QUEUES",
     ]  # fmt: skip
     assert [line.split()[1:3] for line in lines] == [[str(i), str(pid)] for i, pid, _, _ in rows]
-    data = json.loads(as_json.stdout)
+    data = json.loads(as_json.stdout)["workers"]
     assert [(d["child_index"], d["pid"], d["state"], d["restarts"]) for d in data] == rows
     assert sum(d["processed"] for d in data) == 6
     assert {d["supervisor_id"] for d in data} == {f"{os.uname().nodename}:{sup.proc.pid}"}

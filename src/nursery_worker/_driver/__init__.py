@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._models import Completion, Job, JobSpec, RescueResult, WorkerInfo, WorkerLoad, WorkerRow
+from .._models import Completion, Job, JobSpec, QueueInfo, RescueResult, WorkerInfo, WorkerLoad, WorkerRow
 
 
 @attrs.frozen(kw_only=True)
@@ -136,6 +136,13 @@ class Driver(Protocol):
 
     async def list_workers(self) -> list[WorkerRow]:
         """Every registered worker, supervised ones first (by supervisor and slot)."""
+
+    async def set_queue_paused(self, name: str, *, paused: bool) -> bool:
+        """Pause or resume queue *name* (resuming notifies its workers); return whether it changed."""
+
+    async def list_queues(self, name: str | None = None) -> list[QueueInfo]:
+        """Every queue with jobs or a pause record (or just *name*): paused flag, counts by state,
+        the oldest available job, and the database's clock."""
 
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""

@@ -34,7 +34,17 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._dsn import redact
 from .._errors import ConfigurationError, DatabaseError, JobStateError, SchemaNotReady
-from .._models import Completion, Job, JobError, JobSpec, RescueResult, WorkerInfo, WorkerLoad, WorkerRow
+from .._models import (
+    Completion,
+    Job,
+    JobError,
+    JobSpec,
+    QueueInfo,
+    RescueResult,
+    WorkerInfo,
+    WorkerLoad,
+    WorkerRow,
+)
 from .._state import JobState
 from . import Notification
 
@@ -47,6 +57,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, "0001_initial.sql"),
     (2, "0002_job_control.sql"),
     (3, "0003_worker_stats.sql"),
+    (4, "0004_queues.sql"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -161,6 +172,45 @@ WHERE j.id = ANY(ARRAY(
 )) AND j.state = 'available'
 RETURNING __J_COLUMNS__
 """.replace("__J_COLUMNS__", _J_COLUMNS)
+
+# A paused queue is dropped from the worker's list before the scan (the paused check runs once per
+# statement, as an InitPlan), so the claim keeps its index plan. A pause is committed before it
+# returns; a fetch that started earlier may still claim that queue's jobs once.
+_FETCH_QUEUES = "queue = ANY(ARRAY(SELECT unnest(%(queues)s::text[]) EXCEPT SELECT name FROM {s}.queues WHERE paused))"
+_FETCH_ONE_QUEUE = "queue = %(queue)s AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE name = %(queue)s AND paused)"
+
+# Pause or resume; returns whether the flag changed. Resuming nudges the workers of that queue.
+_SQL_SET_PAUSED = """
+WITH prev AS (SELECT paused FROM {s}.queues WHERE name = %(name)s),
+upsert AS (
+    INSERT INTO {s}.queues AS q (name, paused, paused_at, updated_at)
+    VALUES (%(name)s, %(paused)s, CASE WHEN %(paused)s THEN now() END, now())
+    ON CONFLICT (name) DO UPDATE
+    SET paused = excluded.paused,
+        paused_at = CASE WHEN excluded.paused THEN coalesce(q.paused_at, now()) END,
+        updated_at = now()
+    RETURNING name
+)
+SELECT coalesce((SELECT paused FROM prev), false) IS DISTINCT FROM %(paused)s,
+       (SELECT count(*) FROM upsert),
+       CASE WHEN NOT %(paused)s THEN pg_notify(%(channel)s, 'available:' || %(name)s) END
+"""
+# Every queue that has jobs or a pause row: counts by state, the oldest available job (database clock).
+_SQL_LIST_QUEUES = """
+SELECT n.name, coalesce(p.paused, false), p.paused_at, coalesce(c.counts, '{{}}'::jsonb), c.oldest, now()
+FROM (SELECT name FROM {s}.queues UNION SELECT DISTINCT queue FROM {s}.jobs) AS n(name)
+LEFT JOIN {s}.queues AS p ON p.name = n.name
+LEFT JOIN (
+    SELECT g.queue, jsonb_object_agg(g.state, g.n) AS counts, min(g.oldest) AS oldest
+    FROM (
+        SELECT queue, state, count(*) AS n, min(scheduled_at) FILTER (WHERE state = 'available') AS oldest
+        FROM {s}.jobs GROUP BY queue, state
+    ) AS g
+    GROUP BY g.queue
+) AS c ON c.queue = n.name
+WHERE %(name)s::text IS NULL OR n.name = %(name)s::text
+ORDER BY n.name
+"""
 
 # An error entry appended to j.errors, keeping at most %(cap)s entries (the oldest one dropped).
 _APPEND_ERROR = """
@@ -465,8 +515,10 @@ class PostgresDriver:
         self._sql_retry = q(_SQL_RETRY)
         self._sql_prune = q(_SQL_PRUNE)
         self._q = q
-        self._sql_fetch = q(_SQL_FETCH.replace("__QUEUES__", "queue = ANY(%(queues)s::text[])"))
-        self._sql_fetch_one = q(_SQL_FETCH.replace("__QUEUES__", "queue = %(queue)s"))
+        self._sql_fetch = q(_SQL_FETCH.replace("__QUEUES__", _FETCH_QUEUES))
+        self._sql_fetch_one = q(_SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE))
+        self._sql_set_paused = q(_SQL_SET_PAUSED)
+        self._sql_list_queues = q(_SQL_LIST_QUEUES)
         override_entry = (
             "jsonb_build_object('type', 'Cancelled', 'message', 'cancelled by request; the attempt ended by a shutdown "
             "or a snooze', 'traceback', '')"
@@ -1039,6 +1091,25 @@ class PostgresDriver:
                 child_index=r[12],
                 restarts=r[13],
                 now=r[14],
+            )
+            for r in rows
+        ]
+
+    async def set_queue_paused(self, name: str, *, paused: bool) -> bool:
+        params = {"name": name, "paused": paused, "channel": self.channel}
+        row = await self._hop(lambda c: c.execute(self._sql_set_paused, params).fetchone())
+        return bool(row is not None and row[0])
+
+    async def list_queues(self, name: str | None = None) -> list[QueueInfo]:
+        rows = await self._hop(lambda c: c.execute(self._sql_list_queues, {"name": name}).fetchall())
+        return [
+            QueueInfo(
+                name=r[0],
+                paused=bool(r[1]),
+                paused_at=r[2],
+                counts={state: int(n) for state, n in sorted(r[3].items())},
+                oldest_available_at=r[4],
+                now=r[5],
             )
             for r in rows
         ]

@@ -1,0 +1,142 @@
+"""Structured logs through the standard :mod:`logging` module.
+
+While a job runs, a context variable holds its id, task, queue, attempt and worker id; a filter on
+the handler copies them onto every record, whoever logs it (nursery-worker itself or the task's
+own code through ``logging``). Context variables follow the job into its thread when it is a plain
+``def`` (anyio copies the context), and never leak into another job: each job runs in a task of its
+own. Two formats: ``console`` (the human line plus ``[job=... task=...]``) and ``json`` (one
+object per line). Both redact DSN passwords from the final text, whatever put them there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from ._dsn import redact
+
+#: The fields of a job's context, in the order they are printed.
+FIELDS = ("job_id", "task", "queue", "attempt", "worker_id")
+
+_job_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "nursery_worker_job_context", default=None
+)
+
+
+@contextlib.contextmanager
+def job_log_context(*, job_id: int, task: str, queue: str, attempt: int, worker_id: str) -> Iterator[None]:
+    """Tag every log record emitted inside the block (in this task and its threads) with the job."""
+    token = _job_context.set(
+        {"job_id": job_id, "task": task, "queue": queue, "attempt": attempt, "worker_id": worker_id}
+    )
+    try:
+        yield
+    finally:
+        _job_context.reset(token)
+
+
+def current_job_fields() -> dict[str, Any] | None:
+    """The running job's context fields, or None outside a job."""
+    return _job_context.get()
+
+
+class JobContextFilter(logging.Filter):
+    """Copy the running job's fields onto each record (None outside a job); never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = _job_context.get()
+        for name in FIELDS:
+            if not hasattr(record, name):
+                setattr(record, name, None if fields is None else fields[name])
+        return True
+
+
+def _context_text(record: logging.LogRecord) -> str:
+    if getattr(record, "job_id", None) is None:
+        return ""
+    parts = (
+        f"job={record.job_id}",  # type: ignore[attr-defined]
+        f"task={record.task}",  # type: ignore[attr-defined]
+        f"queue={record.queue}",  # type: ignore[attr-defined]
+        f"attempt={record.attempt}",  # type: ignore[attr-defined]
+        f"worker={record.worker_id}",  # type: ignore[attr-defined]
+    )
+    return " [" + " ".join(parts) + "]"
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``time LEVEL logger: message [job=.. task=.. queue=.. attempt=.. worker=..]``, passwords redacted."""
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__(f"%(asctime)s %(levelname)-7s {prefix}%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = _context_text(record)
+        if context:
+            first, sep, rest = text.partition("\n")
+            text = first + context + sep + rest
+        return redact(text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, the job's fields, exc; passwords redacted."""
+
+    def __init__(self, static: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._static = dict(static or {})
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+            **self._static,
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        elif record.exc_text:
+            entry["exc"] = redact(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(entry, default=str)
+
+
+LOG_FORMATS = ("console", "json")
+
+
+def setup_logging(
+    level: str, log_format: str = "console", *, prefix: str = "", static: dict[str, Any] | None = None
+) -> None:
+    """Send the root logger's records to stderr in *log_format*, tagged with the job's context.
+
+    Replaces handlers installed by an earlier call (or ``logging.basicConfig``) so that calling it
+    twice does not print each line twice.
+
+    Args:
+        level: ``debug``, ``info``, ``warning`` or ``error``.
+        log_format: ``console`` or ``json``.
+        prefix: text put before the logger name in console lines (the supervisor's children).
+        static: fields added to every JSON line (the supervisor's children: their slot and pid).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(JobContextFilter())
+    handler.setFormatter(JsonFormatter(static) if log_format == "json" else ConsoleFormatter(prefix))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_nursery_worker", False) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
+    handler._nursery_worker = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
