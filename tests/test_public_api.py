@@ -45,6 +45,7 @@ PUBLIC_NAMES = [
     "open_worker",
     "redact_dsn",
     "run_supervisor",
+    "serve_metrics",
 ]
 
 
