@@ -391,10 +391,12 @@ def _supervisor_routes(supervisor: Supervisor) -> Routes:
         try:
             status, body = await http_get(DEFAULT_HOST, port, "/metrics")
         except (OSError, TimeoutError) as exc:
-            logger.debug("child %d metrics: %s", index, exc)
+            logger.warning("child %d: cannot scrape its metrics on port %d: %r", index, port, exc)
             return
         if status == 200:
             out.append((str(index), body.decode()))
+        else:
+            logger.warning("child %d: its metrics endpoint answered %d", index, status)
 
     async def route(path: str) -> Response:
         children = supervisor.metrics_ports()
