@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from nursery_worker import App
+from nursery_worker import App, _tracing
 from nursery_worker.testing import drain
 
 from .helpers import Connection, query
@@ -24,6 +24,19 @@ from .helpers import Connection, query
 pytestmark = pytest.mark.anyio
 
 _EXPORTER = InMemorySpanExporter()
+
+
+class _Switched(SimpleSpanProcessor):
+    """Exports only while a test of this module runs: the provider stays for the process's other tests."""
+
+    enabled = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.enabled:
+            super().on_end(span)
+
+
+_PROCESSOR = _Switched(_EXPORTER)
 
 
 @pytest.fixture
@@ -34,11 +47,15 @@ def spans() -> Iterator[InMemorySpanExporter]:
     """
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        provider.add_span_processor(_PROCESSOR)
         trace.set_tracer_provider(provider)
     _EXPORTER.clear()
-    yield _EXPORTER
-    _EXPORTER.clear()
+    _PROCESSOR.enabled = True
+    try:
+        yield _EXPORTER
+    finally:
+        _PROCESSOR.enabled = False
+        _EXPORTER.clear()
 
 
 def _one(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
@@ -120,6 +137,23 @@ async def test_defer_many_is_one_producer_span_for_every_job(
     expected = f"00-{producer.context.trace_id:032x}-{producer.context.span_id:016x}"
     assert [r[0].rsplit("-", 1)[0] for r in rows] == [expected] * 3
     assert [j.trace_context["traceparent"] for j in jobs if j.trace_context] == [r[0] for r in rows]
+
+
+async def test_without_opentelemetry_jobs_carry_no_context(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the OpenTelemetry API installed, defer stores no trace context and jobs run as usual."""
+    monkeypatch.setattr(_tracing, "_api", None)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+
+    @app.task(name="plain")
+    async def plain() -> int:
+        return 7
+
+    job = await plain.defer()
+    assert job.trace_context is None
+    result = await drain(app)
+    assert result.attempts == 1
+    done = await app.get_job(job.id)
+    assert (done.result, done.trace_context) == (7, None)
 
 
 TRACED_APP = """\
