@@ -267,7 +267,10 @@ class Supervisor:
                 reasons.append(f"child {slot.index} is restarting")
             elif child.state != "running":
                 reasons.append(f"child {slot.index} is {child.state}")
-            elif child.report.get("not_ready"):
+            elif "not_ready" not in child.report:
+                # Its worker runs, but its metrics endpoint (which tells its readiness) is not up yet.
+                reasons.append(f"child {slot.index} has not reported its readiness yet")
+            elif child.report["not_ready"]:
                 reasons.append(f"child {slot.index}: " + "; ".join(map(str, child.report["not_ready"])))
         return reasons
 

@@ -232,6 +232,7 @@ class Worker:
         id: unique for this worker instance (``host:pid:random``), as stored on executing jobs.
         state: the :class:`WorkerState`.
         config: the validated options.
+        metrics: its Prometheus metrics while :func:`serve_metrics` serves them, else None.
     """
 
     def __init__(self, app: App, config: WorkerConfig, *, supervision: Supervision | None = None) -> None:
