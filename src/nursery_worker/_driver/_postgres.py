@@ -267,10 +267,16 @@ WHERE state = 'executing' AND worker_id = %(worker)s
 """
 _SQL_VERSION = "SELECT max(version) FROM {s}.migrations"
 # Queue depth for the metrics: waiting and running jobs only, so the cost does not grow with the
-# finished rows that retention keeps.
-_SQL_QUEUE_DEPTH = (
-    "SELECT queue, state, count(*) FROM {s}.jobs WHERE state IN " + _ACTIVE + " GROUP BY queue, state ORDER BY 1, 2"
-)
+# finished rows that retention keeps. One arm per partial index (fetch, due, executing): with
+# ``state IN (...)`` the planner scans the whole table (45 ms with 300k finished rows, 0.15 ms so).
+_SQL_QUEUE_DEPTH = """
+SELECT queue, state, count(*) FROM (
+    SELECT queue, state FROM {s}.jobs WHERE state = 'available'
+    UNION ALL SELECT queue, state FROM {s}.jobs WHERE state IN ('scheduled', 'retryable')
+    UNION ALL SELECT queue, state FROM {s}.jobs WHERE state = 'executing'
+) AS active
+GROUP BY queue, state ORDER BY 1, 2
+"""
 
 # cancel_guarded, in two steps: a waiting job is cancelled at once ...
 _SQL_CANCEL_WAITING = (
