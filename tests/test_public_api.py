@@ -46,6 +46,7 @@ PUBLIC_NAMES = [
     "open_worker",
     "redact_dsn",
     "run_supervisor",
+    "serve_metrics",
 ]
 
 

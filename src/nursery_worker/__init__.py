@@ -17,6 +17,7 @@ from ._errors import NurseryWorkerError as NurseryWorkerError
 from ._errors import SchemaNotReady as SchemaNotReady
 from ._errors import SupervisorError as SupervisorError
 from ._errors import TaskNotFound as TaskNotFound
+from ._metrics import serve_metrics as serve_metrics
 from ._models import CancelResult as CancelResult
 from ._models import Job as Job
 from ._models import JobError as JobError
@@ -79,6 +80,7 @@ __all__ = [
     "open_worker",
     "redact_dsn",
     "run_supervisor",
+    "serve_metrics",
 ]
 
 __version__ = "0.1.0"

@@ -35,6 +35,7 @@ from ._task import (
     check_timeout,
     check_unique,
 )
+from ._tracing import defer_span
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -500,7 +501,10 @@ class App:
         Example:
             >>> await app.defer_many([send_email.job(to=a) for a in addresses])
         """
-        return await self.driver.insert_jobs(self._check_specs(jobs), connection=connection)
+        with defer_span(self._check_specs(jobs)) as deferring:
+            inserted = await self.driver.insert_jobs(deferring.specs, connection=connection)
+            deferring.inserted(inserted)
+        return inserted
 
     def defer_many_sync(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[Job]:
         """Like :meth:`defer_many`, from synchronous code (blocks the calling thread).
@@ -512,7 +516,10 @@ class App:
         Returns:
             The inserted jobs, in the order given.
         """
-        return self.driver.insert_jobs_sync(self._check_specs(jobs), connection=connection)
+        with defer_span(self._check_specs(jobs)) as deferring:
+            inserted = self.driver.insert_jobs_sync(deferring.specs, connection=connection)
+            deferring.inserted(inserted)
+        return inserted
 
     def job_by_name(
         self,

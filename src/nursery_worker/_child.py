@@ -32,6 +32,7 @@ import anyio
 from ._app import App
 from ._errors import NurseryWorkerError
 from ._logging import setup_logging
+from ._metrics import serve_metrics
 from ._models import Supervision
 from ._process import ENV_OPTIONS, EXIT_STARTUP_FAILED, ChildOptions, import_app, set_title
 from ._state import WorkerState
@@ -66,6 +67,7 @@ class Reporter:
         self.broken = False
         self.queues = ",".join(options.worker.get("queues", ("default",)))
         self._title = ""
+        self.metrics_port: int | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         if self.broken:
@@ -103,9 +105,15 @@ class Reporter:
                 "failed": s.failed,
                 "running": s.running,
                 "last_heartbeat": s.last_heartbeat.isoformat() if s.last_heartbeat else None,
+                **self._metrics(worker),
             }
         )
         self.title(state, s.processed)
+
+    def _metrics(self, worker: Worker) -> dict[str, Any]:
+        if self.metrics_port is None or worker.metrics is None:
+            return {}
+        return {"metrics_port": self.metrics_port, "not_ready": worker.metrics.not_ready()}
 
     def fatal(self, exc: BaseException) -> None:
         expected = isinstance(exc, NurseryWorkerError)
@@ -166,6 +174,9 @@ async def _serve(app: App, options: ChildOptions, reporter: Reporter) -> Worker:
                 try:
                     async with serve_worker(worker):
                         started = True
+                        if options.metrics:
+                            # On loopback only: the supervisor's endpoint is the one exposed.
+                            reporter.metrics_port = await tg.start(serve_metrics, worker, 0)
                         await worker.wait_stopped()
                 except Exception as exc:
                     if not started:

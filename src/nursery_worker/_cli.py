@@ -251,6 +251,18 @@ def cli() -> None:
     show_default="asyncio, or $NURSERY_WORKER_BACKEND",
     help="The event loop your tasks are written for.",
 )
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus /metrics, /healthz and /readyz on this port (needs nursery-worker[metrics]).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the metrics endpoint binds; 0.0.0.0 for every interface.",
+)
 @_supervisor_options
 @_common
 def run(
@@ -266,6 +278,8 @@ def run(
     wait_for_db: float,
     cancel_grace: float,
     backend: str,
+    metrics_port: int | None,
+    metrics_host: str,
     dsn: str | None,
     schema: str | None,
     log_level: str,
@@ -283,6 +297,13 @@ def run(
             import trio  # noqa: F401
         except ImportError:
             raise click.UsageError("--backend trio needs trio: pip install 'nursery-worker[trio]'") from None
+    if metrics_port is not None:
+        from ._metrics import check_available
+
+        try:
+            check_available()
+        except NurseryWorkerError as exc:
+            raise click.UsageError(f"--metrics-port: {exc}") from None
     app = _make_app(app_path, dsn, schema)
     if supervisor["processes"] > 1:
         if once:
@@ -299,6 +320,7 @@ def run(
             wait_for_db=wait_for_db,
             cancel_grace=cancel_grace,
         )
+        supervisor.update(metrics_port=metrics_port, metrics_host=metrics_host)
         _run_supervised(app, app_path, backend, dsn, log_level, options, supervisor)
         return
     # The grace for running jobs, a cancelled job's grace, the final writes (10 s) and a margin.
@@ -336,6 +358,10 @@ def run(
                         cancel_grace=cancel_grace,
                     ) as worker:
                         running.append(worker)
+                        if metrics_port is not None:
+                            from ._metrics import serve_metrics
+
+                            await tg.start(functools.partial(serve_metrics, worker, metrics_port, host=metrics_host))
                         await worker.wait_stopped()
                 tg.cancel_scope.cancel()
         return running[0] if running else None

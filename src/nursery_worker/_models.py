@@ -53,6 +53,8 @@ class Job:
         cancel_requested_at: when a cancel was requested while it was executing, or None.
         unique_key: the key that keeps it unique among its task's jobs, or None.
         retry_policy: a per-job retry policy (as stored, JSON), or None for the task's.
+        trace_context: the W3C trace context (``traceparent``, ``tracestate``) of the span that
+            deferred the job, or None when tracing was off (see the ``otel`` extra).
         duplicate: True when an enqueue returned this existing job instead of inserting a new one
             (a unique job already queued or running); nothing was written.
     """
@@ -75,6 +77,7 @@ class Job:
     cancel_requested_at: dt.datetime | None = None
     unique_key: str | None = None
     retry_policy: Mapping[str, Any] | None = None
+    trace_context: Mapping[str, str] | None = None
     duplicate: bool = False
 
     @property
@@ -102,6 +105,8 @@ class JobSpec:
     unique_key: str | None = None
     unique_states: tuple[str, ...] | None = None
     retry_policy: Mapping[str, Any] | None = None
+    #: Set by ``defer`` when a trace is recording (see ``_tracing``), not by the caller.
+    trace_context: Mapping[str, str] | None = None
 
 
 @attrs.frozen(kw_only=True)

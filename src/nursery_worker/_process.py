@@ -48,6 +48,8 @@ class ChildOptions:
     log_level: str
     sys_path: list[str]
     worker: dict[str, Any]
+    #: Serve metrics on an ephemeral loopback port, named in the reports as ``metrics_port``.
+    metrics: bool = False
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self))

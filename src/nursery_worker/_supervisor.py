@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -96,6 +97,8 @@ class SupervisorConfig:
     kill_margin: float
     status_interval: float
     log_level: str
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def report_interval(self) -> float:
@@ -225,6 +228,8 @@ class Supervisor:
         self._tracebacks: set[str] = set()
         self._kill_scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        #: The port of the metrics endpoint once it listens (with ``metrics_port``), else None.
+        self.metrics_port: int | None = None
         # Every child's exit, and None as a wake-up when a stop finds no child alive.
         self._exits_in, self._exits = anyio.create_memory_object_stream[_Child | None](math.inf)
 
@@ -241,6 +246,33 @@ class Supervisor:
         """
         live = sorted(self._live, key=lambda c: (c.slot.index, c.spawned_at))
         return tuple(c.status() for c in live)
+
+    def metrics_ports(self) -> list[tuple[int, int]]:
+        """``(slot, port)`` of each current child serving metrics (with ``metrics_port``)."""
+        out = []
+        for slot in self._slots:
+            child = slot.current
+            if child is not None and child.alive and isinstance(child.report.get("metrics_port"), int):
+                out.append((slot.index, int(child.report["metrics_port"])))
+        return out
+
+    def not_ready(self) -> list[str]:
+        """Why the supervisor is not ready (empty when every child is RUNNING and ready)."""
+        if self._stopping:
+            return ["the supervisor is stopping"]
+        reasons = []
+        for slot in self._slots:
+            child = slot.current
+            if child is None or not child.alive:
+                reasons.append(f"child {slot.index} is restarting")
+            elif child.state != "running":
+                reasons.append(f"child {slot.index} is {child.state}")
+            elif "not_ready" not in child.report:
+                # Its worker runs, but its metrics endpoint (which tells its readiness) is not up yet.
+                reasons.append(f"child {slot.index} has not reported its readiness yet")
+            elif child.report["not_ready"]:
+                reasons.append(f"child {slot.index}: " + "; ".join(map(str, child.report["not_ready"])))
+        return reasons
 
     def stop(self, *, hard: bool = False) -> None:
         """Stop every child; returns at once (``run_supervisor`` returns once they have exited).
@@ -384,6 +416,7 @@ class Supervisor:
             log_level=c.log_level,
             sys_path=[p for p in sys.path if isinstance(p, str)],
             worker=c.worker_options(),
+            metrics=c.metrics_port is not None,
         )
         return {**os.environ, **_trace_env(), ENV_OPTIONS: options.to_json()}
 
@@ -609,6 +642,12 @@ class Supervisor:
                 self._tg = tg
                 if handle_signals:
                     await tg.start(self._handle_signals)
+                if c.metrics_port is not None:
+                    from ._metrics import serve_supervisor_metrics
+
+                    self.metrics_port = await tg.start(
+                        functools.partial(serve_supervisor_metrics, self, c.metrics_port, host=c.metrics_host)
+                    )
                 tg.start_soon(self._supervise)
                 tg.start_soon(self._log_status)
                 for slot in self._slots:
@@ -748,6 +787,8 @@ async def run_supervisor(
     kill_margin: float = 10.0,
     status_interval: float = 60.0,
     log_level: str = "info",
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     handle_signals: bool = True,
     task_status: anyio.abc.TaskStatus[Supervisor] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -789,14 +830,19 @@ async def run_supervisor(
         kill_margin: seconds a stopping child gets beyond its *shutdown_timeout* before SIGKILL.
         status_interval: seconds between the supervisor's per-child status log lines.
         log_level: the children's logging level.
+        metrics_port: serve Prometheus metrics and health endpoints on this port (0: any free
+            one; ``Supervisor.metrics_port`` tells which): ``/metrics`` merges every child's
+            metrics with a ``worker`` label (the slot), ``/readyz`` is 200 once every child is
+            RUNNING and ready. Needs the ``metrics`` extra. None (the default): no endpoint.
+        metrics_host: the address the endpoint binds (loopback by default).
         handle_signals: handle SIGTERM, SIGINT and SIGHUP as described above.
 
     Returns:
         None, once every child has exited after a clean stop.
 
     Raises:
-        ConfigurationError: an option is invalid, or the app cannot be imported (before any child
-            starts).
+        ConfigurationError: an option is invalid, the app cannot be imported (before any child
+            starts), or metrics were asked for without prometheus-client or their port is taken.
         SupervisorError: a child failed to start, a slot crash-looped, or a child had to be killed at
             the stop; the message names the child and its last exit.
 
@@ -823,6 +869,12 @@ async def run_supervisor(
         backend = _current_backend()
     if backend not in ("asyncio", "trio"):
         raise ConfigurationError(f"run_supervisor(backend={backend!r}): must be 'asyncio' or 'trio'")
+    if metrics_port is not None:
+        if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 0 <= metrics_port <= 65535:
+            raise ConfigurationError(f"run_supervisor(metrics_port={metrics_port!r}): must be a port, 0 to 65535")
+        from ._metrics import check_available
+
+        check_available()
     if log_level.lower() not in _LEVELS:
         raise ConfigurationError(f"run_supervisor(log_level={log_level!r}): must be one of {', '.join(_LEVELS)}")
     worker = WorkerConfig(
@@ -857,5 +909,7 @@ async def run_supervisor(
         kill_margin=float(kill_margin),
         status_interval=float(status_interval),
         log_level=log_level.lower(),
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     await Supervisor(config)._serve(handle_signals, task_status=task_status)

@@ -19,6 +19,7 @@ from ._json import check_json, encode_args
 from ._models import Job, JobSpec
 from ._retry import policy_to_json
 from ._state import ACTIVE_STATES, JobState
+from ._tracing import defer_span
 
 if TYPE_CHECKING:
     from ._app import App
@@ -502,8 +503,9 @@ class TaskCall:
         Returns:
             The inserted :class:`Job`.
         """
-        spec = self.job(**kwargs)
-        (job,) = await self.task.app.driver.insert_jobs([spec], connection=self.connection)
+        with defer_span([self.job(**kwargs)]) as deferring:
+            (job,) = await self.task.app.driver.insert_jobs(deferring.specs, connection=self.connection)
+            deferring.inserted([job])
         return job
 
     def defer_sync(self, **kwargs: Any) -> Job:
@@ -515,6 +517,7 @@ class TaskCall:
         Returns:
             The inserted :class:`Job`.
         """
-        spec = self.job(**kwargs)
-        (job,) = self.task.app.driver.insert_jobs_sync([spec], connection=self.connection)
+        with defer_span([self.job(**kwargs)]) as deferring:
+            (job,) = self.task.app.driver.insert_jobs_sync(deferring.specs, connection=self.connection)
+            deferring.inserted([job])
         return job

@@ -26,11 +26,12 @@ import random
 import signal
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -61,6 +62,10 @@ from ._state import (
     decide,
 )
 from ._task import Task, check_queue, encode_result
+from ._tracing import process_span
+
+if TYPE_CHECKING:
+    from ._metrics import WorkerMetrics
 
 logger = logging.getLogger("nursery_worker.worker")
 
@@ -218,6 +223,7 @@ class _Running:
     released: bool = False
     cancel_requested: bool = False
     abandoned: bool = False  # its outcome was written while it still ran (it ignored cancellation)
+    started: float = attrs.field(factory=time.monotonic)  # for the duration metric
 
 
 class Worker:
@@ -227,6 +233,7 @@ class Worker:
         id: unique for this worker instance (``host:pid:random``), as stored on executing jobs.
         state: the :class:`WorkerState`.
         config: the validated options.
+        metrics: its Prometheus metrics while :func:`serve_metrics` serves them, else None.
     """
 
     def __init__(self, app: App, config: WorkerConfig, *, supervision: Supervision | None = None) -> None:
@@ -270,6 +277,8 @@ class Worker:
         self._services: anyio.abc.TaskGroup | None = None
         #: Called with (job, outcome, transition) after each attempt (the testing helpers use it).
         self._on_outcome: Callable[[Job, Outcome, Transition], None] | None = None
+        #: Prometheus metrics, while they are served (see ``_metrics.serve_metrics``); else None.
+        self.metrics: WorkerMetrics | None = None
         self._completer = Completer(
             driver, self.id, error_cap=app.error_cap, final_timeout=config.final_timeout, on_written=self._on_written
         )
@@ -563,7 +572,9 @@ class Worker:
         # Every log line of this job's task (its code, middleware, our own) carries these fields.
         with job_log_context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt, worker_id=self.id):
             try:
-                outcome, result = await self._execute(r)
+                with process_span(r.job, worker_id=self.id) as traced:
+                    outcome, result = await self._execute(r)
+                    traced(outcome)
             finally:
                 if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
                     outcome = Released(reason="worker cancelled")
@@ -708,6 +719,8 @@ class Worker:
         )
         if self._on_outcome is not None:
             self._on_outcome(job, outcome, transition)
+        if self.metrics is not None:
+            self.metrics.record(job, outcome, transition, time.monotonic() - r.started)
         counts = self._counts
         if isinstance(outcome, Released):
             counts["released"] += 1
@@ -739,7 +752,9 @@ class Worker:
         self._wake()
 
     async def _reap(self) -> None:
-        await self._rescuer.run_once()
+        rescued = await self._rescuer.run_once()
+        if self.metrics is not None:
+            self.metrics.record_rescue(rescued)
         # Our own claims whose fetch result never reached us (the connection broke after the
         # commit): executing under our id, unknown to us, and old. Hand them back.
         lost_after = max(60.0, 4 * self.config.poll_interval)

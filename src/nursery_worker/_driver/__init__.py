@@ -8,7 +8,7 @@ today; the embedded engine of a later issue plugs in at :func:`create_driver`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -133,6 +133,14 @@ class Driver(Protocol):
 
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         """Delete up to *limit* jobs finished in *state* over *older_than* seconds ago; return how many."""
+
+    async def queue_depth(self) -> list[tuple[str, str, int]]:
+        """``(queue, state, count)`` of the jobs in a non-final state (scheduled, available,
+        executing, retryable), for the metrics."""
+
+    def observe(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
+        """Call *callback* after each database call: with None on success, else with the error
+        (:class:`DatabaseError` or :class:`SchemaNotReady`). Returns a function that removes it."""
 
     async def list_workers(self) -> list[WorkerRow]:
         """Every registered worker, supervised ones first (by supervisor and slot)."""

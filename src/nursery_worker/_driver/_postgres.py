@@ -58,13 +58,15 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (2, "0002_job_control.sql"),
     (3, "0003_worker_stats.sql"),
     (4, "0004_queues.sql"),
+    (5, "0005_trace_context.sql"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _JOB_COLUMNS = (
     "id, task, queue, args, state, attempt, max_attempts, priority, scheduled_at, inserted_at, "
-    "attempted_at, finished_at, errors, worker_id, result, cancel_requested_at, unique_key, retry_policy"
+    "attempted_at, finished_at, errors, worker_id, result, cancel_requested_at, unique_key, retry_policy, "
+    "trace_context"
 )
 _J_COLUMNS = ", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))
 _TERMINAL = "('completed', 'discarded', 'cancelled')"
@@ -91,15 +93,16 @@ _SQL_INSERT = (
     """
 WITH ins AS (
     INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state,
-                          unique_key, unique_states, retry_policy)
+                          unique_key, unique_states, retry_policy, trace_context)
     SELECT u.task, u.queue, u.args::jsonb, u.priority, u.max_attempts, w.at,
            CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END,
-           u.unique_key, string_to_array(u.unique_states, ','), u.retry_policy::jsonb
+           u.unique_key, string_to_array(u.unique_states, ','), u.retry_policy::jsonb, u.trace_context::jsonb
     FROM unnest(%(tasks)s::text[], %(queues)s::text[], %(args)s::text[], %(priorities)s::int[],
                 %(max_attempts)s::int[], %(scheduled)s::timestamptz[], %(delays)s::float8[],
-                %(unique_keys)s::text[], %(unique_states)s::text[], %(retry_policies)s::text[])
+                %(unique_keys)s::text[], %(unique_states)s::text[], %(retry_policies)s::text[],
+                %(trace_contexts)s::text[])
          WITH ORDINALITY AS u(task, queue, args, priority, max_attempts, scheduled_at, delay,
-                              unique_key, unique_states, retry_policy, ord)
+                              unique_key, unique_states, retry_policy, trace_context, ord)
     CROSS JOIN LATERAL (
         SELECT coalesce(u.scheduled_at, now() + coalesce(u.delay, 0) * interval '1 second') AS at
     ) AS w
@@ -116,9 +119,11 @@ FROM ins ORDER BY id
 # One job: plain parameters (no arrays to build) and one NOTIFY.
 _SQL_INSERT_ONE = """
 WITH ins AS (
-    INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy)
+    INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy,
+                          trace_context)
     SELECT %(task)s, %(queue)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, w.at,
-           CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END, %(retry_policy)s::jsonb
+           CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END, %(retry_policy)s::jsonb,
+           %(trace_context)s::jsonb
     FROM (SELECT coalesce(%(scheduled)s::timestamptz, now() + coalesce(%(delay)s::float8, 0) * interval '1 second')
           AS at) AS w
     RETURNING id, state, queue, scheduled_at, inserted_at
@@ -135,7 +140,8 @@ _SQL_COPY_PREPARE = (
     "SELECT now(), array_agg(nextval(pg_get_serial_sequence(%(table)s, 'id'))) FROM generate_series(1, %(n)s)"
 )
 _SQL_COPY = (
-    "COPY {s}.jobs (id, task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy) FROM STDIN"
+    "COPY {s}.jobs (id, task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy, trace_context) "
+    "FROM STDIN"
 )
 _SQL_NOTIFY_QUEUES = "SELECT pg_notify(%(channel)s, 'available:' || q) FROM unnest(%(queues)s::text[]) AS q"
 
@@ -339,6 +345,17 @@ WHERE state = 'executing' AND worker_id = %(worker)s
   AND attempted_at < now() - %(older)s * interval '1 second'
 """
 _SQL_VERSION = "SELECT max(version) FROM {s}.migrations"
+# Queue depth for the metrics: waiting and running jobs only, so the cost does not grow with the
+# finished rows that retention keeps. One arm per partial index (fetch, due, executing): with
+# ``state IN (...)`` the planner scans the whole table (45 ms with 300k finished rows, 0.15 ms so).
+_SQL_QUEUE_DEPTH = """
+SELECT queue, state, count(*) FROM (
+    SELECT queue, state FROM {s}.jobs WHERE state = 'available'
+    UNION ALL SELECT queue, state FROM {s}.jobs WHERE state IN ('scheduled', 'retryable')
+    UNION ALL SELECT queue, state FROM {s}.jobs WHERE state = 'executing'
+) AS active
+GROUP BY queue, state ORDER BY 1, 2
+"""
 
 # cancel_guarded, in two steps: a waiting job is cancelled at once ...
 _SQL_CANCEL_WAITING = (
@@ -462,6 +479,7 @@ def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
         cancel_requested_at=row[15] if extra else None,
         unique_key=row[16] if extra else None,
         retry_policy=row[17] if extra else None,
+        trace_context=row[18] if len(row) > 18 else None,
         duplicate=duplicate,
     )
 
@@ -539,6 +557,9 @@ class PostgresDriver:
         self._sql_get = q(_SQL_GET)
         self._sql_executing = q(_SQL_EXECUTING)
         self._sql_version = q(_SQL_VERSION)
+        self._sql_queue_depth = q(_SQL_QUEUE_DEPTH)
+        #: Called after each database call made through the pool: None on success, else the error.
+        self._observers: list[Callable[[Exception | None], None]] = []
         self._ident = ident
 
     def __repr__(self) -> str:
@@ -610,7 +631,31 @@ class PostgresDriver:
             raise self._translate(exc) from exc
 
     async def _hop(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        return await anyio.to_thread.run_sync(self._run, fn)
+        if not self._observers:
+            return await anyio.to_thread.run_sync(self._run, fn)
+        try:
+            result = await anyio.to_thread.run_sync(self._run, fn)
+        except (DatabaseError, SchemaNotReady) as exc:
+            self._notify_observers(exc)
+            raise
+        self._notify_observers(None)
+        return result
+
+    def _notify_observers(self, error: Exception | None) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(error)
+            except Exception:  # an observer (metrics) must never break a database call
+                logger.exception("database observer %r failed", observer)
+
+    def observe(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
+        self._observers.append(callback)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._observers.remove(callback)
+
+        return remove
 
     async def open(self) -> None:
         await anyio.to_thread.run_sync(self._get_pool)
@@ -698,6 +743,7 @@ class PostgresDriver:
             "unique_keys": [s.unique_key for s in specs],
             "unique_states": [None if s.unique_states is None else ",".join(s.unique_states) for s in specs],
             "retry_policies": [None if s.retry_policy is None else json.dumps(s.retry_policy) for s in specs],
+            "trace_contexts": [None if s.trace_context is None else json.dumps(s.trace_context) for s in specs],
             "channel": self.channel,
         }
 
@@ -716,6 +762,7 @@ class PostgresDriver:
             inserted_at=row[3],
             unique_key=spec.unique_key,
             retry_policy=spec.retry_policy,
+            trace_context=spec.trace_context,
             duplicate=duplicate,
         )
 
@@ -760,6 +807,7 @@ class PostgresDriver:
                 "scheduled": spec.scheduled_at,
                 "delay": spec.delay,
                 "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+                "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
                 "channel": self.channel,
             }
             row = conn.execute(self._sql_insert_one, params).fetchone()
@@ -791,6 +839,7 @@ class PostgresDriver:
                     if state == "available":
                         queues.add(spec.queue)
                     policy = None if spec.retry_policy is None else json.dumps(spec.retry_policy)
+                    trace = None if spec.trace_context is None else json.dumps(spec.trace_context)
                     copy.write_row(
                         (
                             job_id,
@@ -802,6 +851,7 @@ class PostgresDriver:
                             at,
                             state,
                             policy,
+                            trace,
                         )
                     )
                     rows.append((job_id, state, at))
@@ -1071,6 +1121,10 @@ class PostgresDriver:
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         params = {"state": state, "age": older_than, "limit": limit}
         return await self._hop(lambda c: c.execute(self._sql_prune, params).rowcount)
+
+    async def queue_depth(self) -> list[tuple[str, str, int]]:
+        rows = await self._hop(lambda c: c.execute(self._sql_queue_depth).fetchall())
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     async def list_workers(self) -> list[WorkerRow]:
         rows = await self._hop(lambda c: c.execute(self._sql_list_workers).fetchall())

@@ -1,0 +1,428 @@
+"""Prometheus metrics and health endpoints (the ``metrics`` extra).
+
+::
+
+    serve_metrics(worker)                     a child of the caller's task group
+    └─ HTTP listener                          one task per connection, each under a deadline
+       ├─ /metrics   the worker's own CollectorRegistry (queue depth queried on scrape)
+       ├─ /healthz   200 while the event loop answers
+       └─ /readyz    200 while RUNNING, listener connected, last database call succeeded
+
+The HTTP server is a few lines on anyio's TCP listener rather than a thread of prometheus_client's:
+it runs on the worker's own event loop (so ``/healthz`` answering *is* the liveness check) and in
+the worker's task tree, for asyncio and trio alike.
+
+Counters live on a :class:`WorkerMetrics` attached to the worker (``worker.metrics``); the worker
+calls it once per attempt from ``_record``, and it is None (nothing recorded) unless metrics are
+served. Under the supervisor each child serves its metrics on an ephemeral loopback port named in its
+reports, and the supervisor's endpoint merges the children's families with a ``worker`` label.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from ._errors import RETRYABLE_ERRORS, ConfigurationError
+from ._models import Job, RescueResult
+from ._state import Cancelled, Failed, Outcome, Released, Snoozed, Succeeded, Transition, WorkerState
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+    from ._worker import Worker
+
+logger = logging.getLogger("nursery_worker.metrics")
+
+#: The default bind address: metrics and health stay on the machine unless asked otherwise.
+DEFAULT_HOST = "127.0.0.1"
+#: Latency buckets in seconds, from a fast job (5 ms) to a long one (an hour).
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_REQUEST_TIMEOUT = 10.0
+_MAX_REQUEST = 16_384
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise ConfigurationError("metrics need prometheus-client: pip install 'nursery-worker[metrics]'") from None
+    return prometheus_client
+
+
+def check_available() -> None:
+    """Raise :class:`ConfigurationError` (naming the extra) if prometheus-client is not installed."""
+    _prometheus()
+
+
+class WorkerMetrics:
+    """The Prometheus metrics of one worker, on a registry of its own.
+
+    Attributes:
+        registry: the ``prometheus_client.CollectorRegistry`` that ``/metrics`` renders.
+        db_ok: whether the last database call of the worker's app succeeded.
+        db_error: the message of the last failed call, while ``db_ok`` is False.
+    """
+
+    def __init__(self, worker: Worker, *, depth_interval: float = 1.0) -> None:
+        pc = _prometheus()
+        self.worker = worker
+        self.registry = pc.CollectorRegistry(auto_describe=True)
+        self.db_ok = True
+        self.db_error = ""
+        self._depth: list[tuple[str, str, int]] = []
+        self._depth_at = -float("inf")
+        self._depth_interval = depth_interval
+        labels = ("queue", "task")
+        r = self.registry
+
+        def counter(name: str, doc: str, names: Sequence[str] = labels) -> Any:
+            return pc.Counter(f"nursery_worker_{name}", doc, names, registry=r)
+
+        self.completed = counter("jobs_completed", "Attempts that succeeded.")
+        self.failed = counter("jobs_failed", "Attempts that raised or timed out (retried or discarded).")
+        self.retried = counter("jobs_retried", "Failed attempts that will run again.")
+        self.discarded = counter("jobs_discarded", "Jobs given up on (attempts exhausted, Discard, bad job).")
+        self.cancelled = counter("jobs_cancelled", "Executing jobs stopped by a cancel request.")
+        self.snoozed = counter("jobs_snoozed", "Attempts that asked to run again later (Snooze).")
+        self.released = counter("jobs_released", "Attempts handed back at shutdown, to run again.")
+        self.rescued = counter(
+            "jobs_rescued", "Jobs taken back from dead workers by this worker's reaper, by new state.", ("state",)
+        )
+        self.db_errors = counter("database_errors", "Database calls that failed, by error type.", ("error",))
+        self.duration = pc.Histogram(
+            "nursery_worker_job_duration_seconds",
+            "Time from the start to the end of an attempt (released attempts excluded).",
+            labels,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.pickup = pc.Histogram(
+            "nursery_worker_job_pickup_latency_seconds",
+            "Time from when a job was due (scheduled_at) to when an attempt claimed it, by the database clock.",
+            labels,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        r.register(_LiveCollector(self))
+        self._unobserve = worker.app.driver.observe(self._on_database_call)
+
+    def close(self) -> None:
+        """Stop observing the worker's database calls."""
+        self._unobserve()
+
+    # --- what the worker reports ----------------------------------------------------------------
+
+    def record(self, job: Job, outcome: Outcome, transition: Transition, duration: float) -> None:
+        """Count one attempt's outcome; called by the worker once per attempt."""
+        key = (job.queue, job.task)
+        if isinstance(outcome, Released):
+            self.released.labels(*key).inc()
+            return
+        self.duration.labels(*key).observe(max(0.0, duration))
+        if job.attempted_at is not None and job.scheduled_at is not None:
+            self.pickup.labels(*key).observe(max(0.0, (job.attempted_at - job.scheduled_at).total_seconds()))
+        if isinstance(outcome, Succeeded):
+            self.completed.labels(*key).inc()
+        elif isinstance(outcome, Snoozed):
+            self.snoozed.labels(*key).inc()
+        elif isinstance(outcome, Cancelled):
+            self.cancelled.labels(*key).inc()
+        elif isinstance(outcome, Failed):
+            self.failed.labels(*key).inc()
+            (self.retried if transition.state == "retryable" else self.discarded).labels(*key).inc()
+
+    def record_rescue(self, result: RescueResult) -> None:
+        """Count the jobs one reaper pass took back from dead workers."""
+        for state in ("retryable", "discarded", "cancelled"):
+            if count := getattr(result, state):
+                self.rescued.labels(state).inc(count)
+
+    def _on_database_call(self, error: Exception | None) -> None:
+        if error is None:
+            self.db_ok, self.db_error = True, ""
+        else:
+            self.db_ok, self.db_error = False, str(error)
+            self.db_errors.labels(type(error).__name__).inc()
+
+    # --- what the endpoints read ----------------------------------------------------------------
+
+    def not_ready(self) -> list[str]:
+        """Why the worker is not ready (empty when it is)."""
+        w = self.worker
+        reasons = []
+        if w.state is not WorkerState.RUNNING:
+            reasons.append(f"worker is {w.state.value}")
+        if w.config.listen and not w.listener_connected:
+            reasons.append("listener is not connected")
+        if not self.db_ok:
+            reasons.append(f"last database call failed: {self.db_error}")
+        return reasons
+
+    async def refresh_queue_depth(self) -> None:
+        """Query the queue depth, at most once per ``depth_interval``; keep the last values on error."""
+        now = anyio.current_time()
+        if now - self._depth_at < self._depth_interval:
+            return
+        self._depth_at = now
+        with anyio.move_on_after(5.0):
+            try:
+                self._depth = await self.worker.app.driver.queue_depth()
+            except RETRYABLE_ERRORS as exc:
+                logger.debug("queue depth: %s", exc)
+
+    def render(self) -> bytes:
+        """The exposition text of every metric."""
+        data: bytes = _prometheus().generate_latest(self.registry)
+        return data
+
+
+class _LiveCollector:
+    """Gauges read when scraped: worker state, running jobs, readiness, queue depth."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        worker = self.metrics.worker
+        state = GaugeMetricFamily(
+            "nursery_worker_worker_state", "1 for the worker's current state, 0 for the others.", labels=["state"]
+        )
+        for s in WorkerState:
+            state.add_metric([s.value], 1.0 if worker.state is s else 0.0)
+        yield state
+        yield GaugeMetricFamily("nursery_worker_running_jobs", "Jobs executing now.", value=len(worker.running_jobs))
+        yield GaugeMetricFamily(
+            "nursery_worker_ready", "1 when /readyz answers 200.", value=0.0 if self.metrics.not_ready() else 1.0
+        )
+        depth = GaugeMetricFamily(
+            "nursery_worker_queue_depth",
+            "Jobs in each non-final state by queue (all workers' queues, as the database sees them).",
+            labels=["queue", "state"],
+        )
+        for queue, job_state, count in self.metrics._depth:
+            depth.add_metric([queue, job_state], float(count))
+        yield depth
+
+
+# --- HTTP ------------------------------------------------------------------------------------------
+
+#: A route answers (status, content type, body).
+Response = tuple[int, str, bytes]
+Routes = Callable[[str], Awaitable[Response]]
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Service Unavailable"}
+
+
+def _text(status: int, text: str) -> Response:
+    return status, "text/plain; charset=utf-8", (text + "\n").encode()
+
+
+async def _handle(stream: anyio.abc.ByteStream, *, routes: Routes) -> None:
+    try:
+        async with stream:
+            with anyio.move_on_after(_REQUEST_TIMEOUT):
+                data = b""
+                while b"\r\n\r\n" not in data and b"\n\n" not in data:
+                    chunk = await stream.receive(4096)
+                    data += chunk
+                    if len(data) > _MAX_REQUEST:
+                        break
+                parts = data.split(b"\r\n", 1)[0].decode("latin-1").split()
+                if len(parts) != 3:
+                    status, ctype, body = _text(400, "bad request")
+                elif parts[0] not in ("GET", "HEAD"):
+                    status, ctype, body = _text(405, "only GET")
+                else:
+                    status, ctype, body = await routes(parts[1].split("?", 1)[0])
+                head = (
+                    f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
+                    f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                ).encode()
+                await stream.send(head if parts and parts[0] == "HEAD" else head + body)
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        pass  # the client went away
+    except Exception:  # a bug in a route must not take the worker down with it
+        logger.exception("metrics endpoint failed")
+
+
+async def serve_http(
+    routes: Routes,
+    *,
+    host: str,
+    port: int,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *routes* over HTTP/1.1 (one request per connection) until cancelled; start with the bound port."""
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    except OSError as exc:
+        raise ConfigurationError(f"metrics: cannot listen on {host}:{port}: {exc}") from None
+    async with listener:
+        bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+        logger.info("metrics and health endpoints on http://%s:%d/metrics", host, bound)
+        task_status.started(bound)
+        await listener.serve(functools.partial(_handle, routes=routes))
+
+
+async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
+    """GET ``http://host:port/path``; return (status, body). Raises OSError, or TimeoutError after 5 s."""
+    with anyio.fail_after(5.0):
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                try:
+                    data += await stream.receive(65536)
+                except anyio.EndOfStream:
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise OSError(f"bad HTTP response from {host}:{port}{path}: {head[:80]!r}")
+    return int(status_line[1]), body
+
+
+def _worker_routes(metrics: WorkerMetrics) -> Routes:
+    async def route(path: str) -> Response:
+        if path == "/metrics":
+            await metrics.refresh_queue_depth()
+            return 200, _CONTENT_TYPE, metrics.render()
+        if path == "/healthz":
+            return _text(200, "ok")
+        if path == "/readyz":
+            reasons = metrics.not_ready()
+            return _text(503, "not ready: " + "; ".join(reasons)) if reasons else _text(200, "ready")
+        return _text(404, "not found; try /metrics, /healthz or /readyz")
+
+    return route
+
+
+def attach(worker: Worker) -> WorkerMetrics:
+    """The worker's :class:`WorkerMetrics`, created and attached on first use."""
+    if worker.metrics is None:
+        worker.metrics = WorkerMetrics(worker)
+    return worker.metrics
+
+
+async def serve_metrics(
+    worker: Worker,
+    port: int = 9464,
+    *,
+    host: str = DEFAULT_HOST,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the worker's Prometheus metrics and health endpoints until cancelled.
+
+    Start it in a task group next to the worker; it counts from then on. ``/metrics`` is the
+    Prometheus text format, ``/healthz`` answers 200 while the event loop runs, and ``/readyz``
+    answers 200 while the worker is RUNNING, its listener is connected (unless ``listen=False``)
+    and its last database call succeeded, else 503 with the reasons. ``nursery-worker run
+    --metrics-port P`` does this for you.
+
+    Args:
+        worker: the worker from :func:`open_worker`.
+        port: the TCP port; 0 picks a free one (``task_group.start`` returns it).
+        host: the address to bind; loopback by default, ``0.0.0.0`` for every interface.
+
+    Returns:
+        Never: it runs until cancelled. ``await task_group.start(serve_metrics, worker)`` returns
+        the bound port once it is listening.
+
+    Raises:
+        ConfigurationError: prometheus-client is not installed (``pip install
+            'nursery-worker[metrics]'``), or the address cannot be bound.
+
+    Example:
+        >>> async with open_worker(app) as worker, anyio.create_task_group() as tg:
+        ...     port = await tg.start(serve_metrics, worker, 9464)
+        ...     await worker.wait_stopped()
+        ...     tg.cancel_scope.cancel()
+    """
+    metrics = attach(worker)
+    try:
+        await serve_http(_worker_routes(metrics), host=host, port=port, task_status=task_status)
+    finally:
+        metrics.close()
+        worker.metrics = None
+
+
+# --- the supervisor's endpoint ---------------------------------------------------------------------
+
+
+def merge_expositions(texts: Sequence[tuple[str, str]]) -> bytes:
+    """Merge Prometheus exposition texts into one, adding a ``worker`` label to every sample.
+
+    Args:
+        texts: ``(worker label, exposition text)`` pairs, one per child.
+    """
+    pc = _prometheus()
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    merged: dict[str, Any] = {}
+    for label, text in texts:
+        for family in text_string_to_metric_families(text):
+            into = merged.get(family.name)
+            if into is None:
+                into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            for s in family.samples:
+                into.add_sample(s.name, {"worker": label, **s.labels}, s.value, s.timestamp, s.exemplar)
+
+    class _Merged:
+        def collect(self) -> Iterable[Any]:
+            return list(merged.values())
+
+    registry = pc.CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())
+    data: bytes = pc.generate_latest(registry)
+    return data
+
+
+def _supervisor_routes(supervisor: Supervisor) -> Routes:
+    async def scrape(index: int, port: int, out: list[tuple[str, str]]) -> None:
+        try:
+            status, body = await http_get(DEFAULT_HOST, port, "/metrics")
+        except (OSError, TimeoutError) as exc:
+            logger.warning("child %d: cannot scrape its metrics on port %d: %r", index, port, exc)
+            return
+        if status == 200:
+            out.append((str(index), body.decode()))
+        else:
+            logger.warning("child %d: its metrics endpoint answered %d", index, status)
+
+    async def route(path: str) -> Response:
+        children = supervisor.metrics_ports()
+        if path == "/metrics":
+            texts: list[tuple[str, str]] = []
+            async with anyio.create_task_group() as tg:
+                for index, port in children:
+                    tg.start_soon(scrape, index, port, texts)
+            texts.sort(key=lambda t: int(t[0]))
+            return 200, _CONTENT_TYPE, merge_expositions(texts)
+        if path == "/healthz":
+            return _text(200, "ok")
+        if path == "/readyz":
+            reasons = supervisor.not_ready()
+            return _text(503, "not ready: " + "; ".join(reasons)) if reasons else _text(200, "ready")
+        return _text(404, "not found; try /metrics, /healthz or /readyz")
+
+    return route
+
+
+async def serve_supervisor_metrics(
+    supervisor: Supervisor,
+    port: int,
+    *,
+    host: str = DEFAULT_HOST,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The supervisor's endpoint: every child's metrics with a ``worker`` label; ready when all are."""
+    await serve_http(_supervisor_routes(supervisor), host=host, port=port, task_status=task_status)
