@@ -42,6 +42,8 @@ def drop(schema: str) -> None:
         ("context_and_middleware", "example_middleware", "hello ada from job 1 on queue default"),
         ("testing_your_tasks", "example_testing", "drain: completed [2] snoozed 1"),
         ("supervisor", "example_supervisor", "worked 20 jobs in 2 processes"),
+        ("metrics_and_tracing", "example_metrics", "5 in the trace of their defer"),
+        ("queue_pause", "example_pause", "after resume: ['report daily', 'email to ada@example.com']"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:

@@ -41,6 +41,11 @@ def job_log_context(*, job_id: int, task: str, queue: str, attempt: int, worker_
         _job_context.reset(token)
 
 
+def set_job_log_context(*, job_id: int, task: str, queue: str, attempt: int, worker_id: str) -> None:
+    """Tag the log records of the calling task from now on (a job's own task: its context dies with it)."""
+    _job_context.set({"job_id": job_id, "task": task, "queue": queue, "attempt": attempt, "worker_id": worker_id})
+
+
 def current_job_fields() -> dict[str, Any] | None:
     """The running job's context fields, or None outside a job."""
     return _job_context.get()

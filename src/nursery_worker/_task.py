@@ -308,16 +308,21 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
 
+    def fits(self, kwargs: Mapping[str, Any]) -> bool:
+        """True if *kwargs* surely fit the function (False: ask ``signature.bind`` to be sure)."""
+        if not self._simple:
+            return False
+        keys = kwargs.keys()
+        return self._required <= keys and (self._any_keyword or keys <= self._names)
+
     def check_args(self, kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` if *kwargs* cannot be passed to the function.
 
         Args:
             kwargs: the keyword arguments of a job.
         """
-        if self._simple:
-            keys = kwargs.keys()
-            if self._required <= keys and (self._any_keyword or keys <= self._names):
-                return
+        if self.fits(kwargs):
+            return
         try:
             self.signature.bind(**kwargs)
         except TypeError as exc:

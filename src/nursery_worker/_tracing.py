@@ -119,6 +119,11 @@ _OUTCOMES: dict[type[Outcome], str] = {
 }
 
 
+def tracing_active() -> bool:
+    """True when spans would be recorded (the worker skips the span machinery otherwise)."""
+    return _otel() is not None
+
+
 @contextlib.contextmanager
 def process_span(job: Job, *, worker_id: str) -> Iterator[Callable[[Outcome], None]]:
     """A CONSUMER span ``process <task>`` around one attempt; call what it yields with the outcome.

@@ -43,7 +43,7 @@ from ._backoff import ServiceBackoff
 from ._completer import Completer
 from ._context import JobContext
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
-from ._logging import job_log_context
+from ._logging import set_job_log_context
 from ._maintenance import DEFAULT_RETENTION, Heartbeat, Promoter, Pruner, Rescuer, serve_periodically
 from ._models import Completion, Job, Supervision, WorkerInfo, WorkerLoad
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
@@ -62,7 +62,7 @@ from ._state import (
     decide,
 )
 from ._task import Task, check_queue, encode_result
-from ._tracing import process_span
+from ._tracing import process_span, tracing_active
 
 if TYPE_CHECKING:
     from ._metrics import WorkerMetrics
@@ -570,16 +570,21 @@ class Worker:
         result: str | None = None
         job = r.job
         # Every log line of this job's task (its code, middleware, our own) carries these fields.
-        with job_log_context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt, worker_id=self.id):
-            try:
-                with process_span(r.job, worker_id=self.id) as traced:
+        # Set, not reset: this task is the job's own, and its context ends with it (and a context
+        # manager per job costs more than a no-op job's run).
+        set_job_log_context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt, worker_id=self.id)
+        try:
+            if tracing_active():
+                with process_span(job, worker_id=self.id) as traced:
                     outcome, result = await self._execute(r)
                     traced(outcome)
-            finally:
-                if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
-                    outcome = Released(reason="worker cancelled")
-                if not r.abandoned:
-                    self._record(r, outcome, result)
+            else:
+                outcome, result = await self._execute(r)
+        finally:
+            if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
+                outcome = Released(reason="worker cancelled")
+            if not r.abandoned:
+                self._record(r, outcome, result)
 
     def _context(self, r: _Running) -> JobContext:
         deadline = None
@@ -606,7 +611,8 @@ class Worker:
         try:
             if not isinstance(args, dict):
                 raise TypeError(f"job arguments must be a JSON object, got {type(args).__name__}")
-            task.signature.bind(**args)
+            if not task.fits(args):
+                task.signature.bind(**args)  # raises the TypeError that says what does not fit
         except TypeError as exc:
             return (
                 Failed(
@@ -626,16 +632,10 @@ class Worker:
         async def call_task() -> Any:
             # The timeout is the deadline of a scope around the function alone, turned into a
             # TimeoutError raised from call_next: middleware sees it like any other failure.
-            with anyio.CancelScope() as deadline_scope:
-                if task.timeout is not None:
-                    deadline_scope.deadline = anyio.current_time() + task.timeout
-                if task.is_async:
-                    return await task.func(**kwargs)
-                return await anyio.to_thread.run_sync(
-                    functools.partial(self._call_in_thread, task.func, kwargs),
-                    abandon_on_cancel=True,
-                    limiter=self._thread_limiter,
-                )
+            if task.timeout is None:  # no scope at all: a scope per job costs as much as a no-op job
+                return await self._invoke(task, kwargs)
+            with anyio.CancelScope(deadline=anyio.current_time() + task.timeout):
+                return await self._invoke(task, kwargs)
             detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
             raise _JobTimeout(f"job exceeded its timeout of {task.timeout:g}s{detail}")
 
@@ -685,6 +685,16 @@ class Worker:
             reason = outcome.reason.replace("\x00", "\\x00")
             return Failed(error=ErrorInfo(type="Discard", message=reason), permanent=True)
         return Failed(error=error_info(outcome))
+
+    async def _invoke(self, task: Task[..., Any], kwargs: dict[str, Any]) -> Any:
+        """Call the task's function: awaited on the loop, or a plain def in a (bounded) thread."""
+        if task.is_async:
+            return await task.func(**kwargs)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self._call_in_thread, task.func, kwargs),
+            abandon_on_cancel=True,
+            limiter=self._thread_limiter,
+        )
 
     def _call_in_thread(self, func: Any, args: dict[str, Any]) -> Any:
         # Counted so that the CLI knows when abandoned threads (timed out, or cancelled at
