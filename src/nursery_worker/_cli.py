@@ -489,13 +489,29 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _unknown_task(app: App, task: str) -> str | None:
+    """With ``--app``, a task name its app does not register is a mistake: say so, and the names it has.
+
+    (Without ``--app`` any name goes: a producer need not import the worker's code.)
+    """
+    if task in app.tasks:
+        return None
+    near = sorted(name for name in app.tasks if name.rsplit(".", 1)[-1] == task)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+    known = ", ".join(sorted(app.tasks)) or "none"
+    return f"no task named {task!r} is registered in the --app (registered: {known}){hint}"
+
+
 # --- defer ---------------------------------------------------------------------------------------
 
 _LINE_KEYS = frozenset({"task", "args", "queue", "priority", "max_attempts"})
 
 
-def _read_specs(app: App, stream: Any, name: str) -> list[JobSpec]:
-    """Every job of a JSON-lines stream, validated before anything is inserted."""
+def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) -> list[JobSpec]:
+    """Every job of a JSON-lines stream, validated before anything is inserted.
+
+    *check_known* (``--app`` given): a task name the app does not register is an error.
+    """
     specs: list[JobSpec] = []
     for number, line in enumerate(stream, start=1):
         if not line.strip():
@@ -521,6 +537,8 @@ def _read_specs(app: App, stream: Any, name: str) -> list[JobSpec]:
         args = item.get("args", {})
         if not isinstance(args, dict):
             raise click.ClickException(f"{where}: 'args' must be a JSON object; nothing was deferred")
+        if check_known and (problem := _unknown_task(app, task)):
+            raise click.ClickException(f"{where}: {problem}; nothing was deferred")
         try:
             specs.append(
                 app.job_by_name(
@@ -592,6 +610,8 @@ def defer(
         raise click.UsageError(f"--args must be a JSON object of keyword arguments, got {type(args).__name__}")
     app = _make_app(app_path, dsn, schema)
     try:
+        if app_path and (problem := _unknown_task(app, task)):
+            raise click.UsageError(problem)
         try:
             spec = app.job_by_name(task, args, queue=queue, priority=priority, max_attempts=max_attempts)
         except (TypeError, ValueError) as exc:
@@ -609,7 +629,7 @@ def _defer_file(
     name = "stdin" if jobs_file.name == "<stdin>" else jobs_file.name
     done = 0
     try:
-        specs = _read_specs(app, jobs_file, name)
+        specs = _read_specs(app, jobs_file, name, check_known=bool(app_path))
         interactive = sys.stderr.isatty()
         show = interactive if progress is None else progress
         batches = [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]
@@ -1054,7 +1074,8 @@ def prune(
     if as_json:
         _echo_json({"pruned": count, "older_than": seconds, "states": list(chosen)})
     else:
-        click.echo(f"pruned {count} job(s) ({', '.join(chosen)}) finished over {older_than} ago")
+        age = f"{older_than}s" if older_than.replace(".", "", 1).isdigit() else older_than
+        click.echo(f"pruned {count} job(s) ({', '.join(chosen)}) finished over {age} ago")
 
 
 def main() -> None:

@@ -245,6 +245,17 @@ def test_defer_with_app_rejects_args_that_do_not_fit_the_task(
     assert _job_count(db) == 0
 
 
+def test_defer_with_app_refuses_a_task_name_the_app_does_not_register(
+    tmp_path: Path, dsn: str, schema: str, app: App, db: psycopg.Connection[Any]
+) -> None:
+    """`defer --app` with an unregistered task name fails in one line naming the registered tasks; nothing is inserted."""
+    _write_app(tmp_path, schema)
+    result = _cli(["defer", "recordd", "--args", '{"n": 1}', "--app", "myjobs:app"], cwd=tmp_path, dsn=dsn)
+    _assert_one_line_error(result)
+    assert "'recordd'" in result.stderr and "record" in result.stderr
+    assert _job_count(db) == 0
+
+
 # --- run --once ---------------------------------------------------------------------------------
 
 
