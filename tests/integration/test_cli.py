@@ -248,7 +248,7 @@ def test_defer_with_app_rejects_args_that_do_not_fit_the_task(
 def test_defer_with_app_refuses_a_task_name_the_app_does_not_register(
     tmp_path: Path, dsn: str, schema: str, app: App, db: psycopg.Connection[Any]
 ) -> None:
-    """`defer --app` with an unregistered task name fails in one line naming the registered tasks; nothing is inserted."""
+    """`defer --app` with an unregistered task name fails in one line naming the registered tasks."""
     _write_app(tmp_path, schema)
     result = _cli(["defer", "recordd", "--args", '{"n": 1}', "--app", "myjobs:app"], cwd=tmp_path, dsn=dsn)
     _assert_one_line_error(result)
