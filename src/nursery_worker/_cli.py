@@ -231,6 +231,11 @@ def cli() -> None:
 )
 @click.option("--no-listen", is_flag=True, help="Do not use LISTEN/NOTIFY; rely on polling alone.")
 @click.option(
+    "--log-args",
+    is_flag=True,
+    help="Add each job's arguments to its log lines (off by default: arguments often hold personal data).",
+)
+@click.option(
     "--wait-for-db",
     default=0.0,
     show_default=True,
@@ -275,6 +280,7 @@ def run(
     heartbeat_interval: float,
     rescue_after: float,
     no_listen: bool,
+    log_args: bool,
     wait_for_db: float,
     cancel_grace: float,
     backend: str,
@@ -319,6 +325,7 @@ def run(
             listen=not no_listen,
             wait_for_db=wait_for_db,
             cancel_grace=cancel_grace,
+            log_args=log_args,
         )
         supervisor.update(metrics_port=metrics_port, metrics_host=metrics_host)
         _run_supervised(app, app_path, backend, dsn, log_level, options, supervisor)
@@ -356,6 +363,7 @@ def run(
                         listen=not no_listen,
                         wait_for_db=wait_for_db,
                         cancel_grace=cancel_grace,
+                        log_args=log_args,
                     ) as worker:
                         running.append(worker)
                         if metrics_port is not None:

@@ -41,9 +41,16 @@ def job_log_context(*, job_id: int, task: str, queue: str, attempt: int, worker_
         _job_context.reset(token)
 
 
-def set_job_log_context(*, job_id: int, task: str, queue: str, attempt: int, worker_id: str) -> None:
-    """Tag the log records of the calling task from now on (a job's own task: its context dies with it)."""
-    _job_context.set({"job_id": job_id, "task": task, "queue": queue, "attempt": attempt, "worker_id": worker_id})
+def set_job_log_context(*, job_id: int, task: str, queue: str, attempt: int, worker_id: str, args: Any = None) -> None:
+    """Tag the log records of the calling task from now on (a job's own task: its context dies with it).
+
+    *args* (the job's arguments) are added only when the worker was asked to log them
+    (``open_worker(log_args=True)``, ``run --log-args``): arguments often hold personal data.
+    """
+    fields = {"job_id": job_id, "task": task, "queue": queue, "attempt": attempt, "worker_id": worker_id}
+    if args is not None:
+        fields["job_args"] = args
+    _job_context.set(fields)
 
 
 def current_job_fields() -> dict[str, Any] | None:
@@ -59,19 +66,24 @@ class JobContextFilter(logging.Filter):
         for name in FIELDS:
             if not hasattr(record, name):
                 setattr(record, name, None if fields is None else fields[name])
+        if not hasattr(record, "job_args"):
+            record.job_args = None if fields is None else fields.get("job_args")
         return True
 
 
 def _context_text(record: logging.LogRecord) -> str:
     if getattr(record, "job_id", None) is None:
         return ""
-    parts = (
+    parts: tuple[str, ...] = (
         f"job={record.job_id}",  # type: ignore[attr-defined]
         f"task={record.task}",  # type: ignore[attr-defined]
         f"queue={record.queue}",  # type: ignore[attr-defined]
         f"attempt={record.attempt}",  # type: ignore[attr-defined]
         f"worker={record.worker_id}",  # type: ignore[attr-defined]
     )
+    job_args = getattr(record, "job_args", None)
+    if job_args is not None:
+        parts = (*parts, "args=" + json.dumps(job_args, default=str, separators=(",", ":")))
     return " [" + " ".join(parts) + "]"
 
 
@@ -109,6 +121,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
+        job_args = getattr(record, "job_args", None)
+        if job_args is not None:
+            entry["args"] = json.loads(redact(json.dumps(job_args, default=str)))
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:

@@ -123,6 +123,7 @@ class SupervisorConfig:
             "retention": w.retention,
             "prune_interval": w.prune_interval,
             "wait_for_db": w.wait_for_db,
+            "log_args": w.log_args,
         }
 
 
@@ -776,6 +777,7 @@ async def run_supervisor(
     retention: Mapping[str, float | dt.timedelta | None] | None = DEFAULT_RETENTION,
     prune_interval: float = 60.0,
     wait_for_db: float = 0.0,
+    log_args: bool = False,
     backend: str | None = None,
     dsn: str | None = None,
     health_timeout: float = 10.0,
@@ -817,7 +819,7 @@ async def run_supervisor(
         processes: how many worker processes (>= 1).
         queues, concurrency, shutdown_timeout, poll_interval, heartbeat_interval, rescue_after,
             reap_interval, promote_interval, final_timeout, sync_threads, listen, cancel_grace,
-            retention, prune_interval, wait_for_db: each child's worker options, as for
+            retention, prune_interval, wait_for_db, log_args: each child's worker options, as for
             :func:`open_worker`.
         backend: the children's event loop, ``"asyncio"`` or ``"trio"`` (default: the caller's).
         dsn: a DSN for the children instead of the app's own.
@@ -893,6 +895,7 @@ async def run_supervisor(
         retention=retention,
         prune_interval=prune_interval,
         wait_for_db=wait_for_db,
+        log_args=log_args,
     )
     config = SupervisorConfig(
         app_path=app_path_of(app),

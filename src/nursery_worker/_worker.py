@@ -157,6 +157,7 @@ class WorkerConfig:
     retention: dict[str, float | None] = attrs.field(factory=lambda: dict(DEFAULT_RETENTION), converter=_retention)
     prune_interval: float = attrs.field(default=60.0, validator=_positive("prune_interval"))
     wait_for_db: float = attrs.field(default=0.0)
+    log_args: bool = False
 
     @wait_for_db.validator
     def _check_wait(self, _: object, value: float) -> None:
@@ -572,7 +573,14 @@ class Worker:
         # Every log line of this job's task (its code, middleware, our own) carries these fields.
         # Set, not reset: this task is the job's own, and its context ends with it (and a context
         # manager per job costs more than a no-op job's run).
-        set_job_log_context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt, worker_id=self.id)
+        set_job_log_context(
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            attempt=job.attempt,
+            worker_id=self.id,
+            args=job.args if self.config.log_args else None,
+        )
         try:
             if tracing_active():
                 with process_span(job, worker_id=self.id) as traced:
@@ -931,6 +939,7 @@ async def open_worker(
     retention: Mapping[str, float | dt.timedelta | None] | None = DEFAULT_RETENTION,
     prune_interval: float = 60.0,
     wait_for_db: float = 0.0,
+    log_args: bool = False,
 ) -> AsyncIterator[Worker]:
     """Run a worker as a child of the calling task; leaving the block stops it gracefully.
 
@@ -962,6 +971,8 @@ async def open_worker(
         prune_interval: seconds between pruning passes (each deletes in bounded batches).
         wait_for_db: seconds to keep retrying the first connection (and schema check) with
             backoff, for containers that start before their database; 0 fails at once.
+        log_args: add each job's arguments to the log lines of its context (off by default:
+            arguments often hold personal data).
 
     Yields:
         The RUNNING :class:`Worker`.
@@ -993,6 +1004,7 @@ async def open_worker(
         retention=retention,
         prune_interval=prune_interval,
         wait_for_db=wait_for_db,
+        log_args=log_args,
     )
     async with serve_worker(Worker(app, config)) as worker:
         yield worker

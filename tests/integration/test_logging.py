@@ -216,3 +216,26 @@ def test_no_command_prints_the_dsn_password(tmp_path: Path, dsn: str, schema: st
     assert "recording 1" in runs[3].stderr  # the run really worked the jobs
     for r in runs + failures:
         assert PASSWORD not in r.stdout + r.stderr, r.args
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("log_args", [False, True])
+async def test_job_arguments_are_logged_only_when_asked(app: App, collected: _Collect, log_args: bool) -> None:
+    """A job's arguments appear on its log lines (and in both formats) only with log_args=True."""
+    log = logging.getLogger("user.tasks")
+
+    @app.task
+    async def greet(name: str) -> None:
+        log.info("greeting")
+
+    job = await greet.defer(name="ada")
+    async with open_worker(app, **fast(log_args=log_args)):
+        await wait_for_state(app, job.id, JobState.COMPLETED)
+    (record,) = [r for r in collected.records if r.name == "user.tasks"]
+    assert record.job_args == ({"name": "ada"} if log_args else None)  # type: ignore[attr-defined]
+    console = ConsoleFormatter().format(record)
+    as_json = json.loads(JsonFormatter().format(record))
+    if log_args:
+        assert 'args={"name":"ada"}' in console and as_json["args"] == {"name": "ada"}
+    else:
+        assert "ada" not in console and "args" not in as_json
