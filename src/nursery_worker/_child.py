@@ -11,7 +11,8 @@ change. A report is written from the event loop, so reports that stop mean a hun
 supervisor kills and replaces the child. A startup failure is reported once, as a ``fatal`` report
 carrying the traceback, and the child exits with :data:`EXIT_STARTUP_FAILED`.
 
-Signals: SIGTERM stops the worker gracefully, a second SIGTERM at once (as ``nursery-worker run``).
+Signals: SIGTERM stops the worker gracefully, a second SIGTERM at once (as ``nursery-worker run``);
+SIGUSR1 is the supervisor's "stop now" (two SIGTERMs sent close together arrive as one).
 SIGINT is ignored: Ctrl-C in a terminal reaches the whole process group, and the supervisor, which
 receives it too, decides what each child is told.
 """
@@ -34,7 +35,7 @@ from ._errors import NurseryWorkerError
 from ._logging import setup_logging
 from ._metrics import serve_metrics
 from ._models import Supervision
-from ._process import ENV_OPTIONS, EXIT_STARTUP_FAILED, ChildOptions, import_app, set_title
+from ._process import ENV_OPTIONS, EXIT_STARTUP_FAILED, HARD_STOP_SIGNAL, ChildOptions, import_app, set_title
 from ._state import WorkerState
 from ._worker import Worker, WorkerConfig, relay_signals, serve_worker, unwrap_group
 
@@ -158,9 +159,22 @@ async def _serve(app: App, options: ChildOptions, reporter: Reporter) -> Worker:
     except Exception as exc:  # no DSN, an invalid option: the child cannot start
         raise _StartupFailed from exc
     started = False
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+    with (
+        anyio.open_signal_receiver(signal.SIGTERM) as signals,
+        anyio.open_signal_receiver(HARD_STOP_SIGNAL) as hard_signals,
+    ):
         async with anyio.create_task_group() as tg:
             run_scope = anyio.CancelScope()
+
+            async def relay_hard_stops() -> None:
+                # The supervisor's "stop now". A second SIGTERM would do, but two SIGTERMs sent
+                # close together reach a process as one (standard signals are not queued).
+                async for _ in hard_signals:
+                    if started:
+                        logger.warning("the supervisor asks to stop now")
+                        worker.stop(hard=True)
+                    else:
+                        run_scope.cancel()
 
             def orphaned() -> None:
                 if started:
@@ -169,6 +183,7 @@ async def _serve(app: App, options: ChildOptions, reporter: Reporter) -> Worker:
                     run_scope.cancel()
 
             tg.start_soon(relay_signals, signals, lambda: worker if started else None, run_scope.cancel)
+            tg.start_soon(relay_hard_stops)
             tg.start_soon(reporter.serve, worker, orphaned)
             with run_scope:
                 try:
@@ -226,8 +241,9 @@ def main() -> None:
         reporter.send({"state": "error", "error": f"{type(exc).__name__}: {exc}"})
         sys.exit(1)
     finally:
-        # The worker has stopped: a late SIGTERM (the supervisor's second) must not kill the exit.
+        # The worker has stopped: a late SIGTERM or hard stop from the supervisor must not kill the exit.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(HARD_STOP_SIGNAL, signal.SIG_IGN)
         with contextlib.suppress(Exception):
             app.close()
     if worker.sync_threads_alive:

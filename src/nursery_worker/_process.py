@@ -7,12 +7,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import signal
 from typing import Any
 
 import attrs
 
 from ._app import App
 from ._errors import ConfigurationError
+
+#: What a supervisor sends a child to make it stop at once (cancel its jobs and hand them back).
+HARD_STOP_SIGNAL = signal.SIGUSR1
 
 #: The environment variable holding a child's options (JSON). Its presence means "I am a child".
 ENV_OPTIONS = "NURSERY_WORKER_CHILD"

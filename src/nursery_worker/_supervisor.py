@@ -43,7 +43,7 @@ import attrs
 from ._app import App
 from ._errors import ConfigurationError, SupervisorError
 from ._maintenance import DEFAULT_RETENTION
-from ._process import ENV_OPTIONS, ChildOptions, import_app
+from ._process import ENV_OPTIONS, HARD_STOP_SIGNAL, ChildOptions, import_app
 from ._worker import WorkerConfig
 
 logger = logging.getLogger("nursery_worker.supervisor")
@@ -175,6 +175,11 @@ class _Child:
         self.terms_sent += 1
         self.send(signal.SIGTERM)
 
+    def stop_now(self) -> None:
+        """The child's hard stop: its own signal, since two SIGTERMs close together arrive as one."""
+        self.terms_sent += 1
+        self.send(HARD_STOP_SIGNAL)
+
     def exit_reason(self) -> str:
         if self.hung:
             return "hung (no report within the health timeout) and was killed"
@@ -280,7 +285,7 @@ class Supervisor:
 
         Graceful (default): SIGTERM to each child, which drains like a single worker; any child
         still alive ``shutdown_timeout + kill_margin`` seconds later is SIGKILLed. Hard (or a
-        second call): SIGTERM again, which makes each child cancel its jobs and hand them back now;
+        second call): SIGUSR1, which makes each child cancel its jobs and hand them back now;
         SIGKILL after ``kill_margin``.
 
         Args:
@@ -300,7 +305,7 @@ class Supervisor:
             self._hard = True
             for child in list(self._live):
                 if child.terms_sent < 2 and child.state != "stopped":
-                    child.terminate()
+                    child.stop_now()
             self._set_kill_deadline(self.config.kill_margin)
 
     def restart(self) -> None:
@@ -349,7 +354,7 @@ class Supervisor:
             # SIGTERM is harmless before the worker ran (nothing claimed) and after it had stopped
             # (everything written back, deregistered): a second signal can meet a child on its way out.
             harmless = not child.ever_running or child.state == "stopped"
-            clean = child.returncode == 0 or (child.returncode == -signal.SIGTERM and harmless)
+            clean = child.returncode == 0 or (child.returncode in (-signal.SIGTERM, -HARD_STOP_SIGNAL) and harmless)
             if child.killed or child.hung or not clean:
                 self._unclean.append(f"{child.name()} {reason}")
                 logger.warning("%s %s while stopping", child.name(), reason)
@@ -440,7 +445,7 @@ class Supervisor:
             if self._stopping:
                 child.terminate()
                 if self._hard:
-                    child.terminate()
+                    child.stop_now()
             await self._watch(child, read_fd)
             await child.process.wait()
         except BaseException:
@@ -470,8 +475,7 @@ class Supervisor:
         if process is None or process.returncode is not None:
             return
         child.terminate()
-        await anyio.sleep(0.1)  # two signals sent at once would arrive as one
-        child.terminate()
+        child.stop_now()
         with anyio.move_on_after(self.config.kill_margin):
             await process.wait()
             return
