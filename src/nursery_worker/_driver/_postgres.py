@@ -231,8 +231,7 @@ _APPEND_ERROR = """
 # requested during the attempt never runs again: where it would (released, retryable, snoozed) it
 # becomes cancelled.
 _OVERRIDE = "(j.cancel_requested_at IS NOT NULL AND u.state IN ('available', 'retryable', 'scheduled'))"
-_FINAL_STATE = """(CASE WHEN j.cancel_requested_at IS NOT NULL AND u.state IN ('available', 'retryable', 'scheduled')
-      THEN 'cancelled' ELSE u.state END)"""
+_FINAL_STATE = "(CASE WHEN " + _OVERRIDE + " THEN 'cancelled' ELSE u.state END)"
 _SQL_FINISH = (
     """
 WITH upd AS (
