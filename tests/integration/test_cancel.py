@@ -435,7 +435,17 @@ async def test_rescued_job_of_a_stale_worker_with_a_cancel_request_ends_cancelle
         await anyio.sleep(30)
 
     job = await long.defer()
-    async with open_worker(app, **fast(listen=False, poll_interval=30.0, shutdown_timeout=0.1)) as worker:
+    # The worker's own heartbeat and reaper stay quiet, so that only the peer's rescuer below acts
+    # (its own reaper would rescue itself once its heartbeat is backdated, or its beat revive it).
+    quiet = fast(
+        listen=False,
+        poll_interval=30.0,
+        shutdown_timeout=0.1,
+        heartbeat_interval=30.0,
+        rescue_after=60.0,
+        reap_interval=60.0,
+    )
+    async with open_worker(app, **quiet) as worker:
         with anyio.fail_after(10):
             await started.wait()
         # Simulate: the worker "dies" as far as the database can tell, with a cancel requested.
