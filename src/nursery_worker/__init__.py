@@ -17,6 +17,8 @@ from ._errors import NurseryWorkerError as NurseryWorkerError
 from ._errors import SchemaNotReady as SchemaNotReady
 from ._errors import SupervisorError as SupervisorError
 from ._errors import TaskNotFound as TaskNotFound
+from ._flow import BreakerInfo as BreakerInfo
+from ._flow import CircuitBreaker as CircuitBreaker
 from ._metrics import serve_metrics as serve_metrics
 from ._models import CancelResult as CancelResult
 from ._models import Job as Job
@@ -44,9 +46,11 @@ from ._worker import open_worker as open_worker
 
 __all__ = [
     "App",
+    "BreakerInfo",
     "CallNext",
     "CancelResult",
     "ChildStatus",
+    "CircuitBreaker",
     "ConfigurationError",
     "ConstantBackoff",
     "DatabaseError",

@@ -12,10 +12,21 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+import attrs
+
 from ._context import CallNext, JobContext, Middleware
 from ._driver import Driver, create_driver
 from ._dsn import redact, resolve_dsn
 from ._errors import ConfigurationError, JobFailed, JobNotFound, JobStateError, TaskNotFound
+from ._flow import (
+    BreakerInfo,
+    CircuitBreaker,
+    LimitBy,
+    check_depends_on,
+    check_limit_by,
+    check_max_concurrency,
+    parse_rate_limit,
+)
 from ._json import DEFAULT_MAX_ARGS_BYTES
 from ._maintenance import Pruner
 from ._models import CancelResult, Job, JobSpec, QueueInfo
@@ -37,6 +48,7 @@ from ._task import (
 )
 from ._tracing import defer_span
 
+_QUEUED = ("pending", "available", "scheduled", "retryable")
 P = ParamSpec("P")
 R = TypeVar("R")
 Hook = Callable[[], Awaitable[None]]
@@ -234,6 +246,10 @@ class App:
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
         unique_key: UniqueKey = None,
         unique_states: Iterable[str] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | tuple[int, float | dt.timedelta] | None = None,
+        limit_by: LimitBy = None,
+        circuit_breaker: CircuitBreaker | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -249,6 +265,10 @@ class App:
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
         unique_key: UniqueKey = None,
         unique_states: Iterable[str] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | tuple[int, float | dt.timedelta] | None = None,
+        limit_by: LimitBy = None,
+        circuit_breaker: CircuitBreaker | None = None,
     ) -> Task[P, R] | TaskDecorator:
         """Register a function as a task, with or without options.
 
@@ -268,6 +288,17 @@ class App:
                 function ``args -> str``; see :meth:`Task.configure`.
             unique_states: the states in which an existing job blocks a new one (default: queued
                 or running).
+            max_concurrency: at most this many of its jobs run at once, across every worker and
+                host (per partition with ``limit_by``). Enforced where jobs are claimed; a job held
+                back is not attempted and uses no attempt.
+            rate_limit: at most this many starts in any sliding window: ``"100/m"``, ``"10/s"``,
+                ``"5/h"``, ``"30/10s"``, or ``(count, seconds)``; across every worker and host
+                (per partition with ``limit_by``).
+            limit_by: partition the limits by a key from the arguments: an argument's name (for
+                example ``"customer_id"``) or a function ``args -> key``; each key gets its own
+                count.
+            circuit_breaker: a :class:`CircuitBreaker`: after ``threshold`` consecutive failures,
+                hold the task's jobs back for ``cooldown`` seconds, then run one probe.
 
         A parameter annotated :class:`JobContext` receives the running job's context instead of
         an argument from the job.
@@ -294,9 +325,22 @@ class App:
             task_name = name if name is not None else f"{_module_name(fn)}.{fn.__qualname__}"
             where = f"@app.task on {task_name!r}"
             key_option, states = check_unique(unique_key, unique_states, where=where)
+            if limit_by is not None and max_concurrency is None and rate_limit is None:
+                raise ConfigurationError(
+                    f"{where}: limit_by= partitions max_concurrency= or rate_limit=; set one of them too"
+                )
+            if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+                raise ConfigurationError(
+                    f"{where}: circuit_breaker={circuit_breaker!r} must be a "
+                    "CircuitBreaker(threshold=..., cooldown=...)"
+                )
             task = Task(
                 self,
                 fn,
+                max_concurrency=check_max_concurrency(max_concurrency, where=where),
+                rate_limit=parse_rate_limit(rate_limit, where=where),
+                limit_by=check_limit_by(limit_by, where=where),
+                circuit_breaker=circuit_breaker,
                 unique_key=key_option,
                 unique_states=states,
                 name=check_task_name(task_name, where=where),
@@ -529,6 +573,7 @@ class App:
         queue: str | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
+        depends_on: Iterable[Job | JobSpec | int] | None = None,
     ) -> JobSpec:
         """Build a :class:`JobSpec` for a task by name, for producers that do not import the task.
 
@@ -539,6 +584,7 @@ class App:
             task: the task name.
             args: its keyword arguments (JSON).
             queue, priority, max_attempts: per-job options.
+            depends_on: jobs, job ids or specs of the same ``defer_many`` call this job waits for.
 
         Returns:
             A :class:`JobSpec` for :meth:`defer_many`.
@@ -553,8 +599,10 @@ class App:
             raise TypeError(f"{where}: args must be a dict of keyword arguments, got {type(args).__name__}")
         known = self.tasks.get(task)
         if known is not None:
-            return known.configure(queue=queue, priority=priority, max_attempts=max_attempts).job(**args)
-        return build_spec(
+            return known.configure(
+                queue=queue, priority=priority, max_attempts=max_attempts, depends_on=depends_on
+            ).job(**args)
+        spec = build_spec(
             task=check_task_name(task, where=where),
             kwargs=args,
             max_bytes=self.max_args_bytes,
@@ -564,6 +612,9 @@ class App:
                 DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts, where=where
             ),
         )
+        if depends_on is not None:
+            spec = attrs.evolve(spec, depends_on=check_depends_on(depends_on, where=where))
+        return spec
 
     async def get_job(self, job_id: int) -> Job:
         """Return a fresh snapshot of job *job_id*.
@@ -647,8 +698,7 @@ class App:
         current = await self.get_job(job_id)
         raise JobStateError(
             f"job {job_id} is {current.state.value}, not discarded or cancelled: only a finished, failed or "
-            "cancelled job can be retried"
-            + (" (it is already queued)" if current.state.value in ("available", "scheduled", "retryable") else "")
+            "cancelled job can be retried" + (" (it is already queued)" if current.state.value in _QUEUED else "")
         )
 
     async def list_jobs(
@@ -784,6 +834,57 @@ class App:
             [('default', False, 12), ('emails', True, 40)]
         """
         return await self.driver.list_queues()
+
+    async def set_queue_limits(
+        self,
+        name: str,
+        *,
+        max_concurrency: int | None = None,
+        rate_limit: str | tuple[int, float | dt.timedelta] | None = None,
+    ) -> QueueInfo:
+        """Limit queue *name* across every worker and host: jobs running at once, and starts per window.
+
+        The limits are stored in the database (with the queue's pause flag), so every worker
+        honours them, including workers started later; call again with None to lift one. Jobs held
+        back by a limit stay available and use no attempt. Task limits (``@app.task(max_concurrency=...)``)
+        apply on top.
+
+        Args:
+            name: the queue.
+            max_concurrency: at most this many of its jobs executing at once, or None for no limit.
+            rate_limit: at most this many starts in any sliding window (``"100/m"``, ``"10/s"``,
+                ``(count, seconds)``), or None for no limit.
+
+        Returns:
+            The queue as it is now.
+
+        Raises:
+            ConfigurationError: the name or a limit is invalid.
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.set_queue_limits("emails", max_concurrency=5, rate_limit="100/m")
+        """
+        where = f"set_queue_limits({name!r})"
+        queue = check_queue(name, where=where)
+        concurrency = check_max_concurrency(max_concurrency, where=where)
+        rate = parse_rate_limit(rate_limit, where=where)
+        await self.driver.set_queue_limits(queue, max_concurrency=concurrency, rate=rate)
+        (info,) = await self.driver.list_queues(queue)
+        return info
+
+    async def list_breakers(self) -> list[BreakerInfo]:
+        """The circuit breakers of every task that has one, with their state (database clock).
+
+        A breaker's row is written by the first worker that runs its task.
+
+        Returns:
+            :class:`BreakerInfo` rows sorted by task.
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+        """
+        return await self.driver.list_breakers()
 
     async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job:  # noqa: ASYNC109
         """Wait until a job finishes and return it (with its ``result`` once completed).

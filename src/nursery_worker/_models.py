@@ -86,6 +86,11 @@ class Job:
         return self.state.is_terminal
 
 
+def _deps_repr(deps: tuple[Any, ...]) -> str:
+    # Specs of the same call show as their task name: a long chain must not recurse.
+    return "(" + ", ".join(str(d) if isinstance(d, int) else f"<spec {d.task}>" for d in deps) + ")"
+
+
 @attrs.frozen(kw_only=True)
 class JobSpec:
     """A validated job, ready to insert: what ``task.job(**kwargs)`` returns for ``app.defer_many``.
@@ -107,6 +112,23 @@ class JobSpec:
     retry_policy: Mapping[str, Any] | None = None
     #: Set by ``defer`` when a trace is recording (see ``_tracing``), not by the caller.
     trace_context: Mapping[str, str] | None = None
+    #: The jobs this one waits for: ids, or specs of the same ``defer_many`` call.
+    depends_on: tuple[int | JobSpec, ...] = attrs.field(default=(), eq=False, repr=_deps_repr)
+    #: The partition of its task's limits ('' when not partitioned); None for a task without limits.
+    limit_key: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LimitedClaim:
+    """What one claim of limited jobs returned.
+
+    ``wake``: seconds until a rate window or a breaker's cooldown frees capacity (None: nothing is
+    waiting on time). ``breakers_open``: tasks whose open breaker holds jobs back.
+    """
+
+    jobs: tuple[Job, ...] = ()
+    wake: float | None = None
+    breakers_open: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -220,7 +242,7 @@ class CancelResult:
         return f"job {self.job.id} had already finished ({self.job.state.value}); nothing changed"
 
 
-_STATE_ORDER = ("available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled")
+_STATE_ORDER = ("pending", "available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled")
 
 
 def _all_states(counts: Mapping[str, int]) -> dict[str, int]:
@@ -238,6 +260,8 @@ class QueueInfo:
         counts: jobs by state; every state is present, zero when there are none.
         oldest_available_at: when the longest-waiting available job became due, or None.
         now: the database's clock when the row was read (ages are measured against it).
+        max_concurrency: the queue's limit on jobs executing at once (``app.set_queue_limits``), or None.
+        rate_limit: the queue's rate limit as ``"<count>/<seconds>s"``, or None.
     """
 
     name: str
@@ -246,6 +270,8 @@ class QueueInfo:
     counts: Mapping[str, int] = attrs.field(factory=dict, converter=_all_states)
     oldest_available_at: dt.datetime | None = None
     now: dt.datetime
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
 
     @property
     def oldest_available_age(self) -> float | None:

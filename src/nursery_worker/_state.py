@@ -35,6 +35,8 @@ import attrs
 class JobState(enum.StrEnum):
     """Where a job is in its lifecycle; the values are what the database stores."""
 
+    #: Waiting for the jobs it depends on (``depends_on=``) to complete.
+    PENDING = "pending"
     SCHEDULED = "scheduled"
     AVAILABLE = "available"
     EXECUTING = "executing"
@@ -53,6 +55,8 @@ TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CA
 
 #: Every edge a write may take. Anything else is a bug in the engine.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # Released when its last dependency completes; cancelled when one fails for good (or by request).
+    JobState.PENDING: frozenset({JobState.AVAILABLE, JobState.SCHEDULED, JobState.CANCELLED}),
     JobState.SCHEDULED: frozenset({JobState.AVAILABLE, JobState.CANCELLED}),
     JobState.AVAILABLE: frozenset({JobState.EXECUTING, JobState.CANCELLED}),
     JobState.EXECUTING: frozenset(
@@ -73,7 +77,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 #: States in which a job is queued or running: what a unique job's scope always covers.
-ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.EXECUTING, JobState.RETRYABLE})
+ACTIVE_STATES = frozenset(
+    {JobState.PENDING, JobState.SCHEDULED, JobState.AVAILABLE, JobState.EXECUTING, JobState.RETRYABLE}
+)
 
 
 class WorkerState(enum.StrEnum):
@@ -282,7 +288,7 @@ def promote_guarded(job: JobRecord) -> JobRecord:
 
 def cancel_guarded(job: JobRecord) -> JobRecord:
     """``app.cancel``: a waiting job is cancelled now; an executing one gets a durable request."""
-    if job.state in (JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYABLE):
+    if job.state in (JobState.PENDING, JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYABLE):
         return attrs.evolve(job, state=JobState.CANCELLED, errors=job.errors + 1)
     if job.state is JobState.EXECUTING:
         return attrs.evolve(job, cancel_requested=True)

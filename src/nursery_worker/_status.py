@@ -75,7 +75,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 # --- queues ------------------------------------------------------------------------------------
 
-_STATES = ("available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled")
+_STATES = ("pending", "available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled")
 
 
 def queue_dict(q: QueueInfo) -> dict[str, Any]:

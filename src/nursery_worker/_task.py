@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import attrs
 
 from ._errors import ConfigurationError
+from ._flow import CircuitBreaker, LimitBy, RateLimit, check_depends_on, resolve_limit_key
 from ._json import check_json, encode_args
 from ._models import Job, JobSpec
 from ._retry import policy_to_json
@@ -55,7 +56,8 @@ def check_unique(unique_key: object, unique_states: object, *, where: str) -> tu
         return unique_key, _DEFAULT_UNIQUE_STATES
     if isinstance(unique_states, str) or not hasattr(unique_states, "__iter__"):
         raise ConfigurationError(f"{where}: unique_states={unique_states!r} must be a collection of job states")
-    states: set[str] = set()
+    # A pending job (waiting for its dependencies) is queued: always in scope, like the others.
+    states: set[str] = {JobState.PENDING.value}
     for value in unique_states:
         try:
             states.add(JobState(value).value)
@@ -277,8 +279,16 @@ class Task(Generic[P, R]):
         backoff: Callable[[int], float],
         unique_key: UniqueKey = None,
         unique_states: tuple[str, ...] = _DEFAULT_UNIQUE_STATES,
+        max_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
+        limit_by: LimitBy = None,
+        circuit_breaker: CircuitBreaker | None = None,
     ) -> None:
         self.app = app
+        self.max_concurrency = max_concurrency
+        self.rate_limit = rate_limit
+        self.limit_by = limit_by
+        self.circuit_breaker = circuit_breaker
         self.func = func
         self.name = name
         self.queue = queue
@@ -304,6 +314,11 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} queue={self.queue!r}>"
+
+    @property
+    def limited(self) -> bool:
+        """True when the task has a global limit or a circuit breaker (its jobs take the limited claim)."""
+        return self.max_concurrency is not None or self.rate_limit is not None or self.circuit_breaker is not None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -346,6 +361,7 @@ class Task(Generic[P, R]):
         unique_key: UniqueKey = None,
         unique_states: typing.Iterable[str] | None = None,
         retry: Any = None,
+        depends_on: typing.Iterable[Job | JobSpec | int] | Job | JobSpec | int | None = None,
     ) -> TaskCall:
         """Return a deferrer with per-job options.
 
@@ -366,6 +382,10 @@ class Task(Generic[P, R]):
             retry: this job's retry policy: ``ExponentialBackoff``, ``LinearBackoff``,
                 ``ConstantBackoff`` or a number of seconds (stored on the job; a callable policy
                 can only be set per task).
+            depends_on: jobs this one waits for: ``Job`` objects, job ids, or (in one
+                ``app.defer_many`` call) the specs of other jobs of the call. The job is ``pending``
+                until every dependency completed; if one is discarded or cancelled, it is cancelled
+                with an error naming that dependency.
 
         Returns:
             A :class:`TaskCall` with ``defer``, ``defer_sync`` and ``job``.
@@ -401,6 +421,7 @@ class Task(Generic[P, R]):
             scheduled_at=at,
             delay=seconds,
             connection=connection,
+            depends_on=check_depends_on(depends_on, where=where),
         )
 
     def job(self, **kwargs: Any) -> JobSpec:
@@ -461,6 +482,7 @@ class TaskCall:
     unique_key: UniqueKey = None
     unique_states: tuple[str, ...] = _DEFAULT_UNIQUE_STATES
     retry_policy: dict[str, Any] | None = None
+    depends_on: tuple[int | JobSpec, ...] = ()
 
     def job(self, **kwargs: Any) -> JobSpec:
         """Validate arguments into a :class:`JobSpec`, writing nothing.
@@ -475,6 +497,11 @@ class TaskCall:
             TypeError: the arguments do not fit the function or are not JSON.
             ValueError: NaN/Infinity, a NUL character, or arguments above ``App(max_args_bytes=...)``.
         """
+        depends_on = self.depends_on
+        if "depends_on" in kwargs and "depends_on" not in self.task._names:
+            # A job option, unless the function itself takes a parameter of that name.
+            extra = check_depends_on(kwargs.pop("depends_on"), where=f"{self.task.name}.job()")
+            depends_on = depends_on + tuple(d for d in extra if not any(d is e for e in depends_on))
         self.task.check_args(kwargs)
         spec = build_spec(
             retry_policy=self.retry_policy,
@@ -487,6 +514,16 @@ class TaskCall:
             scheduled_at=self.scheduled_at,
             delay=self.delay,
         )
+        if depends_on or self.task.limited:
+            spec = attrs.evolve(
+                spec,
+                depends_on=depends_on,
+                limit_key=(
+                    resolve_limit_key(self.task.limit_by, spec.args, where=f"{self.task.name}.job()")
+                    if self.task.limited
+                    else None
+                ),
+            )
         if self.unique_key is None or self.unique_key is False:
             return spec
         # The key is computed from the arguments as the row will hold them (validated JSON), with

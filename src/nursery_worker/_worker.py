@@ -43,6 +43,7 @@ from ._backoff import ServiceBackoff
 from ._completer import Completer
 from ._context import JobContext
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
+from ._flow import limits_config
 from ._logging import set_job_log_context
 from ._maintenance import DEFAULT_RETENTION, Heartbeat, Promoter, Pruner, Rescuer, serve_periodically
 from ._models import Completion, Job, Supervision, WorkerInfo, WorkerLoad
@@ -284,6 +285,12 @@ class Worker:
             driver, self.id, error_cap=app.error_cap, final_timeout=config.final_timeout, on_written=self._on_written
         )
         self._thread_limiter: anyio.CapacityLimiter | None = None
+        #: The task limits the limited claim enforces, from the registry (see ``_flow``).
+        self._limits = limits_config(app.tasks.values())
+        self._limited_tasks = tuple(sorted(self._limits))
+        #: Whether the last limited claim found limited work (queue limits are only in the database).
+        self._limited_seen = False
+        self._breakers_open: frozenset[str] = frozenset()
         self._threads_lock = threading.Lock()
         self._threads_alive = 0
 
@@ -437,6 +444,12 @@ class Worker:
             await self._connect_first()
             await driver.register_worker(self.info)
             registered = True
+            breakers = [
+                (t.name, t.circuit_breaker.threshold, float(t.circuit_breaker.cooldown))
+                for t in self.app.tasks.values()
+                if t.circuit_breaker is not None
+            ]
+            await driver.register_breakers(breakers)
             self._heartbeat.last = dt.datetime.now(dt.UTC)
             hooks_started = True
             await self._run_hooks(self.app.startup_hooks, strict=True)
@@ -531,6 +544,7 @@ class Worker:
         driver = self.app.driver
         backoff = ServiceBackoff()
         next_poll = 0.0
+        next_limited = math.inf
         promoted_while_empty = False
         while True:
             # Finished jobs whose outcome is not yet written still hold their row as executing:
@@ -540,7 +554,28 @@ class Worker:
             if free > 0 and (self._more or now >= next_poll):
                 self._more = False
                 try:
-                    fetched = await driver.fetch_jobs(worker_id=self.id, queues=c.queues, limit=free)
+                    fetched: list[Job] = []
+                    # Limited jobs first (the limits bound them anyway): on every fetch when the app has
+                    # limited tasks or the last claim found limited work, else once per poll, which is
+                    # how a worker learns of queue limits set in the database.
+                    if self._limits or self._limited_seen or now >= next_poll:
+                        claim = await driver.fetch_limited(
+                            worker_id=self.id, queues=c.queues, limit=free, config=self._limits
+                        )
+                        fetched.extend(claim.jobs)
+                        self._limited_seen = bool(claim.jobs) or claim.wake is not None
+                        if claim.wake is not None:
+                            next_limited = anyio.current_time() + claim.wake
+                        self._note_breakers(claim.breakers_open)
+                    if free - len(fetched) > 0:
+                        fetched.extend(
+                            await driver.fetch_jobs(
+                                worker_id=self.id,
+                                queues=c.queues,
+                                limit=free - len(fetched),
+                                exclude_tasks=self._limited_tasks,
+                            )
+                        )
                 except RETRYABLE_ERRORS as exc:
                     delay = backoff.next()
                     logger.warning("fetch failed: %s; retrying in %.1fs", exc, delay)
@@ -548,7 +583,8 @@ class Worker:
                     await anyio.sleep(delay)
                     continue
                 backoff.reset()
-                next_poll = anyio.current_time() + c.poll_interval
+                next_poll = min(anyio.current_time() + c.poll_interval, next_limited)
+                next_limited = math.inf
                 for job in fetched:
                     r = _Running(job=job, task=self.app.tasks.get(job.task))
                     self._running[job.id, job.attempt] = r
@@ -565,6 +601,20 @@ class Worker:
                     promoted_while_empty = self._more = True
                 continue
             await self._wait_wakeup(next_poll - now if free > 0 else math.inf)
+
+    def _note_breakers(self, open_now: Sequence[str]) -> None:
+        """Log each circuit breaker this worker finds holding jobs back, and when it lets them go."""
+        current = frozenset(open_now)
+        for task in sorted(current - self._breakers_open):
+            logger.warning("circuit breaker of task %s is open: its jobs are held back until the cooldown ends", task)
+        for task in sorted(self._breakers_open - current):
+            logger.info("circuit breaker of task %s no longer holds jobs back", task)
+        self._breakers_open = current
+
+    @property
+    def breakers_open(self) -> frozenset[str]:
+        """Tasks whose open circuit breaker held jobs back at this worker's last claim."""
+        return self._breakers_open
 
     async def _run_job(self, r: _Running) -> None:
         outcome: Outcome | None = None

@@ -8,12 +8,23 @@ today; the embedded engine of a later issue plugs in at :func:`create_driver`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
 
-from .._models import Completion, Job, JobSpec, QueueInfo, RescueResult, WorkerInfo, WorkerLoad, WorkerRow
+from .._flow import BreakerInfo, RateLimit
+from .._models import (
+    Completion,
+    Job,
+    JobSpec,
+    LimitedClaim,
+    QueueInfo,
+    RescueResult,
+    WorkerInfo,
+    WorkerLoad,
+    WorkerRow,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -81,8 +92,27 @@ class Driver(Protocol):
     async def get_job(self, job_id: int) -> Job | None:
         """Return the job, or None."""
 
-    async def fetch_jobs(self, *, worker_id: str, queues: Sequence[str], limit: int) -> list[Job]:
-        """Claim up to *limit* available jobs (priority, then oldest first) for *worker_id*."""
+    async def fetch_jobs(
+        self, *, worker_id: str, queues: Sequence[str], limit: int, exclude_tasks: Sequence[str] = ()
+    ) -> list[Job]:
+        """Claim up to *limit* available jobs (priority, then oldest first) for *worker_id*, leaving
+        jobs without limits of *exclude_tasks* (the worker's limited tasks) to ``fetch_limited``."""
+
+    async def fetch_limited(
+        self, *, worker_id: str, queues: Sequence[str], limit: int, config: Mapping[str, Any]
+    ) -> LimitedClaim:
+        """Claim up to *limit* jobs subject to task limits (*config*, see ``_flow.limits_config``),
+        queue limits or circuit breakers, never overshooting a limit across workers; plus when
+        capacity frees by time and which breakers hold jobs back."""
+
+    async def set_queue_limits(self, name: str, *, max_concurrency: int | None, rate: RateLimit | None) -> None:
+        """Store a queue's limits (None lifts one) and nudge its workers."""
+
+    async def register_breakers(self, breakers: Sequence[tuple[str, int, float]]) -> None:
+        """Create or update the breakers of (task, threshold, cooldown), keeping their state."""
+
+    async def list_breakers(self) -> list[BreakerInfo]:
+        """Every breaker with its state, sorted by task."""
 
     async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
         """Apply decided transitions in one statement, each guarded by state, attempt, worker and

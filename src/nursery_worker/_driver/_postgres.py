@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -34,11 +34,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._dsn import redact
 from .._errors import ConfigurationError, DatabaseError, JobStateError, SchemaNotReady
+from .._flow import BreakerInfo, RateLimit, dependency_ids, order_graph
 from .._models import (
     Completion,
     Job,
     JobError,
     JobSpec,
+    LimitedClaim,
     QueueInfo,
     RescueResult,
     WorkerInfo,
@@ -59,6 +61,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (3, "0003_worker_stats.sql"),
     (4, "0004_queues.sql"),
     (5, "0005_trace_context.sql"),
+    (6, "0006_flow_control.sql"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -70,7 +73,7 @@ _JOB_COLUMNS = (
 )
 _J_COLUMNS = ", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))
 _TERMINAL = "('completed', 'discarded', 'cancelled')"
-_ACTIVE_SET = frozenset({"scheduled", "available", "executing", "retryable"})
+_ACTIVE_SET = frozenset({"pending", "scheduled", "available", "executing", "retryable"})
 #: A finished-jobs notification carries the ids, or '*' when they would not fit NOTIFY's 8000 bytes.
 _NOTIFY_FINISHED = """
 SELECT pg_notify(%(channel)s, 'finished:' || CASE WHEN length(f.ids) > 7000 THEN '*' ELSE f.ids END)
@@ -93,16 +96,17 @@ _SQL_INSERT = (
     """
 WITH ins AS (
     INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state,
-                          unique_key, unique_states, retry_policy, trace_context)
+                          unique_key, unique_states, retry_policy, trace_context, limit_key)
     SELECT u.task, u.queue, u.args::jsonb, u.priority, u.max_attempts, w.at,
            CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END,
-           u.unique_key, string_to_array(u.unique_states, ','), u.retry_policy::jsonb, u.trace_context::jsonb
+           u.unique_key, string_to_array(u.unique_states, ','), u.retry_policy::jsonb, u.trace_context::jsonb,
+           u.limit_key
     FROM unnest(%(tasks)s::text[], %(queues)s::text[], %(args)s::text[], %(priorities)s::int[],
                 %(max_attempts)s::int[], %(scheduled)s::timestamptz[], %(delays)s::float8[],
                 %(unique_keys)s::text[], %(unique_states)s::text[], %(retry_policies)s::text[],
-                %(trace_contexts)s::text[])
+                %(trace_contexts)s::text[], %(limit_keys)s::text[])
          WITH ORDINALITY AS u(task, queue, args, priority, max_attempts, scheduled_at, delay,
-                              unique_key, unique_states, retry_policy, trace_context, ord)
+                              unique_key, unique_states, retry_policy, trace_context, limit_key, ord)
     CROSS JOIN LATERAL (
         SELECT coalesce(u.scheduled_at, now() + coalesce(u.delay, 0) * interval '1 second') AS at
     ) AS w
@@ -120,10 +124,10 @@ FROM ins ORDER BY id
 _SQL_INSERT_ONE = """
 WITH ins AS (
     INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy,
-                          trace_context)
+                          trace_context, limit_key)
     SELECT %(task)s, %(queue)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, w.at,
            CASE WHEN w.at > now() THEN 'scheduled' ELSE 'available' END, %(retry_policy)s::jsonb,
-           %(trace_context)s::jsonb
+           %(trace_context)s::jsonb, %(limit_key)s
     FROM (SELECT coalesce(%(scheduled)s::timestamptz, now() + coalesce(%(delay)s::float8, 0) * interval '1 second')
           AS at) AS w
     RETURNING id, state, queue, scheduled_at, inserted_at
@@ -140,12 +144,12 @@ _SQL_COPY_PREPARE = (
     "SELECT now(), array_agg(nextval(pg_get_serial_sequence(%(table)s, 'id'))) FROM generate_series(1, %(n)s)"
 )
 _SQL_COPY = (
-    "COPY {s}.jobs (id, task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy, trace_context) "
-    "FROM STDIN"
+    "COPY {s}.jobs (id, task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy, trace_context, "
+    "limit_key) FROM STDIN"
 )
 _SQL_NOTIFY_QUEUES = "SELECT pg_notify(%(channel)s, 'available:' || q) FROM unnest(%(queues)s::text[]) AS q"
 
-_ACTIVE = "('scheduled', 'available', 'executing', 'retryable')"
+_ACTIVE = "('pending', 'scheduled', 'available', 'executing', 'retryable')"
 _ON_CONFLICT = "ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL AND state IN " + _ACTIVE + " DO NOTHING"
 
 # The job holding each unique key, in the scope of states of the spec asking (a queued or running
@@ -174,7 +178,7 @@ UPDATE {s}.jobs AS j
 SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(), worker_id = %(worker)s
 WHERE j.id = ANY(ARRAY(
     SELECT id FROM {s}.jobs
-    WHERE state = 'available' AND __QUEUES__
+    WHERE state = 'available' AND limit_key IS NULL AND __QUEUES__ __TASKS__
     ORDER BY priority DESC, scheduled_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -185,8 +189,15 @@ RETURNING __J_COLUMNS__
 # A paused queue is dropped from the worker's list before the scan (the paused check runs once per
 # statement, as an InitPlan), so the claim keeps its index plan. A pause is committed before it
 # returns; a fetch that started earlier may still claim that queue's jobs once.
-_FETCH_QUEUES = "queue = ANY(ARRAY(SELECT unnest(%(queues)s::text[]) EXCEPT SELECT name FROM {s}.queues WHERE paused))"
-_FETCH_ONE_QUEUE = "queue = %(queue)s AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE name = %(queue)s AND paused)"
+_NOT_TASKS = "AND task <> ALL(%(limited)s::text[])"
+# A queue with limits is claimed by the limited claim only (nw_claim_limited, migration 6).
+_HELD = "(paused OR max_concurrency IS NOT NULL OR rate_limit IS NOT NULL)"
+_FETCH_QUEUES = (
+    "queue = ANY(ARRAY(SELECT unnest(%(queues)s::text[]) EXCEPT SELECT name FROM {s}.queues WHERE __HELD__))"
+).replace("__HELD__", _HELD)
+_FETCH_ONE_QUEUE = (
+    "queue = %(queue)s AND NOT EXISTS (SELECT 1 FROM {s}.queues WHERE name = %(queue)s AND __HELD__)"
+).replace("__HELD__", _HELD)
 
 # Pause or resume; returns whether the flag changed. Resuming nudges the workers of that queue.
 _SQL_SET_PAUSED = """
@@ -206,7 +217,8 @@ SELECT coalesce((SELECT paused FROM prev), false) IS DISTINCT FROM %(paused)s,
 """
 # Every queue that has jobs or a pause row: counts by state, the oldest available job (database clock).
 _SQL_LIST_QUEUES = """
-SELECT n.name, coalesce(p.paused, false), p.paused_at, coalesce(c.counts, '{{}}'::jsonb), c.oldest, now()
+SELECT n.name, coalesce(p.paused, false), p.paused_at, coalesce(c.counts, '{{}}'::jsonb), c.oldest, now(),
+       p.max_concurrency, p.rate_limit, p.rate_period
 FROM (SELECT name FROM {s}.queues UNION SELECT DISTINCT queue FROM {s}.jobs) AS n(name)
 LEFT JOIN {s}.queues AS p ON p.name = n.name
 LEFT JOIN (
@@ -364,7 +376,7 @@ _SQL_CANCEL_WAITING = (
     """
 UPDATE {s}.jobs AS j
 SET state = 'cancelled', finished_at = now(), errors = %(append_error)s
-WHERE j.id = %(id)s AND j.state IN ('scheduled', 'available', 'retryable')
+WHERE j.id = %(id)s AND j.state IN ('pending', 'scheduled', 'available', 'retryable')
 RETURNING """
     + _J_COLUMNS
     + """, pg_notify(%(channel)s, 'finished:' || j.id)
@@ -386,18 +398,95 @@ SELECT id, attempt FROM {s}.jobs
 WHERE state = 'executing' AND worker_id = %(worker)s AND cancel_requested_at IS NOT NULL
 """
 # retry_guarded: the dead-letter path back to the queue, with one more attempt allowed.
+# A job with dependencies waits again for those not completed; the locks on them make a
+# dependency that completes meanwhile release it (its trigger runs after this commits).
 _SQL_RETRY = (
     """
+WITH parents AS (
+    SELECT p.id, p.state FROM {s}.jobs AS p
+    WHERE p.id = ANY(coalesce((SELECT depends_on FROM {s}.jobs WHERE id = %(id)s), '{{}}'::bigint[]))
+    FOR SHARE
+), d AS (
+    SELECT count(*) FILTER (WHERE state <> 'completed') AS waiting,
+           count(*) FILTER (WHERE state IN ('discarded', 'cancelled')) AS failed
+    FROM parents
+)
 UPDATE {s}.jobs AS j
-SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL, result = NULL,
+SET state = CASE WHEN d.waiting > 0 THEN 'pending' ELSE 'available' END, pending_deps = d.waiting,
+    scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL, result = NULL,
     max_attempts = greatest(j.max_attempts, j.attempt + 1)
-WHERE j.id = %(id)s AND j.state IN ('discarded', 'cancelled')
+FROM d
+WHERE j.id = %(id)s AND j.state IN ('discarded', 'cancelled') AND d.failed = 0
 RETURNING """
     + _J_COLUMNS
-    + """, pg_notify(%(channel)s, 'available:' || j.queue)
+    + """, CASE WHEN d.waiting = 0 THEN pg_notify(%(channel)s, 'available:' || j.queue) END
 """
 )
+# The dependencies of a job that retry_job refused, to word the error.
+_SQL_FAILED_PARENTS = """
+SELECT p.id, p.task, p.state FROM {s}.jobs AS p
+WHERE p.id = ANY(coalesce((SELECT depends_on FROM {s}.jobs WHERE id = %(id)s), '{{}}'::bigint[]))
+  AND p.state IN ('discarded', 'cancelled')
+ORDER BY p.id
+"""
 # Pruning, one final state and one bounded batch at a time.
+# --- flow control (migration 6) -------------------------------------------------------------
+# One job with dependencies. Locking the dependencies (has_dependents = true) orders this insert
+# with their completion: a dependency that completes first is seen completed here (the UPDATE reads
+# its newest version); one that completes later waits for this commit, and its trigger then sees
+# this job pending. A dependency already discarded or cancelled cancels the job at once.
+_SQL_INSERT_DEP = """
+WITH parents AS (
+    UPDATE {s}.jobs SET has_dependents = true
+    WHERE id = ANY(%(deps)s::bigint[])
+    RETURNING id, task, state
+), failed AS (
+    SELECT id, task, state FROM parents WHERE state IN ('discarded', 'cancelled') ORDER BY id LIMIT 1
+), ins AS (
+    INSERT INTO {s}.jobs (task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy,
+                          trace_context, limit_key, unique_key, unique_states, depends_on, pending_deps,
+                          finished_at, errors)
+    SELECT %(task)s, %(queue)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, w.at,
+           CASE WHEN EXISTS (SELECT 1 FROM failed) THEN 'cancelled'
+                WHEN w.waiting > 0 THEN 'pending'
+                WHEN w.at > now() THEN 'scheduled' ELSE 'available' END,
+           %(retry_policy)s::jsonb, %(trace_context)s::jsonb, %(limit_key)s, %(unique_key)s,
+           string_to_array(%(unique_states)s, ','), %(deps)s::bigint[], w.waiting,
+           CASE WHEN EXISTS (SELECT 1 FROM failed) THEN now() END,
+           coalesce((SELECT jsonb_build_array(jsonb_build_object(
+                        'type', 'DependencyFailed',
+                        'message', format('dependency %%s (%%s) was %%s, so this job will not run',
+                                          f.id, f.task, f.state),
+                        'traceback', '', 'at', now(), 'attempt', 0)) FROM failed AS f), '[]'::jsonb)
+    FROM (SELECT coalesce(%(scheduled)s::timestamptz,
+                          now() + coalesce(%(delay)s::float8, 0) * interval '1 second') AS at,
+                 (SELECT count(*) FROM parents WHERE state <> 'completed') AS waiting) AS w
+    __ON_CONFLICT__
+    RETURNING id, state, queue, scheduled_at, inserted_at
+)
+SELECT ins.id, ins.state, ins.scheduled_at, ins.inserted_at, (SELECT array_agg(id) FROM parents),
+       CASE WHEN ins.state = 'available' THEN pg_notify(%(channel)s, 'available:' || ins.queue) END
+FROM (SELECT 1) AS one LEFT JOIN ins ON true
+"""
+_SQL_CLAIM_LIMITED = "SELECT * FROM {s}.nw_claim_limited(%(worker)s, %(queues)s::text[], %(limit)s, %(cfg)s::jsonb)"
+_SQL_SET_LIMITS = """
+INSERT INTO {s}.queues AS q (name, max_concurrency, rate_limit, rate_period, updated_at)
+VALUES (%(name)s, %(concurrency)s, %(rate)s, %(period)s, now())
+ON CONFLICT (name) DO UPDATE
+SET max_concurrency = excluded.max_concurrency, rate_limit = excluded.rate_limit, rate_period = excluded.rate_period,
+    updated_at = now()
+RETURNING pg_notify(%(channel)s, 'available:' || q.name)
+"""
+_SQL_REGISTER_BREAKERS = """
+INSERT INTO {s}.breakers AS b (task, threshold, cooldown)
+SELECT * FROM unnest(%(tasks)s::text[], %(thresholds)s::int[], %(cooldowns)s::float8[])
+ON CONFLICT (task) DO UPDATE SET threshold = excluded.threshold, cooldown = excluded.cooldown, updated_at = now()
+WHERE (b.threshold, b.cooldown) IS DISTINCT FROM (excluded.threshold, excluded.cooldown)
+"""
+_SQL_LIST_BREAKERS = """
+SELECT task, state, failures, threshold, cooldown, opened_at, probe_job_id, now() FROM {s}.breakers ORDER BY task
+"""
+
 _SQL_PRUNE = """
 WITH doomed AS (
     SELECT id FROM {s}.jobs
@@ -533,10 +622,20 @@ class PostgresDriver:
         self._sql_cancel_executing = q(_SQL_CANCEL_EXECUTING)
         self._sql_cancel_requested = q(_SQL_CANCEL_REQUESTED)
         self._sql_retry = q(_SQL_RETRY)
+        self._sql_failed_parents = q(_SQL_FAILED_PARENTS)
+        self._sql_insert_dep = q(_SQL_INSERT_DEP.replace("__ON_CONFLICT__", ""))
+        self._sql_insert_dep_unique = q(_SQL_INSERT_DEP.replace("__ON_CONFLICT__", _ON_CONFLICT))
+        self._sql_claim_limited = q(_SQL_CLAIM_LIMITED)
+        self._sql_set_limits = q(_SQL_SET_LIMITS)
+        self._sql_register_breakers = q(_SQL_REGISTER_BREAKERS)
+        self._sql_list_breakers = q(_SQL_LIST_BREAKERS)
         self._sql_prune = q(_SQL_PRUNE)
         self._q = q
-        self._sql_fetch = q(_SQL_FETCH.replace("__QUEUES__", _FETCH_QUEUES))
-        self._sql_fetch_one = q(_SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE))
+        self._sql_fetch = q(_SQL_FETCH.replace("__QUEUES__", _FETCH_QUEUES).replace("__TASKS__", ""))
+        self._sql_fetch_one = q(_SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE).replace("__TASKS__", ""))
+        # A worker with limited tasks leaves their jobs to the limited claim, whoever deferred them.
+        self._sql_fetch_not = q(_SQL_FETCH.replace("__QUEUES__", _FETCH_QUEUES).replace("__TASKS__", _NOT_TASKS))
+        self._sql_fetch_one_not = q(_SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE).replace("__TASKS__", _NOT_TASKS))
         self._sql_set_paused = q(_SQL_SET_PAUSED)
         self._sql_list_queues = q(_SQL_LIST_QUEUES)
         override_entry = (
@@ -746,6 +845,7 @@ class PostgresDriver:
             "unique_states": [None if s.unique_states is None else ",".join(s.unique_states) for s in specs],
             "retry_policies": [None if s.retry_policy is None else json.dumps(s.retry_policy) for s in specs],
             "trace_contexts": [None if s.trace_context is None else json.dumps(s.trace_context) for s in specs],
+            "limit_keys": [s.limit_key for s in specs],
             "channel": self.channel,
         }
 
@@ -796,6 +896,8 @@ class PostgresDriver:
         return out
 
     def _insert_on(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        if any(s.depends_on for s in specs):
+            return self._insert_graph(conn, specs)
         if any(s.unique_key is not None for s in specs):
             return self._insert_unique(conn, specs)
         if len(specs) == 1:
@@ -810,6 +912,7 @@ class PostgresDriver:
                 "delay": spec.delay,
                 "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
                 "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
+                "limit_key": spec.limit_key,
                 "channel": self.channel,
             }
             row = conn.execute(self._sql_insert_one, params).fetchone()
@@ -854,6 +957,7 @@ class PostgresDriver:
                             state,
                             policy,
                             trace,
+                            spec.limit_key,
                         )
                     )
                     rows.append((job_id, state, at))
@@ -908,6 +1012,65 @@ class PostgresDriver:
             raise DatabaseError("could not insert or find the holders of some unique jobs after 5 tries; retry")
         return [job for job in result if job is not None]
 
+    def _insert_graph(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        """Jobs with dependencies: the independent ones in one statement, then the others one by
+        one, each after the jobs it depends on, all in one transaction."""
+        order = order_graph(specs)
+        result: list[Job | None] = [None] * len(specs)
+        by_spec: dict[int, Job] = {}
+        with conn.transaction():
+            roots = [i for i in range(len(specs)) if not specs[i].depends_on]
+            if roots:
+                for i, job in zip(roots, self._insert_on(conn, [specs[i] for i in roots]), strict=True):
+                    result[i] = job
+                    by_spec.setdefault(id(specs[i]), job)
+            for i in order:
+                spec = specs[i]
+                if not spec.depends_on:
+                    continue
+                job = self._insert_dependent(conn, spec, dependency_ids(spec, by_spec))
+                result[i] = job
+                by_spec.setdefault(id(spec), job)
+        return [job for job in result if job is not None]
+
+    def _insert_dependent(self, conn: psycopg.Connection[Any], spec: JobSpec, deps: list[int]) -> Job:
+        params = {
+            "task": spec.task,
+            "queue": spec.queue,
+            "args": spec.args_json,
+            "priority": spec.priority,
+            "max_attempts": spec.max_attempts,
+            "scheduled": spec.scheduled_at,
+            "delay": spec.delay,
+            "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+            "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
+            "limit_key": spec.limit_key,
+            "unique_key": spec.unique_key,
+            "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
+            "deps": deps,
+            "channel": self.channel,
+        }
+        query = self._sql_insert_dep if spec.unique_key is None else self._sql_insert_dep_unique
+        row = conn.execute(query, params).fetchone()
+        assert row is not None
+        found = set(row[4] or ())
+        missing = [d for d in deps if d not in found]
+        if missing:
+            raise ConfigurationError(
+                f"{spec.task}: depends_on names job(s) {missing} that do not exist (never deferred, or pruned); "
+                "nothing was enqueued"
+            )
+        if row[0] is None:
+            holder = self._holders(conn, [spec])[0]
+            if holder is None:
+                raise DatabaseError(f"{spec.task}: the unique job holding key {spec.unique_key!r} vanished; retry")
+            return holder
+        if row[1] == "cancelled":
+            fresh = conn.execute(self._sql_get, {"id": row[0]}).fetchone()
+            assert fresh is not None
+            return _job_from_row(fresh)
+        return self._new_job(spec, row)
+
     @staticmethod
     def _check_connection(connection: Any, *, allow_async: bool) -> None:
         allowed: tuple[type, ...] = (
@@ -935,6 +1098,11 @@ class PostgresDriver:
             return await self._hop(lambda c: self._insert_on(c, specs))
         self._check_connection(connection, allow_async=True)
         if isinstance(connection, psycopg.AsyncConnection):
+            if any(s.depends_on for s in specs):
+                raise ConfigurationError(
+                    "jobs with depends_on= cannot be enqueued on a psycopg.AsyncConnection yet; use a sync "
+                    "psycopg.Connection or no connection="
+                )
             if any(s.unique_key is not None for s in specs):
                 raise ConfigurationError(
                     "unique jobs cannot be enqueued on a psycopg.AsyncConnection yet; use a sync psycopg.Connection "
@@ -952,16 +1120,70 @@ class PostgresDriver:
         row = await self._hop(lambda c: c.execute(self._sql_get, {"id": job_id}).fetchone())
         return None if row is None else _job_from_row(row)
 
-    async def fetch_jobs(self, *, worker_id: str, queues: Sequence[str], limit: int) -> list[Job]:
+    async def fetch_jobs(
+        self, *, worker_id: str, queues: Sequence[str], limit: int, exclude_tasks: Sequence[str] = ()
+    ) -> list[Job]:
+        params: dict[str, Any] = {"limit": limit, "worker": worker_id}
         if len(queues) == 1:
-            query, params = self._sql_fetch_one, {"queue": queues[0], "limit": limit, "worker": worker_id}
+            query = self._sql_fetch_one_not if exclude_tasks else self._sql_fetch_one
+            params["queue"] = queues[0]
         else:
-            query, params = self._sql_fetch, {"queues": list(queues), "limit": limit, "worker": worker_id}
+            query = self._sql_fetch_not if exclude_tasks else self._sql_fetch
+            params["queues"] = list(queues)
+        if exclude_tasks:
+            params["limited"] = list(exclude_tasks)
         rows = await self._hop(lambda c: c.execute(query, params).fetchall())
         # Claimed in priority order; the UPDATE's RETURNING does not keep it.
         jobs = [_job_from_row(r) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
         return jobs
+
+    async def fetch_limited(
+        self, *, worker_id: str, queues: Sequence[str], limit: int, config: Mapping[str, Any]
+    ) -> LimitedClaim:
+        params = {"worker": worker_id, "queues": list(queues), "limit": limit, "cfg": json.dumps(config)}
+        rows = await self._hop(lambda c: c.execute(self._sql_claim_limited, params).fetchall())
+        jobs = [_job_from_row(r[:19]) for r in rows if r[0] is not None]
+        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+        wakes = [float(r[19]) for r in rows if r[0] is None and r[19] is not None]
+        held = tuple(sorted({r[20].split(":", 1)[1] for r in rows if r[0] is None and r[20]}))
+        return LimitedClaim(jobs=tuple(jobs), wake=min(wakes) if wakes else None, breakers_open=held)
+
+    async def set_queue_limits(self, name: str, *, max_concurrency: int | None, rate: RateLimit | None) -> None:
+        params = {
+            "name": name,
+            "concurrency": max_concurrency,
+            "rate": None if rate is None else rate.count,
+            "period": None if rate is None else rate.period,
+            "channel": self.channel,
+        }
+        await self._hop(lambda c: c.execute(self._sql_set_limits, params).fetchall())
+
+    async def register_breakers(self, breakers: Sequence[tuple[str, int, float]]) -> None:
+        if not breakers:
+            return
+        params = {
+            "tasks": [b[0] for b in breakers],
+            "thresholds": [b[1] for b in breakers],
+            "cooldowns": [b[2] for b in breakers],
+        }
+        await self._hop(lambda c: c.execute(self._sql_register_breakers, params))
+
+    async def list_breakers(self) -> list[BreakerInfo]:
+        rows = await self._hop(lambda c: c.execute(self._sql_list_breakers).fetchall())
+        return [
+            BreakerInfo(
+                task=r[0],
+                state=r[1],
+                failures=r[2],
+                threshold=r[3],
+                cooldown=r[4],
+                opened_at=r[5],
+                probe_job_id=r[6],
+                now=r[7],
+            )
+            for r in rows
+        ]
 
     async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
         if not completions:
@@ -1085,6 +1307,14 @@ class PostgresDriver:
                     f"job {job_id} cannot be retried: another job of its task with the same unique key is queued or "
                     "running; cancel that one first, or wait for it to finish"
                 ) from None
+            if row is None:
+                failed = c.execute(self._sql_failed_parents, params).fetchall()
+                if failed:
+                    names = ", ".join(f"{r[0]} ({r[1]}, {r[2]})" for r in failed)
+                    raise JobStateError(
+                        f"job {job_id} cannot be retried: it depends on job(s) that did not complete: {names}; "
+                        "retry those first"
+                    )
             return None if row is None else _job_from_row(row)
 
         return await self._hop(retry)
@@ -1166,6 +1396,8 @@ class PostgresDriver:
                 counts={state: int(n) for state, n in sorted(r[3].items())},
                 oldest_available_at=r[4],
                 now=r[5],
+                max_concurrency=r[6],
+                rate_limit=None if r[7] is None else str(RateLimit(count=r[7], period=r[8])),
             )
             for r in rows
         ]

@@ -1,0 +1,342 @@
+"""Flow control: global limits, circuit breakers and job dependencies (workflows).
+
+Everything here is pure: option validation, the configuration a worker hands to the limited claim,
+and the ordering of a dependency graph. The enforcement lives where jobs are claimed, in the
+driver, so that any number of workers on any number of hosts share one count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._models import Job, JobSpec
+
+_INT32_MAX = 2**31 - 1
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*([a-z]+)\s*", re.IGNORECASE)
+_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
+_LIMIT_KEY_MAX = 200
+
+#: ``limit_by=``: the name of an argument, or a function of the arguments returning the partition.
+LimitBy = str | Callable[[dict[str, Any]], object] | None
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    """At most ``count`` starts in any window of ``period`` seconds (a sliding window)."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s"
+
+
+def parse_rate_limit(value: object, *, where: str) -> RateLimit | None:
+    """Parse ``"100/m"``, ``"10/s"``, ``"5/h"``, ``"30/10s"`` or ``(count, seconds | timedelta)``.
+
+    Raises:
+        ConfigurationError: the value is not a rate (the message shows the accepted forms).
+    """
+    if value is None:
+        return None
+    fix = (
+        "write it as '<count>/<unit>' with a unit of s, m, h or d (for example '100/m' or '30/10s'), or "
+        "as a tuple (count, seconds)"
+    )
+    count: object
+    period: object
+    if isinstance(value, str):
+        match = _RATE.fullmatch(value)
+        if not match or match.group(3).lower() not in _UNITS:
+            raise ConfigurationError(f"{where}: rate_limit={value!r} is not a rate; {fix}")
+        count = int(match.group(1))
+        period = float(match.group(2) or 1) * _UNITS[match.group(3).lower()]
+    elif isinstance(value, tuple) and len(value) == 2:
+        count, period = value
+        if isinstance(period, dt.timedelta):
+            period = period.total_seconds()
+    else:
+        raise ConfigurationError(f"{where}: rate_limit={value!r} is not a rate; {fix}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _INT32_MAX:
+        raise ConfigurationError(f"{where}: rate_limit={value!r} needs a whole count >= 1; {fix}")
+    if (
+        isinstance(period, bool)
+        or not isinstance(period, (int, float))
+        or not math.isfinite(period)
+        or not 0.001 <= period <= 366 * 86400
+    ):
+        raise ConfigurationError(f"{where}: rate_limit={value!r} needs a period between 1 ms and a year; {fix}")
+    return RateLimit(count=count, period=float(period))
+
+
+def check_max_concurrency(value: object, *, where: str) -> int | None:
+    """Validate ``max_concurrency=`` (None: no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT32_MAX:
+        raise ConfigurationError(
+            f"{where}: max_concurrency={value!r} must be an int >= 1 (jobs running at once across all workers), "
+            "or None for no limit"
+        )
+    return value
+
+
+def check_limit_by(value: object, *, where: str) -> LimitBy:
+    """Validate ``limit_by=``: an argument name or a function of the arguments."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str) and value.isidentifier():
+        return value
+    raise ConfigurationError(
+        f"{where}: limit_by={value!r} must be the name of an argument (for example 'customer_id') or a function "
+        "args -> key"
+    )
+
+
+def resolve_limit_key(option: LimitBy, args: Mapping[str, Any], *, where: str) -> str:
+    """The partition of one job's limits ('' when the limits are not partitioned)."""
+    if option is None:
+        return ""
+    if isinstance(option, str):
+        if option not in args:
+            raise ConfigurationError(
+                f"{where}: limit_by={option!r} names an argument this job does not pass; pass {option}=... or "
+                "use a function for limit_by"
+            )
+        key: object = args[option]
+    else:
+        try:
+            key = option(dict(args))
+        except Exception as exc:
+            raise ConfigurationError(f"{where}: the limit_by function raised {type(exc).__name__}: {exc}") from exc
+    text = key if isinstance(key, str) else _key_text(key, where=where)
+    if len(text) > _LIMIT_KEY_MAX:
+        raise ConfigurationError(f"{where}: the limit key {text[:40]!r}... is over {_LIMIT_KEY_MAX} characters")
+    return text
+
+
+def _key_text(key: object, *, where: str) -> str:
+    if isinstance(key, bool) or key is None or not isinstance(key, (int, float)):
+        raise ConfigurationError(
+            f"{where}: the limit key {key!r} must be a string or a number (it partitions the task's limits)"
+        )
+    return str(key)
+
+
+def _seconds(value: Any) -> Any:
+    return value.total_seconds() if isinstance(value, dt.timedelta) else value
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreaker:
+    """A task's circuit breaker: after ``threshold`` consecutive failures (across all workers) the
+    task's jobs are held back, neither run nor counted as attempts, for ``cooldown`` seconds; then
+    one probe job runs. Its success closes the breaker; its failure opens it again.
+
+    Attributes:
+        threshold: consecutive failed attempts that open the breaker (>= 1).
+        cooldown: seconds the breaker stays open before the probe (> 0).
+
+    Example:
+        >>> @app.task(circuit_breaker=CircuitBreaker(threshold=5, cooldown=30))
+        ... async def call_partner_api(order_id: int) -> None: ...
+    """
+
+    threshold: int = attrs.field(default=5)
+    cooldown: float = attrs.field(default=60.0, converter=_seconds)
+
+    @threshold.validator
+    def _check_threshold(self, _: object, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT32_MAX:
+            raise ConfigurationError(f"CircuitBreaker(threshold={value!r}): must be an int >= 1")
+
+    @cooldown.validator
+    def _check_cooldown(self, _: object, value: object) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not 0 < value <= 366 * 86400
+        ):
+            raise ConfigurationError(f"CircuitBreaker(cooldown={value!r}): must be seconds > 0 (or a timedelta)")
+
+
+@attrs.frozen(kw_only=True)
+class BreakerInfo:
+    """A circuit breaker as ``app.list_breakers()`` and ``nursery-worker status`` see it.
+
+    Attributes:
+        task: the task it guards.
+        state: ``"closed"`` (jobs run), ``"open"`` (jobs held back until ``reopens_at``) or
+            ``"half_open"`` (one probe job is running).
+        failures: consecutive failures counted so far.
+        threshold: failures that open it.
+        cooldown: seconds it stays open before a probe.
+        opened_at: when it last opened, or None.
+        probe_job_id: the probe job while half open, else None.
+        now: the database's clock when the row was read.
+    """
+
+    task: str
+    state: str
+    failures: int
+    threshold: int
+    cooldown: float
+    opened_at: dt.datetime | None
+    probe_job_id: int | None
+    now: dt.datetime
+
+    @property
+    def reopens_at(self) -> dt.datetime | None:
+        """When an open breaker lets a probe through (database clock), or None when it is not open."""
+        if self.state != "open" or self.opened_at is None:
+            return None
+        return self.opened_at + dt.timedelta(seconds=self.cooldown)
+
+
+def limits_config(tasks: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """The limited claim's view of a task registry: {task: {"c": n, "r": n, "p": s, "b": True}}."""
+    config: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        if not task.limited:
+            continue
+        entry: dict[str, Any] = {}
+        if task.max_concurrency is not None:
+            entry["c"] = task.max_concurrency
+        if task.rate_limit is not None:
+            entry["r"] = task.rate_limit.count
+            entry["p"] = task.rate_limit.period
+        if task.circuit_breaker is not None:
+            entry["b"] = True
+        config[task.name] = entry
+    return config
+
+
+# --- dependencies ----------------------------------------------------------------------------------
+
+
+def check_depends_on(value: object, *, where: str) -> tuple[int | JobSpec, ...]:
+    """Validate ``depends_on=``: jobs (``Job``), job ids, or job specs of the same ``defer_many`` call."""
+    from ._models import Job, JobSpec
+
+    if value is None:
+        return ()
+    if isinstance(value, (Job, JobSpec, int)) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"{where}: depends_on={value!r} must be a list of jobs (as returned by defer), job ids, or job specs "
+            "(task.job(...)) deferred in the same defer_many call"
+        )
+    out: list[int | JobSpec] = []
+    for item in value:
+        if isinstance(item, Job):
+            item = item.id
+        if isinstance(item, bool) or not isinstance(item, (int, JobSpec)):
+            raise ConfigurationError(
+                f"{where}: depends_on holds {item!r}; use jobs (as returned by defer), job ids, or job specs "
+                "(task.job(...)) deferred in the same defer_many call"
+            )
+        if isinstance(item, int) and item < 1:
+            raise ConfigurationError(f"{where}: depends_on holds the id {item}, which no job can have (ids are >= 1)")
+        if not any(item is seen for seen in out):
+            out.append(item)
+    return tuple(out)
+
+
+def order_graph(specs: Sequence[JobSpec]) -> list[int]:
+    """Indexes of *specs* in an order where each spec comes after the specs it depends on.
+
+    Raises:
+        ConfigurationError: a spec depends on a spec that is not in *specs*, a spec that others
+            depend on appears twice, or the dependencies form a cycle (the message names it).
+    """
+    from ._models import JobSpec
+
+    index: dict[int, int] = {}
+    for i, spec in enumerate(specs):
+        if id(spec) in index:
+            if any(any(dep is spec for dep in other.depends_on) for other in specs):
+                raise ConfigurationError(
+                    f"defer_many: the same job spec ({spec.task}) is listed twice and other jobs depend on it; "
+                    "build one spec per job"
+                )
+            continue
+        index[id(spec)] = i
+    edges: dict[int, list[int]] = {}
+    for i, spec in enumerate(specs):
+        parents = []
+        for dep in spec.depends_on:
+            if isinstance(dep, JobSpec):
+                if id(dep) not in index:
+                    raise ConfigurationError(
+                        f"defer_many: item {i} ({spec.task}) depends on a job spec ({dep.task}) that is not in this "
+                        "call; defer both in one defer_many call, or defer the dependency first and pass its job"
+                    )
+                parents.append(index[id(dep)])
+        edges[i] = parents
+    # Kahn's algorithm, iterative (a chain of thousands of jobs must not hit the recursion limit),
+    # keeping the order given among jobs that are ready together.
+    children: dict[int, list[int]] = {i: [] for i in edges}
+    waiting = {i: 0 for i in edges}
+    for child, parents in edges.items():
+        for parent in set(parents):
+            children[parent].append(child)
+            waiting[child] += 1
+    ready = deque(i for i in sorted(edges) if waiting[i] == 0)
+    order: list[int] = []
+    while ready:
+        node = ready.popleft()
+        order.append(node)
+        for child in children[node]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if len(order) < len(edges):
+        # Walk parents from a job left over until one repeats: that loop is the cycle.
+        node = next(i for i in edges if waiting[i] > 0)
+        path: list[int] = []
+        while node not in path:
+            path.append(node)
+            node = next(p for p in edges[node] if waiting[p] > 0)
+        cycle = [*path[path.index(node) :], node]
+        names = " <- ".join(f"{specs[k].task} (item {k})" for k in cycle)
+        raise ConfigurationError(f"defer_many: the dependencies form a cycle ({names}); a workflow must be acyclic")
+    return order
+
+
+def dependency_ids(spec: JobSpec, inserted: Mapping[int, Job]) -> list[int]:
+    """The ids *spec* depends on, with in-call specs replaced by the jobs inserted for them."""
+    from ._models import JobSpec
+
+    ids: list[int] = []
+    for dep in spec.depends_on:
+        job_id = inserted[id(dep)].id if isinstance(dep, JobSpec) else dep
+        if job_id not in ids:
+            ids.append(job_id)
+    return ids
