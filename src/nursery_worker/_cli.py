@@ -685,7 +685,8 @@ def status(
     log_level: str,
     log_format: str,
 ) -> None:
-    """Show each queue (paused?, jobs by state, oldest available job's age) and every worker.
+    """Show each queue (paused?, jobs by state, oldest available job's age, limits), the circuit
+    breakers, and every worker.
 
     Workers: pid, host, state, uptime, restarts, counters, and the age of the last heartbeat, all by
     the database's clock.
@@ -695,12 +696,12 @@ def status(
     _setup_logging(log_level, log_format)
     app = _make_app(app_path, dsn, schema)
 
-    def draw(queues: Any, workers: Any) -> None:
+    def draw(queues: Any, workers: Any, breakers: Any) -> None:
         if as_json:
-            data = status_dict(queues, workers, schema=app.schema)
+            data = status_dict(queues, workers, schema=app.schema, breakers=breakers)
             click.echo(json.dumps(data) if watch is not None else json.dumps(data, indent=2))
         else:
-            text = render_status(queues, workers, schema=app.schema)
+            text = render_status(queues, workers, schema=app.schema, breakers=breakers)
             if watch is not None:
                 if sys.stdout.isatty():
                     click.clear()
@@ -712,7 +713,7 @@ def status(
 
     async def body(app: App) -> None:
         while True:
-            draw(await app.list_queues(), await app.driver.list_workers())
+            draw(await app.list_queues(), await app.driver.list_workers(), await app.list_breakers())
             if watch is None:
                 return
             await anyio.sleep(watch)
@@ -981,7 +982,7 @@ def jobs_cancel(
 
 @cli.group()
 def queues() -> None:
-    """List queues; pause and resume them."""
+    """List queues; pause, resume and limit them."""
 
 
 @queues.command("list")
@@ -1031,6 +1032,68 @@ def queues_pause(
     """Stop every worker from fetching NAME's jobs (running jobs finish; deferring still works)."""
     _setup_logging(log_level, log_format)
     _set_paused(name, True, app_path, as_json, dsn, schema)
+
+
+@queues.command("limit")
+@click.argument("name")
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=None, help="Jobs of NAME running at once.")
+@click.option("--rate-limit", default=None, help="Starts of NAME's jobs per window: '100/m', '10/s', '30/10s'.")
+@click.option("--clear", is_flag=True, help="Lift both limits.")
+@_LOOKUP_APP
+@_JSON
+@_common
+def queues_limit(
+    name: str,
+    max_concurrency: int | None,
+    rate_limit: str | None,
+    clear: bool,
+    app_path: str | None,
+    as_json: bool,
+    dsn: str | None,
+    schema: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Set NAME's limits across every worker and host; each call sets both (an omitted one is lifted)."""
+    from ._status import queue_dict
+
+    _setup_logging(log_level, log_format)
+    if clear and (max_concurrency is not None or rate_limit is not None):
+        raise click.UsageError("--clear lifts both limits; do not combine it with --max-concurrency or --rate-limit")
+    if not clear and max_concurrency is None and rate_limit is None:
+        raise click.UsageError("give --max-concurrency, --rate-limit, or --clear to lift both")
+    app = _make_app(app_path, dsn, schema)
+    info = _with_app(app, lambda a: a.set_queue_limits(name, max_concurrency=max_concurrency, rate_limit=rate_limit))
+    if as_json:
+        _echo_json(queue_dict(info))
+    else:
+        limits = [f"at most {info.max_concurrency} running"] if info.max_concurrency is not None else []
+        limits += [f"at most {info.rate_limit} starts"] if info.rate_limit is not None else []
+        click.echo(f"queue {name!r}: " + (", ".join(limits) if limits else "no limits"))
+
+
+@cli.group()
+def breakers() -> None:
+    """Show the circuit breakers of tasks (circuit_breaker=)."""
+
+
+@breakers.command("list")
+@_LOOKUP_APP
+@_JSON
+@_common
+def breakers_list(
+    app_path: str | None, as_json: bool, dsn: str | None, schema: str | None, log_level: str, log_format: str
+) -> None:
+    """Every circuit breaker: closed, open (jobs held back) or half open (a probe runs), and its failures."""
+    from ._status import breaker_dict, render_breakers
+
+    _setup_logging(log_level, log_format)
+    app = _make_app(app_path, dsn, schema)
+    found = _with_app(app, lambda a: a.list_breakers())
+    if as_json:
+        _echo_json([breaker_dict(b) for b in found])
+    else:
+        click.echo(render_breakers(found))
 
 
 @queues.command("resume")

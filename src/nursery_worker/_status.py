@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ._flow import BreakerInfo
 from ._models import Job, JobError, QueueInfo, WorkerRow
 from ._supervisor import format_duration
 
@@ -88,36 +89,102 @@ def queue_dict(q: QueueInfo) -> dict[str, Any]:
         "counts": dict(q.counts),
         "oldest_available_at": _iso(q.oldest_available_at),
         "oldest_available_age": None if age is None else round(age, 3),
+        "max_concurrency": q.max_concurrency,
+        "rate_limit": q.rate_limit,
     }
+
+
+def _limits(q: QueueInfo) -> str:
+    parts = []
+    if q.max_concurrency is not None:
+        parts.append(f"{q.max_concurrency} at once")
+    if q.rate_limit is not None:
+        parts.append(q.rate_limit)
+    return ", ".join(parts) or "-"
 
 
 def render_queues(queues: Sequence[QueueInfo]) -> str:
     """The queues table: pause state, jobs by state, how long the oldest available job has waited."""
     if not queues:
         return "no queues: no jobs have been deferred and no queue was paused"
-    header = ("QUEUE", "STATE", *(s.upper() for s in _STATES), "OLDEST AVAILABLE")
+    header = ("QUEUE", "STATE", *(s.upper() for s in _STATES), "OLDEST AVAILABLE", "LIMITS")
     rows = [
         (
             q.name,
             "paused" if q.paused else "running",
             *(str(q.counts.get(s, 0)) for s in _STATES),
             "-" if q.oldest_available_age is None else format_duration(q.oldest_available_age),
+            _limits(q),
         )
         for q in queues
     ]
     return table(header, rows)
 
 
-def render_status(queues: Sequence[QueueInfo], workers: Sequence[WorkerRow], *, schema: str) -> str:
-    """``nursery-worker status``: the queues table (when there are queues), then the workers table."""
+def render_status(
+    queues: Sequence[QueueInfo],
+    workers: Sequence[WorkerRow],
+    *,
+    schema: str,
+    breakers: Sequence[BreakerInfo] = (),
+) -> str:
+    """``nursery-worker status``: the queues table (when there are queues), the circuit breakers
+    (when there are any), then the workers table."""
     parts = [render_queues(queues)] if queues else []
+    if breakers:
+        parts.append(render_breakers(breakers))
     parts.append(render_table(workers, schema=schema))
     return "\n\n".join(parts)
 
 
-def status_dict(queues: Sequence[QueueInfo], workers: Sequence[WorkerRow], *, schema: str) -> dict[str, Any]:
-    """``nursery-worker status --json``: ``{"schema", "queues": [...], "workers": [...]}``."""
-    return {"schema": schema, "queues": [queue_dict(q) for q in queues], "workers": [as_dict(w) for w in workers]}
+def status_dict(
+    queues: Sequence[QueueInfo],
+    workers: Sequence[WorkerRow],
+    *,
+    schema: str,
+    breakers: Sequence[BreakerInfo] = (),
+) -> dict[str, Any]:
+    """``nursery-worker status --json``: ``{"schema", "queues", "breakers", "workers"}``."""
+    return {
+        "schema": schema,
+        "queues": [queue_dict(q) for q in queues],
+        "breakers": [breaker_dict(b) for b in breakers],
+        "workers": [as_dict(w) for w in workers],
+    }
+
+
+# --- circuit breakers --------------------------------------------------------------------------
+
+
+def breaker_dict(b: BreakerInfo) -> dict[str, Any]:
+    """One circuit breaker as a JSON-ready dict."""
+    return {
+        "task": b.task,
+        "state": b.state,
+        "failures": b.failures,
+        "threshold": b.threshold,
+        "cooldown": b.cooldown,
+        "opened_at": _iso(b.opened_at),
+        "reopens_at": _iso(b.reopens_at),
+        "probe_job_id": b.probe_job_id,
+    }
+
+
+def render_breakers(breakers: Sequence[BreakerInfo]) -> str:
+    """The circuit breakers table: state, consecutive failures, and when an open one lets a probe through."""
+    if not breakers:
+        return "no circuit breakers: no task with circuit_breaker= has run yet"
+    rows = []
+    for b in breakers:
+        if b.state == "open" and b.reopens_at is not None:
+            left = max(0.0, (b.reopens_at - b.now).total_seconds())
+            note = f"probe in {format_duration(left)}"
+        elif b.state == "half_open":
+            note = f"probe job {b.probe_job_id}" if b.probe_job_id is not None else "probe due"
+        else:
+            note = "-"
+        rows.append((b.task, b.state, f"{b.failures}/{b.threshold}", f"{b.cooldown:g}s", note))
+    return table(("BREAKER", "STATE", "FAILURES", "COOLDOWN", "NEXT"), rows)
 
 
 # --- jobs --------------------------------------------------------------------------------------
