@@ -44,6 +44,8 @@ def drop(schema: str) -> None:
         ("supervisor", "example_supervisor", "worked 20 jobs in 2 processes"),
         ("metrics_and_tracing", "example_metrics", "5 in the trace of their defer"),
         ("queue_pause", "example_pause", "after resume: ['report daily', 'email to ada@example.com']"),
+        ("workflows", "example_workflows", "'merged report', 'published report']"),
+        ("limits_and_breakers", "example_limits", "after the probe: closed"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:

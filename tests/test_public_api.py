@@ -10,9 +10,11 @@ import nursery_worker
 
 PUBLIC_NAMES = [
     "App",
+    "BreakerInfo",
     "CallNext",
     "CancelResult",
     "ChildStatus",
+    "CircuitBreaker",
     "ConfigurationError",
     "ConstantBackoff",
     "DatabaseError",

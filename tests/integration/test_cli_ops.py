@@ -88,15 +88,15 @@ def test_status_shows_queue_counts_oldest_wait_and_workers(app: App, db: Conn, d
     queues, workers = out.strip().split("\n\n")
     header, *rows = queues.splitlines()
     assert header.split() == [
-        "QUEUE", "STATE", "AVAILABLE", "SCHEDULED", "EXECUTING", "RETRYABLE", "COMPLETED", "DISCARDED", "CANCELLED",
-        "OLDEST", "AVAILABLE",
+        "QUEUE", "STATE", "PENDING", "AVAILABLE", "SCHEDULED", "EXECUTING", "RETRYABLE", "COMPLETED", "DISCARDED",
+        "CANCELLED", "OLDEST", "AVAILABLE", "LIMITS",
     ]  # fmt: skip
-    assert [r.split()[:9] for r in rows] == [
-        ["default", "running", "2", "0", "0", "0", "0", "0", "0"],
-        ["mail", "running", "0", "0", "0", "0", "0", "1", "0"],
+    assert [r.split()[:10] for r in rows] == [
+        ["default", "running", "0", "2", "0", "0", "0", "0", "0", "0"],
+        ["mail", "running", "0", "0", "0", "0", "0", "0", "1", "0"],
     ]
-    assert rows[0].split()[-1].startswith("2m0")  # 125 s ago, by the database clock
-    assert rows[1].split()[-1] == "-"
+    assert rows[0].split()[-2].startswith("2m0")  # 125 s ago, by the database clock
+    assert rows[1].split()[-2:] == ["-", "-"]
     assert workers.splitlines()[0].split()[0] == "SUPERVISOR"
     assert "w-1" not in workers and "4242" in workers
 
@@ -247,7 +247,7 @@ def test_queues_pause_resume_and_list(app: App, dsn: str, schema: str) -> None:
     assert "paused" in _ok(_cli(["queues", "pause", "mail"], dsn=dsn, schema=schema))
     assert "already paused" in _ok(_cli(["queues", "pause", "mail"], dsn=dsn, schema=schema))
     table = _ok(_cli(["queues", "list"], dsn=dsn, schema=schema)).splitlines()
-    assert table[1].split()[:3] == ["mail", "paused", "1"]
+    assert table[1].split()[:4] == ["mail", "paused", "0", "1"]
     listed = json.loads(_ok(_cli(["queues", "list", "--json"], dsn=dsn, schema=schema)))
     assert [(q["name"], q["paused"]) for q in listed] == [("mail", True)]
     resumed = json.loads(_ok(_cli(["queues", "resume", "mail", "--json"], dsn=dsn, schema=schema)))

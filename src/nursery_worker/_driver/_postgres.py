@@ -367,6 +367,7 @@ SELECT queue, state, count(*) FROM (
     SELECT queue, state FROM {s}.jobs WHERE state = 'available'
     UNION ALL SELECT queue, state FROM {s}.jobs WHERE state IN ('scheduled', 'retryable')
     UNION ALL SELECT queue, state FROM {s}.jobs WHERE state = 'executing'
+    UNION ALL SELECT queue, state FROM {s}.jobs WHERE state = 'pending'
 ) AS active
 GROUP BY queue, state ORDER BY 1, 2
 """
