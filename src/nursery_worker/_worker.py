@@ -545,6 +545,7 @@ class Worker:
         backoff = ServiceBackoff()
         next_poll = 0.0
         next_limited = math.inf
+        next_adopt = 0.0
         promoted_while_empty = False
         while True:
             # Finished jobs whose outcome is not yet written still hold their row as executing:
@@ -559,8 +560,11 @@ class Worker:
                     # limited tasks or the last claim found limited work, else once per poll, which is
                     # how a worker learns of queue limits set in the database.
                     if self._limits or self._limited_seen or now >= next_poll:
+                        adopt = bool(self._limits) and now >= next_adopt
+                        if adopt:
+                            next_adopt = now + c.reap_interval
                         claim = await driver.fetch_limited(
-                            worker_id=self.id, queues=c.queues, limit=free, config=self._limits
+                            worker_id=self.id, queues=c.queues, limit=free, config=self._limits, adopt=adopt
                         )
                         fetched.extend(claim.jobs)
                         self._limited_seen = bool(claim.jobs) or claim.wake is not None

@@ -99,11 +99,18 @@ class Driver(Protocol):
         jobs without limits of *exclude_tasks* (the worker's limited tasks) to ``fetch_limited``."""
 
     async def fetch_limited(
-        self, *, worker_id: str, queues: Sequence[str], limit: int, config: Mapping[str, Any]
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        config: Mapping[str, Any],
+        adopt: bool = False,
     ) -> LimitedClaim:
         """Claim up to *limit* jobs subject to task limits (*config*, see ``_flow.limits_config``),
         queue limits or circuit breakers, never overshooting a limit across workers; plus when
-        capacity frees by time and which breakers hold jobs back."""
+        capacity frees by time and which breakers hold jobs back. With *adopt*, first give jobs of
+        the configured tasks that were deferred without a limit key the unpartitioned key."""
 
     async def set_queue_limits(self, name: str, *, max_concurrency: int | None, rate: RateLimit | None) -> None:
         """Store a queue's limits (None lifts one) and nudge its workers."""

@@ -469,7 +469,9 @@ SELECT ins.id, ins.state, ins.scheduled_at, ins.inserted_at, (SELECT array_agg(i
        CASE WHEN ins.state = 'available' THEN pg_notify(%(channel)s, 'available:' || ins.queue) END
 FROM (SELECT 1) AS one LEFT JOIN ins ON true
 """
-_SQL_CLAIM_LIMITED = "SELECT * FROM {s}.nw_claim_limited(%(worker)s, %(queues)s::text[], %(limit)s, %(cfg)s::jsonb)"
+_SQL_CLAIM_LIMITED = (
+    "SELECT * FROM {s}.nw_claim_limited(%(worker)s, %(queues)s::text[], %(limit)s, %(cfg)s::jsonb, %(adopt)s)"
+)
 _SQL_SET_LIMITS = """
 INSERT INTO {s}.queues AS q (name, max_concurrency, rate_limit, rate_period, updated_at)
 VALUES (%(name)s, %(concurrency)s, %(rate)s, %(period)s, now())
@@ -1140,9 +1142,21 @@ class PostgresDriver:
         return jobs
 
     async def fetch_limited(
-        self, *, worker_id: str, queues: Sequence[str], limit: int, config: Mapping[str, Any]
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        config: Mapping[str, Any],
+        adopt: bool = False,
     ) -> LimitedClaim:
-        params = {"worker": worker_id, "queues": list(queues), "limit": limit, "cfg": json.dumps(config)}
+        params = {
+            "worker": worker_id,
+            "queues": list(queues),
+            "limit": limit,
+            "cfg": json.dumps(config),
+            "adopt": adopt,
+        }
         rows = await self._hop(lambda c: c.execute(self._sql_claim_limited, params).fetchall())
         jobs = [_job_from_row(r[:19]) for r in rows if r[0] is not None]
         jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))

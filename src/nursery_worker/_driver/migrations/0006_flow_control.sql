@@ -182,7 +182,8 @@ CREATE TRIGGER jobs_limited_finished
 -- the counts read below stay true until the claim commits: two workers never overshoot. Returns
 -- the claimed jobs, then (id NULL) a row whose "wake" says in how many seconds a rate window or a
 -- breaker's cooldown frees capacity, and rows whose "note" names a breaker holding jobs back.
-CREATE FUNCTION {schema}.nw_claim_limited(p_worker text, p_queues text[], p_limit integer, p_cfg jsonb)
+CREATE FUNCTION {schema}.nw_claim_limited(p_worker text, p_queues text[], p_limit integer, p_cfg jsonb,
+                                          p_adopt boolean)
 RETURNS TABLE (
     id bigint, task text, queue text, args jsonb, state text, attempt integer, max_attempts integer,
     priority integer, scheduled_at timestamptz, inserted_at timestamptz, attempted_at timestamptz,
@@ -212,16 +213,18 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('nursery_worker_limits:' || '{schema}'));
     -- The database's clock after the lock: the windows are measured from when the claim happens.
     v_now := clock_timestamp();
+    -- Now and then (p_adopt), jobs of limited tasks deferred by a producer that did not know the
+    -- limits (no key) join the unpartitioned share. Until then no limited-aware worker claims them.
+    IF p_adopt AND p_cfg <> '{{}}'::jsonb THEN
+        UPDATE {schema}.jobs AS j SET limit_key = ''
+        WHERE j.state = 'available' AND j.limit_key IS NULL AND j.queue = ANY (p_queues)
+          AND j.task = ANY (ARRAY(SELECT jsonb_object_keys(p_cfg)));
+    END IF;
     FOR g IN
         SELECT c.queue AS gq, c.task AS gt, c.limit_key AS gk
         FROM (
             SELECT j.queue, j.task, j.limit_key, j.priority, j.scheduled_at FROM {schema}.jobs AS j
             WHERE j.state = 'available' AND j.limit_key IS NOT NULL AND j.queue = ANY (p_queues)
-            UNION ALL
-            -- Jobs of limited tasks deferred by a process that did not know the limits (no key).
-            SELECT j.queue, j.task, j.limit_key, j.priority, j.scheduled_at FROM {schema}.jobs AS j
-            WHERE j.state = 'available' AND j.limit_key IS NULL AND j.queue = ANY (p_queues)
-              AND j.task = ANY (ARRAY(SELECT jsonb_object_keys(p_cfg)))
             UNION ALL
             SELECT j.queue, j.task, j.limit_key, j.priority, j.scheduled_at FROM {schema}.jobs AS j
             WHERE j.state = 'available' AND j.limit_key IS NULL
