@@ -30,6 +30,7 @@ PUBLIC_NAMES = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "PeriodicInfo",
     "QueueInfo",
     "Retry",
     "RetryPolicy",
