@@ -366,6 +366,7 @@ class App:
         queue: str | None = None,
         priority: int | None = None,
         catch_up: float | dt.timedelta = DEFAULT_CATCH_UP,
+        tick_arg: str | None = None,
     ) -> Task[P, R]: ...
 
     @overload
@@ -381,6 +382,7 @@ class App:
         queue: str | None = None,
         priority: int | None = None,
         catch_up: float | dt.timedelta = DEFAULT_CATCH_UP,
+        tick_arg: str | None = None,
     ) -> Task[..., Any]: ...
 
     @overload
@@ -395,6 +397,7 @@ class App:
         queue: str | None = None,
         priority: int | None = None,
         catch_up: float | dt.timedelta = DEFAULT_CATCH_UP,
+        tick_arg: str | None = None,
     ) -> PeriodicDecorator: ...
 
     def periodic(
@@ -409,16 +412,18 @@ class App:
         queue: str | None = None,
         priority: int | None = None,
         catch_up: float | dt.timedelta = DEFAULT_CATCH_UP,
+        tick_arg: str | None = None,
     ) -> Task[P, R] | Task[..., Any] | PeriodicDecorator:
         """Enqueue a task's job on a cron schedule, exactly once per tick however many workers run.
 
         Stack it above ``@app.task``, or call it with a task (or a registered task's name). Every
         worker that serves the job's queue runs a scheduler; the database lets exactly one of them
         enqueue each tick, so a tick survives the worker that would have enqueued it. The job's
-        ``scheduled_at`` is the tick (a task can read it from its ``JobContext``), its arguments are
-        *args* as given. A worker that starts after missed ticks enqueues only the latest of them,
-        once, if it is at most *catch_up* seconds old. Ticks from before the schedule first reached
-        the database (or before its expression or time zone last changed) are never enqueued.
+        ``scheduled_at`` is the tick (until a retry reschedules it), its arguments are *args* as
+        given, plus the tick itself in the parameter named by *tick_arg*. A worker that starts
+        after missed ticks enqueues only the latest of them, once, if it is at most *catch_up*
+        seconds old. Ticks from before the schedule first reached the database (or before its
+        expression or time zone last changed) are never enqueued.
 
         Args:
             task: the :class:`Task` or a registered task name (omit it to decorate).
@@ -435,6 +440,10 @@ class App:
             priority: the jobs' priority instead of the task's.
             catch_up: seconds (or a timedelta) a tick may be late and still be enqueued (default
                 600); a tick missed by more is skipped, with a warning.
+            tick_arg: the name of a task parameter that receives the tick, as an ISO 8601 string
+                in the schedule's time zone (``"2026-11-23T06:00:00+01:00"``). It is stored in
+                the job's arguments, so retries see it too (``scheduled_at`` moves on a retry). A
+                unique key made from the arguments leaves it out, so it still prevents overlap.
 
         Returns:
             The task (so the decorator form stacks), or a decorator that takes one.
@@ -463,6 +472,7 @@ class App:
                 queue=queue,
                 priority=priority,
                 catch_up=catch_up,
+                tick_arg=tick_arg,
             )
             add_schedule(self.schedules, schedule)
             return self.tasks[schedule.spec.task]

@@ -125,27 +125,33 @@ class Cron:
         return f"Cron({self.expression!r}, {self.zone.key!r})"
 
     def ticks_after(self, start: dt.datetime) -> Iterator[dt.datetime]:
-        """The ticks strictly after *start* (aware), in increasing absolute time, in the cron's zone."""
-        last = start
-        it = cronsim.CronSim(self._text, start.astimezone(self.zone))
-        for tick in it:
-            if tick > last:  # aware comparison: absolute time, whatever the fold
+        """The ticks strictly after *start* (aware), in increasing order, as UTC datetimes.
+
+        UTC, because two datetimes that share a tzinfo object compare by their wall clock alone,
+        ignoring ``fold``: 02:30 CET would not be "after" 02:30 CEST on the day clocks go back.
+        """
+        last = start.astimezone(dt.UTC)
+        for local in cronsim.CronSim(self._text, start.astimezone(self.zone)):
+            tick = local.astimezone(dt.UTC)
+            if tick > last:
                 last = tick
                 yield tick
 
     def next_after(self, start: dt.datetime) -> dt.datetime | None:
-        """The first tick strictly after *start*, or None if there is none within 50 years."""
+        """The first tick strictly after *start*, as a UTC datetime, or None if there is none within 50 years."""
         return next(self.ticks_after(start), None)
 
     def latest_at_or_before(self, end: dt.datetime) -> dt.datetime | None:
-        """The last tick at or before *end* (aware), or None if there is none within 50 years back."""
+        """The last tick at or before *end* (aware), as a UTC datetime, or None if there is none
+        within 50 years back."""
+        end = end.astimezone(dt.UTC)
         # Ticks fall on whole seconds: searching back from the next whole second includes *end*'s.
         local = (end.replace(microsecond=0) + _SECOND).astimezone(self.zone)
         back = cronsim.CronSim(self._text, local, reverse=True)
         try:
-            candidate = next(back)
+            candidate = next(back).astimezone(dt.UTC)
             while candidate > end:
-                candidate = next(back)
+                candidate = next(back).astimezone(dt.UTC)
         except StopIteration:
             return None
         # Going back on the naive wall clock can skip a tick of a repeated (fall-back) hour; a

@@ -46,6 +46,7 @@ logger = logging.getLogger("nursery_worker.periodic")
 #: database outage does not lose a tick, a worker started hours later does not run a stale one.
 DEFAULT_CATCH_UP = 600.0
 _NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
+_TICK_PLACEHOLDER = "1970-01-01T00:00:00+00:00"
 
 
 # --- records that cross the driver boundary --------------------------------------------------
@@ -154,6 +155,7 @@ class Schedule:
     cron: Cron
     spec: JobSpec  # the job of every tick (the tick becomes its scheduled_at)
     catch_up: float
+    tick_arg: str | None = None  # the parameter that receives the tick (ISO 8601), if any
 
     @property
     def timezone(self) -> str:
@@ -181,7 +183,15 @@ class Schedule:
             s.args_json,
             s.unique_key,
             self.catch_up,
+            self.tick_arg,
         )
+
+    def job_for(self, tick: dt.datetime) -> JobSpec:
+        """The job of *tick*: the registered one, with the tick in ``tick_arg`` when there is one."""
+        if self.tick_arg is None:
+            return self.spec
+        args = {**self.spec.args, self.tick_arg: tick.astimezone(self.cron.zone).isoformat()}
+        return attrs.evolve(self.spec, args=args, args_json=json.dumps(args, separators=(",", ":"), ensure_ascii=False))
 
     def due(self, now: dt.datetime, state: PeriodicState) -> dt.datetime | None:
         """The tick to enqueue at *now* (database clock), or None: the latest tick at or before *now*,
@@ -216,6 +226,7 @@ def build_schedule(
     queue: str | None,
     priority: int | None,
     catch_up: float | dt.timedelta,
+    tick_arg: str | None = None,
 ) -> Schedule:
     """Validate a periodic registration into a :class:`Schedule` (see ``App.periodic``)."""
     if isinstance(target, str):
@@ -247,11 +258,24 @@ def build_schedule(
     expression = Cron(cron, zone, where=where)
     if args is not None and not isinstance(args, Mapping):
         raise ConfigurationError(f"{where}: args={args!r} must be a dict of the task's keyword arguments")
+    kwargs = dict(args or {})
+    if tick_arg is not None:
+        if not isinstance(tick_arg, str) or not tick_arg.isidentifier():
+            raise ConfigurationError(f"{where}: tick_arg={tick_arg!r} must be the name of one of the task's parameters")
+        if tick_arg in kwargs:
+            raise ConfigurationError(
+                f"{where}: tick_arg={tick_arg!r} is also in args; the tick fills it, drop it from args"
+            )
+        # Checked against the signature like the rest; a unique key derived from the arguments
+        # sees this fixed value, so it stays the same from tick to tick (it guards against overlap).
+        kwargs[tick_arg] = _TICK_PLACEHOLDER
     try:
-        spec = task.configure(queue=queue, priority=priority).job(**dict(args or {}))
+        spec = task.configure(queue=queue, priority=priority).job(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"{where}: args do not fit task {task.name!r}: {exc}") from None
-    return Schedule(name=schedule_name, cron=expression, spec=spec, catch_up=_catch_up(catch_up, where=where))
+    return Schedule(
+        name=schedule_name, cron=expression, spec=spec, catch_up=_catch_up(catch_up, where=where), tick_arg=tick_arg
+    )
 
 
 def add_schedule(schedules: dict[str, Schedule], schedule: Schedule) -> None:
@@ -387,7 +411,7 @@ class Scheduler:
                     )
                 continue
             done = await self.driver.enqueue_periodic(
-                name=schedule.name, tick=tick, catch_up=schedule.catch_up, spec=schedule.spec
+                name=schedule.name, tick=tick, catch_up=schedule.catch_up, spec=schedule.job_for(tick)
             )
             if done is None:
                 continue  # another scheduler enqueued it first (or it just left the window)
