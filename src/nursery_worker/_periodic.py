@@ -302,11 +302,9 @@ async def list_periodic(app: App) -> list[PeriodicInfo]:
     seen: set[str] = set()
     for row in rows:
         seen.add(row.name)
-        mine = app.schedules.get(row.name)
-        try:
-            cron = mine.cron if mine is not None else Cron(row.cron, resolve_zone(row.timezone, where=row.name))
-            next_tick = cron.next_after(now)
-        except ConfigurationError:  # a row written by another version or app that this one cannot read
+        try:  # the row's expression: what the workers that registered it run
+            next_tick = Cron(row.cron, resolve_zone(row.timezone, where=row.name)).next_after(now)
+        except ConfigurationError:  # written by another version or app, with syntax this one cannot read
             next_tick = None
         out.append(
             PeriodicInfo(
@@ -322,7 +320,7 @@ async def list_periodic(app: App) -> list[PeriodicInfo]:
                 last_job_state=None if row.last_job_state is None else JobState(row.last_job_state),
                 active_since=row.active_since,
                 updated_at=row.updated_at,
-                in_app=mine is not None,
+                in_app=row.name in app.schedules,
                 now=now,
             )
         )
