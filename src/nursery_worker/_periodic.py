@@ -423,7 +423,7 @@ class Scheduler:
                 )
             else:
                 enqueued += 1
-                logger.info("periodic %s: enqueued job %d for tick %s", schedule.name, done.job_id, tick.isoformat())
+                logger.debug("periodic %s: enqueued job %d for tick %s", schedule.name, done.job_id, tick.isoformat())
         upcoming = [t for t in (s.cron.next_after(now) for s in self.schedules) if t is not None]
         return SchedulerResult(
             enqueued=enqueued, held=held, missed=missed, now=now, next_tick=min(upcoming) if upcoming else None
