@@ -46,6 +46,7 @@ def drop(schema: str) -> None:
         ("queue_pause", "example_pause", "after resume: ['report daily', 'email to ada@example.com']"),
         ("workflows", "example_workflows", "'merged report', 'published report']"),
         ("limits_and_breakers", "example_limits", "after the probe: closed"),
+        ("periodic", "example_periodic", "job(s): each tick enqueued once"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:

@@ -32,6 +32,7 @@ PUBLIC_NAMES = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "PeriodicInfo",
     "QueueInfo",
     "Retry",
     "RetryPolicy",

@@ -29,6 +29,7 @@ from ._outcomes import Discard as Discard
 from ._outcomes import JobOutcome as JobOutcome
 from ._outcomes import Retry as Retry
 from ._outcomes import Snooze as Snooze
+from ._periodic import PeriodicInfo as PeriodicInfo
 from ._retry import ConstantBackoff as ConstantBackoff
 from ._retry import ExponentialBackoff as ExponentialBackoff
 from ._retry import LinearBackoff as LinearBackoff
@@ -68,6 +69,7 @@ __all__ = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "PeriodicInfo",
     "QueueInfo",
     "Retry",
     "RetryPolicy",

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -30,6 +30,7 @@ from ._flow import (
 from ._json import DEFAULT_MAX_ARGS_BYTES
 from ._maintenance import Pruner
 from ._models import CancelResult, Job, JobSpec, QueueInfo
+from ._periodic import DEFAULT_CATCH_UP, PeriodicInfo, Schedule, add_schedule, build_schedule, list_periodic
 from ._retry import RetryPolicy, resolve_retry
 from ._state import JobState
 from ._task import (
@@ -69,6 +70,12 @@ class TaskDecorator(Protocol):
     """What ``@app.task(...)`` with options returns: it turns a function into a :class:`Task`."""
 
     def __call__(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class PeriodicDecorator(Protocol):
+    """What ``@app.periodic(...)`` without a task returns: it registers the schedule, returns the task."""
+
+    def __call__(self, task: Task[P, R], /) -> Task[P, R]: ...
 
 
 class App:
@@ -134,6 +141,8 @@ class App:
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
         self.middlewares: list[Middleware] = []
+        #: Periodic schedules by name (``@app.periodic``).
+        self.schedules: dict[str, Schedule] = {}
         self._driver: Driver | None = None
         self._driver_lock = threading.Lock()
         if dsn is not None:
@@ -385,6 +394,153 @@ class App:
         except KeyError:
             known = ", ".join(sorted(self.tasks)) or "none"
             raise TaskNotFound(f"no task named {name!r} is registered on this app (registered: {known})") from None
+
+    # --- periodic jobs (cron); the logic is in _periodic.py -----------------------------------
+
+    @overload
+    def periodic(
+        self,
+        task: Task[P, R],
+        /,
+        *,
+        cron: str,
+        name: str | None = None,
+        timezone: str | dt.tzinfo = "UTC",
+        args: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: float | dt.timedelta = DEFAULT_CATCH_UP,
+        tick_arg: str | None = None,
+    ) -> Task[P, R]: ...
+
+    @overload
+    def periodic(
+        self,
+        task: str,
+        /,
+        *,
+        cron: str,
+        name: str | None = None,
+        timezone: str | dt.tzinfo = "UTC",
+        args: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: float | dt.timedelta = DEFAULT_CATCH_UP,
+        tick_arg: str | None = None,
+    ) -> Task[..., Any]: ...
+
+    @overload
+    def periodic(
+        self,
+        /,
+        *,
+        cron: str,
+        name: str | None = None,
+        timezone: str | dt.tzinfo = "UTC",
+        args: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: float | dt.timedelta = DEFAULT_CATCH_UP,
+        tick_arg: str | None = None,
+    ) -> PeriodicDecorator: ...
+
+    def periodic(
+        self,
+        task: Task[P, R] | str | None = None,
+        /,
+        *,
+        cron: str,
+        name: str | None = None,
+        timezone: str | dt.tzinfo = "UTC",
+        args: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: float | dt.timedelta = DEFAULT_CATCH_UP,
+        tick_arg: str | None = None,
+    ) -> Task[P, R] | Task[..., Any] | PeriodicDecorator:
+        """Enqueue a task's job on a cron schedule, exactly once per tick however many workers run.
+
+        Stack it above ``@app.task``, or call it with a task (or a registered task's name). Every
+        worker that serves the job's queue runs a scheduler; the database lets exactly one of them
+        enqueue each tick, so a tick survives the worker that would have enqueued it. The job's
+        ``scheduled_at`` is the tick (until a retry reschedules it), its arguments are *args* as
+        given, plus the tick itself in the parameter named by *tick_arg*. A worker that starts
+        after missed ticks enqueues only the latest of them, once, if it is at most *catch_up*
+        seconds old. Ticks from before the schedule first reached the database (or before its
+        expression or time zone last changed) are never enqueued.
+
+        Args:
+            task: the :class:`Task` or a registered task name (omit it to decorate).
+            cron: five fields ``minute hour day-of-month month day-of-week`` (``"*/5 * * * *"``),
+                six with a leading seconds field (``"*/10 * * * * *"``), or ``@hourly``,
+                ``@daily``, ``@weekly``, ``@monthly``, ``@yearly``. Days and months accept names,
+                ``L`` (last day), ``LW``, ``MON#2`` and ``5L``.
+            name: the schedule's id, unique in the app (default: the task's name); give one to run
+                the same task on several schedules.
+            timezone: the IANA time zone the fields are read in (``"Europe/Paris"``; default UTC).
+                See the README for what a daylight-saving change does to the ticks.
+            args: the jobs' keyword arguments, checked against the task's signature now.
+            queue: the jobs' queue instead of the task's.
+            priority: the jobs' priority instead of the task's.
+            catch_up: seconds (or a timedelta) a tick may be late and still be enqueued (default
+                600); a tick missed by more is skipped, with a warning.
+            tick_arg: the name of a task parameter that receives the tick, as an ISO 8601 string
+                in the schedule's time zone (``"2026-11-23T06:00:00+01:00"``). It is stored in
+                the job's arguments, so retries see it too (``scheduled_at`` moves on a retry). A
+                unique key made from the arguments leaves it out, so it still prevents overlap.
+
+        Returns:
+            The task (so the decorator form stacks), or a decorator that takes one.
+
+        Raises:
+            ConfigurationError: an invalid or never-firing expression, an unknown time zone, args
+                that do not fit the task, a bad option, or a name already registered for another
+                schedule; the message names the value and the fix.
+            TypeError: the decorator was put below ``@app.task`` (on a plain function).
+
+        Example:
+            >>> @app.periodic(cron="0 6 * * MON-FRI", timezone="Europe/Paris", args={"kind": "daily"})
+            ... @app.task(queue="reports")
+            ... async def send_report(kind: str) -> None: ...
+            >>> app.periodic("cleanup.tmp", cron="@hourly")
+        """
+
+        def register(target: Task[Any, Any] | str) -> Task[Any, Any]:
+            schedule = build_schedule(
+                self,
+                target,
+                cron=cron,
+                name=name,
+                timezone=timezone,
+                args=args,
+                queue=queue,
+                priority=priority,
+                catch_up=catch_up,
+                tick_arg=tick_arg,
+            )
+            add_schedule(self.schedules, schedule)
+            return self.tasks[schedule.spec.task]
+
+        if task is not None:
+            return register(task)
+        return register
+
+    async def list_periodic(self) -> list[PeriodicInfo]:
+        """Every periodic schedule: those in the database and this app's own, with their next tick.
+
+        Returns:
+            :class:`PeriodicInfo` records sorted by name: expression, time zone, task, queue, the
+            next tick (by the database's clock), the last tick enqueued and its job's id and state.
+            Schedules this app does not define (``in_app`` False) are no longer enqueued by it.
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+            SchemaNotReady: the schema is not migrated.
+
+        Example:
+            >>> [(p.name, p.next_tick, p.last_job_state) for p in await app.list_periodic()]
+        """
+        return await list_periodic(self)
 
     # --- hooks --------------------------------------------------------------------------------
 

@@ -1149,6 +1149,38 @@ def prune(
         click.echo(f"pruned {count} job(s) ({', '.join(chosen)}) finished over {age} ago")
 
 
+# --- periodic jobs ----------------------------------------------------------------------------
+
+
+@cli.group()
+def cron() -> None:
+    """Periodic jobs: list the schedules, their next run and their last job."""
+
+
+@cron.command("list")
+@_LOOKUP_APP
+@_JSON
+@_common
+def cron_list(
+    app_path: str | None, as_json: bool, dsn: str | None, schema: str | None, log_level: str, log_format: str
+) -> None:
+    """Every periodic schedule: expression, time zone, task, next run, last tick and last job.
+
+    The schedules are read from the database (a worker registers those of its queues when it
+    starts); with --app, the app's own are listed too, and those it does not define are marked.
+    Next runs are computed from the database's clock.
+    """
+    from ._status import periodic_dict, render_periodic
+
+    _setup_logging(log_level, log_format)
+    app = _make_app(app_path, dsn, schema)
+    found = _with_app(app, lambda a: a.list_periodic())
+    if as_json:
+        _echo_json([periodic_dict(p) for p in found])
+    else:
+        click.echo(render_periodic(found, app_given=bool(app_path)))
+
+
 def main() -> None:
     """Entry point of the ``nursery-worker`` console script."""
     try:

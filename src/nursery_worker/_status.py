@@ -1,6 +1,7 @@
 """What the operations commands print: tables for people, JSON for programs.
 
-``nursery-worker status`` (queues and workers), ``jobs list``/``jobs show`` and ``queues list``.
+``nursery-worker status`` (queues and workers), ``jobs list``/``jobs show``, ``queues list`` and
+``cron list``.
 Every age is measured against the database's clock (``now`` read in the same statement), so a
 skewed clock on the machine running the CLI does not distort it.
 """
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
 from ._flow import BreakerInfo
 from ._models import Job, JobError, QueueInfo, WorkerRow
+from ._periodic import PeriodicInfo
 from ._supervisor import format_duration
 
 _COLUMNS = (
@@ -299,3 +302,76 @@ def render_table(rows: Sequence[WorkerRow], *, schema: str) -> str:
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+# --- periodic schedules (`nursery-worker cron list`) --------------------------------------------
+
+
+def periodic_dict(p: PeriodicInfo) -> dict[str, Any]:
+    """One periodic schedule as a JSON-ready dict; ``next_in`` is seconds by the database's clock."""
+    next_in = p.next_in
+    return {
+        "name": p.name,
+        "cron": p.cron,
+        "timezone": p.timezone,
+        "task": p.task,
+        "queue": p.queue,
+        "args": dict(p.args),
+        "next_tick": _iso(p.next_tick),
+        "next_in": None if next_in is None else round(next_in, 3),
+        "last_tick": _iso(p.last_tick),
+        "last_job_id": p.last_job_id,
+        "last_job_state": None if p.last_job_state is None else p.last_job_state.value,
+        "active_since": _iso(p.active_since),
+        "updated_at": _iso(p.updated_at),
+        "in_app": p.in_app,
+    }
+
+
+def _local(value: dt.datetime | None, zone: str) -> str:
+    """A tick in its schedule's time zone (``2026-11-23 06:00:00 CET``)."""
+    if value is None:
+        return "-"
+    try:
+        return value.astimezone(zoneinfo.ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return _time(value) + " UTC"
+
+
+def render_periodic(items: Sequence[PeriodicInfo], *, app_given: bool = False) -> str:
+    """The schedules table: expression, zone, task, queue, next run, last tick and last job.
+
+    Times are shown in each schedule's own time zone; "in 4m10s" is by the database's clock. With
+    an app (``--app``), schedules it does not define are marked with ``*``.
+    """
+    if not items:
+        return "no periodic schedules: none is defined in the app and no worker has registered one"
+    header = ("NAME", "CRON", "TIMEZONE", "TASK", "QUEUE", "NEXT RUN", "LAST TICK", "LAST JOB")
+    rows = []
+    for p in items:
+        next_in = p.next_in
+        next_run = (
+            "never"
+            if p.next_tick is None
+            else f"{_local(p.next_tick, p.timezone)} (in {format_duration(next_in or 0)})"
+        )
+        if p.last_job_id is None:
+            last_job = "-"
+        else:
+            last_job = f"{p.last_job_id} {p.last_job_state.value if p.last_job_state is not None else 'pruned'}"
+        rows.append(
+            (
+                p.name + ("*" if app_given and not p.in_app else ""),
+                p.cron,
+                p.timezone,
+                p.task,
+                p.queue,
+                next_run,
+                _local(p.last_tick, p.timezone),
+                last_job,
+            )
+        )
+    text = table(header, rows)
+    if app_given and any(not p.in_app for p in items):
+        text += "\n* not defined in the app: removed from the code, or another app's; its workers no longer enqueue it"
+    return text

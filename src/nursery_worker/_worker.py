@@ -5,7 +5,7 @@
     _serve                                     root task group (child of the caller's task)
     ├─ completer                               stops last: closed after the work is done
     ├─ services task group                     cancelled once the work is done
-    │  ├─ heartbeat   ├─ reaper   ├─ promoter   └─ listener
+    │  ├─ heartbeat   ├─ reaper   ├─ promoter   ├─ scheduler (periodic jobs)   └─ listener
     └─ _work: jobs task group                  the work scope
        ├─ fetch loop, in fetch_scope           soft stop = cancel fetch_scope
        └─ one task per job, each in its own    timeout = the job scope's deadline;
@@ -48,6 +48,7 @@ from ._logging import set_job_log_context
 from ._maintenance import DEFAULT_RETENTION, Heartbeat, Promoter, Pruner, Rescuer, serve_periodically
 from ._models import Completion, Job, Supervision, WorkerInfo, WorkerLoad
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
+from ._periodic import Scheduler, schedules_for
 from ._retry import policy_from_json
 from ._state import (
     RELEASE,
@@ -276,6 +277,10 @@ class Worker:
         self._rescuer = Rescuer(driver, self.id, config.rescue_after, error_cap=app.error_cap)
         self._promoter = Promoter(driver)
         self._pruner = Pruner(driver, retention=dict(config.retention))
+        # Periodic jobs: every worker that serves a schedule's queue runs it (not in once-mode,
+        # which works off what is there); the database keeps each tick to one job.
+        schedules = () if config.once else schedules_for(app, config.queues)
+        self._scheduler = Scheduler(driver, schedules) if schedules else None
         self._services: anyio.abc.TaskGroup | None = None
         #: Called with (job, outcome, transition) after each attempt (the testing helpers use it).
         self._on_outcome: Callable[[Job, Outcome, Transition], None] | None = None
@@ -494,6 +499,8 @@ class Worker:
                                 )
                             )
                         services.start_soon(serve_periodically, "promoter", c.promote_interval, self._promoter.run_once)
+                        if self._scheduler is not None:
+                            services.start_soon(self._scheduler.serve)
                         if c.listen:
                             services.start_soon(self._listen)
                         self._started_at = dt.datetime.now(dt.UTC)

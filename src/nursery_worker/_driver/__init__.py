@@ -25,6 +25,7 @@ from .._models import (
     WorkerLoad,
     WorkerRow,
 )
+from .._periodic import PeriodicEnqueued, PeriodicEntry, PeriodicRow, PeriodicState
 
 
 @attrs.frozen(kw_only=True)
@@ -191,6 +192,27 @@ class Driver(Protocol):
 
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""
+
+    # --- periodic jobs (see _periodic.py) -------------------------------------------------------
+
+    async def register_periodic(self, entries: Sequence[PeriodicEntry]) -> None:
+        """Insert or update the rows of these schedules. A new row, or one whose expression or time
+        zone changed, becomes active now (``active_since``); its earlier ticks are never enqueued."""
+
+    async def periodic_state(self, names: Sequence[str]) -> tuple[dt.datetime, dict[str, PeriodicState]]:
+        """The database's ``now()`` and the rows of the schedules called *names* that exist."""
+
+    async def enqueue_periodic(
+        self, *, name: str, tick: dt.datetime, catch_up: float, spec: JobSpec
+    ) -> PeriodicEnqueued | None:
+        """In one statement, advance schedule *name* to *tick* and insert *spec* as its job
+        (``scheduled_at = tick``), guarded by: the row's last tick is earlier, the tick is not before
+        ``active_since``, and it is at most *catch_up* seconds old by the database's clock. Return
+        None when the guard refused (another scheduler enqueued it). When the spec's unique key is
+        held by a queued or running job, the tick is consumed without a job (``held``)."""
+
+    async def list_periodic(self) -> tuple[dt.datetime, list[PeriodicRow]]:
+        """The database's ``now()`` and every schedule's row with the state of its last job, by name."""
 
 
 def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float) -> Driver:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -47,6 +48,7 @@ from .._models import (
     WorkerLoad,
     WorkerRow,
 )
+from .._periodic import PeriodicEnqueued, PeriodicEntry, PeriodicRow, PeriodicState
 from .._state import JobState
 from . import Notification
 
@@ -62,6 +64,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (4, "0004_queues.sql"),
     (5, "0005_trace_context.sql"),
     (6, "0006_flow_control.sql"),
+    (7, "0007_periodic.sql"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -1419,6 +1422,162 @@ class PostgresDriver:
 
     def listener(self) -> PostgresListener:
         return PostgresListener(self)
+
+    # --- periodic jobs (_periodic.py); the statements are below the class ---------------------
+
+    @functools.cached_property
+    def _periodic_sql(self) -> dict[str, bytes]:
+        return {
+            "register": self._q(_SQL_PERIODIC_REGISTER),
+            "state": self._q(_SQL_PERIODIC_STATE),
+            "enqueue": self._q(_SQL_PERIODIC_ENQUEUE),
+            "list": self._q(_SQL_PERIODIC_LIST),
+        }
+
+    async def register_periodic(self, entries: Sequence[PeriodicEntry]) -> None:
+        if not entries:
+            return
+        params = {
+            "names": [e.name for e in entries],
+            "crons": [e.cron for e in entries],
+            "zones": [e.timezone for e in entries],
+            "tasks": [e.task for e in entries],
+            "queues": [e.queue for e in entries],
+            "args": [e.args_json for e in entries],
+        }
+        query = self._periodic_sql["register"]
+        await self._hop(lambda c: c.execute(query, params))
+
+    async def periodic_state(self, names: Sequence[str]) -> tuple[dt.datetime, dict[str, PeriodicState]]:
+        query = self._periodic_sql["state"]
+        rows = await self._hop(lambda c: c.execute(query, {"names": list(names)}).fetchall())
+        states = {r[1]: PeriodicState(last_tick=r[2], active_since=r[3]) for r in rows if r[1] is not None}
+        return rows[0][0], states
+
+    async def enqueue_periodic(
+        self, *, name: str, tick: dt.datetime, catch_up: float, spec: JobSpec
+    ) -> PeriodicEnqueued | None:
+        params = {
+            "name": name,
+            "tick": tick,
+            "catch_up": catch_up,
+            "table": f"{self.schema}.jobs",
+            "task": spec.task,
+            "queue": spec.queue,
+            "args": spec.args_json,
+            "priority": spec.priority,
+            "max_attempts": spec.max_attempts,
+            "unique_key": spec.unique_key,
+            "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
+            "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+            "channel": self.channel,
+        }
+        query = self._periodic_sql["enqueue"]
+
+        def enqueue(c: psycopg.Connection[Any]) -> PeriodicEnqueued | None:
+            for _ in range(3):
+                try:
+                    row = c.execute(query, params).fetchone()
+                except psycopg.errors.UniqueViolation:
+                    # A twin with the same unique key was inserted after this statement's snapshot
+                    # and before its insert: nothing was written; the next try sees the twin.
+                    continue
+                return None if row is None else PeriodicEnqueued(job_id=int(row[0]), held=bool(row[1]))
+            raise DatabaseError(f"periodic {name!r}: the unique key of its job kept changing hands; retrying later")
+
+        return await self._hop(enqueue)
+
+    async def list_periodic(self) -> tuple[dt.datetime, list[PeriodicRow]]:
+        query = self._periodic_sql["list"]
+
+        def read(c: psycopg.Connection[Any]) -> tuple[dt.datetime, list[PeriodicRow]]:
+            rows = c.execute(query).fetchall()
+            now = c.execute("SELECT now()").fetchone()
+            assert now is not None
+            return now[0], [
+                PeriodicRow(
+                    name=r[0],
+                    cron=r[1],
+                    timezone=r[2],
+                    task=r[3],
+                    queue=r[4],
+                    args=r[5],
+                    active_since=r[6],
+                    last_tick=r[7],
+                    last_job_id=r[8],
+                    last_job_state=r[9],
+                    updated_at=r[10],
+                )
+                for r in rows
+            ]
+
+        return await self._hop(read)
+
+
+# --- SQL of periodic jobs (see _periodic.py for the design) -------------------------------------
+
+# A new row, or one whose expression or time zone changed, is active from now: its earlier ticks
+# are never enqueued (a schedule deployed at 10:31 does not run its 10:30 tick).
+_SQL_PERIODIC_REGISTER = """
+INSERT INTO {s}.periodic AS p (name, cron, timezone, task, queue, args, active_since, updated_at)
+SELECT u.name, u.cron, u.timezone, u.task, u.queue, u.args::jsonb, now(), now()
+FROM unnest(%(names)s::text[], %(crons)s::text[], %(zones)s::text[], %(tasks)s::text[], %(queues)s::text[],
+            %(args)s::text[]) AS u(name, cron, timezone, task, queue, args)
+ON CONFLICT (name) DO UPDATE
+SET active_since = CASE WHEN (p.cron, p.timezone) IS DISTINCT FROM (excluded.cron, excluded.timezone) THEN now()
+                        ELSE p.active_since END,
+    cron = excluded.cron, timezone = excluded.timezone, task = excluded.task, queue = excluded.queue,
+    args = excluded.args, updated_at = now()
+"""
+# One row at least (now() with NULLs when none of the names has a row).
+_SQL_PERIODIC_STATE = """
+SELECT now(), p.name, p.last_tick, p.active_since
+FROM (SELECT 1) AS one LEFT JOIN {s}.periodic AS p ON p.name = ANY(%(names)s::text[])
+"""
+# Exactly once per tick. The guarded UPDATE claims the tick on the schedule's row; under READ
+# COMMITTED a concurrent scheduler waits for the row lock and then re-checks last_tick < tick on
+# the committed row, so only one claim succeeds. The job is inserted by the same statement, only
+# for a claimed tick, with the id the claim recorded: the row and the job commit together or not
+# at all. A unique key held by a queued or running twin consumes the tick without a job (the
+# twin's id is recorded); a twin inserted concurrently makes the insert fail, and it is retried.
+_SQL_PERIODIC_ENQUEUE = """
+WITH holder AS (
+    SELECT j.id FROM {s}.jobs AS j
+    WHERE %(unique_key)s::text IS NOT NULL AND j.task = %(task)s::text AND j.unique_key = %(unique_key)s::text
+      AND j.state = ANY(string_to_array(%(unique_states)s::text, ','))
+    ORDER BY j.id DESC
+    LIMIT 1
+), claimed AS (
+    UPDATE {s}.periodic AS p
+    SET last_tick = %(tick)s::timestamptz,
+        last_job_id = coalesce((SELECT id FROM holder), nextval(pg_get_serial_sequence(%(table)s::text, 'id')))
+    WHERE p.name = %(name)s::text
+      AND (p.last_tick IS NULL OR p.last_tick < %(tick)s::timestamptz)
+      AND p.active_since <= %(tick)s::timestamptz
+      AND %(tick)s::timestamptz <= now()
+      AND %(tick)s::timestamptz >= now() - %(catch_up)s::float8 * interval '1 second'
+    RETURNING p.last_job_id, EXISTS (SELECT 1 FROM holder) AS held
+), ins AS (
+    INSERT INTO {s}.jobs (id, task, queue, args, priority, max_attempts, scheduled_at, state, unique_key,
+                          unique_states, retry_policy)
+    SELECT c.last_job_id, %(task)s::text, %(queue)s::text, %(args)s::jsonb, %(priority)s::int, %(max_attempts)s::int,
+           %(tick)s::timestamptz, 'available', %(unique_key)s::text, string_to_array(%(unique_states)s::text, ','),
+           %(retry_policy)s::jsonb
+    FROM claimed AS c
+    WHERE NOT c.held
+    RETURNING queue
+), notified AS (
+    SELECT pg_notify(%(channel)s, 'available:' || ins.queue) FROM ins
+)
+SELECT c.last_job_id, c.held, (SELECT count(*) FROM notified)
+FROM claimed AS c
+"""
+_SQL_PERIODIC_LIST = """
+SELECT p.name, p.cron, p.timezone, p.task, p.queue, p.args, p.active_since, p.last_tick, p.last_job_id, j.state,
+       p.updated_at
+FROM {s}.periodic AS p LEFT JOIN {s}.jobs AS j ON j.id = p.last_job_id
+ORDER BY p.name
+"""
 
 
 class PostgresListener:

@@ -1,0 +1,454 @@
+"""Periodic jobs: schedule definitions, the records the driver reads and writes, and the scheduler.
+
+Exactly once per tick, across any number of workers: every worker that serves a schedule's queue
+runs a :class:`Scheduler`, and each of them tries to enqueue each due tick. The database decides
+who wins. One statement (``Driver.enqueue_periodic``) advances the schedule's row with a guarded
+``UPDATE ... WHERE last_tick < tick`` and inserts the job only if that row changed, so two
+schedulers can never both enqueue a tick, and a crash can never advance the row without the job
+(or insert the job without advancing the row). Every time comparison is made against the
+database's clock: the scheduler reads ``now()`` and the guard re-checks it.
+
+A tick is due when it is the latest tick at or before the database's ``now()``, later than the
+row's ``last_tick``, no earlier than ``active_since`` (when the schedule first appeared in the
+database, or its expression or time zone last changed), and at most ``catch_up`` seconds old. So
+a worker that starts after missed ticks enqueues only the latest of them, once, and only if it is
+recent enough: never a flood.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import random
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from ._backoff import ServiceBackoff
+from ._cron import Cron, resolve_zone
+from ._errors import RETRYABLE_ERRORS, ConfigurationError, TaskNotFound
+from ._models import JobSpec
+from ._state import JobState
+from ._task import Task
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._driver import Driver
+
+logger = logging.getLogger("nursery_worker.periodic")
+
+#: How late a tick may still be enqueued, by default (seconds): a worker restart or a short
+#: database outage does not lose a tick, a worker started hours later does not run a stale one.
+DEFAULT_CATCH_UP = 600.0
+_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
+_TICK_PLACEHOLDER = "1970-01-01T00:00:00+00:00"
+
+
+# --- records that cross the driver boundary --------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicEntry:
+    """What a scheduler writes about one of its schedules when it starts (``register_periodic``)."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    queue: str
+    args_json: str
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicState:
+    """A schedule's row as the scheduler needs it: the last tick enqueued and when it became active."""
+
+    last_tick: dt.datetime | None
+    active_since: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicEnqueued:
+    """A tick this scheduler claimed. ``held``: the task's unique twin (``job_id``) was still queued
+    or running, so no job was inserted; the tick counts as handled."""
+
+    job_id: int
+    held: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicRow:
+    """One row of the periodic table, with the state of its last job (None once pruned)."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    queue: str
+    args: Mapping[str, Any]
+    active_since: dt.datetime
+    last_tick: dt.datetime | None
+    last_job_id: int | None
+    last_job_state: str | None
+    updated_at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicInfo:
+    """A periodic schedule as ``app.list_periodic()`` and ``nursery-worker cron list`` see it.
+
+    Attributes:
+        name: the schedule's name (by default its task's name).
+        cron: the cron expression.
+        timezone: the IANA time zone its fields are read in.
+        task: the task it enqueues.
+        queue: the queue its jobs go to.
+        args: the arguments of its jobs.
+        next_tick: its next tick after ``now``, or None if it can never fire again.
+        last_tick: the last tick a job was enqueued for, or None.
+        last_job_id: the job of that tick (or the unique twin that stood in for it), or None.
+        last_job_state: that job's state, or None (no tick yet, or the job was pruned).
+        active_since: ticks before this time are never enqueued: when the schedule first reached
+            the database, or its expression or time zone last changed. None until a worker that
+            serves its queue has started.
+        updated_at: when a worker last registered it, or None.
+        in_app: whether the App it was listed from defines it. False for a schedule only the
+            database knows (removed from the code, or another app's): no worker of this app
+            enqueues it.
+        now: the database's clock when it was read.
+    """
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    queue: str
+    args: Mapping[str, Any]
+    next_tick: dt.datetime | None
+    last_tick: dt.datetime | None = None
+    last_job_id: int | None = None
+    last_job_state: JobState | None = None
+    active_since: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    in_app: bool = True
+    now: dt.datetime
+
+    @property
+    def next_in(self) -> float | None:
+        """Seconds from ``now`` to the next tick, or None."""
+        return None if self.next_tick is None else max(0.0, (self.next_tick - self.now).total_seconds())
+
+
+# --- definitions -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class Schedule:
+    """One periodic schedule, validated: what ``@app.periodic`` registers."""
+
+    name: str
+    cron: Cron
+    spec: JobSpec  # the job of every tick (the tick becomes its scheduled_at)
+    catch_up: float
+    tick_arg: str | None = None  # the parameter that receives the tick (ISO 8601), if any
+
+    @property
+    def timezone(self) -> str:
+        return self.cron.zone.key
+
+    def entry(self) -> PeriodicEntry:
+        return PeriodicEntry(
+            name=self.name,
+            cron=self.cron.expression,
+            timezone=self.timezone,
+            task=self.spec.task,
+            queue=self.spec.queue,
+            args_json=self.spec.args_json,
+        )
+
+    def definition(self) -> tuple[object, ...]:
+        """What makes two registrations the same schedule (a module imported twice registers twice)."""
+        s = self.spec
+        return (
+            self.cron.expression,
+            self.timezone,
+            s.task,
+            s.queue,
+            s.priority,
+            s.args_json,
+            s.unique_key,
+            self.catch_up,
+            self.tick_arg,
+        )
+
+    def job_for(self, tick: dt.datetime) -> JobSpec:
+        """The job of *tick*: the registered one, with the tick in ``tick_arg`` when there is one."""
+        if self.tick_arg is None:
+            return self.spec
+        args = {**self.spec.args, self.tick_arg: tick.astimezone(self.cron.zone).isoformat()}
+        return attrs.evolve(self.spec, args=args, args_json=json.dumps(args, separators=(",", ":"), ensure_ascii=False))
+
+    def due(self, now: dt.datetime, state: PeriodicState) -> dt.datetime | None:
+        """The tick to enqueue at *now* (database clock), or None: the latest tick at or before *now*,
+        if it is later than the last one enqueued and not before the schedule became active."""
+        tick = self.cron.latest_at_or_before(now)
+        if tick is None or tick < state.active_since:
+            return None
+        if state.last_tick is not None and tick <= state.last_tick:
+            return None
+        return tick
+
+
+def _catch_up(value: object, *, where: str) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"{where}: catch_up={value!r} must be seconds > 0 (or a timedelta): how late a tick may still be "
+            "enqueued, for example after the workers were down"
+        )
+    return float(value)
+
+
+def build_schedule(
+    app: App,
+    target: Task[..., Any] | str,
+    *,
+    cron: str,
+    name: str | None,
+    timezone: object,
+    args: Mapping[str, Any] | None,
+    queue: str | None,
+    priority: int | None,
+    catch_up: float | dt.timedelta,
+    tick_arg: str | None = None,
+) -> Schedule:
+    """Validate a periodic registration into a :class:`Schedule` (see ``App.periodic``)."""
+    if isinstance(target, str):
+        try:
+            task = app.get_task(target)
+        except TaskNotFound as exc:
+            raise ConfigurationError(
+                f"app.periodic({target!r}): {exc}; register the task with @app.task first"
+            ) from None
+    elif isinstance(target, Task):
+        task = target
+        if task.app is not app:
+            raise ConfigurationError(
+                f"app.periodic: task {task.name!r} belongs to another App; register the schedule on that App"
+            )
+    else:
+        raise TypeError(
+            f"@app.periodic needs a task: put it above @app.task (decorators apply bottom-up), or pass a Task or a "
+            f"registered task name; got {target!r}"
+        )
+    schedule_name = task.name if name is None else name
+    where = f"@app.periodic on {schedule_name!r}"
+    if not isinstance(schedule_name, str) or not _NAME.fullmatch(schedule_name):
+        raise ConfigurationError(
+            f"{where}: name={schedule_name!r} is not valid; use 1-255 printable characters without spaces "
+            "(for example 'reports.nightly')"
+        )
+    zone = resolve_zone(timezone, where=where)
+    expression = Cron(cron, zone, where=where)
+    if args is not None and not isinstance(args, Mapping):
+        raise ConfigurationError(f"{where}: args={args!r} must be a dict of the task's keyword arguments")
+    kwargs = dict(args or {})
+    if tick_arg is not None:
+        if not isinstance(tick_arg, str) or not tick_arg.isidentifier():
+            raise ConfigurationError(f"{where}: tick_arg={tick_arg!r} must be the name of one of the task's parameters")
+        if tick_arg in kwargs:
+            raise ConfigurationError(
+                f"{where}: tick_arg={tick_arg!r} is also in args; the tick fills it, drop it from args"
+            )
+        # Checked against the signature like the rest; a unique key derived from the arguments
+        # sees this fixed value, so it stays the same from tick to tick (it guards against overlap).
+        kwargs[tick_arg] = _TICK_PLACEHOLDER
+    try:
+        spec = task.configure(queue=queue, priority=priority).job(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where}: args do not fit task {task.name!r}: {exc}") from None
+    return Schedule(
+        name=schedule_name, cron=expression, spec=spec, catch_up=_catch_up(catch_up, where=where), tick_arg=tick_arg
+    )
+
+
+def add_schedule(schedules: dict[str, Schedule], schedule: Schedule) -> None:
+    """Register *schedule*; the same definition again is a no-op (a module imported twice)."""
+    existing = schedules.get(schedule.name)
+    if existing is not None and existing.definition() != schedule.definition():
+        raise ConfigurationError(
+            f"periodic schedule name {schedule.name!r} is already registered (cron={existing.cron.expression!r}, "
+            f"task={existing.spec.task!r}); pass @app.periodic(name=...) to give this one another name"
+        )
+    schedules[schedule.name] = schedule
+
+
+def schedules_for(app: App, queues: Sequence[str]) -> tuple[Schedule, ...]:
+    """The app's schedules whose jobs go to one of *queues*: the ones a worker of those queues runs."""
+    served = set(queues)
+    return tuple(s for s in app.schedules.values() if s.spec.queue in served)
+
+
+async def list_periodic(app: App) -> list[PeriodicInfo]:
+    """Every schedule in the database, and the app's own that are not there yet, sorted by name."""
+    now, rows = await app.driver.list_periodic()
+    out: list[PeriodicInfo] = []
+    seen: set[str] = set()
+    for row in rows:
+        seen.add(row.name)
+        try:  # the row's expression: what the workers that registered it run
+            next_tick = Cron(row.cron, resolve_zone(row.timezone, where=row.name)).next_after(now)
+        except ConfigurationError:  # written by another version or app, with syntax this one cannot read
+            next_tick = None
+        out.append(
+            PeriodicInfo(
+                name=row.name,
+                cron=row.cron,
+                timezone=row.timezone,
+                task=row.task,
+                queue=row.queue,
+                args=row.args,
+                next_tick=next_tick,
+                last_tick=row.last_tick,
+                last_job_id=row.last_job_id,
+                last_job_state=None if row.last_job_state is None else JobState(row.last_job_state),
+                active_since=row.active_since,
+                updated_at=row.updated_at,
+                in_app=row.name in app.schedules,
+                now=now,
+            )
+        )
+    for schedule in app.schedules.values():
+        if schedule.name not in seen:
+            out.append(
+                PeriodicInfo(
+                    name=schedule.name,
+                    cron=schedule.cron.expression,
+                    timezone=schedule.timezone,
+                    task=schedule.spec.task,
+                    queue=schedule.spec.queue,
+                    args=json.loads(schedule.spec.args_json),
+                    next_tick=schedule.cron.next_after(now),
+                    now=now,
+                )
+            )
+    return sorted(out, key=lambda info: info.name)
+
+
+# --- the scheduler ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SchedulerResult:
+    """What one :meth:`Scheduler.run_once` did.
+
+    Attributes:
+        enqueued: jobs this scheduler inserted (ticks it won).
+        held: ticks it claimed without a job, because the task's unique twin was still queued or running.
+        missed: due ticks older than their catch-up window, left alone.
+        now: the database's clock at the start of the pass.
+        next_tick: the earliest next tick of its schedules after ``now``, or None.
+    """
+
+    enqueued: int = 0
+    held: int = 0
+    missed: int = 0
+    now: dt.datetime
+    next_tick: dt.datetime | None = None
+
+
+@attrs.define
+class Scheduler:
+    """Enqueues the due ticks of *schedules*; any number of schedulers may run at once.
+
+    ``run_once`` makes one pass (tests call it directly); ``serve`` loops, sleeping until the next
+    tick by the database's clock (at most ``max_sleep``, with a little jitter so that many workers
+    do not all arrive in the same millisecond).
+    """
+
+    driver: Driver
+    schedules: tuple[Schedule, ...]
+    max_sleep: float = 60.0
+    _registered: bool = False
+    _missed: dict[str, dt.datetime] = attrs.field(factory=dict)
+
+    async def run_once(self) -> SchedulerResult:
+        """Register the schedules (first pass only), then enqueue every due tick once; return the counts."""
+        if not self._registered:
+            # Once per scheduler, not per pass: two versions of a schedule running side by side (a
+            # rolling deploy) would otherwise rewrite its row, and its active_since, back and forth.
+            await self.driver.register_periodic([s.entry() for s in self.schedules])
+            self._registered = True
+        now, states = await self.driver.periodic_state([s.name for s in self.schedules])
+        missing = [s for s in self.schedules if s.name not in states]
+        if missing:  # the row was deleted under us: put it back; it is active from now on
+            await self.driver.register_periodic([s.entry() for s in missing])
+        enqueued = held = missed = 0
+        for schedule in self.schedules:
+            state = states.get(schedule.name)
+            tick = None if state is None else schedule.due(now, state)
+            if tick is None:
+                continue
+            late = (now - tick).total_seconds()
+            if late > schedule.catch_up:
+                missed += 1
+                if self._missed.get(schedule.name) != tick:
+                    self._missed[schedule.name] = tick
+                    logger.warning(
+                        "periodic %s: tick %s was missed by %.0fs, more than its catch_up=%gs; skipped",
+                        schedule.name,
+                        tick.isoformat(),
+                        late,
+                        schedule.catch_up,
+                    )
+                continue
+            done = await self.driver.enqueue_periodic(
+                name=schedule.name, tick=tick, catch_up=schedule.catch_up, spec=schedule.job_for(tick)
+            )
+            if done is None:
+                continue  # another scheduler enqueued it first (or it just left the window)
+            if done.held:
+                held += 1
+                logger.info(
+                    "periodic %s: tick %s skipped: job %d of its unique key is still queued or running",
+                    schedule.name,
+                    tick.isoformat(),
+                    done.job_id,
+                )
+            else:
+                enqueued += 1
+                logger.debug("periodic %s: enqueued job %d for tick %s", schedule.name, done.job_id, tick.isoformat())
+        upcoming = [t for t in (s.cron.next_after(now) for s in self.schedules) if t is not None]
+        return SchedulerResult(
+            enqueued=enqueued, held=held, missed=missed, now=now, next_tick=min(upcoming) if upcoming else None
+        )
+
+    def sleep_after(self, result: SchedulerResult) -> float:
+        """Seconds until the pass after *result*: the next tick (database clock) plus a little jitter."""
+        if result.next_tick is None:
+            return self.max_sleep
+        wait = (result.next_tick - result.now).total_seconds() + random.uniform(0.002, 0.05)
+        return min(self.max_sleep, max(0.002, wait))
+
+    async def serve(self) -> None:
+        """Run passes until cancelled; a database error is logged and retried with backoff."""
+        logger.info(
+            "scheduler: %d periodic schedule(s): %s", len(self.schedules), ", ".join(s.name for s in self.schedules)
+        )
+        backoff = ServiceBackoff(cap=5.0)
+        while True:
+            try:
+                result = await self.run_once()
+            except RETRYABLE_ERRORS as exc:
+                delay = backoff.next()
+                logger.warning("scheduler: %s; retrying in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+                continue
+            backoff.reset()
+            await anyio.sleep(self.sleep_after(result))
