@@ -1470,6 +1470,7 @@ class PostgresDriver:
             "unique_key": spec.unique_key,
             "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
             "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+            "limit_key": spec.limit_key,
             "channel": self.channel,
         }
         query = self._periodic_sql["enqueue"]
@@ -1559,10 +1560,10 @@ WITH holder AS (
     RETURNING p.last_job_id, EXISTS (SELECT 1 FROM holder) AS held
 ), ins AS (
     INSERT INTO {s}.jobs (id, task, queue, args, priority, max_attempts, scheduled_at, state, unique_key,
-                          unique_states, retry_policy)
+                          unique_states, retry_policy, limit_key)
     SELECT c.last_job_id, %(task)s::text, %(queue)s::text, %(args)s::jsonb, %(priority)s::int, %(max_attempts)s::int,
            %(tick)s::timestamptz, 'available', %(unique_key)s::text, string_to_array(%(unique_states)s::text, ','),
-           %(retry_policy)s::jsonb
+           %(retry_policy)s::jsonb, %(limit_key)s::text
     FROM claimed AS c
     WHERE NOT c.held
     RETURNING queue
