@@ -120,10 +120,11 @@ async def test_a_rate_limit_holds_within_one_job_over_a_window_while_capacity_is
     for window in (1.0, 2.0, 3.0):
         worst = max(sum(1 for t in starts if s <= t < s + window) for s in starts)
         assert worst <= 10 * window + 1, (window, starts[:40])
-    # And the limit is used: from the first start, three seconds see 30 starts, within one job.
+    # And the limit is used: from the first start, three seconds see 30 starts (within one job; a
+    # loaded CI machine may start a claim late, so the lower bound allows three late slots).
     first = starts[0]
     in_three = sum(1 for t in starts if first <= t < first + 3.0)
-    assert 29 <= in_three <= 31, starts[:40]
+    assert 27 <= in_three <= 31, starts[:40]
 
 
 async def test_jobs_deferred_by_a_producer_unaware_of_the_limit_are_still_limited(

@@ -220,21 +220,41 @@ BEGIN
         WHERE j.state = 'available' AND j.limit_key IS NULL AND j.queue = ANY (p_queues)
           AND j.task = ANY (ARRAY(SELECT jsonb_object_keys(p_cfg)));
     END IF;
+    -- The groups with waiting jobs, best first: (queue, task, partition) of jobs with a limit key,
+    -- found by a skip scan of jobs_limited_idx (one probe per group, not one row per job); and one
+    -- group per queue with limits for its other jobs (task NULL).
     FOR g IN
-        SELECT c.queue AS gq, c.task AS gt, c.limit_key AS gk
-        FROM (
-            SELECT j.queue, j.task, j.limit_key, j.priority, j.scheduled_at FROM {schema}.jobs AS j
-            WHERE j.state = 'available' AND j.limit_key IS NOT NULL AND j.queue = ANY (p_queues)
+        SELECT c.gq, c.gt, c.gk FROM (
+            SELECT q.name AS gq, grp.task AS gt, grp.limit_key AS gk, grp.priority AS pr, grp.scheduled_at AS sa
+            FROM unnest(p_queues) AS q(name)
+            CROSS JOIN LATERAL (
+                WITH RECURSIVE grp AS (
+                    (SELECT j.task, j.limit_key, j.priority, j.scheduled_at FROM {schema}.jobs AS j
+                     WHERE j.state = 'available' AND j.limit_key IS NOT NULL AND j.queue = q.name
+                     ORDER BY j.task, j.limit_key, j.priority DESC, j.scheduled_at, j.id LIMIT 1)
+                    UNION ALL
+                    SELECT n.task, n.limit_key, n.priority, n.scheduled_at FROM grp AS prev
+                    CROSS JOIN LATERAL (
+                        SELECT j.task, j.limit_key, j.priority, j.scheduled_at FROM {schema}.jobs AS j
+                        WHERE j.state = 'available' AND j.limit_key IS NOT NULL AND j.queue = q.name
+                          AND (j.task, j.limit_key) > (prev.task, prev.limit_key)
+                        ORDER BY j.task, j.limit_key, j.priority DESC, j.scheduled_at, j.id LIMIT 1
+                    ) AS n
+                )
+                SELECT * FROM grp
+            ) AS grp
             UNION ALL
-            SELECT j.queue, j.task, j.limit_key, j.priority, j.scheduled_at FROM {schema}.jobs AS j
-            WHERE j.state = 'available' AND j.limit_key IS NULL
-              AND j.queue = ANY (ARRAY(
-                  SELECT l.name FROM {schema}.queues AS l
-                  WHERE l.name = ANY (p_queues) AND (l.max_concurrency IS NOT NULL OR l.rate_limit IS NOT NULL)))
+            SELECT l.name, NULL, NULL, f.priority, f.scheduled_at
+            FROM {schema}.queues AS l
+            CROSS JOIN LATERAL (
+                SELECT j.priority, j.scheduled_at FROM {schema}.jobs AS j
+                WHERE j.state = 'available' AND j.limit_key IS NULL AND j.queue = l.name
+                ORDER BY j.priority DESC, j.scheduled_at, j.id LIMIT 1
+            ) AS f
+            WHERE l.name = ANY (p_queues) AND (l.max_concurrency IS NOT NULL OR l.rate_limit IS NOT NULL)
         ) AS c
-        WHERE NOT EXISTS (SELECT 1 FROM {schema}.queues AS p WHERE p.name = c.queue AND p.paused)
-        GROUP BY 1, 2, 3
-        ORDER BY max(c.priority) DESC, min(c.scheduled_at), 1, 2, 3
+        WHERE NOT EXISTS (SELECT 1 FROM {schema}.queues AS p WHERE p.name = c.gq AND p.paused)
+        ORDER BY c.pr DESC, c.sa, c.gq, c.gt, c.gk
     LOOP
         room := p_limit - taken;
         cap := room;
@@ -303,12 +323,12 @@ BEGIN
                 WITH claimed AS (
                     UPDATE {schema}.jobs AS j
                     SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(),
-                        worker_id = p_worker,
-                        -- A limited task's job without a key runs in the '' partition from now on.
-                        limit_key = CASE WHEN cfg IS NULL THEN NULL ELSE '' END
+                        worker_id = p_worker
                     WHERE j.id = ANY (ARRAY(
+                        -- A queue's jobs without task limits (those of limited tasks wait to be adopted).
                         SELECT x.id FROM {schema}.jobs AS x
-                        WHERE x.state = 'available' AND x.limit_key IS NULL AND x.queue = g.gq AND x.task = g.gt
+                        WHERE x.state = 'available' AND x.limit_key IS NULL AND x.queue = g.gq
+                          AND x.task <> ALL (ARRAY(SELECT jsonb_object_keys(p_cfg)))
                         ORDER BY x.priority DESC, x.scheduled_at, x.id
                         LIMIT cap
                         FOR UPDATE SKIP LOCKED))
