@@ -47,40 +47,52 @@ async def test_exactly_the_committed_jobs_run_once_each(
     rng = random.Random(1)
     commit = [rng.random() < 0.5 for _ in range(TRANSACTIONS)]
 
-    def in_a_transaction(conn: psycopg.Connection[Any], n: int) -> None:
-        """A sync caller: its own transaction block, defer_sync on its connection."""
-        with conn.transaction():
-            conn.execute(insert_order, [n])
-            fulfil.configure(connection=conn).defer_sync(n=n)
-            if not commit[n]:
-                raise psycopg.Rollback()
+    async def sync_caller(ns: list[int]) -> None:
+        """A sync caller in a thread: a transaction block per order, defer_sync on its connection."""
 
+        def run() -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for n in ns:
+                    with conn.transaction():
+                        conn.execute(insert_order, [n])
+                        fulfil.configure(connection=conn).defer_sync(n=n)
+                        if not commit[n]:
+                            raise psycopg.Rollback()
+
+        await anyio.to_thread.run_sync(run)
+
+    async def async_caller_on_a_sync_connection(ns: list[int]) -> None:
+        """An async caller on a sync connection's implicit transaction, ended by commit or rollback."""
+        conn = await anyio.to_thread.run_sync(psycopg.connect, dsn)
+        try:
+            for n in ns:
+                await anyio.to_thread.run_sync(conn.execute, insert_order, [n])
+                await fulfil.configure(connection=conn).defer(n=n)
+                await anyio.to_thread.run_sync(conn.commit if commit[n] else conn.rollback)
+        finally:
+            await anyio.to_thread.run_sync(conn.close)
+
+    async def async_caller_on_an_async_connection(ns: list[int]) -> None:
+        """asyncio's native connection; a rollback here is an error escaping the transaction block."""
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            for n in ns:
+                try:
+                    async with aconn.transaction():
+                        await aconn.execute(insert_order, [n])
+                        await fulfil.configure(connection=aconn).defer(n=n)
+                        if not commit[n]:
+                            raise _Refused(n)
+                except _Refused:
+                    pass
+
+    callers = [sync_caller, async_caller_on_a_sync_connection]
+    if anyio_backend == "asyncio":
+        callers.append(async_caller_on_an_async_connection)
     async with open_worker(app, **fast(concurrency=20)):
-        with psycopg.connect(dsn, autocommit=True) as sync_conn, psycopg.connect(dsn) as implicit:
-            aconn = await psycopg.AsyncConnection.connect(dsn) if anyio_backend == "asyncio" else None
-            try:
-                for n in range(TRANSACTIONS):
-                    kind = n % 3
-                    if kind == 0:
-                        await anyio.to_thread.run_sync(in_a_transaction, sync_conn, n)
-                    elif kind == 1 or aconn is None:
-                        # An async caller on a sync connection's implicit transaction, ended by commit or rollback.
-                        await anyio.to_thread.run_sync(implicit.execute, insert_order, [n])
-                        await fulfil.configure(connection=implicit).defer(n=n)
-                        await anyio.to_thread.run_sync(implicit.commit if commit[n] else implicit.rollback)
-                    else:
-                        # asyncio's native connection; a rollback here is an error escaping the block.
-                        try:
-                            async with aconn.transaction():
-                                await aconn.execute(insert_order, [n])
-                                await fulfil.configure(connection=aconn).defer(n=n)
-                                if not commit[n]:
-                                    raise _Refused(n)
-                        except _Refused:
-                            pass
-            finally:
-                if aconn is not None:
-                    await aconn.close()
+        # Concurrent producers, while the worker runs: a job is visible to it only once committed.
+        async with anyio.create_task_group() as producers:
+            for i, caller in enumerate(callers):
+                producers.start_soon(caller, list(range(i, TRANSACTIONS, len(callers))))
         committed = sorted(n for n in range(TRANSACTIONS) if commit[n])
         await wait_until(lambda: len(ran) >= len(committed), within=60)
         await anyio.sleep(0.5)  # anything more would be a job that should not exist
