@@ -157,9 +157,7 @@ class PrivateServer:
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, text=True, timeout=timeout)
 
     def init(self) -> None:
-        self._run(
-            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N", "-E", "UTF8"
-        )
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N", "-E", "UTF8")
 
     def start(self) -> None:
         options = (

@@ -21,6 +21,7 @@ import pytest
 
 from nursery_worker import App, Supervisor, run_supervisor
 
+from ..integration.helpers import wait_until
 from .helpers import LEDGER_APP, rows, scalar
 from .ledger_app import Ledger, audit
 
@@ -85,6 +86,10 @@ async def test_every_job_completes_and_every_rerun_is_explained_by_a_kill(
         specs.insert(rng.randrange(len(specs)), app.job_by_name("ledger.work", {"n": -n, "seconds": 1.5}))
     total = len(specs)
     killed: list[int] = []
+
+    async def completed(at_least: float) -> bool:
+        return bool(await scalar(db, "SELECT count(*) >= %s FROM jobs WHERE state = 'completed'", [at_least]))
+
     async with anyio.create_task_group() as tg:
         supervisor: Supervisor = await tg.start(
             functools.partial(run_supervisor, LEDGER_APP, dsn=dsn, backend=anyio_backend, **STORM)
@@ -92,14 +97,12 @@ async def test_every_job_completes_and_every_rerun_is_explained_by_a_kill(
         jobs = await app.defer_many(specs)
         with anyio.fail_after(240):
             for share in KILL_AT:
-                while await scalar(db, "SELECT count(*) FROM jobs WHERE state = 'completed'") < share * total:
-                    await anyio.sleep(0.05)
+                await wait_until(lambda share=share: completed(share * total), within=240)
                 victim = await _busiest_child(db, supervisor)
                 if victim is not None:
                     os.kill(victim, signal.SIGKILL)
                     killed.append(victim)
-            while await scalar(db, "SELECT count(*) FROM jobs WHERE state = 'completed'") < total:
-                await anyio.sleep(0.1)
+            await wait_until(lambda: completed(total), within=240, interval=0.1)
             restarts = sum(c.restarts for c in supervisor.children())
             supervisor.stop()
             await supervisor.wait_stopped()

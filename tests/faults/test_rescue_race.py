@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
 from psycopg import sql
@@ -18,7 +19,7 @@ from psycopg import sql
 from nursery_worker import App, open_worker
 from nursery_worker._maintenance import Rescuer
 
-from ..integration.helpers import fast
+from ..integration.helpers import fast, wait_until
 from .helpers import rows, scalar
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -54,7 +55,7 @@ async def test_a_zero_window_reaper_never_moves_a_finished_job(
 
     @app.task(name="race.quick", max_attempts=10_000)
     async def quick(n: int) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     await app.defer_many([quick.job(n=n) for n in range(JOBS)])
     reaper = Rescuer(app.driver, "zero-window", rescue_after=0.0, error_cap=ERROR_CAP)
@@ -72,8 +73,9 @@ async def test_a_zero_window_reaper_never_moves_a_finished_job(
                     db, "SELECT id, attempt, finished_at FROM jobs WHERE state = 'completed'"
                 ):
                     seen.setdefault(job_id, (attempt, finished_at))
-            while await scalar(db, "SELECT count(*) FROM jobs WHERE state = 'completed'") < JOBS:
-                await anyio.sleep(0.1)
+        await wait_until(
+            lambda: scalar(db, "SELECT count(*) = %s FROM jobs WHERE state = 'completed'", [JOBS]), within=120
+        )
 
     print(f"[{anyio_backend}] {passes} zero-window passes rescued {rescued} attempts while {done} jobs completed")
     assert rescued > 0, "the zero-window reaper never caught a job executing: no race happened"

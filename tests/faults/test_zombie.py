@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 async def test_a_frozen_workers_late_completion_changes_nothing(
     app: App, ledger: Ledger, db: psycopg.Connection[Any], dsn: str, schema: str, tmp_path: Path, anyio_backend: str
 ) -> None:
-    """A worker stopped past the rescue window finishes its job after a peer re-ran it; the row keeps the peer's outcome."""
+    """A worker frozen past the rescue window finishes its job after a peer re-ran it; the row keeps the peer's run."""
     (job,) = await app.defer_many([app.job_by_name("ledger.work", {"first_seconds": 3.0, "seconds": 0.0})])
     zombie = await WorkerProcess.start(
         tmp_path,
@@ -66,6 +66,6 @@ async def test_a_frozen_workers_late_completion_changes_nothing(
     (lost,) = after.errors
     assert (lost.type, lost.attempt) == ("WorkerLost", 1)
     assert f":{zombie.pid}:" in lost.message
-    ledger_rows = await rows(db, "SELECT attempt, pid, outcome FROM ledger WHERE job_id = %s ORDER BY attempt", [job.id])
-    assert ledger_rows == [(1, zombie.pid, "ok"), (2, os.getpid(), "ok")]
+    ran = await rows(db, "SELECT attempt, pid, outcome FROM ledger WHERE job_id = %s ORDER BY attempt", [job.id])
+    assert ran == [(1, zombie.pid, "ok"), (2, os.getpid(), "ok")]
     assert await scalar(db, "SELECT count(*) FROM jobs WHERE state = 'executing'") == 0
