@@ -198,6 +198,24 @@ async def test_a_job_of_an_unregistered_task_is_discarded_with_the_way_to_run_it
     assert "retry" in error.message
 
 
+@pytest.mark.anyio
+async def test_a_nul_in_a_tasks_error_is_escaped_and_recorded(app: App) -> None:
+    """A task that fails with a NUL in its message (or its Retry reason) has the error recorded, NUL escaped."""
+
+    @app.task(name="bad.nul", max_attempts=1)
+    async def fails() -> None:
+        raise ValueError("bad\x00value")
+
+    @app.task(name="bad.nul_retry", max_attempts=1)
+    async def retries() -> None:
+        raise Retry(after=0, reason="why\x00not")
+
+    jobs = await app.defer_many([fails.job(), retries.job()])
+    async with open_worker(app, **fast()):
+        gone = [await wait_for_state(app, job.id, JobState.DISCARDED) for job in jobs]
+    assert [e.message for job in gone for e in job.errors] == ["bad\\x00value", "why\\x00not"]
+
+
 # --- queue and task names full of SQL metacharacters ----------------------------------------------
 
 #: Names an attacker (or a careless caller) might try, next to arbitrary text and valid names.
