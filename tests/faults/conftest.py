@@ -15,10 +15,12 @@ from .ledger_app import Ledger, create_ledger
 
 
 @pytest.fixture
-def ledger(app: App, dsn: str, schema: str, db: psycopg.Connection[tuple[object, ...]]) -> Ledger:
+def ledger(app: App, dsn: str, schema: str, db: psycopg.Connection[tuple[object, ...]]) -> Iterator[Ledger]:
     """The ledger table in the test's (migrated) schema, and a writer of its rows for in-process workers."""
     create_ledger(db, schema)
-    return Ledger(dsn, schema, application_name=f"ledger-{schema}")
+    writer = Ledger(dsn, schema, application_name=f"ledger-{schema}")
+    yield writer
+    writer.close()
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,8 @@ class Ledger:
         self._schema = schema
         self._application_name = application_name
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[psycopg.Connection[Any]] = []
 
     @property
     def schema(self) -> str:
@@ -82,7 +84,16 @@ class Ledger:
                 make_conninfo(dsn, application_name=self._application_name, connect_timeout=3), autocommit=True
             )
             self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
         return conn
+
+    def close(self) -> None:
+        """Close every connection any thread opened (a test's clean-up)."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
 
     def _execute(self, statement: sql.Composable, params: dict[str, Any]) -> None:
         deadline = time.monotonic() + RETRY_FOR
