@@ -10,6 +10,7 @@ every repetition, the medians and the targets with their ratios.
     python -m benchmarks --quick              # every section on a small N, one repetition (< 1 min + peer install)
     python -m benchmarks --only throughput,latency --reps 5
     python -m benchmarks --no-peers --dsn postgresql://postgres@127.0.0.1:5432/test
+    python -m benchmarks soak --minutes 10    # the soak (benchmarks/soak.py): kills, restarts, an audit
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ SECTIONS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_given = sys.argv[1:] if argv is None else argv
+    if args_given[:1] == ["soak"]:
+        from . import soak
+
+        return soak.main(args_given[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N, one repetition: a smoke test")
     parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")

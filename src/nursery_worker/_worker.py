@@ -671,7 +671,8 @@ class Worker:
                     error=ErrorInfo(
                         type="TaskNotFound",
                         message=f"no task named {job.task!r} is registered in this worker's app (registered: {known}); "
-                        "the job was discarded",
+                        f"the job was discarded: run a worker whose app registers {job.task!r} on queue {job.queue!r}, "
+                        f"then `nursery-worker jobs retry {job.id}` (or app.retry({job.id}))",
                     ),
                 ),
                 None,
