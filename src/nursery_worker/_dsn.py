@@ -129,16 +129,19 @@ def parse_sqlite_dsn(dsn: str) -> SqliteTarget:
         ConfigurationError: the DSN is malformed, names an in-memory database, or has an unknown option.
     """
     parts = urlsplit(dsn.strip())
-    if parts.scheme.lower() != "sqlite" or not dsn.strip()[len(parts.scheme) :].startswith(":///"):
-        raise ConfigurationError(f"invalid SQLite DSN {dsn!r}: use {_SQLITE_FORM}")
+    memory = (
+        f"{dsn!r}: an in-memory SQLite database cannot be shared by a worker's connections, its other "
+        f"processes and the CLI; use a file ({_SQLITE_FORM}), in a temporary directory for tests"
+    )
+    if dsn.strip().lower() == "sqlite://":  # SQLAlchemy's spelling of an in-memory database
+        raise ConfigurationError(memory)
     if parts.netloc:
         raise ConfigurationError(f"invalid SQLite DSN {dsn!r}: a file has no host; use {_SQLITE_FORM}")
+    if parts.scheme.lower() != "sqlite" or not dsn.strip()[len(parts.scheme) :].startswith(":///"):
+        raise ConfigurationError(f"invalid SQLite DSN {dsn!r}: use {_SQLITE_FORM}")
     path = unquote(parts.path)[1:]
     if path in ("", ":memory:") or path.startswith("file:") or "mode=memory" in parts.query:
-        raise ConfigurationError(
-            f"{dsn!r}: an in-memory SQLite database cannot be shared by a worker's connections, its other "
-            f"processes and the CLI; use a file ({_SQLITE_FORM}), in a temporary directory for tests"
-        )
+        raise ConfigurationError(memory)
     busy_timeout: float | None = None
     synchronous = "full"
     for key, value in parse_qsl(parts.query, keep_blank_values=True):

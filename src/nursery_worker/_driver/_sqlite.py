@@ -569,9 +569,9 @@ class SqliteDriver:
                 f"(busy_timeout): {message}"
             )
         error = DatabaseError(f"SQLite error on {self.path}: {message}")
-        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)) or (
-            "unable to open" in message or "not a database" in message or "readonly" in message
-        ):
+        # Only a statement refused for what it is cannot succeed when tried again; a file that
+        # cannot be opened or written now (a volume not mounted yet, permissions) may be later.
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)):
             error.transient = False
         return error
 
@@ -618,8 +618,13 @@ class SqliteDriver:
                 self._reader = self._connect()
                 self._reader.execute("PRAGMA query_only = 1")
             if not self._schema_ready:
-                with self._writer_lock:
-                    self._migrate_on(self._writer)
+                # A read first: the write lock (which a long transaction of another connection may
+                # hold) is only needed when the tables are missing or older.
+                with self._reader_lock:
+                    current = self._current_on(self._reader)
+                if not current:
+                    with self._writer_lock:
+                        self._migrate_on(self._writer)
                 self._schema_ready = True
             return self._writer, self._reader
 
@@ -694,33 +699,38 @@ class SqliteDriver:
 
     # --- schema -------------------------------------------------------------------------------
 
+    def _apply_migrations(self, conn: sqlite3.Connection) -> list[int]:
+        """Apply the pending migrations on *conn*, inside the write transaction it is in."""
+        applied_now: list[int] = []
+        migrations = self._names["migrations"]
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {migrations} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at INTEGER NOT NULL)"
+        )
+        applied = {int(r[0]) for r in conn.execute(f"SELECT version FROM {migrations}")}
+        if applied and max(applied) > SCHEMA_VERSION:
+            raise self._too_new(max(applied))
+        folder = resources.files(__package__).joinpath("sqlite_migrations")
+        for version, filename in MIGRATIONS:
+            if version in applied:
+                continue
+            text = folder.joinpath(filename).read_text(encoding="utf-8")
+            for statement in _statements(text.replace("{p}", f"{self.schema}_")):
+                conn.execute(statement)
+            conn.execute(
+                f"INSERT INTO {migrations} (version, name, applied_at) VALUES (?, ?, {_NOW_SQL})",
+                (version, filename),
+            )
+            applied_now.append(version)
+        return applied_now
+
     def _migrate_on(self, conn: sqlite3.Connection) -> list[int]:
         """Apply the pending migrations in one ``BEGIN IMMEDIATE`` transaction (so concurrent
         processes take turns and the second finds nothing to do)."""
-        applied_now: list[int] = []
-        migrations = self._names["migrations"]
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {migrations} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                    "applied_at INTEGER NOT NULL)"
-                )
-                applied = {int(r[0]) for r in conn.execute(f"SELECT version FROM {migrations}")}
-                if applied and max(applied) > SCHEMA_VERSION:
-                    raise self._too_new(max(applied))
-                folder = resources.files(__package__).joinpath("sqlite_migrations")
-                for version, filename in MIGRATIONS:
-                    if version in applied:
-                        continue
-                    text = folder.joinpath(filename).read_text(encoding="utf-8")
-                    for statement in _statements(text.replace("{p}", f"{self.schema}_")):
-                        conn.execute(statement)
-                    conn.execute(
-                        f"INSERT INTO {migrations} (version, name, applied_at) VALUES (?, ?, {_NOW_SQL})",
-                        (version, filename),
-                    )
-                    applied_now.append(version)
+                applied_now = self._apply_migrations(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -840,7 +850,7 @@ class SqliteDriver:
         except sqlite3.Error as exc:
             raise self._translate(exc) from None
         main = files[0] if files else ""
-        if not main or not os.path.exists(main) or not os.path.samefile(main, self.path):
+        if not main or not _same_file(main, self.path):
             raise ConfigurationError(
                 f"connection= is a sqlite3.Connection to {main or 'an in-memory database'!r}, not to this app's "
                 f"file {self.path}: a job can only join a transaction on the file that holds the jobs"
@@ -852,10 +862,11 @@ class SqliteDriver:
 
         A connection outside a transaction gets one: ``BEGIN IMMEDIATE`` left open for the caller to
         commit (as sqlite3 itself would begin one before an INSERT), or, in autocommit mode, committed
-        here. A savepoint makes the insert all or nothing within the caller's transaction.
+        here. A savepoint makes the insert all or nothing within the caller's transaction. Nothing
+        here uses the driver's own connections: the caller's transaction may hold the write lock
+        they would wait for. Missing tables are created in the caller's transaction.
         """
         conn = self._check_connection(connection)
-        self._connections()  # the tables exist before the caller's transaction touches them
         autocommit = getattr(conn, "autocommit", None) is True or conn.isolation_level is None
         tx = _Tx(conn, self._q)
         try:
@@ -864,6 +875,8 @@ class SqliteDriver:
                 conn.execute("BEGIN IMMEDIATE")
             conn.execute("SAVEPOINT nursery_worker_insert")
             try:
+                if not self._current_on(conn):
+                    self._apply_migrations(conn)
                 jobs = self._insert_on(tx, specs)
             except BaseException:
                 conn.execute("ROLLBACK TO nursery_worker_insert")
@@ -878,6 +891,14 @@ class SqliteDriver:
         except sqlite3.Error as exc:
             raise self._translate(exc) from None
         return jobs
+
+    def _current_on(self, conn: sqlite3.Connection) -> bool:
+        """Whether *conn*'s file has this schema's tables at this code's version."""
+        try:
+            row = conn.execute(self._q["version"]).fetchone()
+        except sqlite3.OperationalError:
+            return False  # no migrations table yet
+        return bool(row is not None and row[0] == SCHEMA_VERSION)
 
     def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: Any = None) -> list[Job]:
         if not specs:
@@ -1246,6 +1267,12 @@ class SqliteListener:
                     del _wakers[self._driver._key]
         recv.close()
         send.close()
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _statements(script: str) -> list[str]:
