@@ -89,6 +89,17 @@ async def test_get_job_of_an_unknown_id_raises_job_not_found(app: App) -> None:
         await app.get_job(987654321)
 
 
+async def test_an_id_beyond_64_bits_is_simply_not_found(app: App) -> None:
+    """``get_job``, ``cancel`` and ``retry`` of an id no row can have raise JobNotFound; paging past it lists all."""
+    job = await app.defer_many([app.job_by_name("t")])
+    for huge in (2**70, -(2**70)):
+        for call in (app.get_job, app.cancel, app.retry):
+            with pytest.raises(JobNotFound):
+                await call(huge)
+    assert [j.id for j in await app.list_jobs(before_id=2**70)] == [job[0].id]
+    assert await app.list_jobs(before_id=-(2**70)) == []
+
+
 async def test_list_jobs_filters_and_pages_newest_first(app: App) -> None:
     """``list_jobs`` filters by state, queue and task, newest first, and pages with limit and before_id."""
 

@@ -369,3 +369,40 @@ async def test_several_jobs_run_concurrently_up_to_the_concurrency(app: App) -> 
         for job in jobs:
             await wait_for_state(app, job.id, JobState.COMPLETED)
     assert peak == 4
+
+
+# --- the testing helpers ------------------------------------------------------------------------
+
+
+async def test_drain_runs_every_due_job_and_sorts_the_outcomes(app: App) -> None:
+    """``testing.drain`` runs the due jobs in-process and reports each attempt's outcome."""
+    from nursery_worker.testing import drain
+
+    @app.task(max_attempts=1)
+    async def judge(ok: bool) -> None:
+        if not ok:
+            raise RuntimeError("no")
+
+    good = await judge.defer(ok=True)
+    bad = await judge.defer(ok=False)
+    result = await drain(app)
+    assert [j.id for j in result.completed] == [good.id]
+    assert [j.id for j in result.discarded] == [bad.id]
+
+
+async def test_isolated_schema_gives_a_fresh_schema_and_drops_it(app: App) -> None:
+    """``testing.isolated_schema`` points the app at a fresh, empty schema for the block and back after it."""
+    from nursery_worker.testing import isolated_schema
+
+    @app.task
+    async def noop() -> None: ...
+
+    outside = await noop.defer()
+    previous = app.schema
+    async with isolated_schema(app) as isolated:
+        assert isolated.schema != previous
+        assert await isolated.list_jobs() == []
+        inside = await noop.defer()
+        assert [j.id for j in await isolated.list_jobs()] == [inside.id]
+    assert app.schema == previous
+    assert [j.id for j in await app.list_jobs()] == [outside.id]

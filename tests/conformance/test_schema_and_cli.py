@@ -62,10 +62,12 @@ async def test_a_schema_newer_than_the_code_is_refused(app: App, make_app: Calla
         await make_app().migrate()
 
 
-def _cli(args: Sequence[str], *, cwd: Path, dsn: str) -> subprocess.CompletedProcess[str]:
+def _cli(args: Sequence[str], *, cwd: Path, dsn: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURSERY_WORKER_")}
     env["NURSERY_WORKER_DSN"] = dsn
-    return subprocess.run([CONSOLE_SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [CONSOLE_SCRIPT, *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def _ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -112,3 +114,10 @@ def test_the_operations_commands_work(engine_dsn: str, engine_schema: str, tmp_p
     assert pruned["pruned"] == 2  # the completed and the cancelled job
     remaining = json.loads(_ok(cli("jobs", "list", "--json", "--app", "opsapp:app")))
     assert [j["id"] for j in remaining] == [ids[1]]
+    lines = "".join(json.dumps({"task": "record", "args": {"n": n}, "priority": n}) + "\n" for n in range(10, 15))
+    result = _cli(
+        ["defer", "--file", "-", "--app", "opsapp:app", "--batch-size", "2"], cwd=tmp_path, dsn=engine_dsn, stdin=lines
+    )
+    _ok(result)
+    by_file = json.loads(_ok(cli("jobs", "list", "--json", "--state", "available", "--app", "opsapp:app")))
+    assert sorted(j["priority"] for j in by_file if j["id"] != ids[1]) == [10, 11, 12, 13, 14]

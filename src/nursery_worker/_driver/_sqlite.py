@@ -345,6 +345,14 @@ def check_sqlite_version() -> None:
         )
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _is_id(job_id: int) -> bool:
+    """Whether *job_id* can name a row (SQLite's integers are 64-bit; PostgreSQL finds no such job either)."""
+    return _INT64[0] <= job_id <= _INT64[1]
+
+
 def _to_us(value: dt.datetime) -> int:
     return (value - _EPOCH) // _US
 
@@ -640,10 +648,13 @@ class SqliteDriver:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn(tx)
+                    if tx.events:
+                        # Each write that notifies also drops old notifications: the table stays
+                        # small even when only producers run (the promoter does it too).
+                        tx.execute("prune_events", {"before": tx.now - round(EVENT_RETENTION * 1_000_000)})
                     conn.execute("COMMIT")
                 except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
         except sqlite3.Error as exc:
             raise self._translate(exc) from None
@@ -733,8 +744,7 @@ class SqliteDriver:
                 applied_now = self._apply_migrations(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         except sqlite3.Error as exc:
             raise self._translate(exc) from None
@@ -879,10 +889,12 @@ class SqliteDriver:
                     self._apply_migrations(conn)
                 jobs = self._insert_on(tx, specs)
             except BaseException:
-                conn.execute("ROLLBACK TO nursery_worker_insert")
-                conn.execute("RELEASE nursery_worker_insert")
-                if own and autocommit:
-                    conn.execute("ROLLBACK")
+                if own:  # the transaction is ours alone: nothing of the caller's is in it
+                    _rollback(conn)
+                else:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK TO nursery_worker_insert")
+                        conn.execute("RELEASE nursery_worker_insert")
                 raise
             conn.execute("RELEASE nursery_worker_insert")
             if own and autocommit:
@@ -917,6 +929,8 @@ class SqliteDriver:
         return await self._hop(lambda tx: self._insert_on(tx, specs))
 
     async def get_job(self, job_id: int) -> Job | None:
+        if not _is_id(job_id):
+            return None
         row = await self._hop(lambda tx: tx.execute("get", {"id": job_id}).fetchone(), write=False)
         return None if row is None else _job_from_row(row)
 
@@ -1045,6 +1059,9 @@ class SqliteDriver:
     # --- job control --------------------------------------------------------------------------
 
     async def cancel_job(self, job_id: int, *, error_cap: int) -> tuple[Job, str] | None:
+        if not _is_id(job_id):
+            return None
+
         def cancel(tx: _Tx) -> tuple[Job, str] | None:
             # One transaction: the job cannot move between the steps.
             params = {"id": job_id, "now": tx.now, "at": _iso(tx.now), "cap": error_cap}
@@ -1066,6 +1083,9 @@ class SqliteDriver:
         return [(int(r[0]), int(r[1])) for r in rows]
 
     async def retry_job(self, job_id: int) -> Job | None:
+        if not _is_id(job_id):
+            return None
+
         def retry(tx: _Tx) -> Job | None:
             try:
                 row = tx.execute("retry", {"id": job_id, "now": tx.now}).fetchone()
@@ -1106,7 +1126,7 @@ class SqliteDriver:
             params["task"] = task
         if before_id is not None:
             where.append("id < :before")
-            params["before"] = before_id
+            params["before"] = min(max(before_id, _INT64[0]), _INT64[1])
         query = (
             f"SELECT {_JOB_COLUMNS} FROM {self._names['jobs']} "
             + ("WHERE " + " AND ".join(where) if where else "")
@@ -1219,13 +1239,18 @@ class SqliteListener:
             _wakers.setdefault(self._driver._key, set()).add(send)
         self._socks = (recv, send)
         try:
-            row = await self._driver._hop(lambda tx: tx.execute("last_event").fetchone(), write=False)
+            row = await self._read(lambda tx: tx.execute("last_event").fetchone())
         except BaseException:
             await self.aclose()
             raise
         self._last = int(row[0])
 
-    def _read(self, tx: _Tx) -> list[tuple[int, str]]:
+    async def _read(self, fn: Callable[[_Tx], T]) -> T:
+        # Not through the driver's observers: like PostgreSQL's LISTEN connection, the listener's
+        # polls are not the app's database calls (the metrics count those).
+        return await anyio.to_thread.run_sync(lambda: self._driver._run(fn, write=False))
+
+    def _events(self, tx: _Tx) -> list[tuple[int, str]]:
         return [(int(i), str(p)) for i, p in tx.execute("events_after", {"after": self._last})]
 
     async def wait(self, keepalive: float) -> list[Notification]:
@@ -1234,7 +1259,7 @@ class SqliteListener:
         recv = self._socks[0]
         deadline = anyio.current_time() + keepalive
         while True:
-            rows = await self._driver._hop(self._read, write=False)
+            rows = await self._read(self._events)
             if rows:
                 self._last = rows[-1][0]
                 out = []
@@ -1267,6 +1292,13 @@ class SqliteListener:
                     del _wakers[self._driver._key]
         recv.close()
         send.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back after an error; a failure to do so must not hide the error being raised."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _same_file(a: str, b: str) -> bool:
