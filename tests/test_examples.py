@@ -44,6 +44,7 @@ def drop(schema: str) -> None:
         ("supervisor", "example_supervisor", "worked 20 jobs in 2 processes"),
         ("metrics_and_tracing", "example_metrics", "5 in the trace of their defer"),
         ("queue_pause", "example_pause", "after resume: ['report daily', 'email to ada@example.com']"),
+        ("embedded_sqlite", "example_embedded_sqlite", "receipts sent for orders [1]: 'receipt #1'"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:

@@ -70,16 +70,25 @@ async def test_scheduled_at_in_the_past_is_available_and_in_the_future_scheduled
 
 
 async def test_defer_many_inserts_every_job_in_order(app: App) -> None:
-    """``defer_many`` returns one job per spec, in order, with increasing ids, each stored with its own arguments."""
+    """``defer_many`` returns one job per spec, in order, with increasing ids, each stored as returned."""
 
     @app.task
     async def item(n: int) -> None: ...
 
-    jobs = await app.defer_many([item.job(n=i) for i in range(300)])
+    specs = [
+        item.configure(delay=60).job(n=i) if i % 7 == 0 else item.configure(queue=f"q{i % 3}").job(n=i)
+        for i in range(300)
+    ]
+    jobs = await app.defer_many(specs)
     assert [j.args["n"] for j in jobs] == list(range(300))
     assert [j.id for j in jobs] == sorted(j.id for j in jobs)
     assert len({j.id for j in jobs}) == 300
-    assert (await app.get_job(jobs[123].id)).args == {"n": 123}
+    for i in (0, 1, 123, 299):
+        stored = await app.get_job(jobs[i].id)
+        assert (stored.args, stored.state, stored.queue) == ({"n": i}, jobs[i].state, jobs[i].queue)
+        assert stored.scheduled_at == jobs[i].scheduled_at and stored.inserted_at == jobs[i].inserted_at
+    assert {j.state for j in jobs if j.args["n"] % 7 == 0} == {JobState.SCHEDULED}
+    assert {j.state for j in jobs if j.args["n"] % 7} == {JobState.AVAILABLE}
     assert await app.defer_many([]) == []
 
 
