@@ -1263,8 +1263,9 @@ class SqliteListener:
 
     async def connect(self) -> None:
         await self.aclose()
-        # Registered before reading the last id: a write that commits in between is both read
-        # below (skipped, as LISTEN would) or found by the next read, never lost.
+        # Registered before the last id is read: an event committed meanwhile is either at or
+        # before that id (skipped, as LISTEN skips what came before it) or after it (read by the
+        # next wait, whose poke may already be waiting on the socket). None is lost.
         recv, send = socket.socketpair()
         recv.setblocking(False)
         send.setblocking(False)
@@ -1305,11 +1306,9 @@ class SqliteListener:
                 return []
             with anyio.move_on_after(min(LISTEN_POLL, remaining)):
                 await anyio.wait_readable(recv)
-            try:
+            with contextlib.suppress(BlockingIOError):  # drain the pokes: one read covers them all
                 while recv.recv(4096):
                     pass
-            except BlockingIOError:
-                pass
 
     async def aclose(self) -> None:
         socks, self._socks = self._socks, None
