@@ -136,9 +136,9 @@ async def test_rescue_leaves_live_workers_alone_and_removes_stale_rows(app: App)
     await app.driver.register_worker(_info("stale"))
     (live_job,) = await app.driver.fetch_jobs(worker_id="live", queues=["default"], limit=1)
     (stale_job,) = await app.driver.fetch_jobs(worker_id="stale", queues=["default"], limit=1)
-    await anyio.sleep(0.4)
+    await anyio.sleep(1.5)
     assert await Heartbeat(app.driver, _info("live")).run_once() is True
-    result = await Rescuer(app.driver, "peer", rescue_after=0.3).run_once()
+    result = await Rescuer(app.driver, "peer", rescue_after=1.0).run_once()
     assert (result.retryable, result.workers_removed) == (1, 1)
     assert (await app.get_job(live_job.id)).state is JobState.EXECUTING
     assert (await app.get_job(stale_job.id)).state is JobState.RETRYABLE
@@ -212,11 +212,11 @@ async def test_prune_deletes_only_finished_jobs_older_than_the_age(app: App) -> 
     old_other = await noop.defer()
     await app.cancel(old_cancelled.id)
     await app.cancel(old_other.id)
-    await anyio.sleep(0.3)
+    await anyio.sleep(1.2)
     fresh = await noop.defer()
     await app.cancel(fresh.id)
-    assert await app.prune(older_than=0.2, states="completed") == 0
-    assert await app.prune(older_than=0.2, states=["cancelled"]) == 2
+    assert await app.prune(older_than=0.6, states="completed") == 0
+    assert await app.prune(older_than=0.6, states=["cancelled"]) == 2
     assert [j.id for j in await app.list_jobs()] == [fresh.id, waiting.id]
     assert await app.prune(older_than=3600) == 0
 
