@@ -177,7 +177,7 @@ def test_two_worker_processes_share_one_file_without_losing_or_repeating_a_job(t
 
 
 def test_a_supervisor_of_two_processes_works_the_default_file(tmp_path: Path) -> None:
-    """``run --processes 2`` with no DSN: both children use ./nursery-worker.sqlite3, show in status, run the jobs."""
+    """``run --processes 2`` with no DSN: both children use ./nursery-worker.sqlite3, are healthy, run the jobs."""
     ledger = tmp_path / "ledger.txt"
     (tmp_path / "ledgerapp.py").write_text(LEDGER_APP)
     env = {**_fresh_env(tmp_path), "LEDGER_FILE": str(ledger)}
@@ -206,6 +206,8 @@ def test_a_supervisor_of_two_processes_works_the_default_file(tmp_path: Path) ->
             time.sleep(0.2)
         status = cli("status", "--json")
         assert status.returncode == 0, status.stderr
+        healthy = cli("healthcheck")
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     finally:
         supervisor.send_signal(signal.SIGTERM)
         _, err = supervisor.communicate(timeout=60)
