@@ -85,13 +85,18 @@ class App:
     on first use, and keeps a small connection pool until :meth:`aclose` (or ``async with app:``).
 
     Args:
-        dsn: a PostgreSQL DSN (``postgresql://user:password@host:5432/db``). When None, the
-            ``NURSERY_WORKER_DSN`` environment variable is read on first use.
-        schema: the PostgreSQL schema holding the tables, beside the application's own; when None,
-            ``$NURSERY_WORKER_SCHEMA``, else ``"nursery_worker"``.
+        dsn: a PostgreSQL DSN (``postgresql://user:password@host:5432/db``), or
+            ``sqlite:///path/to/file.sqlite3`` for the embedded engine. When None, the
+            ``NURSERY_WORKER_DSN`` environment variable is read on first use, and when that is
+            unset too, the embedded engine's file ``./nursery-worker.sqlite3`` is used (announced
+            in one log line).
+        schema: the PostgreSQL schema holding the tables, beside the application's own (with
+            SQLite: the tables' prefix); when None, ``$NURSERY_WORKER_SCHEMA``, else
+            ``"nursery_worker"``.
         pool_min_size: connections kept open.
         pool_max_size: the most connections this process opens (the listener has one more).
-        connect_timeout: seconds before an unreachable database is reported.
+        connect_timeout: seconds before an unreachable database is reported (with SQLite: how long
+            a write waits for another process's transaction, unless the DSN sets ``busy_timeout``).
         max_args_bytes: the largest encoded arguments one job may carry.
         error_cap: how many recent errors a job keeps.
 
@@ -171,7 +176,7 @@ class App:
             The engine behind this app's queue operations.
 
         Raises:
-            ConfigurationError: no DSN (neither ``dsn=`` nor ``$NURSERY_WORKER_DSN``), or an invalid one.
+            ConfigurationError: an invalid DSN or schema name.
         """
         if self._driver is None:
             with self._driver_lock:
@@ -689,7 +694,8 @@ class App:
 
         Args:
             jobs: items from ``task.job(**kwargs)`` or ``task.configure(...).job(**kwargs)``.
-            connection: an open psycopg connection whose transaction the insert joins.
+            connection: an open psycopg connection whose transaction the insert joins (with the
+                embedded engine, a ``sqlite3.Connection`` to the same file).
 
         Returns:
             The inserted jobs, in the order given.
@@ -711,7 +717,8 @@ class App:
 
         Args:
             jobs: items from ``task.job(**kwargs)``.
-            connection: an open ``psycopg.Connection`` whose transaction the insert joins.
+            connection: an open ``psycopg.Connection`` whose transaction the insert joins (with the
+                embedded engine, a ``sqlite3.Connection`` to the same file).
 
         Returns:
             The inserted jobs, in the order given.

@@ -77,7 +77,7 @@ def _common(func: F) -> F:
     func = click.option(
         "--dsn",
         default=None,
-        help="PostgreSQL DSN; default: the app's, else $NURSERY_WORKER_DSN.",
+        help="PostgreSQL DSN, or sqlite:///PATH; default: the app's, $NURSERY_WORKER_DSN, ./nursery-worker.sqlite3.",
     )(func)
     func = click.option(
         "--schema",

@@ -371,7 +371,8 @@ class Task(Generic[P, R]):
             scheduled_at: an aware datetime before which the job does not run.
             delay: seconds (or a timedelta) from now, by the database's clock.
             max_attempts: the attempt budget for these jobs.
-            connection: an open psycopg connection: the insert joins its transaction.
+            connection: an open psycopg connection: the insert joins its transaction (with the
+                embedded engine, a ``sqlite3.Connection`` to the same file).
             unique_key: make the job unique among its task's jobs: a string, True (its arguments
                 are the key) or a function ``args -> str``. While a job with the same key is in
                 *unique_states*, enqueueing returns that job (``job.duplicate`` is True) and inserts

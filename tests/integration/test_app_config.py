@@ -4,6 +4,7 @@ what happens when it is missing, malformed or unreachable, and that a password n
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -45,31 +46,32 @@ def test_app_without_a_dsn_can_be_constructed_when_the_env_var_is_unset(monkeypa
     assert ENV_VAR in repr(app)
 
 
-def test_driver_without_any_dsn_raises_naming_both_sources(monkeypatch: pytest.MonkeyPatch) -> None:
-    """app.driver with neither dsn= nor NURSERY_WORKER_DSN raises ConfigurationError naming both ways to fix it."""
+def test_driver_without_any_dsn_is_the_embedded_engine_in_the_current_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """app.driver with neither dsn= nor NURSERY_WORKER_DSN is the embedded engine on ./nursery-worker.sqlite3."""
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
     app = App()
 
-    with pytest.raises(ConfigurationError) as info:
-        _ = app.driver
-
-    assert "dsn=" in str(info.value)
-    assert ENV_VAR in str(info.value)
+    assert repr(app.driver) == f"<SqliteDriver {str(tmp_path / 'nursery-worker.sqlite3')!r} schema='nursery_worker'>"
 
 
-async def test_defer_without_any_dsn_raises_naming_both_sources(monkeypatch: pytest.MonkeyPatch) -> None:
-    """defer on an App with neither dsn= nor NURSERY_WORKER_DSN raises ConfigurationError naming both."""
+async def test_defer_without_any_dsn_enqueues_into_the_embedded_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """defer on an App with neither dsn= nor NURSERY_WORKER_DSN creates ./nursery-worker.sqlite3 and enqueues there."""
     monkeypatch.delenv(ENV_VAR, raising=False)
-    app = App()
+    monkeypatch.chdir(tmp_path)
+    async with App() as app:
 
-    @app.task
-    async def send(to: str) -> None: ...
+        @app.task
+        async def send(to: str) -> None: ...
 
-    with pytest.raises(ConfigurationError) as info:
-        await send.defer(to="x")
+        job = await send.defer(to="x")
 
-    assert "dsn=" in str(info.value)
-    assert ENV_VAR in str(info.value)
+    assert job.state is JobState.AVAILABLE
+    assert (tmp_path / "nursery-worker.sqlite3").exists()
 
 
 async def test_the_env_var_dsn_is_used_when_set(
@@ -225,7 +227,6 @@ def test_a_malformed_dsn_raises_configuration_error_without_the_password(malform
     ("foreign", "scheme"),
     [
         (f"mysql://root:{PASSWORD}@127.0.0.1/test", "mysql"),
-        (f"sqlite:///tmp/{PASSWORD}.db", "sqlite"),
         (f"redis://:{PASSWORD}@127.0.0.1:6379/0", "redis"),
     ],
 )

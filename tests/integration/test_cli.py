@@ -417,17 +417,22 @@ def test_run_bad_queue_name(tmp_path: Path, dsn: str, schema: str, app: App) -> 
     _assert_one_line_error(result, "not ok!")
 
 
-def test_run_without_any_dsn_names_the_environment_variable(tmp_path: Path, schema: str) -> None:
-    """`run` with neither --dsn nor $NURSERY_WORKER_DSN fails with one line naming NURSERY_WORKER_DSN."""
+def test_run_without_any_dsn_uses_the_embedded_file_and_says_how_to_switch(tmp_path: Path, schema: str) -> None:
+    """`run` with neither --dsn nor $NURSERY_WORKER_DSN runs on ./nursery-worker.sqlite3, named in one log line."""
     _write_app(tmp_path, schema)
     result = _cli(["run", "--app", "myjobs:app", "--once"], cwd=tmp_path, dsn=None)
-    _assert_one_line_error(result, "NURSERY_WORKER_DSN")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "embedded SQLite" in line]
+    assert str(tmp_path / "nursery-worker.sqlite3") in line
+    assert "NURSERY_WORKER_DSN" in line and "nursery-worker migrate --dsn" in line
 
 
-def test_migrate_without_any_dsn_names_the_environment_variable(tmp_path: Path, schema: str) -> None:
-    """`migrate` with neither --dsn nor $NURSERY_WORKER_DSN fails with one line naming NURSERY_WORKER_DSN."""
+def test_migrate_without_any_dsn_creates_the_embedded_file(tmp_path: Path, schema: str) -> None:
+    """`migrate` with neither --dsn nor $NURSERY_WORKER_DSN creates the tables in ./nursery-worker.sqlite3."""
     result = _cli(["migrate", "--schema", schema], cwd=tmp_path, dsn=None)
-    _assert_one_line_error(result, "NURSERY_WORKER_DSN")
+    assert result.returncode == 0, result.stderr
+    assert "migrated" in result.stdout
+    assert (tmp_path / "nursery-worker.sqlite3").exists()
 
 
 def test_run_on_an_unmigrated_schema_names_the_migrate_command(tmp_path: Path, dsn: str, schema: str) -> None:

@@ -1,13 +1,16 @@
 """The narrow interface between queue logic and a database engine.
 
 Queue logic (app, worker, maintenance) talks to the database only through :class:`Driver`; SQL and
-the database library are imported only by an implementation. PostgreSQL is the one implementation
-today; the embedded engine of a later issue plugs in at :func:`create_driver`.
+the database library are imported only by an implementation: PostgreSQL (``_postgres.py``, psycopg)
+and the embedded engine (``_sqlite.py``, the standard library's sqlite3). :func:`create_driver`
+picks one by the DSN's scheme and imports only that one. ``tests/conformance/`` runs one suite
+against both: it is the definition of "the same semantics".
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -26,6 +29,9 @@ from .._models import (
     WorkerRow,
 )
 from .._periodic import PeriodicEnqueued, PeriodicEntry, PeriodicRow, PeriodicState
+
+#: A valid schema name, on either engine (a PostgreSQL schema, or the SQLite tables' prefix).
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
 
 @attrs.frozen(kw_only=True)
@@ -216,18 +222,32 @@ class Driver(Protocol):
 
 
 def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float) -> Driver:
-    """Choose the engine for *dsn*.
+    """Choose the engine for *dsn*: ``postgresql://`` (or a libpq key/value string) for PostgreSQL,
+    ``sqlite:///path`` for the embedded engine.
+
+    Only the chosen engine's module (and database library) is imported.
 
     Raises:
-        ConfigurationError: the DSN names an engine nursery-worker does not support.
+        ConfigurationError: the DSN names an engine nursery-worker does not support, or is invalid.
     """
+    from .._dsn import is_sqlite_dsn, parse_sqlite_dsn
     from .._errors import ConfigurationError
 
+    if is_sqlite_dsn(dsn):
+        target = parse_sqlite_dsn(dsn)
+        from ._sqlite import SqliteDriver
+
+        return SqliteDriver(
+            target.path,
+            schema=schema,
+            busy_timeout=target.busy_timeout if target.busy_timeout is not None else connect_timeout,
+            synchronous=target.synchronous,
+        )
     scheme = dsn.split(":", 1)[0].lower() if "://" in dsn else ""
     if scheme and scheme not in ("postgres", "postgresql"):
         raise ConfigurationError(
             f"unsupported database scheme {scheme!r}: nursery-worker needs a PostgreSQL DSN such as "
-            "'postgresql://user@host/db'"
+            "'postgresql://user@host/db', or 'sqlite:///path/to/file.sqlite3' for the embedded engine"
         )
     from ._postgres import PostgresDriver
 
