@@ -106,6 +106,7 @@ class Reporter:
                 "failed": s.failed,
                 "running": s.running,
                 "last_heartbeat": s.last_heartbeat.isoformat() if s.last_heartbeat else None,
+                "breakers_open": sorted(worker.breakers_open),
                 **self._metrics(worker),
             }
         )

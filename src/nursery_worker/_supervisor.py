@@ -65,6 +65,7 @@ class ChildStatus:
         processed, failed, running: the worker's counters at its last report.
         last_report: seconds since its last report (None before the first).
         worker_id: its id in the workers table (None before it reported one).
+        breakers_open: tasks whose open circuit breaker held jobs back at the child's last claim.
     """
 
     index: int
@@ -77,6 +78,7 @@ class ChildStatus:
     running: int
     last_report: float | None
     worker_id: str | None
+    breakers_open: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -208,6 +210,7 @@ class _Child:
             running=int(r.get("running") or 0),
             last_report=None if self.last_report_at is None else now - self.last_report_at,
             worker_id=r.get("worker_id"),
+            breakers_open=tuple(r.get("breakers_open") or ()),
         )
 
 
@@ -619,7 +622,7 @@ class Supervisor:
             await anyio.sleep(self.config.status_interval)
             for s in self.children():
                 logger.info(
-                    "child %d pid=%s state=%s uptime=%s restarts=%d processed=%d failed=%d running=%d",
+                    "child %d pid=%s state=%s uptime=%s restarts=%d processed=%d failed=%d running=%d%s",
                     s.index,
                     s.pid,
                     s.state,
@@ -628,6 +631,7 @@ class Supervisor:
                     s.processed,
                     s.failed,
                     s.running,
+                    f" breakers_open={','.join(s.breakers_open)}" if s.breakers_open else "",
                 )
 
     async def _serve(

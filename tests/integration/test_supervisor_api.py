@@ -26,7 +26,7 @@ MODULE = """\
 import os
 from pathlib import Path
 
-from nursery_worker import App
+from nursery_worker import App, CircuitBreaker
 
 app = App(schema={schema!r})
 HERE = Path(__file__).parent
@@ -45,6 +45,11 @@ async def record_trace_context() -> None:
 @app.task(name="noop")
 async def noop(n: int) -> None:
     pass
+
+
+@app.task(name="down", max_attempts=1, circuit_breaker=CircuitBreaker(threshold=2, cooldown=60))
+async def down(n: int) -> None:
+    raise ConnectionError("the service is down")
 """
 
 FAST: dict[str, Any] = {
@@ -165,3 +170,28 @@ async def test_an_app_path_that_does_not_import_is_refused(anyio_backend: str) -
     with pytest.raises(ConfigurationError) as info:
         await run_supervisor("no_such_module_here:app", processes=2, handle_signals=False)
     assert "cannot import 'no_such_module_here'" in str(info.value)
+
+
+async def test_the_supervisor_reports_an_open_circuit_breaker_of_its_children(
+    module: Any, app: App, anyio_backend: str
+) -> None:
+    """After a task's breaker opens, the children's status (and so the supervisor's status line) names it."""
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(60):
+            supervisor: Supervisor = await tg.start(
+                functools.partial(
+                    run_supervisor, module.app, processes=2, handle_signals=False, health_timeout=2, **FAST
+                )
+            )
+            producer = App(dsn=TEST_DSN, schema=app.schema)
+            try:
+                await producer.defer_many([producer.job_by_name("down", {"n": n}) for n in range(4)])
+            finally:
+                await producer.aclose()
+
+            def reported() -> bool:
+                return any("down" in c.breakers_open for c in supervisor.children())
+
+            await wait_until(reported, within=30)
+            assert [b.state for b in await app.list_breakers()] == ["open"]
+            supervisor.stop()
