@@ -512,7 +512,7 @@ def _unknown_task(app: App, task: str) -> str | None:
 
 # --- defer ---------------------------------------------------------------------------------------
 
-_LINE_KEYS = frozenset({"task", "args", "queue", "priority", "max_attempts"})
+_LINE_KEYS = frozenset({"task", "args", "queue", "priority", "max_attempts", "depends_on"})
 
 
 def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) -> list[JobSpec]:
@@ -555,6 +555,7 @@ def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) 
                     queue=item.get("queue"),
                     priority=item.get("priority"),
                     max_attempts=item.get("max_attempts"),
+                    depends_on=item.get("depends_on"),
                 )
             )
         except (TypeError, ValueError) as exc:
@@ -582,6 +583,13 @@ def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) 
 @click.option("--queue", default=None, help="Queue (default: the task's, else 'default').")
 @click.option("--priority", default=None, type=int, help="Priority (higher runs first).")
 @click.option("--max-attempts", default=None, type=click.IntRange(min=1))
+@click.option(
+    "--depends-on",
+    "depends_on",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="A job id this job waits for (repeat for several): it stays pending until they all completed.",
+)
 @_common
 def defer(
     task: str | None,
@@ -593,6 +601,7 @@ def defer(
     queue: str | None,
     priority: int | None,
     max_attempts: int | None,
+    depends_on: tuple[int, ...],
     dsn: str | None,
     schema: str | None,
     log_level: str,
@@ -621,7 +630,14 @@ def defer(
         if app_path and (problem := _unknown_task(app, task)):
             raise click.UsageError(problem)
         try:
-            spec = app.job_by_name(task, args, queue=queue, priority=priority, max_attempts=max_attempts)
+            spec = app.job_by_name(
+                task,
+                args,
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                depends_on=list(depends_on) or None,
+            )
         except (TypeError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
         (job,) = app.defer_many_sync([spec])

@@ -55,6 +55,8 @@ class Job:
         retry_policy: a per-job retry policy (as stored, JSON), or None for the task's.
         trace_context: the W3C trace context (``traceparent``, ``tracestate``) of the span that
             deferred the job, or None when tracing was off (see the ``otel`` extra).
+        depends_on: the ids of the jobs it waits for (``depends_on=``); it is ``pending`` until
+            they all completed.
         duplicate: True when an enqueue returned this existing job instead of inserting a new one
             (a unique job already queued or running); nothing was written.
     """
@@ -78,6 +80,7 @@ class Job:
     unique_key: str | None = None
     retry_policy: Mapping[str, Any] | None = None
     trace_context: Mapping[str, str] | None = None
+    depends_on: tuple[int, ...] = ()
     duplicate: bool = False
 
     @property

@@ -216,6 +216,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "worker_id": job.worker_id,
         "cancel_requested_at": _iso(job.cancel_requested_at),
         "unique_key": job.unique_key,
+        "depends_on": list(job.depends_on),
         "result": job.result,
         "errors": [error_dict(e) for e in job.errors],
     }
@@ -265,6 +266,8 @@ def render_job(job: Job) -> str:
         fields.append(("cancel asked", _time(job.cancel_requested_at)))
     if job.unique_key is not None:
         fields.append(("unique key", job.unique_key))
+    if job.depends_on:
+        fields.append(("depends on", ", ".join(str(i) for i in job.depends_on)))
     lines = [f"job {job.id}"]
     lines += [f"  {name:<12} {value}" for name, value in fields]
     lines.append("args:")

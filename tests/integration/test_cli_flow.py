@@ -67,3 +67,20 @@ def test_queues_limit_needs_exactly_one_kind_of_change(app: App, dsn: str, schem
     """`queues limit` without a limit, or with --clear and a limit, is a usage error."""
     out = _cli(["queues", "limit", "emails", *args], dsn=dsn, schema=schema)
     assert out.returncode == 2
+
+
+def test_defer_depends_on_makes_a_pending_job_and_jobs_show_names_its_dependency(
+    app: App, dsn: str, schema: str
+) -> None:
+    """`defer --depends-on ID` enqueues a pending job; `jobs show` lists what it waits for."""
+    first = json.loads(_cli(["defer", "reports.build", "--args", '{"n": 1}'], dsn=dsn, schema=schema).stdout)
+    out = _cli(["defer", "reports.send", "--depends-on", str(first["id"])], dsn=dsn, schema=schema)
+    assert out.returncode == 0, out.stderr
+    second = json.loads(out.stdout)
+    assert second["state"] == "pending"
+    shown = _cli(["jobs", "show", str(second["id"])], dsn=dsn, schema=schema).stdout
+    assert f"depends on   {first['id']}" in shown
+    as_json = json.loads(_cli(["jobs", "show", str(second["id"]), "--json"], dsn=dsn, schema=schema).stdout)
+    assert as_json["depends_on"] == [first["id"]]
+    missing = _cli(["defer", "reports.send", "--depends-on", "999999"], dsn=dsn, schema=schema)
+    assert missing.returncode == 1 and "999999" in missing.stderr

@@ -30,6 +30,7 @@ async def test_a_dependent_job_is_pending_until_its_dependency_completes(app: Ap
     first = await step.defer(name="first")
     second = await step.configure(depends_on=[first]).defer(name="second")
     assert second.state is JobState.PENDING
+    assert (await app.get_job(second.id)).depends_on == (first.id,)
     async with open_worker(app, **fast(concurrency=5)):
         await wait_for_state(app, second.id, JobState.COMPLETED)
     names = [r[0] for r in await query(db, "SELECT name FROM ledger ORDER BY at")]

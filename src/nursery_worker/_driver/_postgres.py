@@ -72,7 +72,7 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _JOB_COLUMNS = (
     "id, task, queue, args, state, attempt, max_attempts, priority, scheduled_at, inserted_at, "
     "attempted_at, finished_at, errors, worker_id, result, cancel_requested_at, unique_key, retry_policy, "
-    "trace_context"
+    "trace_context, depends_on"
 )
 _J_COLUMNS = ", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))
 _TERMINAL = "('completed', 'discarded', 'cancelled')"
@@ -577,6 +577,7 @@ def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
         unique_key=row[16] if extra else None,
         retry_policy=row[17] if extra else None,
         trace_context=row[18] if len(row) > 18 else None,
+        depends_on=tuple(row[19] or ()) if len(row) > 19 else (),
         duplicate=duplicate,
     )
 
@@ -1075,7 +1076,7 @@ class PostgresDriver:
             fresh = conn.execute(self._sql_get, {"id": row[0]}).fetchone()
             assert fresh is not None
             return _job_from_row(fresh)
-        return self._new_job(spec, row)
+        return attrs.evolve(self._new_job(spec, row), depends_on=tuple(deps))
 
     @staticmethod
     def _check_connection(connection: Any, *, allow_async: bool) -> None:
