@@ -122,7 +122,7 @@ def test_the_embedded_engine_does_not_import_psycopg(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_the_tables_are_created_on_first_use_in_wal_mode(tmp_path: Path) -> None:
-    """The first defer on a new file creates the tables (schema version 1) and puts the file in WAL mode."""
+    """The first defer on a new file creates the tables (the current version) and puts the file in WAL mode."""
     async with App(dsn=f"sqlite:///{_file(tmp_path)}", schema="shop") as app:
 
         @app.task
@@ -133,7 +133,7 @@ async def test_the_tables_are_created_on_first_use_in_wal_mode(tmp_path: Path) -
         assert await app.migrate() == []
     with sqlite3.connect(_file(tmp_path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute('SELECT max(version) FROM "shop_migrations"').fetchone()[0] == 1
+        assert conn.execute('SELECT max(version) FROM "shop_migrations"').fetchone()[0] == _sqlite.SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"shop_jobs", "shop_workers", "shop_queues", "shop_events", "shop_migrations"} <= tables
 
@@ -286,3 +286,40 @@ def test_a_sqlite3_connection_to_another_database_is_refused(tmp_path: Path, tar
     finally:
         conn.close()
         app.close()
+
+
+@pytest.mark.anyio
+async def test_a_version_1_file_is_upgraded_keeping_its_jobs_and_never_reusing_ids(tmp_path: Path) -> None:
+    """A file at schema version 1 is upgraded on first use: its jobs stay, new states work, and ids stay unique."""
+    from importlib import resources
+
+    path = _file(tmp_path)
+    script = resources.files("nursery_worker._driver").joinpath("sqlite_migrations/0001_initial.sql").read_text()
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        for statement in _sqlite._statements(script.replace("{p}", "shop_")):
+            conn.execute(statement)
+        conn.execute("CREATE TABLE shop_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at INTEGER)")
+        conn.execute("INSERT INTO shop_migrations (version, name, applied_at) VALUES (1, '0001_initial.sql', 0)")
+        for n in range(3):
+            conn.execute(
+                "INSERT INTO shop_jobs (task, queue, args, scheduled_at, inserted_at) VALUES ('old', 'q', ?, 0, 0)",
+                (f'{{"n": {n}}}',),
+            )
+        conn.execute("DELETE FROM shop_jobs WHERE id = 3")  # pruned: id 3 must never come back
+        conn.execute("COMMIT")
+    conn.close()
+    async with App(dsn=f"sqlite:///{path}", schema="shop") as app:
+
+        @app.task
+        async def step() -> None: ...
+
+        kept = await app.list_jobs()
+        assert [(j.id, j.task) for j in kept] == [(2, "old"), (1, "old")]
+        first = await step.defer()
+        second = await step.configure(depends_on=[first]).defer()
+        assert (first.id, second.id, second.state) == (4, 5, JobState.PENDING)
+    with sqlite3.connect(path) as conn:
+        versions = [r[0] for r in conn.execute('SELECT version FROM "shop_migrations" ORDER BY version')]
+    conn.close()
+    assert versions == [1, 2]

@@ -217,3 +217,74 @@ def test_a_supervisor_of_two_processes_works_the_default_file(tmp_path: Path) ->
     assert len({r["supervisor_id"] for r in rows}) == 1
     assert sorted(int(line.split()[1]) for line in ledger.read_text().splitlines()) == list(range(200))
     app.close()
+
+
+LIMITED_APP = """\
+import os
+import time
+
+import anyio
+from nursery_worker import App, JobContext
+
+app = App()
+
+
+@app.task(name="limited.write", max_concurrency=2)
+async def write(n: int, context: JobContext) -> None:
+    # A start and an end line per job (one O_APPEND write each), stamped with the host's clock.
+    def line(kind: str) -> None:
+        fd = os.open(os.environ["LEDGER_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{kind} {context.job_id} {time.time_ns()} {os.getpid()}\\n".encode())
+        finally:
+            os.close(fd)
+
+    line("start")
+    await anyio.sleep(0.05)
+    line("end")
+"""
+
+
+def test_two_worker_processes_on_one_file_respect_max_concurrency(tmp_path: Path) -> None:
+    """Two worker processes of spare capacity on one SQLite file never run three jobs of a max_concurrency=2 task."""
+    database = tmp_path / "shared.sqlite3"
+    ledger = tmp_path / "ledger.txt"
+    (tmp_path / "limitedapp.py").write_text(LIMITED_APP)
+    env = {**_fresh_env(tmp_path), "NURSERY_WORKER_DSN": f"sqlite:///{database}", "LEDGER_FILE": str(ledger)}
+    app = App(dsn=f"sqlite:///{database}")
+
+    @app.task(name="limited.write", max_concurrency=2)  # the producer knows the limit: its jobs carry the key
+    async def write(n: int) -> None: ...
+
+    app.migrate_sync()
+    argv = [CONSOLE_SCRIPT, "run", "--app", "limitedapp:app", "--concurrency", "10", "--log-level", "warning"]
+    workers = [
+        subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while len(anyio.run(app.driver.list_workers)) < 2:  # both compete for every slot
+            assert time.monotonic() < deadline, "the workers did not register"
+            assert all(w.poll() is None for w in workers)
+            time.sleep(0.1)
+        jobs = app.defer_many_sync([write.job(n=n) for n in range(40)])
+        deadline = time.monotonic() + TIMEOUT
+        while not ledger.exists() or ledger.read_text().count("end ") < len(jobs):
+            assert time.monotonic() < deadline, "the jobs did not all finish"
+            assert all(w.poll() is None for w in workers)
+            time.sleep(0.1)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        outputs = [worker.communicate(timeout=60) for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    events = sorted((int(at), kind) for kind, _, at, _ in (line.split() for line in ledger.read_text().splitlines()))
+    running = peak = 0
+    for _, kind in events:  # an end and a start at the same nanosecond: the end sorts first
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2
+    assert {(j.state, j.attempt) for j in anyio.run(lambda: app.list_jobs(limit=100))} == {(JobState.COMPLETED, 1)}
+    app.close()

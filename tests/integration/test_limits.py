@@ -57,9 +57,7 @@ async def _workers(app: App, n: int, **options: Any) -> AsyncIterator[None]:
         yield
 
 
-async def test_max_concurrency_two_never_runs_three_jobs_at_once_across_three_workers(
-    app: App, db: Connection
-) -> None:
+async def test_max_concurrency_two_never_runs_three_jobs_at_once_across_three_workers(app: App, db: Connection) -> None:
     """With max_concurrency=2 and three workers of spare capacity, the ledger never shows three jobs running."""
     _ledger(db)
 

@@ -33,10 +33,12 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import os
 import socket
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -46,7 +48,7 @@ import anyio.to_thread
 import attrs
 
 from .._errors import ConfigurationError, DatabaseError, JobStateError, SchemaNotReady
-from .._flow import BreakerInfo, RateLimit
+from .._flow import BreakerInfo, RateLimit, dependency_ids, order_graph
 from .._models import (
     Completion,
     Job,
@@ -68,7 +70,7 @@ logger = logging.getLogger("nursery_worker.driver")
 T = TypeVar("T")
 
 #: The SQLite schema's own versions (not PostgreSQL's); the last entry is what this code needs.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"), (2, "0002_flow_control.sql"))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 #: RETURNING arrived in SQLite 3.35.0 (2021-03).
@@ -86,7 +88,7 @@ _US = dt.timedelta(microseconds=1)
 #: The database's clock in integer microseconds. SQLite's 'now' has millisecond resolution and is
 #: the same for every use within one statement.
 _NOW_SQL = "(CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) * 1000)"
-_ACTIVE = "('scheduled', 'available', 'executing', 'retryable')"
+_ACTIVE = "('pending', 'scheduled', 'available', 'executing', 'retryable')"
 _TERMINAL = "('completed', 'discarded', 'cancelled')"
 _ACTIVE_SET = frozenset(s.value for s in ACTIVE_STATES)
 _JOB_COLUMNS = (
@@ -103,9 +105,9 @@ _SQL_NOW = "SELECT " + _NOW_SQL
 
 _SQL_INSERT = """
 INSERT INTO {jobs} (task, queue, args, priority, max_attempts, scheduled_at, inserted_at, state,
-                    unique_key, unique_states, retry_policy, trace_context)
+                    unique_key, unique_states, retry_policy, trace_context, limit_key)
 VALUES (:task, :queue, :args, :priority, :max_attempts, :at, :now, :state,
-        :unique_key, :unique_states, :retry_policy, :trace_context)
+        :unique_key, :unique_states, :retry_policy, :trace_context, :limit_key)
 RETURNING id
 """
 #: From this many jobs without unique keys, an insert goes through ``executemany``.
@@ -136,15 +138,19 @@ SET state = 'executing', attempt = attempt + 1, worker_id = :worker,
     attempted_at = max(:now, coalesce(attempted_at, 0) + 1)
 WHERE state = 'available' AND id IN (
     SELECT id FROM {jobs}
-    WHERE state = 'available' AND __QUEUES__
+    WHERE state = 'available' AND limit_key IS NULL AND __QUEUES__ __TASKS__
     ORDER BY priority DESC, scheduled_at, id
     LIMIT :limit
 )
 RETURNING """
     + _JOB_COLUMNS
 )
-_FETCH_ONE_QUEUE = "queue = :queue AND NOT EXISTS (SELECT 1 FROM {queues} WHERE name = :queue AND paused)"
-_FETCH_QUEUES = "queue IN (SELECT value FROM json_each(:queues) EXCEPT SELECT name FROM {queues} WHERE paused)"
+# The fast claim serves jobs without a limit key, of queues that are neither paused nor limited (a
+# queue with limits is claimed by the limited claim only), and not of the worker's limited tasks.
+_HELD = "(paused OR max_concurrency IS NOT NULL OR rate_limit IS NOT NULL)"
+_FETCH_ONE_QUEUE = "queue = :queue AND NOT EXISTS (SELECT 1 FROM {queues} WHERE name = :queue AND " + _HELD + ")"
+_FETCH_QUEUES = "queue IN (SELECT value FROM json_each(:queues) EXCEPT SELECT name FROM {queues} WHERE " + _HELD + ")"
+_NOT_TASKS = "AND task NOT IN (SELECT value FROM json_each(:limited))"
 
 
 def _append_error(entry: str) -> str:
@@ -193,7 +199,7 @@ SET state = """
     + """
                   ELSE errors END
 WHERE id = :id AND state = 'executing' AND attempt = :attempt AND worker_id = :worker AND attempted_at IS :lease
-RETURNING id, queue, state
+RETURNING id, queue, state, task, has_dependents, limit_key, json_extract(errors, '$[#-1].type')
 """
 )
 
@@ -232,7 +238,7 @@ WHERE state = 'executing' AND id IN (
     ORDER BY j.id
     LIMIT :limit
 )
-RETURNING state
+RETURNING state, id, queue, task, has_dependents, limit_key
 """
 )
 _SQL_DELETE_DEAD_WORKERS = "DELETE FROM {workers} WHERE heartbeat_at <= :since"
@@ -270,6 +276,7 @@ SELECT queue, state, count(*) FROM (
     SELECT queue, state FROM {jobs} WHERE state = 'available'
     UNION ALL SELECT queue, state FROM {jobs} WHERE state IN ('scheduled', 'retryable')
     UNION ALL SELECT queue, state FROM {jobs} WHERE state = 'executing'
+    UNION ALL SELECT queue, state FROM {jobs} WHERE state = 'pending'
 )
 GROUP BY queue, state ORDER BY 1, 2
 """
@@ -281,9 +288,10 @@ UPDATE {jobs}
 SET state = 'cancelled', finished_at = :now, errors = """
     + _append_error("json_object('type', 'Cancelled', 'message', 'cancelled before it ran', 'traceback', '')")
     + """
-WHERE id = :id AND state IN ('scheduled', 'available', 'retryable')
+WHERE id = :id AND state IN ('pending', 'scheduled', 'available', 'retryable')
 RETURNING """
     + _JOB_COLUMNS
+    + ", has_dependents"
 )
 _SQL_CANCEL_EXECUTING = (
     """
@@ -296,16 +304,24 @@ _SQL_CANCEL_REQUESTED = (
     "SELECT id, attempt FROM {jobs} WHERE state = 'executing' AND worker_id = :worker "
     "AND cancel_requested_at IS NOT NULL"
 )
-# retry_guarded: the dead-letter path back to the queue, with one more attempt allowed.
+# retry_guarded: the dead-letter path back to the queue, with one more attempt allowed. A job with
+# dependencies waits again (pending) for those not completed; with one failed it is refused.
 _SQL_RETRY = (
     """
 UPDATE {jobs}
-SET state = 'available', scheduled_at = :now, finished_at = NULL, cancel_requested_at = NULL, result = NULL,
+SET state = CASE WHEN :waiting > 0 THEN 'pending' ELSE 'available' END, pending_deps = :waiting,
+    scheduled_at = :now, finished_at = NULL, cancel_requested_at = NULL, result = NULL,
     max_attempts = max(max_attempts, attempt + 1)
-WHERE id = :id AND state IN ('discarded', 'cancelled')
+WHERE id = :id AND state IN ('discarded', 'cancelled') AND :failed = 0
 RETURNING """
     + _JOB_COLUMNS
 )
+# The dependencies of a job, with their states (retry_job).
+_SQL_PARENTS = """
+SELECT p.id, p.task, p.state FROM {jobs} AS p
+WHERE p.id IN (SELECT value FROM json_each(coalesce((SELECT depends_on FROM {jobs} WHERE id = :id), '[]')))
+ORDER BY p.id
+"""
 _SQL_PRUNE = """
 DELETE FROM {jobs}
 WHERE state = :state AND id IN (
@@ -326,13 +342,202 @@ _SQL_QUEUE_COUNTS = """
 SELECT queue, state, count(*), min(CASE WHEN state = 'available' THEN scheduled_at END)
 FROM {jobs} GROUP BY queue, state
 """
-_SQL_QUEUE_ROWS = "SELECT name, paused, paused_at FROM {queues}"
+_SQL_QUEUE_ROWS = "SELECT name, paused, paused_at, max_concurrency, rate_limit, rate_period FROM {queues}"
 _SQL_EVENT = "INSERT INTO {events} (at, payload) VALUES (:now, :payload)"
 _SQL_EVENTS_AFTER = "SELECT id, payload FROM {events} WHERE id > :after ORDER BY id LIMIT 10000"
 _SQL_LAST_EVENT = "SELECT coalesce(max(id), 0) FROM {events}"
 _SQL_VERSION = "SELECT max(version) FROM {migrations}"
-_TABLES = ("jobs", "workers", "queues", "events", "migrations")
+_TABLES = ("jobs", "workers", "queues", "events", "migrations", "rate_limits", "breakers", "periodic")
 
+
+# --- flow control (schema version 2; PostgreSQL's migration 6) --------------------------------
+# What PostgreSQL does in triggers and in nw_claim_limited runs here as statements of the same
+# BEGIN IMMEDIATE transaction as the write that causes it (the write lock serialises it all), from
+# every path to a final state: a worker's outcome, a rescue, a cancel, and the cascade itself.
+
+# One job with dependencies: mark the dependencies first (has_dependents), reading their states.
+_SQL_MARK_PARENTS = """
+UPDATE {jobs} SET has_dependents = 1
+WHERE id IN (SELECT value FROM json_each(:deps))
+RETURNING id, task, state
+"""
+_SQL_INSERT_DEP = """
+INSERT INTO {jobs} (task, queue, args, priority, max_attempts, scheduled_at, inserted_at, state, unique_key,
+                    unique_states, retry_policy, trace_context, limit_key, depends_on, pending_deps, finished_at,
+                    errors)
+VALUES (:task, :queue, :args, :priority, :max_attempts, :at, :now, :state, :unique_key, :unique_states,
+        :retry_policy, :trace_context, :limit_key, :deps, :waiting, :finished_at, :errors)
+RETURNING id
+"""
+# A dependency completed: each pending dependent has one fewer to wait for; the last one makes it
+# available (or scheduled, if it was deferred with a delay).
+_SQL_RELEASE = """
+UPDATE {jobs}
+SET pending_deps = pending_deps - 1,
+    state = CASE WHEN pending_deps > 1 THEN 'pending' WHEN scheduled_at > :now THEN 'scheduled' ELSE 'available' END
+WHERE state = 'pending' AND EXISTS (SELECT 1 FROM json_each(depends_on) WHERE value = :id)
+RETURNING queue, state
+"""
+# A dependency was discarded or cancelled: its pending dependents are cancelled, naming it.
+_SQL_DOOM = """
+UPDATE {jobs}
+SET state = 'cancelled', finished_at = :now, pending_deps = 0,
+    errors = json_insert(errors, '$[#]', json_object('type', 'DependencyFailed', 'message', :message,
+                                                     'traceback', '', 'at', :at, 'attempt', attempt))
+WHERE state = 'pending' AND EXISTS (SELECT 1 FROM json_each(depends_on) WHERE value = :id)
+RETURNING id, task, has_dependents
+"""
+# Circuit breakers count the outcomes workers write (PostgreSQL's nw_limited_finished).
+_SQL_BREAKER_SUCCESS = """
+UPDATE {breakers}
+SET state = 'closed', failures = 0, opened_at = NULL, probe_job_id = NULL, updated_at = :now
+WHERE task = :task AND (state <> 'closed' OR failures <> 0)
+"""
+_SQL_BREAKER_FAILURE = """
+UPDATE {breakers}
+SET failures = failures + 1,
+    state = CASE WHEN state = 'half_open' OR failures + 1 >= threshold THEN 'open' ELSE state END,
+    opened_at = CASE WHEN state = 'half_open' OR failures + 1 >= threshold THEN :now ELSE opened_at END,
+    probe_job_id = NULL,
+    updated_at = :now
+WHERE task = :task
+"""
+_SQL_ADOPT = """
+UPDATE {jobs} SET limit_key = ''
+WHERE state = 'available' AND limit_key IS NULL AND queue IN (SELECT value FROM json_each(:queues))
+  AND task IN (SELECT value FROM json_each(:tasks))
+"""
+# The groups with waiting limited jobs, best first: (queue, task, partition) of jobs with a limit
+# key, and one group per queue with limits for its other jobs (task NULL). Each group's place is
+# its best job's (priority, then age). NULL tasks sort last, as on PostgreSQL.
+_SQL_LIMITED_GROUPS = """
+SELECT gq, gt, gk FROM (
+    SELECT queue AS gq, task AS gt, limit_key AS gk, priority AS pr, scheduled_at AS sa FROM (
+        SELECT queue, task, limit_key, priority, scheduled_at,
+               row_number() OVER (PARTITION BY queue, task, limit_key ORDER BY priority DESC, scheduled_at, id) AS rn
+        FROM {jobs}
+        WHERE state = 'available' AND limit_key IS NOT NULL AND queue IN (SELECT value FROM json_each(:queues))
+    ) WHERE rn = 1
+    UNION ALL
+    SELECT f.queue, NULL, NULL, f.priority, f.scheduled_at FROM (
+        SELECT queue, priority, scheduled_at,
+               row_number() OVER (PARTITION BY queue ORDER BY priority DESC, scheduled_at, id) AS rn
+        FROM {jobs}
+        WHERE state = 'available' AND limit_key IS NULL AND queue IN (
+            SELECT name FROM {queues}
+            WHERE name IN (SELECT value FROM json_each(:queues))
+              AND (max_concurrency IS NOT NULL OR rate_limit IS NOT NULL))
+    ) AS f WHERE f.rn = 1
+)
+WHERE gq NOT IN (SELECT name FROM {queues} WHERE paused)
+ORDER BY pr DESC, sa, gq, gt IS NULL, gt, gk IS NULL, gk
+"""
+_SQL_QUEUE_LIMITS = "SELECT max_concurrency, rate_limit, rate_period FROM {queues} WHERE name = :name"
+_SQL_COUNT_QUEUE_EXECUTING = "SELECT count(*) FROM {jobs} WHERE state = 'executing' AND queue = :queue"
+_SQL_COUNT_TASK_EXECUTING = """
+SELECT count(*) FROM {jobs}
+WHERE state = 'executing' AND limit_key IS NOT NULL AND task = :task AND limit_key = :key
+"""
+_SQL_RATE_TAT = "SELECT tat FROM {rate_limits} WHERE scope = :scope"
+_SQL_RATE_TAKE = """
+INSERT INTO {rate_limits} (scope, tat) VALUES (:scope, :now + :step)
+ON CONFLICT (scope) DO UPDATE SET tat = max(tat, :now) + :step
+"""
+_SQL_BREAKER = "SELECT state, opened_at, cooldown, probe_job_id FROM {breakers} WHERE task = :task"
+_SQL_PROBE_RUNNING = "SELECT 1 FROM {jobs} WHERE id = :id AND state = 'executing'"
+_SQL_BREAKER_PROBE = """
+UPDATE {breakers} SET state = 'half_open', probe_job_id = :probe, updated_at = :now WHERE task = :task
+"""
+_CLAIM_SET = """
+UPDATE {jobs}
+SET state = 'executing', attempt = attempt + 1, worker_id = :worker,
+    attempted_at = max(:now, coalesce(attempted_at, 0) + 1)
+WHERE state = 'available' AND id IN (
+    SELECT id FROM {jobs}
+    WHERE state = 'available' AND __GROUP__
+    ORDER BY priority DESC, scheduled_at, id
+    LIMIT :cap
+)
+RETURNING """
+# A group of one limited task's partition.
+_SQL_CLAIM_GROUP = (
+    _CLAIM_SET.replace("__GROUP__", "limit_key IS NOT NULL AND queue = :queue AND task = :task AND limit_key = :key")
+    + _JOB_COLUMNS
+)
+# A queue's jobs without task limits (those of limited tasks wait to be adopted).
+_SQL_CLAIM_QUEUE = (
+    _CLAIM_SET.replace(
+        "__GROUP__", "limit_key IS NULL AND queue = :queue AND task NOT IN (SELECT value FROM json_each(:tasks))"
+    )
+    + _JOB_COLUMNS
+)
+_SQL_SET_LIMITS = """
+INSERT INTO {queues} (name, max_concurrency, rate_limit, rate_period, updated_at)
+VALUES (:name, :concurrency, :rate, :period, :now)
+ON CONFLICT (name) DO UPDATE
+SET max_concurrency = excluded.max_concurrency, rate_limit = excluded.rate_limit, rate_period = excluded.rate_period,
+    updated_at = :now
+"""
+_SQL_REGISTER_BREAKER = """
+INSERT INTO {breakers} (task, threshold, cooldown, updated_at) VALUES (:task, :threshold, :cooldown, :now)
+ON CONFLICT (task) DO UPDATE SET threshold = excluded.threshold, cooldown = excluded.cooldown, updated_at = :now
+WHERE threshold IS NOT excluded.threshold OR cooldown IS NOT excluded.cooldown
+"""
+_SQL_LIST_BREAKERS = (
+    "SELECT task, state, failures, threshold, cooldown, opened_at, probe_job_id, "
+    + _NOW_SQL
+    + " FROM {breakers} ORDER BY task"
+)
+
+# --- periodic jobs (PostgreSQL's migration 7; see _periodic.py) ----------------------------------
+# A new row, or one whose expression or time zone changed, is active from now: its earlier ticks
+# are never enqueued.
+_SQL_PERIODIC_REGISTER = """
+INSERT INTO {periodic} (name, cron, timezone, task, queue, args, active_since, updated_at)
+VALUES (:name, :cron, :timezone, :task, :queue, :args, :now, :now)
+ON CONFLICT (name) DO UPDATE
+SET active_since = CASE WHEN cron IS NOT excluded.cron OR timezone IS NOT excluded.timezone THEN :now
+                        ELSE active_since END,
+    cron = excluded.cron, timezone = excluded.timezone, task = excluded.task, queue = excluded.queue,
+    args = excluded.args, updated_at = :now
+"""
+_SQL_PERIODIC_STATE = """
+SELECT name, last_tick, active_since FROM {periodic} WHERE name IN (SELECT value FROM json_each(:names))
+"""
+# The job holding the spec's unique key in its scope of states (the newest).
+_SQL_PERIODIC_HOLDER = """
+SELECT id FROM {jobs}
+WHERE task = :task AND unique_key = :unique_key AND state IN (SELECT value FROM json_each(:states))
+ORDER BY id DESC
+LIMIT 1
+"""
+# Exactly once per tick: the guarded update claims the tick on the schedule's row; the write lock
+# makes a concurrent scheduler wait, then see last_tick = tick and change nothing. The job is
+# inserted in the same transaction, only for a claimed tick, so both commit or neither.
+_SQL_PERIODIC_CLAIM = """
+UPDATE {periodic}
+SET last_tick = :tick, last_job_id = :holder
+WHERE name = :name
+  AND (last_tick IS NULL OR last_tick < :tick)
+  AND active_since <= :tick
+  AND :tick <= :now
+  AND :tick >= :now - :catch_up
+RETURNING name
+"""
+_SQL_PERIODIC_INSERT = """
+INSERT INTO {jobs} (task, queue, args, priority, max_attempts, scheduled_at, inserted_at, state, unique_key,
+                    unique_states, retry_policy, limit_key)
+VALUES (:task, :queue, :args, :priority, :max_attempts, :tick, :now, 'available', :unique_key, :unique_states,
+        :retry_policy, :limit_key)
+RETURNING id
+"""
+_SQL_PERIODIC_JOB = "UPDATE {periodic} SET last_job_id = :id WHERE name = :name"
+_SQL_PERIODIC_LIST = """
+SELECT p.name, p.cron, p.timezone, p.task, p.queue, p.args, p.active_since, p.last_tick, p.last_job_id, j.state,
+       p.updated_at
+FROM {periodic} AS p LEFT JOIN {jobs} AS j ON j.id = p.last_job_id
+ORDER BY p.name
+"""
 
 # --- values ----------------------------------------------------------------------------------
 
@@ -353,13 +558,6 @@ def check_sqlite_version() -> None:
 
 
 _INT64 = (-(2**63), 2**63 - 1)
-
-
-def _refused(feature: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{feature} need PostgreSQL in this version: the embedded SQLite engine does not have them yet; "
-        "set NURSERY_WORKER_DSN (or --dsn) to a postgresql:// DSN and run `nursery-worker migrate`"
-    )
 
 
 def _is_id(job_id: int) -> bool:
@@ -534,8 +732,10 @@ class SqliteDriver:
             "jobs_sequence": _SQL_JOBS_SEQUENCE,
             "count_ids": _SQL_COUNT_IDS,
             "unique_holder": _SQL_UNIQUE_HOLDER,
-            "fetch_one": _SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE),
-            "fetch": _SQL_FETCH.replace("__QUEUES__", _FETCH_QUEUES),
+            "fetch_one": _SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE).replace("__TASKS__", ""),
+            "fetch": _SQL_FETCH.replace("__QUEUES__", _FETCH_QUEUES).replace("__TASKS__", ""),
+            "fetch_one_not": _SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE).replace("__TASKS__", _NOT_TASKS),
+            "fetch_not": _SQL_FETCH.replace("__QUEUES__", _FETCH_QUEUES).replace("__TASKS__", _NOT_TASKS),
             "finish": _SQL_FINISH,
             "promote": _SQL_PROMOTE,
             "prune_events": _SQL_PRUNE_EVENTS,
@@ -553,6 +753,35 @@ class SqliteDriver:
             "cancel_executing": _SQL_CANCEL_EXECUTING,
             "cancel_requested": _SQL_CANCEL_REQUESTED,
             "retry": _SQL_RETRY,
+            "parents": _SQL_PARENTS,
+            "mark_parents": _SQL_MARK_PARENTS,
+            "insert_dep": _SQL_INSERT_DEP,
+            "release": _SQL_RELEASE,
+            "doom": _SQL_DOOM,
+            "breaker_success": _SQL_BREAKER_SUCCESS,
+            "breaker_failure": _SQL_BREAKER_FAILURE,
+            "adopt": _SQL_ADOPT,
+            "limited_groups": _SQL_LIMITED_GROUPS,
+            "queue_limits": _SQL_QUEUE_LIMITS,
+            "count_queue_executing": _SQL_COUNT_QUEUE_EXECUTING,
+            "count_task_executing": _SQL_COUNT_TASK_EXECUTING,
+            "rate_tat": _SQL_RATE_TAT,
+            "rate_take": _SQL_RATE_TAKE,
+            "breaker": _SQL_BREAKER,
+            "probe_running": _SQL_PROBE_RUNNING,
+            "breaker_probe": _SQL_BREAKER_PROBE,
+            "claim_group": _SQL_CLAIM_GROUP,
+            "claim_queue": _SQL_CLAIM_QUEUE,
+            "set_limits": _SQL_SET_LIMITS,
+            "register_breaker": _SQL_REGISTER_BREAKER,
+            "list_breakers": _SQL_LIST_BREAKERS,
+            "periodic_register": _SQL_PERIODIC_REGISTER,
+            "periodic_state": _SQL_PERIODIC_STATE,
+            "periodic_holder": _SQL_PERIODIC_HOLDER,
+            "periodic_claim": _SQL_PERIODIC_CLAIM,
+            "periodic_insert": _SQL_PERIODIC_INSERT,
+            "periodic_job": _SQL_PERIODIC_JOB,
+            "periodic_list": _SQL_PERIODIC_LIST,
             "prune": _SQL_PRUNE,
             "paused": _SQL_PAUSED,
             "set_paused": _SQL_SET_PAUSED,
@@ -835,13 +1064,14 @@ class SqliteDriver:
             "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
             "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
             "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
+            "limit_key": spec.limit_key,
         }
 
     def _insert_on(self, tx: _Tx, specs: Sequence[JobSpec]) -> list[Job]:
         """Insert *specs* in order in *tx*'s transaction; a unique spec whose key is taken (by a row,
         or by an earlier spec of the same call) returns the holder, marked as a duplicate."""
         if any(s.depends_on for s in specs):
-            raise _refused("jobs with depends_on=")
+            return self._insert_graph(tx, specs)
         now = tx.now
         if len(specs) >= _BULK_MIN and all(s.unique_key is None for s in specs):
             return self._insert_bulk(tx, specs, now)
@@ -865,6 +1095,84 @@ class SqliteDriver:
             jobs.append(_new_job(spec, job_id, params["state"], params["at"], now))
         tx.notify_available(available)
         return jobs
+
+    def _insert_graph(self, tx: _Tx, specs: Sequence[JobSpec]) -> list[Job]:
+        """Jobs with dependencies: the independent ones first, then the others one by one, each
+        after the jobs it depends on, all in *tx*'s transaction (as ``_postgres._insert_graph``)."""
+        order = order_graph(specs)
+        result: list[Job | None] = [None] * len(specs)
+        by_spec: dict[int, Job] = {}
+        roots = [i for i in range(len(specs)) if not specs[i].depends_on]
+        if roots:
+            for i, job in zip(roots, self._insert_on(tx, [specs[i] for i in roots]), strict=True):
+                result[i] = job
+                by_spec.setdefault(id(specs[i]), job)
+        for i in order:
+            spec = specs[i]
+            if not spec.depends_on:
+                continue
+            job = self._insert_dependent(tx, spec, dependency_ids(spec, by_spec))
+            result[i] = job
+            by_spec.setdefault(id(spec), job)
+        return [job for job in result if job is not None]
+
+    def _insert_dependent(self, tx: _Tx, spec: JobSpec, deps: list[int]) -> Job:
+        """One job with dependencies: pending until they complete, or cancelled at once when one
+        already failed. The write lock keeps every dependency where it is until the commit."""
+        now = tx.now
+        parents = {int(r[0]): (str(r[1]), str(r[2])) for r in tx.execute("mark_parents", {"deps": json.dumps(deps)})}
+        missing = [d for d in deps if d not in parents]
+        if missing:
+            raise ConfigurationError(
+                f"{spec.task}: depends_on names job(s) {missing} that do not exist (never deferred, or pruned); "
+                "nothing was enqueued"
+            )
+        if spec.unique_key is not None:
+            scope = sorted(set(spec.unique_states or ()) | _ACTIVE_SET)
+            row = tx.execute(
+                "unique_holder", {"task": spec.task, "unique_key": spec.unique_key, "states": json.dumps(scope)}
+            ).fetchone()
+            if row is not None:
+                return _job_from_row(row, duplicate=True)
+        params = self._insert_params(spec, now)
+        failed = sorted(d for d, (_, state) in parents.items() if state in ("discarded", "cancelled"))
+        waiting = sum(1 for _, state in parents.values() if state != "completed")
+        errors = "[]"
+        finished_at = None
+        if failed:
+            task, state = parents[failed[0]]
+            message = f"dependency {failed[0]} ({task}) was {state}, so this job will not run"
+            entry = {"type": "DependencyFailed", "message": message, "traceback": "", "at": _iso(now), "attempt": 0}
+            errors = json.dumps([entry])
+            finished_at = now
+            params["state"] = "cancelled"
+        elif waiting:
+            params["state"] = "pending"
+        params.update(deps=json.dumps(deps), waiting=waiting, errors=errors, finished_at=finished_at)
+        job_id = int(tx.execute("insert_dep", params).fetchone()[0])
+        if params["state"] == "cancelled":
+            row = tx.execute("get", {"id": job_id}).fetchone()
+            return _job_from_row(row)
+        if params["state"] == "available":
+            tx.notify(f"available:{spec.queue}")
+        return _new_job(spec, job_id, params["state"], params["at"], now)
+
+    def _settle(self, tx: _Tx, finished: Iterable[tuple[int, str, str]]) -> None:
+        """Release or cancel the pending dependents of jobs that reached a final state in *tx*
+        ((id, task, state) of jobs with dependents), and theirs in turn (PostgreSQL's trigger
+        ``nw_release_dependents``). Called on every path to a final state."""
+        work = deque(finished)
+        at = _iso(tx.now)
+        while work:
+            job_id, task, state = work.popleft()
+            if state == "completed":
+                released = tx.execute("release", {"id": job_id, "now": tx.now}).fetchall()
+                tx.notify_available(str(r[0]) for r in released if r[1] == "available")
+                continue
+            message = f"dependency {job_id} ({task}) was {state}, so this job will not run"
+            doomed = tx.execute("doom", {"id": job_id, "now": tx.now, "at": at, "message": message}).fetchall()
+            tx.notify_finished([int(r[0]) for r in doomed])
+            work.extend((int(r[0]), str(r[1]), "cancelled") for r in doomed if r[2])
 
     def _insert_bulk(self, tx: _Tx, specs: Sequence[JobSpec], now: int) -> list[Job]:
         """Many jobs with one prepared statement (``executemany``: a third faster than a row at a
@@ -982,16 +1290,17 @@ class SqliteDriver:
     async def fetch_jobs(
         self, *, worker_id: str, queues: Sequence[str], limit: int, exclude_tasks: Sequence[str] = ()
     ) -> list[Job]:
-        if exclude_tasks:
-            raise _refused("global limits and circuit breakers")
+        suffix = "_not" if exclude_tasks else ""
 
         def fetch(tx: _Tx) -> list[Any]:
             params: dict[str, Any] = {"limit": limit, "worker": worker_id, "now": tx.now}
+            if exclude_tasks:
+                params["limited"] = json.dumps(list(exclude_tasks))
             if len(queues) == 1:
                 params["queue"] = queues[0]
-                return tx.execute("fetch_one", params).fetchall()
+                return tx.execute("fetch_one" + suffix, params).fetchall()
             params["queues"] = json.dumps(list(queues))
-            return tx.execute("fetch", params).fetchall()
+            return tx.execute("fetch" + suffix, params).fetchall()
 
         rows = await self._hop(fetch)
         jobs = [_job_from_row(r) for r in rows]
@@ -1009,6 +1318,7 @@ class SqliteDriver:
             changed = 0
             available: set[str] = set()
             finished: list[int] = []
+            settled: list[tuple[int, str, str]] = []
             for c in completions:
                 row = tx.conn.execute(
                     statement,
@@ -1030,12 +1340,19 @@ class SqliteDriver:
                 if row is None:
                     continue
                 changed += 1
-                if row[2] == "available":
-                    available.add(row[1])
-                elif JobState(row[2]).is_terminal:
-                    finished.append(int(row[0]))
+                job_id, queue, state, task, has_dependents, limit_key, last_error = row
+                if state == "available":
+                    available.add(queue)
+                elif JobState(state).is_terminal:
+                    finished.append(int(job_id))
+                    if has_dependents:
+                        settled.append((int(job_id), task, state))
+                if limit_key is not None:
+                    self._limited_finished(tx, task, state, last_error)
+                    available.add(queue)
             tx.notify_available(available)
             tx.notify_finished(finished)
+            self._settle(tx, settled)
             return changed
 
         return await self._hop(finish)
@@ -1090,7 +1407,12 @@ class SqliteDriver:
         def rescue(tx: _Tx) -> RescueResult:
             since = tx.now - round(rescue_after * 1_000_000)
             params = {"now": tx.now, "at": _iso(tx.now), "since": since, "limit": limit, "rescuer": rescuer_id}
-            states = [r[0] for r in tx.execute("rescue", {**params, "cap": error_cap}).fetchall()]
+            rows = tx.execute("rescue", {**params, "cap": error_cap}).fetchall()
+            states = [r[0] for r in rows]
+            # Like PostgreSQL's triggers: a limited job's slot is free (a rescue, a WorkerLost, does
+            # not count for a breaker), and a job that failed for good cancels its dependents.
+            tx.notify_available(r[2] for r in rows if r[5] is not None)
+            self._settle(tx, [(int(r[1]), r[3], r[0]) for r in rows if r[4] and r[0] in ("discarded", "cancelled")])
             removed = tx.execute("delete_dead", {"since": since}).rowcount
             return RescueResult(
                 retryable=states.count("retryable"),
@@ -1118,6 +1440,8 @@ class SqliteDriver:
             row = tx.execute("cancel_waiting", params).fetchone()
             if row is not None:
                 tx.notify(f"finished:{job_id}")
+                if row[19]:
+                    self._settle(tx, [(job_id, str(row[1]), "cancelled")])
                 return _job_from_row(row), "cancelled"
             row = tx.execute("cancel_executing", {"id": job_id, "now": tx.now}).fetchone()
             if row is not None:
@@ -1137,8 +1461,12 @@ class SqliteDriver:
             return None
 
         def retry(tx: _Tx) -> Job | None:
+            parents = tx.execute("parents", {"id": job_id}).fetchall()
+            waiting = sum(1 for p in parents if p[2] != "completed")
+            failed = [p for p in parents if p[2] in ("discarded", "cancelled")]
+            params = {"id": job_id, "now": tx.now, "waiting": waiting, "failed": len(failed)}
             try:
-                row = tx.execute("retry", {"id": job_id, "now": tx.now}).fetchone()
+                row = tx.execute("retry", params).fetchone()
             except sqlite3.IntegrityError as exc:
                 if "UNIQUE" not in str(exc):
                     raise
@@ -1147,9 +1475,16 @@ class SqliteDriver:
                     "running; cancel that one first, or wait for it to finish"
                 ) from None
             if row is None:
+                if failed:
+                    names = ", ".join(f"{p[0]} ({p[1]}, {p[2]})" for p in failed)
+                    raise JobStateError(
+                        f"job {job_id} cannot be retried: it depends on job(s) that did not complete: {names}; "
+                        "retry those first"
+                    )
                 return None
             job = _job_from_row(row)
-            tx.notify(f"available:{job.queue}")
+            if waiting == 0:
+                tx.notify(f"available:{job.queue}")
             return job
 
         return await self._hop(retry)
@@ -1242,18 +1577,23 @@ class SqliteDriver:
                     counts.setdefault(queue, {})[state] = int(n)
                     if first is not None:
                         oldest[queue] = first
-                pauses = {str(r[0]): (bool(r[1]), r[2]) for r in tx.execute("queue_rows")}
+                rows = {str(r[0]): r for r in tx.execute("queue_rows")}
                 now = int(tx.conn.execute(_SQL_NOW).fetchone()[0])
             finally:
                 tx.conn.execute("COMMIT")
+            none = (None, False, None, None, None, None)
             return [
                 QueueInfo(
                     name=queue,
-                    paused=pauses.get(queue, (False, None))[0],
-                    paused_at=_from_us(pauses.get(queue, (False, None))[1]),
+                    paused=bool(rows.get(queue, none)[1]),
+                    paused_at=_from_us(rows.get(queue, none)[2]),
                     counts=counts.get(queue, {}),
                     oldest_available_at=_from_us(oldest.get(queue)),
                     now=_at(now),
+                    max_concurrency=rows.get(queue, none)[3],
+                    rate_limit=None
+                    if rows.get(queue, none)[4] is None
+                    else str(RateLimit(count=rows[queue][4], period=rows[queue][5])),
                 )
                 for queue in names
                 if name is None or queue == name
@@ -1261,7 +1601,122 @@ class SqliteDriver:
 
         return await self._hop(read, write=False)
 
-    # --- flow control and periodic jobs: not on the embedded engine yet ----------------------
+    # --- flow control: limits and circuit breakers (PostgreSQL's nw_claim_limited) -------------
+
+    @staticmethod
+    def _limited_finished(tx: _Tx, task: str, state: str, last_error: str | None) -> None:
+        """A limited job left executing by a worker's outcome: a success closes its task's
+        breaker; a failure (retryable or discarded; not a rescue, a snooze, a release or a cancel)
+        counts towards opening it, and a failed probe opens it again at once."""
+        if state == "completed":
+            tx.execute("breaker_success", {"task": task, "now": tx.now})
+        elif state in ("retryable", "discarded") and (last_error or "") not in ("WorkerLost", "Cancelled"):
+            tx.execute("breaker_failure", {"task": task, "now": tx.now})
+
+    @staticmethod
+    def _rate_room(tx: _Tx, scope: str, count: int, period: float) -> tuple[int, float | None]:
+        """How many jobs of a rate-limited scope may start now, and in how many seconds the next
+        may when none can (PostgreSQL's ``nw_rate_room``: GCRA, bursts above 50 per second)."""
+        slot = period / count
+        burst = max(1, math.floor(count * 0.02 / period))
+        row = tx.execute("rate_tat", {"scope": scope}).fetchone()
+        tat = tx.now if row is None else int(row[0])
+        ahead = max(0.0, (tat - tx.now) / 1_000_000)
+        room = max(0, burst - math.ceil(ahead / slot - 1e-9))
+        return room, None if room > 0 else max(0.001, ahead - (burst - 1) * slot)
+
+    @staticmethod
+    def _rate_take(tx: _Tx, scope: str, count: int, period: float, n: int) -> None:
+        """Take *n* slots of a scope that :meth:`_rate_room` allowed (PostgreSQL's ``nw_rate_take``)."""
+        step = round(n * period / count * 1_000_000)
+        tx.execute("rate_take", {"scope": scope, "now": tx.now, "step": step})
+
+    def _claim_limited(
+        self, tx: _Tx, worker_id: str, queues: Sequence[str], limit: int, config: Mapping[str, Any], adopt: bool
+    ) -> LimitedClaim:
+        """The limited claim, group by group, best group first; the write lock of the transaction
+        keeps the counts it reads true until it commits, so two workers never overshoot."""
+        now = tx.now
+        queues_json = json.dumps(list(queues))
+        tasks_json = json.dumps(list(config))
+        if adopt and config:
+            tx.execute("adopt", {"queues": queues_json, "tasks": tasks_json})
+        groups = tx.execute("limited_groups", {"queues": queues_json}).fetchall()
+        claimed: list[Job] = []
+        wake: float | None = None
+        held: set[str] = set()
+
+        def sooner(seconds: float) -> None:
+            nonlocal wake
+            wake = seconds if wake is None else min(wake, seconds)
+
+        for queue, task, key in groups:
+            cap = limit - len(claimed)
+            probe = False
+            cfg = None if task is None else config.get(task)
+            # A limited task this worker does not know the limits of: leave its jobs to one that does.
+            if key is not None and cfg is None:
+                continue
+            limits = tx.execute("queue_limits", {"name": queue}).fetchone()
+            qc, qr, qp = (None, None, 0.0) if limits is None else (limits[0], limits[1], float(limits[2] or 0))
+            if qc is not None:
+                running = int(tx.execute("count_queue_executing", {"queue": queue}).fetchone()[0])
+                cap = min(cap, qc - running)
+            if qr is not None:
+                room, wait = self._rate_room(tx, f"q:{queue}", int(qr), qp)
+                cap = min(cap, room)
+                if wait is not None:
+                    sooner(wait)
+            if cfg is not None and "c" in cfg:
+                params = {"task": task, "key": key or ""}
+                running = int(tx.execute("count_task_executing", params).fetchone()[0])
+                cap = min(cap, int(cfg["c"]) - running)
+            scope = f"t:{task}:{key or ''}"
+            if cfg is not None and "r" in cfg:
+                room, wait = self._rate_room(tx, scope, int(cfg["r"]), float(cfg["p"]))
+                cap = min(cap, room)
+                if wait is not None:
+                    sooner(wait)
+            if cfg is not None and "b" in cfg and cap > 0:
+                breaker = tx.execute("breaker", {"task": task}).fetchone()
+                if breaker is not None and breaker[0] == "open":
+                    reopens = breaker[1] + round(breaker[2] * 1_000_000)
+                    if reopens > now:
+                        cap = 0
+                        sooner((reopens - now) / 1_000_000)
+                        held.add(task)
+                    else:
+                        probe, cap = True, 1
+                elif breaker is not None and breaker[0] == "half_open":
+                    if tx.execute("probe_running", {"id": breaker[3]}).fetchone() is not None:
+                        cap = 0
+                    else:
+                        probe, cap = True, 1
+            if cap > 0:
+                params = {"worker": worker_id, "now": now, "queue": queue, "cap": cap}
+                if key is None:
+                    rows = tx.execute("claim_queue", {**params, "tasks": tasks_json}).fetchall()
+                else:
+                    rows = tx.execute("claim_group", {**params, "task": task, "key": key}).fetchall()
+                got = len(rows)
+                if got:
+                    jobs = [_job_from_row(r) for r in rows]
+                    claimed.extend(jobs)
+                    # The slots taken; and come back when the next one opens, in case more jobs wait.
+                    if qr is not None:
+                        self._rate_take(tx, f"q:{queue}", int(qr), qp, got)
+                        sooner(qp / int(qr) * got)
+                    if cfg is not None and "r" in cfg:
+                        self._rate_take(tx, scope, int(cfg["r"]), float(cfg["p"]), got)
+                        sooner(float(cfg["p"]) / int(cfg["r"]) * got)
+                    if probe:
+                        tx.execute("breaker_probe", {"task": task, "probe": jobs[-1].id, "now": now})
+            if len(claimed) >= limit:
+                break
+        claimed.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+        return LimitedClaim(
+            jobs=tuple(claimed), wake=None if wake is None else max(wake, 0.001), breakers_open=tuple(sorted(held))
+        )
 
     async def fetch_limited(
         self,
@@ -1272,37 +1727,161 @@ class SqliteDriver:
         config: Mapping[str, Any],
         adopt: bool = False,
     ) -> LimitedClaim:
-        if config:
-            raise _refused("global limits and circuit breakers")
-        return LimitedClaim()
+        return await self._hop(lambda tx: self._claim_limited(tx, worker_id, queues, limit, config, adopt))
 
     async def set_queue_limits(self, name: str, *, max_concurrency: int | None, rate: RateLimit | None) -> None:
-        raise _refused("queue limits")
+        def set_limits(tx: _Tx) -> None:
+            params = {
+                "name": name,
+                "concurrency": max_concurrency,
+                "rate": None if rate is None else rate.count,
+                "period": None if rate is None else rate.period,
+                "now": tx.now,
+            }
+            tx.execute("set_limits", params)
+            tx.notify(f"available:{name}")
+
+        await self._hop(set_limits)
 
     async def register_breakers(self, breakers: Sequence[tuple[str, int, float]]) -> None:
-        if breakers:
-            raise _refused("circuit breakers")
+        if not breakers:
+            return
+
+        def register(tx: _Tx) -> None:
+            for task, threshold, cooldown in breakers:
+                tx.execute(
+                    "register_breaker", {"task": task, "threshold": threshold, "cooldown": cooldown, "now": tx.now}
+                )
+
+        await self._hop(register)
 
     async def list_breakers(self) -> list[BreakerInfo]:
-        return []
+        rows = await self._hop(lambda tx: tx.execute("list_breakers").fetchall(), write=False)
+        return [
+            BreakerInfo(
+                task=r[0],
+                state=r[1],
+                failures=r[2],
+                threshold=r[3],
+                cooldown=r[4],
+                opened_at=_from_us(r[5]),
+                probe_job_id=r[6],
+                now=_at(r[7]),
+            )
+            for r in rows
+        ]
+
+    # --- periodic jobs (see _periodic.py) -----------------------------------------------------
 
     async def register_periodic(self, entries: Sequence[PeriodicEntry]) -> None:
-        if entries:
-            raise _refused("periodic jobs")
+        if not entries:
+            return
+
+        def register(tx: _Tx) -> None:
+            for e in entries:
+                params = {
+                    "name": e.name,
+                    "cron": e.cron,
+                    "timezone": e.timezone,
+                    "task": e.task,
+                    "queue": e.queue,
+                    "args": e.args_json,
+                    "now": tx.now,
+                }
+                tx.execute("periodic_register", params)
+
+        await self._hop(register)
 
     async def periodic_state(self, names: Sequence[str]) -> tuple[dt.datetime, dict[str, PeriodicState]]:
-        raise _refused("periodic jobs")
+        def read(tx: _Tx) -> tuple[int, list[Any]]:
+            # One read transaction, so the clock and the rows agree.
+            tx.conn.execute("BEGIN")
+            try:
+                rows = tx.execute("periodic_state", {"names": json.dumps(list(names))}).fetchall()
+                now = int(tx.conn.execute(_SQL_NOW).fetchone()[0])
+            finally:
+                tx.conn.execute("COMMIT")
+            return now, rows
+
+        now, rows = await self._hop(read, write=False)
+        states = {str(r[0]): PeriodicState(last_tick=_from_us(r[1]), active_since=_at(r[2])) for r in rows}
+        return _at(now), states
 
     async def enqueue_periodic(
         self, *, name: str, tick: dt.datetime, catch_up: float, spec: JobSpec
     ) -> PeriodicEnqueued | None:
-        raise _refused("periodic jobs")
+        def enqueue(tx: _Tx) -> PeriodicEnqueued | None:
+            # One transaction under the write lock: the guarded claim of the tick and the job's
+            # insert commit together or not at all, and a concurrent scheduler waits, then finds
+            # the tick taken.
+            holder = None
+            if spec.unique_key is not None:
+                params: dict[str, Any] = {
+                    "task": spec.task,
+                    "unique_key": spec.unique_key,
+                    "states": json.dumps(list(spec.unique_states or ())),
+                }
+                row = tx.execute("periodic_holder", params).fetchone()
+                holder = None if row is None else int(row[0])
+            tick_us = _to_us(tick)
+            claim = {
+                "name": name,
+                "tick": tick_us,
+                "holder": holder,
+                "now": tx.now,
+                "catch_up": round(catch_up * 1_000_000),
+            }
+            if tx.execute("periodic_claim", claim).fetchone() is None:
+                return None
+            if holder is not None:
+                return PeriodicEnqueued(job_id=holder, held=True)
+            params = {
+                "task": spec.task,
+                "queue": spec.queue,
+                "args": spec.args_json,
+                "priority": spec.priority,
+                "max_attempts": spec.max_attempts,
+                "tick": tick_us,
+                "now": tx.now,
+                "unique_key": spec.unique_key,
+                "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
+                "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+                "limit_key": spec.limit_key,
+            }
+            job_id = int(tx.execute("periodic_insert", params).fetchone()[0])
+            tx.execute("periodic_job", {"id": job_id, "name": name})
+            tx.notify(f"available:{spec.queue}")
+            return PeriodicEnqueued(job_id=job_id)
+
+        return await self._hop(enqueue)
 
     async def list_periodic(self) -> tuple[dt.datetime, list[PeriodicRow]]:
-        def read(tx: _Tx) -> int:
-            return tx.now
+        def read(tx: _Tx) -> tuple[int, list[Any]]:
+            tx.conn.execute("BEGIN")
+            try:
+                rows = tx.execute("periodic_list").fetchall()
+                now = int(tx.conn.execute(_SQL_NOW).fetchone()[0])
+            finally:
+                tx.conn.execute("COMMIT")
+            return now, rows
 
-        return _at(await self._hop(read, write=False)), []
+        now, rows = await self._hop(read, write=False)
+        return _at(now), [
+            PeriodicRow(
+                name=r[0],
+                cron=r[1],
+                timezone=r[2],
+                task=r[3],
+                queue=r[4],
+                args=json.loads(r[5]),
+                active_since=_at(r[6]),
+                last_tick=_from_us(r[7]),
+                last_job_id=r[8],
+                last_job_state=r[9],
+                updated_at=_at(r[10]),
+            )
+            for r in rows
+        ]
 
     def listener(self) -> SqliteListener:
         return SqliteListener(self)
