@@ -340,3 +340,19 @@ def dependency_ids(spec: JobSpec, inserted: Mapping[int, Job]) -> list[int]:
         if job_id not in ids:
             ids.append(job_id)
     return ids
+
+
+def rebind_dependencies(old: Sequence[JobSpec], new: Sequence[JobSpec]) -> list[JobSpec]:
+    """Point the in-call dependencies of *new* (copies of *old*, say with a trace context added)
+    at the copies instead of the originals, so that the graph stays within the call.
+
+    The copies are fresh objects nobody else holds yet, so they are patched in place.
+    """
+    from ._models import JobSpec
+
+    copies = {id(o): n for o, n in zip(old, new, strict=True)}
+    for spec in new:
+        if any(isinstance(d, JobSpec) for d in spec.depends_on):
+            rebound = tuple(copies.get(id(d), d) if isinstance(d, JobSpec) else d for d in spec.depends_on)
+            object.__setattr__(spec, "depends_on", rebound)
+    return list(new)

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from ._flow import rebind_dependencies
 from ._models import Job, JobSpec
 from ._state import Cancelled, Failed, Outcome, Released, Snoozed, Succeeded
 
@@ -107,7 +108,8 @@ def defer_span(specs: Sequence[JobSpec]) -> Iterator[Deferring]:
         carrier: dict[str, str] = {}
         api["propagate"].inject(carrier)
         context = {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")} or None
-        yield Deferring(specs=[attrs.evolve(s, trace_context=context) for s in specs], span=span)
+        traced = rebind_dependencies(specs, [attrs.evolve(s, trace_context=context) for s in specs])
+        yield Deferring(specs=traced, span=span)
 
 
 _OUTCOMES: dict[type[Outcome], str] = {

@@ -233,3 +233,20 @@ def test_the_trace_crosses_processes(dsn: str, schema: str, tmp_path: Path, span
     assert lines == [
         f"process remote {producer.context.trace_id:032x} {producer.context.span_id:016x} {inserted.id}",
     ]
+
+
+async def test_a_workflow_graph_defers_while_tracing_records(app: App, spans: InMemorySpanExporter) -> None:
+    """With a recording trace, the specs of one defer_many call still depend on each other, not on stray copies."""
+    from nursery_worker import JobState
+
+    @app.task
+    async def step(n: int) -> None:
+        pass
+
+    a = step.job(n=1)
+    b = step.job(n=2, depends_on=[a])
+    c = step.job(n=3, depends_on=[a, b])
+    jobs = await app.defer_many([c, b, a])
+    assert [j.state for j in jobs] == [JobState.PENDING, JobState.PENDING, JobState.AVAILABLE]
+    assert set((await app.get_job(jobs[0].id)).depends_on) == {jobs[1].id, jobs[2].id}
+    assert all(j.trace_context for j in jobs)
