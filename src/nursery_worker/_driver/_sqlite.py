@@ -38,6 +38,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
@@ -841,7 +842,7 @@ class SqliteDriver:
             ) from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._use_wal(conn)
             if str(mode).lower() != "wal":
                 logger.warning(
                     "SQLite file %s cannot use WAL mode (journal_mode=%s): readers and the writer will block "
@@ -860,6 +861,22 @@ class SqliteDriver:
                 ) from None
             raise self._translate(exc) from None
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> str:
+        """Switch a new file to WAL (a file keeps it); the switch needs the file to itself for a
+        moment, and SQLite may answer "locked" at once instead of waiting for the busy timeout when
+        another process opens the same new file at that instant, so try again until the timeout."""
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+        if mode.lower() == "wal":
+            return mode
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _connections(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         """The writer and the reader, opened (and the schema created or upgraded) on first use."""
