@@ -902,6 +902,22 @@ class PostgresDriver:
             out.append(job)
         return out
 
+    def _one_params(self, spec: JobSpec) -> dict[str, Any]:
+        """The parameters of a one-job insert (plain, or with dependencies)."""
+        return {
+            "task": spec.task,
+            "queue": spec.queue,
+            "args": spec.args_json,
+            "priority": spec.priority,
+            "max_attempts": spec.max_attempts,
+            "scheduled": spec.scheduled_at,
+            "delay": spec.delay,
+            "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+            "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
+            "limit_key": spec.limit_key,
+            "channel": self.channel,
+        }
+
     def _insert_on(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
         if any(s.depends_on for s in specs):
             return self._insert_graph(conn, specs)
@@ -909,20 +925,7 @@ class PostgresDriver:
             return self._insert_unique(conn, specs)
         if len(specs) == 1:
             spec = specs[0]
-            params = {
-                "task": spec.task,
-                "queue": spec.queue,
-                "args": spec.args_json,
-                "priority": spec.priority,
-                "max_attempts": spec.max_attempts,
-                "scheduled": spec.scheduled_at,
-                "delay": spec.delay,
-                "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
-                "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
-                "limit_key": spec.limit_key,
-                "channel": self.channel,
-            }
-            row = conn.execute(self._sql_insert_one, params).fetchone()
+            row = conn.execute(self._sql_insert_one, self._one_params(spec)).fetchone()
             assert row is not None
             return [self._new_job(spec, row)]
         if len(specs) >= _COPY_MIN:
@@ -1042,20 +1045,10 @@ class PostgresDriver:
 
     def _insert_dependent(self, conn: psycopg.Connection[Any], spec: JobSpec, deps: list[int]) -> Job:
         params = {
-            "task": spec.task,
-            "queue": spec.queue,
-            "args": spec.args_json,
-            "priority": spec.priority,
-            "max_attempts": spec.max_attempts,
-            "scheduled": spec.scheduled_at,
-            "delay": spec.delay,
-            "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
-            "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
-            "limit_key": spec.limit_key,
+            **self._one_params(spec),
             "unique_key": spec.unique_key,
             "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
             "deps": deps,
-            "channel": self.channel,
         }
         query = self._sql_insert_dep if spec.unique_key is None else self._sql_insert_dep_unique
         row = conn.execute(query, params).fetchone()
