@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -18,7 +19,7 @@ T_PROCESS = time.time()
 
 import anyio  # noqa: E402
 
-from nursery_worker import open_worker  # noqa: E402
+from nursery_worker import _worker, open_worker  # noqa: E402
 
 from .bench_app import QUEUE, app  # noqa: E402
 
@@ -32,6 +33,12 @@ def rss_bytes() -> int:
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
+    if os.environ.get("NURSERY_WORKER_BENCH_THREAD_HOPS") == "1":
+        # The lever experiment: every statement through a worker thread, as before the direct path.
+        app.driver.direct = False
+    if "NURSERY_WORKER_BENCH_OVERLAP" in os.environ:
+        # The lever experiment: 0 frees a slot only once its outcome is written (the serial cycle).
+        _worker._OVERLAP = int(os.environ["NURSERY_WORKER_BENCH_OVERLAP"])
     samples: list[tuple[float, int, int]] = []
     result: dict[str, object] = {"t_process": T_PROCESS}
     async with anyio.create_task_group() as tg:

@@ -25,7 +25,7 @@ SELECT 'bench.noop', 'bench', jsonb_build_object('i', g) FROM generate_series(1,
 """
 _CLAIM = """
 WITH next AS (
-    SELECT id FROM {s}.jobs WHERE state = 'available' AND {queue_test}
+    SELECT id FROM {s}.jobs WHERE state = 'available' AND limit_key IS NULL AND {queue_test}
     ORDER BY priority DESC, scheduled_at, id LIMIT %s FOR UPDATE SKIP LOCKED
 )
 UPDATE {s}.jobs AS j SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(),

@@ -185,17 +185,17 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
 
         values_sql = sql.SQL(_SINGLE_VALUES).format(s=s)
         variants: dict[str, Callable[[psycopg.Connection[Any]], None]] = {
-            "driver INSERT as is (1-element arrays), prepared": raw(driver._sql_insert, params, True),
-            "driver INSERT as is, never prepared": raw(driver._sql_insert, params, False),
+            "driver one-job INSERT as is, prepared": raw(driver._sql_insert_one, driver._one_params(spec), True),
+            "driver one-job INSERT as is, never prepared": raw(driver._sql_insert_one, driver._one_params(spec), False),
+            "driver many-job INSERT (1-element arrays), prepared": raw(driver._sql_insert, params, True),
             "INSERT ... VALUES ... RETURNING, pg_notify, prepared": raw(values_sql, one, True),
             "INSERT ... VALUES ... RETURNING, pg_notify, never prepared": raw(values_sql, one, False),
         }
         rates: dict[str, list[float]] = {k: [] for k in variants}
-        api: dict[str, list[float]] = {
-            "defer_sync() (no thread hop)": [],
-            "await defer() on asyncio (one hop)": [],
-            "await defer() on trio (one hop)": [],
-        }
+        api: dict[str, list[float]] = {"defer_sync() (no thread hop)": []}
+        for backend in ("asyncio", "trio"):
+            api[f"await defer() on {backend}, direct from the event loop (as is)"] = []
+            api[f"await defer() on {backend}, one thread hop (before)"] = []
 
         async def async_defers() -> float:
             await task.defer(i=-1)
@@ -213,12 +213,12 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
         def async_commit(conn: psycopg.Connection[Any]) -> None:
             conn.execute("SET synchronous_commit = off")
             try:
-                raw(driver._sql_insert, params, True)(conn)
+                raw(driver._sql_insert_one, driver._one_params(spec), True)(conn)
             finally:
                 conn.execute("RESET synchronous_commit")
 
         variants["commit floor: INSERT INTO a one-column table, prepared"] = floor
-        variants["driver INSERT as is, prepared, synchronous_commit = off (not durable)"] = async_commit
+        variants["driver one-job INSERT as is, prepared, synchronous_commit = off (not durable)"] = async_commit
         rates = {k: [] for k in variants}
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE TABLE {}.tiny (x int)").format(s))
@@ -236,10 +236,16 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
                     task.defer_sync(i=i)
                 api["defer_sync() (no thread hop)"].append(n / (time.perf_counter() - started))
                 for backend in ("asyncio", "trio"):
-                    _truncate(conn, s)
-                    app.close()
-                    elapsed = anyio.run(async_defers, backend=backend)
-                    api[f"await defer() on {backend} (one hop)"].append(n / elapsed)
+                    for direct, label in (
+                        (True, "direct from the event loop (as is)"),
+                        (False, "one thread hop (before)"),
+                    ):
+                        _truncate(conn, s)
+                        app.close()
+                        driver.direct = direct
+                        elapsed = anyio.run(async_defers, backend=backend)
+                        api[f"await defer() on {backend}, {label}"].append(n / elapsed)
+                    driver.direct = True
         for name, values in {**api, **rates}.items():
             _lever(report, "single defer", f"{name}, sequential", "jobs/s", values)
     finally:
@@ -250,7 +256,7 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
 
 _FETCH_SCALAR_ID = """
 WITH next AS (
-    SELECT id FROM {s}.jobs WHERE state = 'available' AND queue = %(queue)s
+    SELECT id FROM {s}.jobs WHERE state = 'available' AND limit_key IS NULL AND queue = %(queue)s
     ORDER BY priority DESC, scheduled_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
 UPDATE {s}.jobs AS j SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(),
@@ -312,7 +318,7 @@ _FETCH_BY_PK = """
 UPDATE {s}.jobs AS j SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(),
     worker_id = %(worker)s
 WHERE j.id = ANY(ARRAY(
-    SELECT id FROM {s}.jobs WHERE state = 'available' AND queue = %(queue)s
+    SELECT id FROM {s}.jobs WHERE state = 'available' AND limit_key IS NULL AND queue = %(queue)s
     ORDER BY priority DESC, scheduled_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )) AND j.state = 'available'
 RETURNING j.id, j.task, j.args, j.attempt, j.attempted_at
@@ -492,8 +498,49 @@ def _lever(
     log(f"lever {lever}: {variant}: {entry['median']:,.1f} {unit} {notes}")
 
 
+def worker_cycle(dsn: str, plan: Plan, report: Report, schema: str) -> None:
+    """The worker's cycle, in worker processes: thread hops or the direct path, serial or overlapped."""
+    from ._common import count_states, truncate_jobs
+    from ._workers import run_once
+    from .throughput import enqueue
+
+    n = plan.throughput_jobs
+    variants = {
+        "thread hops, serial cycle (before)": {
+            "NURSERY_WORKER_BENCH_THREAD_HOPS": "1",
+            "NURSERY_WORKER_BENCH_OVERLAP": "0",
+        },
+        "direct statements, serial cycle": {
+            "NURSERY_WORKER_BENCH_THREAD_HOPS": "0",
+            "NURSERY_WORKER_BENCH_OVERLAP": "0",
+        },
+        "direct statements, claim overlaps the write (as is)": {
+            "NURSERY_WORKER_BENCH_THREAD_HOPS": "0",
+            "NURSERY_WORKER_BENCH_OVERLAP": "1",
+        },
+    }
+    for backend in ("asyncio", "trio"):
+        rates: dict[str, list[float]] = {k: [] for k in variants}
+        for rep in range(plan.reps):
+            # Alternate the order, so that drift in the machine's load falls on every variant.
+            names = list(variants) if rep % 2 == 0 else list(reversed(variants))
+            for name in names:
+                truncate_jobs(dsn, schema)
+                enqueue(dsn, schema, n)
+                result = run_once(dsn, schema, backend, 50, env=variants[name])
+                states = count_states(dsn, schema)
+                if states != {"completed": n}:
+                    report.verification_failures.append(
+                        f"lever worker cycle {name}: expected {n} completed jobs, got {states}"
+                    )
+                rates[name].append(n / (result["t_stopped"] - result["t_running"]))
+        for name, values in rates.items():
+            _lever(report, "worker cycle", f"no-op, concurrency 50, {backend}: {name}", "jobs/s", values)
+
+
 def run(dsn: str, plan: Plan, report: Report) -> None:
     with migrated_schema(dsn) as schema:
+        worker_cycle(dsn, plan, report, schema)
         bulk_insert(dsn, plan, report, schema)
         single_defer(dsn, plan, report, schema)
         fetch(dsn, plan, report, schema)

@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         "rolling_restarts": soak.rolling,
         "attempts": result.attempts,
         "duplicates": result.duplicates,
-        "duplicate_bound": len(soak.killed) * args.concurrency,
+        # Per kill: the running jobs, and as many finished ones whose outcomes were not yet written.
+        "duplicate_bound": len(soak.killed) * 2 * args.concurrency,
         "lost": result.lost,
         "stuck": result.stuck,
         "unexplained": len(result.unexplained),

@@ -16,6 +16,8 @@ from typing import Any
 DEFAULT_MAX_ARGS_BYTES = 1_000_000
 
 _SCALARS = (str, int, float, bool, type(None))
+#: Types whose values ``json.loads(json.dumps(v)) == v`` exactly (not subclasses: an IntEnum decodes as int).
+_EXACT_SCALARS = frozenset(_SCALARS)
 _HINTS = {
     "set": "pass a list instead (sorted(...) keeps it stable)",
     "frozenset": "pass a list instead",
@@ -71,6 +73,28 @@ def check_json(value: Any, path: str) -> None:
             check_json(item, f"{path}[{key!r}]")
         return
     raise _fail(path, value)
+
+
+def encode_args_value(
+    args: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGS_BYTES
+) -> tuple[str, dict[str, Any]]:
+    """Like :func:`encode_args`, and also the arguments as the row will hold them (decoded again).
+
+    Flat arguments of exact scalar types (the common case) take a fast path: one ``json.dumps``,
+    checked as a whole, and a copy of the dict (such values round-trip unchanged). Anything else, or
+    any doubt, goes through the walk of :func:`encode_args` and a decode.
+    """
+    if all(type(v) in _EXACT_SCALARS for v in args.values()):
+        try:
+            text = json.dumps(args, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            size = len(text.encode())  # a lone surrogate raises here
+        except (ValueError, UnicodeEncodeError):
+            text = ""  # NaN, Infinity or a surrogate: the walk below names the argument
+        if text and "\\u0000" not in text and size <= max_bytes:
+            return text, dict(args)
+    text = encode_args(args, max_bytes=max_bytes)
+    value: dict[str, Any] = json.loads(text)
+    return text, value
 
 
 def encode_args(args: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGS_BYTES) -> str:

@@ -16,7 +16,7 @@ import attrs
 
 from ._errors import ConfigurationError
 from ._flow import CircuitBreaker, LimitBy, RateLimit, check_depends_on, resolve_limit_key
-from ._json import check_json, encode_args
+from ._json import check_json, encode_args, encode_args_value
 from ._models import Job, JobSpec
 from ._retry import policy_to_json
 from ._state import ACTIVE_STATES, JobState
@@ -182,13 +182,13 @@ def build_spec(
     retry_policy: dict[str, Any] | None = None,
 ) -> JobSpec:
     """Encode validated options and arguments into a :class:`JobSpec` (the one place specs are made)."""
-    args_json = encode_args(kwargs, max_bytes=max_bytes)
+    args_json, args = encode_args_value(kwargs, max_bytes=max_bytes)
     return JobSpec(
         unique_key=unique_key,
         unique_states=unique_states if unique_key is not None else None,
         retry_policy=retry_policy,
         task=task,
-        args=json.loads(args_json),  # what the row will hold: tuples as lists, no shared objects
+        args=args,  # what the row will hold: tuples as lists, no shared objects
         args_json=args_json,
         queue=queue,
         priority=priority,

@@ -139,6 +139,12 @@ def _retention(value: Mapping[str, float | dt.timedelta | None] | None) -> dict[
     return out
 
 
+#: How many batches of unwritten outcomes (of `concurrency` each) may wait for the completer while
+#: their slots run new jobs. 0 frees a slot only once its outcome is written (a serial cycle: claim,
+#: run, write, claim); 1 overlaps the claim with the write (docs/performance.md has both).
+_OVERLAP = 1
+
+
 @attrs.frozen(kw_only=True)
 class WorkerConfig:
     """The options of :func:`open_worker`, validated."""
@@ -555,9 +561,13 @@ class Worker:
         next_adopt = 0.0
         promoted_while_empty = False
         while True:
-            # Finished jobs whose outcome is not yet written still hold their row as executing:
-            # they count against capacity until the completer has written them.
-            free = c.concurrency - len(self._running) - len(self._completer.pending)
+            # A slot is free again when its job returns, so the next claim overlaps the completer's
+            # write of the last outcomes (two statements in flight, not one after the other). The
+            # rows of unwritten outcomes are still executing: at most `concurrency` of them may wait
+            # for the completer beside the running jobs, so a completer that cannot write (the
+            # database is away) stops the claims too.
+            running = len(self._running)
+            free = c.concurrency - running - max(0, len(self._completer.pending) - c.concurrency * _OVERLAP)
             now = anyio.current_time()
             if free > 0 and (self._more or now >= next_poll):
                 self._more = False

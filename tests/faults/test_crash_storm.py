@@ -117,6 +117,8 @@ async def test_every_job_completes_and_every_rerun_is_explained_by_a_kill(
     assert result.states == {"completed": total}
     assert (result.lost, result.stuck) == (0, 0)
     assert result.unexplained == (), "\n".join(result.unexplained[:20])
-    assert result.duplicates <= len(killed) * CONCURRENCY
+    # A killed child held at most CONCURRENCY running jobs plus at most CONCURRENCY finished ones whose
+    # outcomes were not yet written (the claim overlaps the completer's write): both run again.
+    assert result.duplicates <= len(killed) * 2 * CONCURRENCY
     assert await scalar(db, "SELECT count(*) FROM jobs WHERE attempt > 1") > 0, "no kill interrupted a job"
     assert await scalar(db, "SELECT count(*) FROM workers") == 0

@@ -88,3 +88,21 @@ def test_a_bulk_insert_joins_the_callers_transaction(app: App, dsn: str, schema:
             app.defer_many_sync([work.job(n=i) for i in range(N)], connection=conn)
         count = conn.execute(f'SELECT count(*) FROM "{schema}".jobs').fetchone()
     assert count is not None and count[0] == (N if commit else 0)
+
+
+async def test_a_bulk_insert_stores_strings_with_copy_special_characters_unchanged(
+    app: App, db: psycopg.Connection[Any]
+) -> None:
+    """Backslashes, tabs, newlines, carriage returns and non-ASCII text survive the COPY format."""
+
+    @app.task(limit_by="key", max_concurrency=5)
+    async def work(text: str, key: str) -> None: ...
+
+    texts = ["a\\b", "tab\there", "line\nbreak", "cr\rlf", "\\N", "\\\\t", "é中🙂", "", "plain"]
+    specs = [work.job(text=texts[i % len(texts)], key=f"k\t{i % 3}\\") for i in range(N)]
+    jobs = await app.defer_many(specs)
+
+    rows = dict(await query(db, "SELECT id, args->>'text' FROM jobs"))
+    assert [rows[j.id] for j in jobs] == [texts[i % len(texts)] for i in range(N)]
+    keys = dict(await query(db, "SELECT id, limit_key FROM jobs"))
+    assert [keys[j.id] for j in jobs] == [f"k\t{i % 3}\\" for i in range(N)]

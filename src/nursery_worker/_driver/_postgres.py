@@ -1,12 +1,15 @@
 """The PostgreSQL driver: the only module that imports psycopg or holds SQL.
 
-Design (measured in ``docs/database-layer.md``): psycopg's async API runs only on asyncio, so every
-statement runs on a *sync* psycopg connection from a ``psycopg_pool.ConnectionPool``, inside one
-``anyio.to_thread.run_sync`` hop per call. Each call is a single autocommit statement that does a
-whole batch (claim N jobs, finish N jobs, insert N jobs), so the hop is paid once per batch. The
-listener is the exception: it never blocks a thread; it waits for its socket to become readable on
-the event loop itself (``anyio.wait_readable``), which works on trio and asyncio alike and is
-cancelled instantly.
+Design (measured in ``docs/database-layer.md`` and ``docs/performance.md``): psycopg's async API
+runs only on asyncio, so every statement runs on a *sync* psycopg connection from a
+``psycopg_pool.ConnectionPool``. Each call is a single autocommit statement that does a whole batch
+(claim N jobs, finish N jobs, insert N jobs). The hot ones (a one-job or small insert, the claims,
+the batched completion, reading a job) run from the event loop itself (:meth:`PostgresDriver._direct`):
+psycopg's execution generator driven by ``anyio.wait_readable``/``wait_writable`` on an idle pooled
+connection, trio and asyncio alike. Everything else, and the hot statements when no pooled
+connection is idle, takes one ``anyio.to_thread.run_sync`` hop per call. The listener never blocks a
+thread either: it waits for its socket to become readable on the event loop and is cancelled
+instantly.
 
 Every statement that moves an executing job mirrors a ``*_guarded`` function of ``_state.py``.
 """
@@ -19,6 +22,7 @@ import functools
 import json
 import logging
 import re
+import select
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -32,6 +36,7 @@ import psycopg.errors
 import psycopg_pool
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.waiting import Ready, Wait
 
 from .._dsn import redact
 from .._errors import ConfigurationError, DatabaseError, JobStateError, SchemaNotReady
@@ -143,6 +148,21 @@ FROM ins
 # Bulk inserts of many jobs go through COPY: ids drawn first (so the jobs come back in order),
 # the transaction's now() read once and the schedule computed from it, then one NOTIFY per queue.
 _COPY_MIN = 200
+#: Rows formatted per write to the COPY stream.
+_COPY_CHUNK = 2_000
+#: COPY's text format: a backslash starts an escape, tab and newline end a field and a row.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str | None) -> str:
+    """A text field of COPY's text format: NULL as ``\\N``, the special characters escaped."""
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
 _SQL_COPY_PREPARE = (
     "SELECT now(), array_agg(nextval(pg_get_serial_sequence(%(table)s, 'id'))) FROM generate_series(1, %(n)s)"
 )
@@ -582,10 +602,39 @@ def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
     )
 
 
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+#: How long the event loop may wait for a pooled connection that was idle a moment before.
+_DIRECT_TAKE_TIMEOUT = 0.005
+#: psycopg's execution generator, which its own sync and async cursors drive (absent: thread hops).
+_HAS_EXECUTE_GEN = hasattr(psycopg.Cursor, "_execute_gen")
+
+
+async def _drive(gen: Any, fileno: int) -> Any:
+    """Run a psycopg execution generator to its end, waiting for the socket on the event loop."""
+    try:
+        state = next(gen)
+        while True:
+            if state == Wait.R:
+                await anyio.wait_readable(fileno)
+                ready = Ready.R
+            else:
+                await anyio.wait_writable(fileno)
+                ready = Ready.W
+                if state == Wait.RW:
+                    readable, _, _ = select.select([fileno], [], [], 0)
+                    if readable:
+                        ready = Ready.RW
+            state = gen.send(ready)
+    except StopIteration as stop:
+        return stop.value
+
+
 class PostgresDriver:
     """The PostgreSQL implementation of the driver interface (see ``_driver/__init__.py``)."""
 
     schema_version = SCHEMA_VERSION
+    #: Whether the hot statements run from the event loop (see :meth:`_direct`); off: thread hops.
+    direct: bool = _HAS_EXECUTE_GEN
 
     def __init__(
         self, dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float
@@ -748,6 +797,57 @@ class PostgresDriver:
             raise
         self._notify_observers(None)
         return result
+
+    async def _direct(self, query: bytes, params: Mapping[str, Any]) -> list[Any]:
+        """Run one small autocommit statement from the event loop, with no thread hop; its rows.
+
+        The hot statements (a one-job insert, the claim, the batched completion) take a pooled
+        connection that is idle right now and drive psycopg's own execution generator on it, waiting
+        for the socket with ``anyio.wait_readable``/``wait_writable``: trio and asyncio alike. The
+        statement is shielded, as a thread hop is (a cancelled caller learns of it when the
+        statement is over, so its outcome is never in doubt). When no pooled connection is idle, or
+        this psycopg lacks the generator, it falls back to :meth:`_hop`.
+        """
+        pool = self._pool
+        conn: psycopg.Connection[Any] | None = None
+        if self.direct and pool is not None and pool.get_stats().get("pool_available", 0) > 0:
+            with contextlib.suppress(psycopg_pool.PoolTimeout):
+                # Idle a moment ago: getconn() takes it at once. Only a race with another thread
+                # can make it wait, and then for at most these few milliseconds.
+                conn = pool.getconn(timeout=_DIRECT_TAKE_TIMEOUT)
+        if conn is None:
+            return await self._hop(lambda c: c.execute(query, params).fetchall())
+        assert pool is not None
+        error: Exception | None = None
+        lost = False
+        rows: list[Any] = []
+        try:
+            cur = conn.cursor()
+            with anyio.CancelScope(shield=True):
+                await _drive(cur._execute_gen(query, params), conn.pgconn.socket)
+            result = cur.pgresult
+            rows = cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
+        except psycopg.OperationalError as exc:
+            error = self._translate(exc)
+            lost = True
+        except psycopg.Error as exc:
+            error = self._translate(exc)
+            error.__cause__ = exc
+        finally:
+            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                # Only an exception out of the shielded wait (KeyboardInterrupt) leaves a statement
+                # in flight: the connection cannot be reused, so the pool gets it back closed.
+                conn.close()
+            pool.putconn(conn)
+        if lost:
+            # A server restart leaves every idle pooled connection dead: drop them now, as _run does.
+            with contextlib.suppress(psycopg.Error):
+                await anyio.to_thread.run_sync(pool.check)
+        if self._observers:
+            self._notify_observers(error)
+        if error is not None:
+            raise error
+        return rows
 
     def _notify_observers(self, error: Exception | None) -> None:
         for observer in list(self._observers):
@@ -942,6 +1042,10 @@ class PostgresDriver:
             ids: list[int] = row[1]
             rows: list[tuple[int, str, dt.datetime]] = []
             queues: set[str] = set()
+            # The COPY text is formatted here, a chunk at a time: several times cheaper than
+            # psycopg's write_row, which looks up a dumper for every field of every row.
+            now_text = now.isoformat()
+            lines: list[str] = []
             with conn.cursor().copy(self._sql_copy) as copy:
                 for job_id, spec in zip(ids, specs, strict=True):
                     if spec.scheduled_at is not None:
@@ -950,27 +1054,25 @@ class PostgresDriver:
                         at = now + dt.timedelta(seconds=spec.delay)
                     else:
                         at = now
-                    state = "scheduled" if at > now else "available"
-                    if state == "available":
+                    if at > now:
+                        state = "scheduled"
+                    else:
+                        state = "available"
                         queues.add(spec.queue)
                     policy = None if spec.retry_policy is None else json.dumps(spec.retry_policy)
                     trace = None if spec.trace_context is None else json.dumps(spec.trace_context)
-                    copy.write_row(
-                        (
-                            job_id,
-                            spec.task,
-                            spec.queue,
-                            spec.args_json,
-                            spec.priority,
-                            spec.max_attempts,
-                            at,
-                            state,
-                            policy,
-                            trace,
-                            spec.limit_key,
-                        )
+                    lines.append(
+                        f"{job_id}\t{_copy_text(spec.task)}\t{_copy_text(spec.queue)}\t{_copy_text(spec.args_json)}\t"
+                        f"{int(spec.priority)}\t{int(spec.max_attempts)}\t"
+                        f"{now_text if at is now else at.isoformat()}\t{state}\t"
+                        f"{_copy_text(policy)}\t{_copy_text(trace)}\t{_copy_text(spec.limit_key)}\n"
                     )
                     rows.append((job_id, state, at))
+                    if len(lines) >= _COPY_CHUNK:
+                        copy.write("".join(lines))
+                        lines.clear()
+                if lines:
+                    copy.write("".join(lines))
             if queues:
                 conn.execute(self._sql_notify_queues, {"channel": self.channel, "queues": sorted(queues)})
         return [
@@ -1095,6 +1197,13 @@ class PostgresDriver:
         if not specs:
             return []
         if connection is None:
+            if len(specs) < _COPY_MIN and not any(s.depends_on or s.unique_key is not None for s in specs):
+                # One statement: straight from the event loop.
+                if len(specs) == 1:
+                    rows = await self._direct(self._sql_insert_one, self._one_params(specs[0]))
+                else:
+                    rows = await self._direct(self._sql_insert, self._insert_params(specs))
+                return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
             return await self._hop(lambda c: self._insert_on(c, specs))
         self._check_connection(connection, allow_async=True)
         if isinstance(connection, psycopg.AsyncConnection):
@@ -1117,8 +1226,8 @@ class PostgresDriver:
         return await anyio.to_thread.run_sync(lambda: self.insert_jobs_sync(specs, connection=connection))
 
     async def get_job(self, job_id: int) -> Job | None:
-        row = await self._hop(lambda c: c.execute(self._sql_get, {"id": job_id}).fetchone())
-        return None if row is None else _job_from_row(row)
+        rows = await self._direct(self._sql_get, {"id": job_id})
+        return _job_from_row(rows[0]) if rows else None
 
     async def fetch_jobs(
         self, *, worker_id: str, queues: Sequence[str], limit: int, exclude_tasks: Sequence[str] = ()
@@ -1132,7 +1241,7 @@ class PostgresDriver:
             params["queues"] = list(queues)
         if exclude_tasks:
             params["limited"] = list(exclude_tasks)
-        rows = await self._hop(lambda c: c.execute(query, params).fetchall())
+        rows = await self._direct(query, params)
         # Claimed in priority order; the UPDATE's RETURNING does not keep it.
         jobs = [_job_from_row(r) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
@@ -1154,7 +1263,7 @@ class PostgresDriver:
             "cfg": json.dumps(config),
             "adopt": adopt,
         }
-        rows = await self._hop(lambda c: c.execute(self._sql_claim_limited, params).fetchall())
+        rows = await self._direct(self._sql_claim_limited, params)
         jobs = [_job_from_row(r[:19]) for r in rows if r[0] is not None]
         jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
         wakes = [float(r[19]) for r in rows if r[0] is None and r[19] is not None]
@@ -1213,8 +1322,8 @@ class PostgresDriver:
             "cap": error_cap,
             "channel": self.channel,
         }
-        row = await self._hop(lambda c: c.execute(self._sql_finish, params).fetchone())
-        return int(row[0]) if row else 0
+        rows = await self._direct(self._sql_finish, params)
+        return int(rows[0][0]) if rows else 0
 
     # --- workers and maintenance --------------------------------------------------------------
 
