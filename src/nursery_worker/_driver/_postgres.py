@@ -1018,20 +1018,25 @@ class PostgresDriver:
             "channel": self.channel,
         }
 
+    def _plain_insert(self, specs: Sequence[JobSpec]) -> tuple[bytes, dict[str, Any]] | None:
+        """The one statement that inserts *specs*, when one does: no dependencies, no unique keys,
+        fewer than the COPY threshold. None: the caller takes the multi-statement paths."""
+        if len(specs) >= _COPY_MIN or any(s.depends_on or s.unique_key is not None for s in specs):
+            return None
+        if len(specs) == 1:
+            return self._sql_insert_one, self._one_params(specs[0])
+        return self._sql_insert, self._insert_params(specs)
+
     def _insert_on(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        plain = self._plain_insert(specs)
+        if plain is not None:
+            rows = conn.execute(*plain).fetchall()
+            return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
         if any(s.depends_on for s in specs):
             return self._insert_graph(conn, specs)
         if any(s.unique_key is not None for s in specs):
             return self._insert_unique(conn, specs)
-        if len(specs) == 1:
-            spec = specs[0]
-            row = conn.execute(self._sql_insert_one, self._one_params(spec)).fetchone()
-            assert row is not None
-            return [self._new_job(spec, row)]
-        if len(specs) >= _COPY_MIN:
-            return self._insert_copy(conn, specs)
-        rows = conn.execute(self._sql_insert, self._insert_params(specs)).fetchall()
-        return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
+        return self._insert_copy(conn, specs)
 
     def _insert_copy(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
         """Many jobs in one transaction (the caller's, if it has one): ids, COPY, one NOTIFY per queue."""
@@ -1197,12 +1202,9 @@ class PostgresDriver:
         if not specs:
             return []
         if connection is None:
-            if len(specs) < _COPY_MIN and not any(s.depends_on or s.unique_key is not None for s in specs):
-                # One statement: straight from the event loop.
-                if len(specs) == 1:
-                    rows = await self._direct(self._sql_insert_one, self._one_params(specs[0]))
-                else:
-                    rows = await self._direct(self._sql_insert, self._insert_params(specs))
+            plain = self._plain_insert(specs)
+            if plain is not None:  # one statement: straight from the event loop
+                rows = await self._direct(*plain)
                 return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
             return await self._hop(lambda c: self._insert_on(c, specs))
         self._check_connection(connection, allow_async=True)
