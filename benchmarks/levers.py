@@ -265,6 +265,18 @@ FROM next WHERE j.id = next.id AND j.state = 'available'
 RETURNING {returning}
 """
 
+# The claim of several queues before the per-queue scans: one scan of queue = ANY(...), which cannot
+# deliver rows in priority order, so every available job of those queues was sorted on every claim.
+_FETCH_ANY_BEFORE = """
+UPDATE {s}.jobs AS j SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(),
+    worker_id = %(worker)s
+WHERE j.id = ANY(ARRAY(
+    SELECT id FROM {s}.jobs WHERE state = 'available' AND limit_key IS NULL AND queue = ANY(%(queues)s::text[])
+    ORDER BY priority DESC, scheduled_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+))
+RETURNING {returning}
+"""
+
 
 def fetch(dsn: str, plan: Plan, report: Report, schema: str) -> None:
     n = plan.lever_rows
@@ -278,7 +290,12 @@ def fetch(dsn: str, plan: Plan, report: Report, schema: str) -> None:
             "j.inserted_at, j.attempted_at, j.finished_at, j.errors, j.worker_id"
         )
         variants = {
-            "driver fetch as is: queue = ANY(array), RETURNING 14 columns": (driver._sql_fetch, True),
+            "two queues, before: one scan of queue = ANY(array), sorted": (
+                sql.SQL(_FETCH_ANY_BEFORE).format(s=s, returning=sql.SQL(full)),
+                True,
+            ),
+            "driver fetch as is, two queues: one ordered scan per queue (LATERAL)": (driver._sql_fetch, True),
+            "driver fetch as is, one queue: queue = $1": (driver._sql_fetch_one, False),
             "queue = $1 (scalar), RETURNING 14 columns": (
                 sql.SQL(_FETCH_SCALAR_ID).format(s=s, returning=sql.SQL(full)),
                 False,
@@ -300,7 +317,7 @@ def fetch(dsn: str, plan: Plan, report: Report, schema: str) -> None:
                     conn.execute(fill, [n])
                     conn.execute(sql.SQL("ANALYZE {}.jobs").format(s))
                     p: dict[str, Any] = {"limit": 50, "worker": "lever"}
-                    p.update({"queues": ["bench"]} if any_ else {"queue": "bench"})
+                    p.update({"queues": ["bench", "other"]} if any_ else {"queue": "bench"})
                     got = 0
                     started = time.perf_counter()
                     while rows := conn.execute(statement, p).fetchall():
@@ -342,7 +359,8 @@ def fetch_with_history(dsn: str, plan: Plan, report: Report, schema: str) -> Non
         )
         by_pk = sql.SQL(_FETCH_BY_PK).format(s=s)
         variants = {
-            "driver fetch as is: queue = ANY(array), UPDATE joined to the CTE": (driver._sql_fetch, True),
+            "driver fetch as is, one queue: queue = $1": (driver._sql_fetch_one, False),
+            "driver fetch as is, two queues: one ordered scan per queue (LATERAL)": (driver._sql_fetch, True),
             "queue = $1 (scalar), UPDATE joined to the CTE": (scalar, False),
             "queue = $1, UPDATE ... WHERE id = ANY(ARRAY(SELECT ... SKIP LOCKED)), 5 columns": (by_pk, False),
         }
@@ -370,7 +388,7 @@ def fetch_with_history(dsn: str, plan: Plan, report: Report, schema: str) -> Non
                         [backlog],
                     )
                     p: dict[str, Any] = {"limit": 50, "worker": "lever"}
-                    p.update({"queues": ["bench"]} if any_ else {"queue": "bench"})
+                    p.update({"queues": ["bench", "other"]} if any_ else {"queue": "bench"})
                     got = 0
                     started = time.perf_counter()
                     while rows := conn.execute(statement, p).fetchall():
@@ -379,7 +397,7 @@ def fetch_with_history(dsn: str, plan: Plan, report: Report, schema: str) -> Non
                     if got != backlog:
                         report.verification_failures.append(f"lever fetch/history {name}: claimed {got} of {backlog}")
             plan_rows = conn.execute(
-                b"EXPLAIN " + driver._sql_fetch, {"queues": ["bench"], "limit": 50, "worker": "x"}
+                b"EXPLAIN " + driver._sql_fetch_one, {"queue": "bench", "limit": 50, "worker": "x"}
             ).fetchall()
         for name, values in rates.items():
             _lever(
@@ -390,7 +408,7 @@ def fetch_with_history(dsn: str, plan: Plan, report: Report, schema: str) -> Non
                 values,
                 notes="plan as is (stale statistics): "
                 + " / ".join(r[0].strip() for r in plan_rows if "Scan" in r[0] or "Loop" in r[0])
-                if "as is" in name
+                if "as is, one queue" in name
                 else "",
             )
     finally:
@@ -498,13 +516,43 @@ def _lever(
     log(f"lever {lever}: {variant}: {entry['median']:,.1f} {unit} {notes}")
 
 
-def worker_cycle(dsn: str, plan: Plan, report: Report, schema: str) -> None:
-    """The worker's cycle, in worker processes: thread hops or the direct path, serial or overlapped."""
+def _worker_variants(
+    dsn: str,
+    plan: Plan,
+    report: Report,
+    schema: str,
+    *,
+    lever: str,
+    label: str,
+    backend: str,
+    variants: dict[str, dict[str, str]],
+    task: str = "bench.noop",
+    **args: float,
+) -> None:
+    """Worker processes (``--once``) on the same queued jobs, one per variant (its environment) and rep."""
     from ._common import count_states, truncate_jobs
     from ._workers import run_once
     from .throughput import enqueue
 
     n = plan.throughput_jobs
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for rep in range(plan.reps):
+        # Alternate the order, so that drift in the machine's load falls on every variant.
+        names = list(variants) if rep % 2 == 0 else list(reversed(variants))
+        for name in names:
+            truncate_jobs(dsn, schema)
+            enqueue(dsn, schema, n, task, **args)
+            result = run_once(dsn, schema, backend, 50, env=variants[name])
+            states = count_states(dsn, schema)
+            if states != {"completed": n}:
+                report.verification_failures.append(f"lever {lever} {name}: expected {n} completed jobs, got {states}")
+            rates[name].append(n / (result["t_stopped"] - result["t_running"]))
+    for name, values in rates.items():
+        _lever(report, lever, f"{label}, {backend}: {name}", "jobs/s", values)
+
+
+def worker_cycle(dsn: str, plan: Plan, report: Report, schema: str) -> None:
+    """The worker's cycle, in worker processes: thread hops or the direct path, serial or overlapped."""
     variants = {
         "thread hops, serial cycle (before)": {
             "NURSERY_WORKER_BENCH_THREAD_HOPS": "1",
@@ -520,27 +568,86 @@ def worker_cycle(dsn: str, plan: Plan, report: Report, schema: str) -> None:
         },
     }
     for backend in ("asyncio", "trio"):
-        rates: dict[str, list[float]] = {k: [] for k in variants}
-        for rep in range(plan.reps):
-            # Alternate the order, so that drift in the machine's load falls on every variant.
-            names = list(variants) if rep % 2 == 0 else list(reversed(variants))
-            for name in names:
-                truncate_jobs(dsn, schema)
-                enqueue(dsn, schema, n)
-                result = run_once(dsn, schema, backend, 50, env=variants[name])
-                states = count_states(dsn, schema)
-                if states != {"completed": n}:
-                    report.verification_failures.append(
-                        f"lever worker cycle {name}: expected {n} completed jobs, got {states}"
-                    )
-                rates[name].append(n / (result["t_stopped"] - result["t_running"]))
-        for name, values in rates.items():
-            _lever(report, "worker cycle", f"no-op, concurrency 50, {backend}: {name}", "jobs/s", values)
+        _worker_variants(
+            dsn,
+            plan,
+            report,
+            schema,
+            lever="worker cycle",
+            label="no-op, concurrency 50",
+            backend=backend,
+            variants=variants,
+        )
+
+
+async def _spawn_cost(kind: str, tasks: int, sleep: float) -> float:
+    """µs per task: *tasks* tasks started 50 at a time, each sleeping *sleep* seconds."""
+    import anyio
+    import anyio.lowlevel
+
+    async def job() -> None:
+        await anyio.sleep(sleep)
+
+    started = time.perf_counter()
+    if kind == "trio nursery":
+        import trio
+        import trio.lowlevel
+
+        async with trio.open_nursery() as nursery:
+            for i in range(tasks):
+                nursery.start_soon(job)
+                if i % 50 == 49:
+                    await trio.lowlevel.checkpoint()
+    else:
+        async with anyio.create_task_group() as tg:
+            for i in range(tasks):
+                tg.start_soon(job)
+                if i % 50 == 49:
+                    await anyio.lowlevel.checkpoint()
+    return (time.perf_counter() - started) / tasks * 1e6
+
+
+def job_spawn(dsn: str, plan: Plan, report: Report, schema: str) -> None:
+    """A task per job: anyio's task group (a handle, a cancel scope and an event per task) or, on trio,
+    a trio nursery; alone, then in worker processes."""
+    import anyio
+
+    tasks = max(1_000, plan.lever_rows)
+    for backend, kind in (("trio", "anyio task group"), ("trio", "trio nursery"), ("asyncio", "anyio task group")):
+        for sleep, what in ((0.0, "a no-op"), (0.001, "a 1 ms sleep")):
+            reps = [anyio.run(_spawn_cost, kind, tasks, sleep, backend=backend) for _ in range(plan.reps)]
+            before = " (before)" if backend == "trio" and kind == "anyio task group" else ""
+            _lever(
+                report,
+                "job spawn",
+                f"{backend}, {kind}{before}: {tasks:,} tasks, each {what}",
+                "µs/task",
+                reps,
+                higher=False,
+            )
+    variants = {"anyio task group (before)": {"NURSERY_WORKER_BENCH_ANYIO_JOBS": "1"}, "trio nursery (as is)": {}}
+    for task, label, args in (
+        ("bench.noop", "no-op, concurrency 50", {}),
+        ("bench.sleep", "1 ms sleep, concurrency 50", {"ms": 1.0}),
+    ):
+        _worker_variants(
+            dsn,
+            plan,
+            report,
+            schema,
+            lever="job spawn",
+            label=label,
+            backend="trio",
+            variants=variants,
+            task=task,
+            **args,
+        )
 
 
 def run(dsn: str, plan: Plan, report: Report) -> None:
     with migrated_schema(dsn) as schema:
         worker_cycle(dsn, plan, report, schema)
+        job_spawn(dsn, plan, report, schema)
         bulk_insert(dsn, plan, report, schema)
         single_defer(dsn, plan, report, schema)
         fetch(dsn, plan, report, schema)

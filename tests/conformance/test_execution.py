@@ -154,6 +154,28 @@ async def test_a_worker_fetches_only_its_own_queues(app: App) -> None:
     assert (await app.get_job(c.id)).state is JobState.AVAILABLE
 
 
+async def test_a_worker_of_several_queues_runs_their_jobs_in_one_priority_order(app: App) -> None:
+    """With one slot and queues a and b, jobs of both run highest priority first, then the oldest, across queues."""
+    order: list[str] = []
+
+    @app.task
+    async def work(name: str) -> None:
+        order.append(name)
+
+    for name, queue, priority in [
+        ("a-low", "a", 0),
+        ("b-high", "b", 5),
+        ("a-mid", "a", 3),
+        ("b-low", "b", 0),
+        ("a-high", "a", 5),
+    ]:
+        last = await work.configure(queue=queue, priority=priority).defer(name=name)
+    async with open_worker(app, **fast(queues=["a", "b"], concurrency=1)):
+        await wait_until(lambda: len(order) == 5)
+    assert order == ["b-high", "a-high", "a-mid", "a-low", "b-low"]
+    assert (await app.get_job(last.id)).state is JobState.COMPLETED
+
+
 async def test_a_job_of_an_unknown_task_is_discarded(app: App) -> None:
     """A job whose task this worker does not know is discarded with an error naming the task."""
     (job,) = await app.defer_many([app.job_by_name("nobody.knows", {})])

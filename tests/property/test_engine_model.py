@@ -175,12 +175,13 @@ class EngineModel(RuleBasedStateMachine):
     @precondition(lambda self: self.alive and any(j.state is JobState.AVAILABLE for j in self.jobs.values()))
     @rule(data=st.data(), limit=st.integers(min_value=1, max_value=3))
     def fetch(self, data: st.DataObject, limit: int) -> None:
-        """A live worker claims up to *limit* available jobs, each exactly once."""
-        self._fetch(data.draw(st.sampled_from(sorted(self.alive)), label="worker"), limit)
+        """A live worker claims up to *limit* available jobs, each exactly once (one queue or several)."""
+        worker = data.draw(st.sampled_from(sorted(self.alive)), label="worker")
+        self._fetch(worker, limit, data.draw(st.sampled_from([("default",), ("other", "default")]), label="queues"))
 
-    def _fetch(self, worker: str, limit: int) -> None:
+    def _fetch(self, worker: str, limit: int, queues: tuple[str, ...] = ("default",)) -> None:
         available = {i for i, j in self.jobs.items() if j.state is JobState.AVAILABLE}
-        fetched = self.call(self.driver.fetch_jobs, worker_id=worker, queues=["default"], limit=limit)
+        fetched = self.call(self.driver.fetch_jobs, worker_id=worker, queues=list(queues), limit=limit)
         assert len(fetched) == min(limit, len(available))
         assert {j.id for j in fetched} <= available
         for row in fetched:
