@@ -37,7 +37,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         # The lever experiment: every statement through a worker thread, as before the direct path.
         app.driver.direct = False
     if os.environ.get("NURSERY_WORKER_BENCH_ANYIO_JOBS") == "1":
-        # The lever experiment: jobs in an anyio task group on trio too, as before the trio nursery.
+        # The lever experiment: jobs in an anyio task group, under anyio scopes, on trio too (as before).
         _worker._trio_running = lambda: False
     if "NURSERY_WORKER_BENCH_OVERLAP" in os.environ:
         # The lever experiment: 0 frees a slot only once its outcome is written (the serial cycle).

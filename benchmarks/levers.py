@@ -625,7 +625,10 @@ def job_spawn(dsn: str, plan: Plan, report: Report, schema: str) -> None:
                 reps,
                 higher=False,
             )
-    variants = {"anyio task group (before)": {"NURSERY_WORKER_BENCH_ANYIO_JOBS": "1"}, "trio nursery (as is)": {}}
+    variants = {
+        "anyio task group and cancel scopes (before)": {"NURSERY_WORKER_BENCH_ANYIO_JOBS": "1"},
+        "trio nursery and cancel scopes (as is)": {},
+    }
     for task, label, args in (
         ("bench.noop", "no-op, concurrency 50", {}),
         ("bench.sleep", "1 ms sleep, concurrency 50", {"ms": 1.0}),

@@ -32,7 +32,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -225,27 +225,42 @@ class WorkerStats:
     last_heartbeat: dt.datetime | None
 
 
-#: Starts a task in the jobs' group: ``spawn(func, *args, name=...)``.
-_Spawn = Callable[..., object]
+class _Scope(Protocol):
+    """A job's cancel scope: anyio's, or on trio trio's own (the same scope without anyio's wrapper)."""
+
+    def cancel(self) -> None: ...
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(self, *exc_info: Any) -> bool | None: ...
+
+
+@attrs.frozen
+class _JobGroup:
+    """Where the jobs run: ``spawn(func, *args, name=...)`` starts one, ``new_scope()`` makes its scope."""
+
+    spawn: Callable[..., object]
+    new_scope: Callable[[], _Scope]
 
 
 @asynccontextmanager
-async def _job_group() -> AsyncIterator[_Spawn]:
-    """The task group the jobs run in; yields its ``start_soon``.
+async def _job_group() -> AsyncIterator[_JobGroup]:
+    """The task group the jobs run in, and the kind of cancel scope each job gets.
 
-    On trio it is a trio nursery: anyio's task group on trio wraps every task in a handle with its
-    own cancel scope and event, which costs more than a no-op job's run (measured: 42 against 19 µs
-    a task; ``benchmarks/levers.py``, "job spawn"). Cancel scopes nest the same either way: anyio's
-    scopes on trio are trio's. The job's own scope (``_Running.scope``) stays what cancels it.
+    On trio both are trio's own: anyio's task group on trio wraps every task in a handle with its own
+    cancel scope and event, and anyio's cancel scope wraps trio's; together that cost more than a
+    no-op job's run (``python -m benchmarks --only levers``, "job spawn": 32 against 11 µs a task).
+    Cancel scopes nest the same either way (anyio's scopes on trio are trio's), and a job is still
+    cancelled only through its own scope.
     """
     if _trio_running():
         import trio
 
         async with trio.open_nursery() as nursery:
-            yield nursery.start_soon
+            yield _JobGroup(spawn=nursery.start_soon, new_scope=trio.CancelScope)
     else:
         async with anyio.create_task_group() as tg:
-            yield tg.start_soon
+            yield _JobGroup(spawn=tg.start_soon, new_scope=anyio.CancelScope)
 
 
 def _trio_running() -> bool:
@@ -258,7 +273,7 @@ def _trio_running() -> bool:
 class _Running:
     job: Job
     task: Task[..., Any] | None
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    scope: _Scope
     released: bool = False
     cancel_requested: bool = False
     abandoned: bool = False  # its outcome was written while it still ran (it ignored cancellation)
@@ -582,7 +597,7 @@ class Worker:
                 r.released = True
                 r.scope.cancel()
 
-    async def _fetch_loop(self, jobs: _Spawn) -> None:
+    async def _fetch_loop(self, jobs: _JobGroup) -> None:
         c = self.config
         driver = self.app.driver
         backoff = ServiceBackoff()
@@ -637,9 +652,9 @@ class Worker:
                 next_poll = min(anyio.current_time() + c.poll_interval, next_limited)
                 next_limited = math.inf
                 for job in fetched:
-                    r = _Running(job=job, task=self.app.tasks.get(job.task))
+                    r = _Running(job=job, task=self.app.tasks.get(job.task), scope=jobs.new_scope())
                     self._running[job.id, job.attempt] = r
-                    jobs(self._run_job, r, name=f"job {job.id} {job.task}")
+                    jobs.spawn(self._run_job, r, name=f"job {job.id} {job.task}")
                 if len(fetched) >= free:
                     self._more = True
                 if fetched:
