@@ -149,7 +149,7 @@ FROM ins
 # the transaction's now() read once and the schedule computed from it, then one NOTIFY per queue.
 _COPY_MIN = 200
 #: Rows formatted per write to the COPY stream.
-_COPY_CHUNK = 2_000
+_COPY_CHUNK = 2000
 #: COPY's text format: a backslash starts an escape, tab and newline end a field and a row.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -590,6 +590,10 @@ def _parse_time(value: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value))
 
 
+#: A state as stored, to its enum member: a dict lookup, several times cheaper than ``JobState(value)``.
+_STATE_OF: dict[str, JobState] = {state.value: state for state in JobState}
+
+
 def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
     errors = tuple(
         JobError(
@@ -607,7 +611,7 @@ def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
         task=row[1],
         queue=row[2],
         args=row[3],
-        state=JobState(row[4]),
+        state=_STATE_OF[row[4]],
         attempt=row[5],
         max_attempts=row[6],
         priority=row[7],
@@ -988,7 +992,7 @@ class PostgresDriver:
             task=spec.task,
             queue=spec.queue,
             args=spec.args,
-            state=JobState(row[1]),
+            state=_STATE_OF[row[1]],
             attempt=0,
             max_attempts=spec.max_attempts,
             priority=spec.priority,
@@ -1070,7 +1074,7 @@ class PostgresDriver:
             assert row is not None
             now: dt.datetime = row[0]
             ids: list[int] = row[1]
-            rows: list[tuple[int, str, dt.datetime]] = []
+            jobs: list[Job] = []
             queues: set[str] = set()
             # The COPY text is formatted here, a chunk at a time: several times cheaper than
             # psycopg's write_row, which looks up a dumper for every field of every row.
@@ -1097,7 +1101,8 @@ class PostgresDriver:
                         f"{now_text if at is now else at.isoformat()}\t{state}\t"
                         f"{_copy_text(policy)}\t{_copy_text(trace)}\t{_copy_text(spec.limit_key)}\n"
                     )
-                    rows.append((job_id, state, at))
+                    # Made while the server takes in the rows already sent (it runs on its own core).
+                    jobs.append(self._new_job(spec, (job_id, state, at, now)))
                     if len(lines) >= _COPY_CHUNK:
                         copy.write("".join(lines))
                         lines.clear()
@@ -1105,9 +1110,7 @@ class PostgresDriver:
                     copy.write("".join(lines))
             if queues:
                 conn.execute(self._sql_notify_queues, {"channel": self.channel, "queues": sorted(queues)})
-        return [
-            self._new_job(spec, (job_id, state, at, now)) for spec, (job_id, state, at) in zip(specs, rows, strict=True)
-        ]
+        return jobs
 
     def _holders(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job | None]:
         """For each unique spec, the job holding its key in the spec's scope of states, or None."""
