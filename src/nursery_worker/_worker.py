@@ -249,7 +249,7 @@ async def _job_group() -> AsyncIterator[_JobGroup]:
 
     On trio both are trio's own: anyio's task group on trio wraps every task in a handle with its own
     cancel scope and event, and anyio's cancel scope wraps trio's; together that cost more than a
-    no-op job's run (``python -m benchmarks --only levers``, "job spawn": 32 against 11 µs a task).
+    no-op job's run (``python -m benchmarks --only levers``, "job spawn": 36 against 15 µs a task).
     Cancel scopes nest the same either way (anyio's scopes on trio are trio's), and a job is still
     cancelled only through its own scope.
     """
