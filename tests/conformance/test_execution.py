@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections.abc import Callable
 
@@ -174,6 +175,23 @@ async def test_a_worker_of_several_queues_runs_their_jobs_in_one_priority_order(
         await wait_until(lambda: len(order) == 5)
     assert order == ["b-high", "a-high", "a-mid", "a-low", "b-low"]
     assert (await app.get_job(last.id)).state is JobState.COMPLETED
+
+
+async def test_an_error_message_with_nul_or_a_lone_surrogate_is_stored_escaped(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure whose message holds NUL and a lone surrogate is recorded with both written as escapes."""
+    # The worker's log line carries the raw message; pytest-xdist cannot ship a lone surrogate.
+    caplog.set_level(logging.CRITICAL, logger="nursery_worker")
+
+    @app.task(max_attempts=1)
+    async def bad(text: str) -> None:
+        raise ValueError(text + "\x00" + "\ud800")
+
+    job = await bad.defer(text="decoded from bytes: ")
+    async with open_worker(app, **fast()):
+        gone = await wait_for_state(app, job.id, JobState.DISCARDED)
+    assert gone.errors[-1].message == "decoded from bytes: \\x00\\ud800"
 
 
 async def test_a_job_of_an_unknown_task_is_discarded(app: App) -> None:

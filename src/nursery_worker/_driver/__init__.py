@@ -10,6 +10,7 @@ against both: it is the definition of "the same semantics".
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -219,6 +220,28 @@ class Driver(Protocol):
 
     async def list_periodic(self) -> tuple[dt.datetime, list[PeriodicRow]]:
         """The database's ``now()`` and every schedule's row with the state of its last job, by name."""
+
+
+def _storable(text: str) -> str:
+    """*text* as both engines can store it in JSON: NUL and lone surrogates written out as escapes.
+
+    PostgreSQL's jsonb refuses ``\\u0000`` and a lone surrogate, and SQLite cannot encode a lone
+    surrogate to UTF-8; either would fail the whole batch of outcomes the error is written with.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def error_entry(error: Any) -> str:
+    """An attempt's error (an ``ErrorInfo``) as the JSON object stored in a job's ``errors`` list."""
+    return json.dumps(
+        {"type": _storable(error.type), "message": _storable(error.message), "traceback": _storable(error.traceback)}
+    )
 
 
 def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float) -> Driver:

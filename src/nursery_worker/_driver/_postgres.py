@@ -55,7 +55,7 @@ from .._models import (
 )
 from .._periodic import PeriodicEnqueued, PeriodicEntry, PeriodicRow, PeriodicState
 from .._state import JobState
-from . import Notification
+from . import Notification, error_entry
 
 logger = logging.getLogger("nursery_worker.driver")
 
@@ -578,10 +578,6 @@ def _conninfo(dsn: str, connect_timeout: float) -> str:
 def _one_line(message: str) -> str:
     """libpq's messages span lines (a hint on the second); errors here are one redacted line."""
     return " ".join(redact(message).split())
-
-
-def _error_entry(error: Any) -> str:
-    return json.dumps({"type": error.type, "message": error.message, "traceback": error.traceback})
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
@@ -1345,7 +1341,7 @@ class PostgresDriver:
             "leases": [c.attempted_at for c in completions],
             "states": [c.transition.state.value for c in completions],
             "delays": [c.transition.delay for c in completions],
-            "errors": [None if c.transition.error is None else _error_entry(c.transition.error) for c in completions],
+            "errors": [None if c.transition.error is None else error_entry(c.transition.error) for c in completions],
             "give_back": [int(c.transition.give_back_attempt) for c in completions],
             "results": [c.result_json for c in completions],
             "worker": worker_id,

@@ -64,7 +64,7 @@ from .._models import (
 )
 from .._periodic import PeriodicEnqueued, PeriodicEntry, PeriodicRow, PeriodicState
 from .._state import ACTIVE_STATES, JobState
-from . import SCHEMA_NAME, Notification
+from . import SCHEMA_NAME, Notification, error_entry
 
 logger = logging.getLogger("nursery_worker.driver")
 
@@ -586,10 +586,6 @@ def _iso(us: int) -> str:
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-def _error_entry(error: Any) -> str:
-    return json.dumps({"type": error.type, "message": error.message, "traceback": error.traceback})
 
 
 def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
@@ -1345,7 +1341,7 @@ class SqliteDriver:
                         "lease": None if c.attempted_at is None else _to_us(c.attempted_at),
                         "state": c.transition.state.value,
                         "delay": c.transition.delay,
-                        "error": None if c.transition.error is None else _error_entry(c.transition.error),
+                        "error": None if c.transition.error is None else error_entry(c.transition.error),
                         "give_back": int(c.transition.give_back_attempt),
                         "result": c.result_json,
                         "worker": worker_id,
