@@ -222,6 +222,21 @@ class Driver(Protocol):
         """The database's ``now()`` and every schedule's row with the state of its last job, by name."""
 
 
+def spec_columns(spec: JobSpec) -> dict[str, Any]:
+    """The columns a job spec stores as given (its JSON fields encoded): the part of a one-job
+    insert's parameters both engines share; each adds its own schedule and bookkeeping."""
+    return {
+        "task": spec.task,
+        "queue": spec.queue,
+        "args": spec.args_json,
+        "priority": spec.priority,
+        "max_attempts": spec.max_attempts,
+        "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+        "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
+        "limit_key": spec.limit_key,
+    }
+
+
 def _storable(text: str) -> str:
     """*text* as both engines can store it in JSON: NUL and lone surrogates written out as escapes.
 

@@ -55,7 +55,7 @@ from .._models import (
 )
 from .._periodic import PeriodicEnqueued, PeriodicEntry, PeriodicRow, PeriodicState
 from .._state import JobState
-from . import Notification, error_entry
+from . import Notification, error_entry, spec_columns
 
 logger = logging.getLogger("nursery_worker.driver")
 
@@ -1029,19 +1029,7 @@ class PostgresDriver:
 
     def _one_params(self, spec: JobSpec) -> dict[str, Any]:
         """The parameters of a one-job insert (plain, or with dependencies)."""
-        return {
-            "task": spec.task,
-            "queue": spec.queue,
-            "args": spec.args_json,
-            "priority": spec.priority,
-            "max_attempts": spec.max_attempts,
-            "scheduled": spec.scheduled_at,
-            "delay": spec.delay,
-            "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
-            "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
-            "limit_key": spec.limit_key,
-            "channel": self.channel,
-        }
+        return {**spec_columns(spec), "scheduled": spec.scheduled_at, "delay": spec.delay, "channel": self.channel}
 
     def _plain_insert(self, specs: Sequence[JobSpec]) -> tuple[bytes, dict[str, Any]] | None:
         """The one statement that inserts *specs*, when one does: no dependencies, no unique keys,

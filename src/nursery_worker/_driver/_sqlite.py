@@ -64,7 +64,7 @@ from .._models import (
 )
 from .._periodic import PeriodicEnqueued, PeriodicEntry, PeriodicRow, PeriodicState
 from .._state import ACTIVE_STATES, JobState
-from . import SCHEMA_NAME, Notification, error_entry
+from . import SCHEMA_NAME, Notification, error_entry, spec_columns
 
 logger = logging.getLogger("nursery_worker.driver")
 
@@ -1065,19 +1065,12 @@ class SqliteDriver:
         else:
             at = now
         return {
-            "task": spec.task,
-            "queue": spec.queue,
-            "args": spec.args_json,
-            "priority": spec.priority,
-            "max_attempts": spec.max_attempts,
+            **spec_columns(spec),
             "at": at,
             "now": now,
             "state": "scheduled" if at > now else "available",
             "unique_key": spec.unique_key,
             "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
-            "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
-            "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
-            "limit_key": spec.limit_key,
         }
 
     def _insert_on(self, tx: _Tx, specs: Sequence[JobSpec]) -> list[Job]:
