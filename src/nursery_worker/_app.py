@@ -833,8 +833,7 @@ class App:
         found = await self.driver.cancel_job(job_id, error_cap=self.error_cap)
         if found is None:
             raise JobNotFound(job_id)
-        job, status = found
-        return CancelResult(job=job, status=status)
+        return found
 
     async def retry(self, job_id: int) -> Job:
         """Put a discarded or cancelled job back in its queue (the dead-letter path).

@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
-from ._models import Job, RescueResult
+from ._models import Job, QueueDepth, RescueResult
 from ._state import Cancelled, Failed, Outcome, Released, Snoozed, Succeeded, Transition, WorkerState
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class WorkerMetrics:
         self.registry = pc.CollectorRegistry(auto_describe=True)
         self.db_ok = True
         self.db_error = ""
-        self._depth: list[tuple[str, str, int]] = []
+        self._depth: list[QueueDepth] = []
         self._depth_at = -float("inf")
         self._depth_interval = depth_interval
         labels = ("queue", "task")
@@ -207,7 +207,7 @@ class _LiveCollector:
             "Jobs in each non-final state by queue (all workers' queues, as the database sees them).",
             labels=["queue", "state"],
         )
-        for queue, job_state, count in self.metrics._depth:
+        for queue, job_state, count in ((d.queue, d.state, d.count) for d in self.metrics._depth):
             depth.add_metric([queue, job_state], float(count))
         yield depth
 

@@ -1,4 +1,4 @@
-"""Periodic jobs: schedule definitions, the records the driver reads and writes, and the scheduler.
+"""Periodic jobs: schedule definitions and the scheduler (the rows the driver reads and writes: ``_models``).
 
 Exactly once per tick, across any number of workers: every worker that serves a schedule's queue
 runs a :class:`Scheduler`, and each of them tries to enqueue each due tick. The database decides
@@ -32,7 +32,7 @@ import attrs
 from ._backoff import ServiceBackoff
 from ._cron import Cron, resolve_zone
 from ._errors import RETRYABLE_ERRORS, ConfigurationError, TaskNotFound
-from ._models import JobSpec
+from ._models import JobSpec, PeriodicEntry, PeriodicState
 from ._state import JobState
 from ._task import Task
 
@@ -47,55 +47,6 @@ logger = logging.getLogger("nursery_worker.periodic")
 DEFAULT_CATCH_UP = 600.0
 _NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
 _TICK_PLACEHOLDER = "1970-01-01T00:00:00+00:00"
-
-
-# --- records that cross the driver boundary --------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicEntry:
-    """What a scheduler writes about one of its schedules when it starts (``register_periodic``)."""
-
-    name: str
-    cron: str
-    timezone: str
-    task: str
-    queue: str
-    args_json: str
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicState:
-    """A schedule's row as the scheduler needs it: the last tick enqueued and when it became active."""
-
-    last_tick: dt.datetime | None
-    active_since: dt.datetime
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicEnqueued:
-    """A tick this scheduler claimed. ``held``: the task's unique twin (``job_id``) was still queued
-    or running, so no job was inserted; the tick counts as handled."""
-
-    job_id: int
-    held: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicRow:
-    """One row of the periodic table, with the state of its last job (None once pruned)."""
-
-    name: str
-    cron: str
-    timezone: str
-    task: str
-    queue: str
-    args: Mapping[str, Any]
-    active_since: dt.datetime
-    last_tick: dt.datetime | None
-    last_job_id: int | None
-    last_job_state: str | None
-    updated_at: dt.datetime
 
 
 @attrs.frozen(kw_only=True)
@@ -297,7 +248,8 @@ def schedules_for(app: App, queues: Sequence[str]) -> tuple[Schedule, ...]:
 
 async def list_periodic(app: App) -> list[PeriodicInfo]:
     """Every schedule in the database, and the app's own that are not there yet, sorted by name."""
-    now, rows = await app.driver.list_periodic()
+    listing = await app.driver.list_periodic()
+    now, rows = listing.now, listing.rows
     out: list[PeriodicInfo] = []
     seen: set[str] = set()
     for row in rows:
@@ -385,7 +337,8 @@ class Scheduler:
             # rolling deploy) would otherwise rewrite its row, and its active_since, back and forth.
             await self.driver.register_periodic([s.entry() for s in self.schedules])
             self._registered = True
-        now, states = await self.driver.periodic_state([s.name for s in self.schedules])
+        snapshot = await self.driver.periodic_state([s.name for s in self.schedules])
+        now, states = snapshot.now, snapshot.states
         missing = [s for s in self.schedules if s.name not in states]
         if missing:  # the row was deleted under us: put it back; it is active from now on
             await self.driver.register_periodic([s.entry() for s in missing])

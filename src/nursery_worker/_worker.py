@@ -47,7 +47,7 @@ from ._errors import RETRYABLE_ERRORS, ConfigurationError
 from ._flow import limits_config
 from ._logging import set_job_log_context
 from ._maintenance import DEFAULT_RETENTION, Heartbeat, Promoter, Pruner, Rescuer, serve_periodically
-from ._models import Completion, Job, Supervision, WorkerInfo, WorkerLoad
+from ._models import BreakerConfig, Completion, Job, Supervision, WorkerInfo, WorkerLoad
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
 from ._periodic import Scheduler, schedules_for
 from ._retry import policy_from_json
@@ -501,7 +501,9 @@ class Worker:
             await driver.register_worker(self.info)
             registered = True
             breakers = [
-                (t.name, t.circuit_breaker.threshold, float(t.circuit_breaker.cooldown))
+                BreakerConfig(
+                    task=t.name, threshold=t.circuit_breaker.threshold, cooldown=float(t.circuit_breaker.cooldown)
+                )
                 for t in self.app.tasks.values()
                 if t.circuit_breaker is not None
             ]
@@ -895,7 +897,7 @@ class Worker:
         lost_after = max(60.0, 4 * self.config.poll_interval)
         rows = await self.app.driver.executing_ids(worker_id=self.id, older_than=lost_after)
         known = self._running.keys() | self._completer.pending
-        lost = [(i, a, lease) for i, a, lease in rows if (i, a) not in known]
+        lost = [(r.job_id, r.attempt, r.attempted_at) for r in rows if (r.job_id, r.attempt) not in known]
         if lost:
             logger.warning("handing back %d job(s) claimed by this worker but never received", len(lost))
             await self.app.driver.finish_jobs(
@@ -955,8 +957,8 @@ class Worker:
                 await anyio.sleep(delay)
                 continue
             backoff.reset()
-            for job_id, attempt in requested:
-                self._cancel_running(job_id, attempt)
+            for request in requested:
+                self._cancel_running(request.job_id, request.attempt)
 
     async def _listen(self) -> None:
         listener = self.app.driver.listener()

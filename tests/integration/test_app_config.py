@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from nursery_worker import App, ConfigurationError, DatabaseError, JobState, redact_dsn
-from nursery_worker._driver._postgres import MIGRATIONS
+from nursery_worker._driver.postgres import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
