@@ -7,8 +7,8 @@ one by the DSN's scheme and imports only that one. What both share is in ``_comm
 record a method takes or returns is in ``_models.py``. ``tests/conformance/`` runs one suite against
 both: it is the definition of "the same semantics".
 
-Layering: this package imports ``_models``, ``_errors``, ``_state``, ``_json`` and ``_dsn`` (pure
-leaf modules) and nothing above them.
+Layering: this package imports only ``_models``, ``_errors``, ``_state`` and ``_dsn`` (pure leaf
+modules), never a feature module; ``tests/test_driver_layering.py`` checks it.
 """
 
 from __future__ import annotations
