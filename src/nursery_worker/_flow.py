@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._errors import ConfigurationError
+from ._json import check_storable
 
 if TYPE_CHECKING:
     from ._models import Job, JobSpec
@@ -137,7 +138,7 @@ def resolve_limit_key(option: LimitBy, args: Mapping[str, Any], *, where: str) -
     text = key if isinstance(key, str) else _key_text(key, where=where)
     if len(text) > _LIMIT_KEY_MAX:
         raise ConfigurationError(f"{where}: the limit key {text[:40]!r}... is over {_LIMIT_KEY_MAX} characters")
-    return text
+    return check_storable(text, what="the limit key", where=where)
 
 
 def _key_text(key: object, *, where: str) -> str:
