@@ -556,7 +556,7 @@ def _conninfo(dsn: str, connect_timeout: float) -> str:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        problem = _one_line(str(exc))
+        problem = _hide_dsn_fragments(_one_line(str(exc)), dsn)
     if problem is not None:
         # Raised outside the except block: psycopg's message may quote the DSN, password and all,
         # and must not ride along as __context__.
@@ -590,6 +590,23 @@ def _transient(exc: BaseException) -> bool:
         return not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError))
     # A missing privilege may be granted while the worker retries.
     return sqlstate[:2] not in _REFUSED_CLASSES or sqlstate == "42501"
+
+
+#: libpq's connection options: a name libpq quotes in a message is never a secret.
+_OPTION_NAMES = frozenset(o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults())
+
+
+def _hide_dsn_fragments(message: str, dsn: str) -> str:
+    """libpq quotes the piece of a DSN it could not read (``missing "=" after "..."``, ``invalid
+    percent-encoded token: "..."``), which may be a piece of the password: hide each quoted piece
+    of *dsn* that its redaction hides, keep the others (a host, an option's name)."""
+    redacted = redact(dsn)
+    parts = message.split('"')
+    for n in range(1, len(parts), 2):
+        piece = parts[n]
+        if piece and piece not in _OPTION_NAMES and piece in dsn and piece not in redacted:
+            parts[n] = "***"
+    return '"'.join(parts)
 
 
 def _one_line(message: str) -> str:
@@ -784,7 +801,7 @@ class PostgresDriver:
         try:
             return psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
-            problem = _one_line(str(exc))
+            problem = _hide_dsn_fragments(_one_line(str(exc)), self._conninfo)
         raise DatabaseError(f"cannot connect to {self._dsn_redacted}: {problem}")
 
     def _get_pool(self) -> psycopg_pool.ConnectionPool:
