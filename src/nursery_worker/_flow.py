@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from ._errors import ConfigurationError
+from ._json import check_storable
 from ._models import BreakerInfo as BreakerInfo
 from ._models import Job, JobSpec, TaskLimits
 from ._models import RateLimit as RateLimit
@@ -126,7 +127,7 @@ def resolve_limit_key(option: LimitBy, args: Mapping[str, Any], *, where: str) -
     text = key if isinstance(key, str) else _key_text(key, where=where)
     if len(text) > _LIMIT_KEY_MAX:
         raise ConfigurationError(f"{where}: the limit key {text[:40]!r}... is over {_LIMIT_KEY_MAX} characters")
-    return text
+    return check_storable(text, what="the limit key", where=where)
 
 
 def _key_text(key: object, *, where: str) -> str:

@@ -7,7 +7,7 @@ builtin scalar): the drivers import this module, never a feature module.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -145,6 +145,11 @@ class Completion:
     ``attempted_at`` is the claim's lease: the fetch stamps it with ``clock_timestamp()``, which
     differs for every claim of a row, so (id, attempt, worker, attempted_at) names one claim even
     when an attempt was given back and the same worker claims the job again.
+
+    ``max_attempts`` and ``backoff`` are the job's retry budget and policy: when the database
+    refuses to store this outcome (a result over its size limit), the completer records the
+    attempt as failed instead, decided by them like any failure. Without them (a hand-back), such
+    a failure is retried once more without waiting.
     """
 
     job_id: int
@@ -152,6 +157,8 @@ class Completion:
     attempted_at: dt.datetime | None
     transition: Transition
     result_json: str | None = None
+    max_attempts: int | None = None
+    backoff: Callable[[int], float] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -45,7 +45,7 @@ logger = logging.getLogger("nursery_worker.periodic")
 #: How late a tick may still be enqueued, by default (seconds): a worker restart or a short
 #: database outage does not lose a tick, a worker started hours later does not run a stale one.
 DEFAULT_CATCH_UP = 600.0
-_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
+_NAME = re.compile(r"[^\s\x00-\x1f\x7f\ud800-\udfff]{1,255}")
 _TICK_PLACEHOLDER = "1970-01-01T00:00:00+00:00"
 
 

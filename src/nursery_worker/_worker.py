@@ -852,6 +852,8 @@ class Worker:
                 attempted_at=job.attempted_at,
                 transition=transition,
                 result_json=result,
+                max_attempts=job.max_attempts,
+                backoff=backoff,
             )
         )
         if self._on_outcome is not None:

@@ -389,6 +389,42 @@ def test_redact_dsn_hides_a_dsn_embedded_in_a_message() -> None:
 
 
 @pytest.mark.parametrize(
+    ("dsn", "redacted", "secret"),
+    [
+        ("postgresql://app:S3c?ret@host/db", "postgresql://app:***@host/db", "S3c?ret"),
+        ("postgresql://app:S3c#ret@host/db", "postgresql://app:***@host/db", "S3c#ret"),
+        ("postgresql://app:S3c%40ret@host/db", "postgresql://app:***@host/db", "S3c%40ret"),
+        ("postgresql://app:S3c%2Fret@host:5432/db", "postgresql://app:***@host:5432/db", "S3c%2Fret"),
+        (
+            "postgresql://app:S3c:r?e#t@h1,h2:5433/db?sslmode=require",
+            "postgresql://app:***@h1,h2:5433/db?sslmode=require",
+            "r?e#t",
+        ),
+        (
+            "postgresql://app@host/db?sslpassword=k%20ey&password=S3c%3Fret",
+            "postgresql://app@host/db?sslpassword=***&password=***",
+            "S3c",
+        ),
+        (
+            r"host=db sslpassword='k ey \' x' password='S3c \'ret' dbname=prod",
+            "host=db sslpassword=*** password=*** dbname=prod",
+            "S3c",
+        ),
+        (r"host=db password = S3c\ ret dbname=prod", "host=db password = *** dbname=prod", "S3c"),
+        # What libpq cannot read (a raw '/' in the password) is hidden whole after the scheme.
+        ("postgresql://app:S3c/ret@host/db", "postgresql://***", "S3c"),
+        # ... and a key/value DSN libpq cannot read from its password on (inside a message: what libpq reads).
+        ("host=db password=S3c ret dbname=prod", "host=db password=***", "S3c"),
+    ],
+)
+def test_redact_dsn_parses_the_password_as_libpq_does(dsn: str, redacted: str, secret: str) -> None:
+    """redact_dsn hides a password with '?', '#', '@', '/' or ':' in it, percent-encoded ones, and quoted
+    password= and sslpassword= values with spaces and escaped quotes, as libpq reads them."""
+    assert redact_dsn(dsn) == redacted
+    assert secret not in redact_dsn(f"cannot connect to {dsn}")
+
+
+@pytest.mark.parametrize(
     "plain", ["postgresql://app@db:5432/prod", "host=db user=app dbname=prod", "postgresql:///prod?host=/tmp"]
 )
 def test_redact_dsn_leaves_a_dsn_without_password_unchanged(plain: str) -> None:

@@ -40,7 +40,7 @@ def _conninfo(dsn: str, connect_timeout: float) -> str:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        problem = _one_line(str(exc))
+        problem = _hide_dsn_fragments(_one_line(str(exc)), dsn)
     if problem is not None:
         # Raised outside the except block: psycopg's message may quote the DSN, password and all,
         # and must not ride along as __context__.
@@ -57,6 +57,40 @@ def _conninfo(dsn: str, connect_timeout: float) -> str:
         "keepalives_count": "3",
     }
     return make_conninfo(dsn, **{k: v for k, v in defaults.items() if k not in params})
+
+
+#: SQLSTATE classes of a statement refused for what it holds: trying it again cannot succeed.
+#: Cardinality (21), data (22: a bad value, a timestamp out of range), integrity (23), a trigger's
+#: refusal (27, P0), routines (2F, 38, 39), syntax and access (42), check options (44), and
+#: program limits (54: a string over jsonb's 256 MB). psycopg files class 54 under
+#: OperationalError, next to a dropped connection: its class is what tells them apart.
+_REFUSED_CLASSES = frozenset({"21", "22", "23", "27", "2F", "38", "39", "42", "44", "54", "P0"})
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether the same statement may succeed later (a connection, an outage, a lock, a shutdown)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if not sqlstate:  # raised by psycopg itself: a lost connection, or a parameter it cannot send
+        return not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError))
+    # A missing privilege may be granted while the worker retries.
+    return sqlstate[:2] not in _REFUSED_CLASSES or sqlstate == "42501"
+
+
+#: libpq's connection options: a name libpq quotes in a message is never a secret.
+_OPTION_NAMES = frozenset(o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults())
+
+
+def _hide_dsn_fragments(message: str, dsn: str) -> str:
+    """libpq quotes the piece of a DSN it could not read (``missing "=" after "..."``, ``invalid
+    percent-encoded token: "..."``), which may be a piece of the password: hide each quoted piece
+    of *dsn* that its redaction hides, keep the others (a host, an option's name)."""
+    redacted = redact(dsn)
+    parts = message.split('"')
+    for n in range(1, len(parts), 2):
+        piece = parts[n]
+        if piece and piece not in _OPTION_NAMES and piece in dsn and piece not in redacted:
+            parts[n] = "***"
+    return '"'.join(parts)
 
 
 def _one_line(message: str) -> str:
@@ -124,17 +158,14 @@ class PostgresConnections:
         if isinstance(exc, psycopg_pool.PoolTimeout):
             return DatabaseError(f"no database connection to {self._dsn_redacted} became free in time: {message}")
         error = DatabaseError(f"database error on {self._dsn_redacted}: {message}")
-        if isinstance(
-            exc, (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgrammingError)
-        ) and not isinstance(exc, psycopg.errors.InsufficientPrivilege):
-            error.transient = False
+        error.transient = _transient(exc)
         return error
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             return psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
-            problem = _one_line(str(exc))
+            problem = _hide_dsn_fragments(_one_line(str(exc)), self._conninfo)
         raise DatabaseError(f"cannot connect to {self._dsn_redacted}: {problem}")
 
     def _get_pool(self) -> psycopg_pool.ConnectionPool:
@@ -209,12 +240,13 @@ class PostgresConnections:
                 await _drive(cur._execute_gen(query, params), conn.pgconn.socket)
             result = cur.pgresult
             rows = cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
-        except psycopg.OperationalError as exc:
-            error = self._translate(exc)
-            lost = True
         except psycopg.Error as exc:
             error = self._translate(exc)
-            error.__cause__ = exc
+            # A refused statement (a program limit is an OperationalError too) leaves the
+            # connection fine; only a broken one means the others may be dead as well.
+            lost = conn.broken
+            if not lost:
+                error.__cause__ = exc
         finally:
             if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
                 # Only an exception out of the shielded wait (KeyboardInterrupt) leaves a statement
