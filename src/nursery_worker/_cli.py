@@ -28,8 +28,9 @@ from ._dsn import redact
 from ._errors import NurseryWorkerError
 from ._logging import LOG_FORMATS, setup_logging
 from ._models import JobSpec
+from ._signals import relay_signals, unwrap_group
 from ._state import JobState
-from ._worker import Worker, open_worker, relay_signals, unwrap_group
+from ._worker import Worker, open_worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")

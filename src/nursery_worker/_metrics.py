@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -33,8 +33,39 @@ from ._models import Job, QueueDepth, RescueResult
 from ._state import Cancelled, Failed, Outcome, Released, Snoozed, Succeeded, Transition, WorkerState
 
 if TYPE_CHECKING:
-    from ._supervisor import Supervisor
-    from ._worker import Worker
+    from ._app import App
+    from ._config import WorkerConfig
+
+
+class Worker(Protocol):
+    """What the metrics read of a worker (``_worker.Worker``; kept a protocol so that the worker's
+    modules and this one do not import each other)."""
+
+    @property
+    def app(self) -> App: ...
+
+    @property
+    def config(self) -> WorkerConfig: ...
+
+    @property
+    def state(self) -> WorkerState: ...
+
+    @property
+    def listener_connected(self) -> bool: ...
+
+    @property
+    def running_jobs(self) -> tuple[Job, ...]: ...
+
+    metrics: WorkerMetrics | None
+
+
+class Supervisor(Protocol):
+    """What the supervisor's endpoint reads of ``_supervisor.Supervisor``."""
+
+    def metrics_ports(self) -> list[tuple[int, int]]: ...
+
+    def not_ready(self) -> list[str]: ...
+
 
 logger = logging.getLogger("nursery_worker.metrics")
 

@@ -203,7 +203,7 @@ async def drain(
             promote_interval=0.05,
             retention=None,
         ) as worker:
-            worker._on_outcome = on_outcome
+            worker._executor.on_outcome = on_outcome
             await worker.wait_stopped()
     if limit.cancelled_caught:
         raise TimeoutError(

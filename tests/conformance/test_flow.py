@@ -25,7 +25,7 @@ from nursery_worker import (
     JobStateError,
     open_worker,
 )
-from nursery_worker._periodic import Scheduler, SchedulerResult
+from nursery_worker._maintenance import Scheduler, SchedulerResult
 
 from ..integration.helpers import fast, wait_for_state, wait_until
 from .conftest import raw_execute

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from nursery_worker import App
-from nursery_worker._periodic import Scheduler
+from nursery_worker._maintenance import Scheduler
 
 CONSOLE_SCRIPT = str(Path(sys.executable).with_name("nursery-worker"))
 Conn = psycopg.Connection[Any]
