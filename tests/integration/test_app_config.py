@@ -281,6 +281,68 @@ async def test_an_app_reconnects_after_aclose(app: App, db: Conn) -> None:
     assert job_count(db) == 2
 
 
+# --- configure_database --------------------------------------------------------------------
+
+
+async def test_configure_database_points_an_unused_app_at_the_dsn_and_schema_given(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, schema: str, db: Conn
+) -> None:
+    """configure_database(dsn=, schema=) on an app not used yet makes its jobs land in that database and schema."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    app = App(schema="elsewhere")
+
+    @app.task
+    async def send(to: str) -> None: ...
+
+    app.configure_database(dsn=dsn, schema=schema)
+    async with app:
+        assert app.schema == schema
+        await app.migrate()
+        await send.defer(to="x")
+
+    assert job_count(db) == 1
+
+
+def test_configure_database_keeps_what_it_is_not_given(dsn: str) -> None:
+    """configure_database(schema=...) keeps the DSN and every other option; (dsn=...) keeps the schema."""
+    app = App(dsn="sqlite:///elsewhere.sqlite3", schema="kept", pool_max_size=3)
+
+    app.configure_database(dsn=dsn)
+    assert (app.schema, app.pool_max_size) == ("kept", 3)
+    app.configure_database(schema="other")
+    assert (app.schema, app.pool_max_size) == ("other", 3)
+    assert app.driver.schema == "other"
+    assert "elsewhere" not in repr(app)
+
+
+async def test_configure_database_refuses_an_app_in_use_until_it_is_closed(app: App, schema: str) -> None:
+    """configure_database on an app whose engine is open raises ConfigurationError; after aclose() it works."""
+    with pytest.raises(ConfigurationError, match="in use"):
+        app.configure_database(schema="other_schema")
+    assert app.schema == schema
+
+    await app.aclose()
+    app.configure_database(schema="other_schema")
+
+    assert app.schema == "other_schema"
+
+
+@pytest.mark.parametrize(("option", "value"), [("dsn", ""), ("dsn", "mysql://x@h/db"), ("schema", "Has-Caps")])
+def test_configure_database_rejects_a_bad_dsn_or_schema_and_leaves_the_app_unchanged(
+    dsn: str, option: str, value: str
+) -> None:
+    """An invalid DSN or schema raises ConfigurationError naming it, and the app keeps its database."""
+    app = App(dsn=dsn, schema="kept")
+    before = app.driver
+    app.close()
+
+    with pytest.raises(ConfigurationError):
+        app.configure_database(**{option: value})
+
+    assert app.schema == "kept"
+    assert app.driver is before
+
+
 # --- redact_dsn -----------------------------------------------------------------------------
 
 

@@ -66,7 +66,7 @@ def _app(tmp_path: Path, schema: str, dsn: str) -> App:
     namespace: dict[str, Any] = {}
     exec(APP_MODULE.format(schema=schema), namespace)
     app: App = namespace["app"]
-    app._use_dsn(dsn)
+    app.configure_database(dsn=dsn)
     app.migrate_sync()
     return app
 
