@@ -87,7 +87,8 @@ class CliContext:
         if self.schema is not None and self.schema != app.schema:
             raise click.UsageError(f"--schema {self.schema!r} differs from the app's schema {app.schema!r}")
         if self.dsn is not None:
-            app._use_dsn(self.dsn)
+            app.close()  # an engine the module opened at import is replaced, not refused
+            app.configure_database(dsn=self.dsn)
         return app
 
     def run(self, body: Callable[[App], Awaitable[T]]) -> T:
