@@ -271,12 +271,6 @@ class App:
         if previous is not None:
             previous.close_sync()  # never used since its last close: nothing to wait for
 
-    def _use_dsn(self, dsn: str) -> None:
-        # Transitional, for _cli.py and _child.py until they call configure_database (issue 16):
-        # as before, an engine the loaded app opened is closed and replaced.
-        self.close()
-        self.configure_database(dsn=dsn)
-
     async def migrate(self) -> list[int]:
         """Create or upgrade the tables in the app's schema; safe to run concurrently and repeatedly.
 

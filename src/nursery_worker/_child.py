@@ -228,7 +228,8 @@ def main() -> None:
     try:
         app = import_app(options.app)
         if options.dsn is not None:
-            app._use_dsn(options.dsn)
+            app.close()  # this process owns the app: release what its module may have opened at import
+            app.configure_database(dsn=options.dsn)
     except BaseException as exc:
         reporter.fatal(exc)
         sys.exit(EXIT_STARTUP_FAILED)

@@ -703,15 +703,7 @@ def app_path_of(app: App | str) -> str:
             in any importable module (it lives in a script run by path).
     """
     if isinstance(app, str):
-        try:
-            import_app(app)
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            module_name = app.partition(":")[0]
-            raise ConfigurationError(
-                f"app path {app!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-            ) from None
+        import_app(app, wrap_import_errors=True)
         return app
     if not isinstance(app, App):
         raise ConfigurationError(
