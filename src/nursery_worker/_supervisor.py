@@ -154,6 +154,15 @@ class _Child:
         self.terms_sent += 1
         self.send(signal.SIGTERM)
 
+    def stop_gracefully(self) -> None:
+        """SIGTERM, once: the child reads a second SIGTERM as its hard stop (issue 17).
+
+        A retiring child of a rolling restart already had its SIGTERM; the supervisor's own
+        graceful stop must not turn that into a hard stop, which would cut its grace period short.
+        """
+        if self.terms_sent == 0:
+            self.terminate()
+
     def stop_now(self) -> None:
         """The child's hard stop: its own signal, since two SIGTERMs close together arrive as one."""
         self.terms_sent += 1
@@ -264,7 +273,10 @@ class Supervisor:
         """Stop every child; returns at once (``run_supervisor`` returns once they have exited).
 
         Graceful (default): SIGTERM to each child, which drains like a single worker; any child
-        still alive ``shutdown_timeout + kill_margin`` seconds later is SIGKILLed. Hard (or a
+        still alive ``shutdown_timeout + kill_margin`` seconds later is SIGKILLed. A child that a
+        rolling restart is already retiring got its SIGTERM then and is not sent another (a
+        second SIGTERM is a child's hard stop): it keeps draining within the deadline that began
+        at its retirement. Hard (or a
         second call): SIGUSR1, which makes each child cancel its jobs and hand them back now;
         SIGKILL after ``kill_margin``.
 
@@ -275,7 +287,7 @@ class Supervisor:
             self._stopping = True
             self._started.set()
             for child in list(self._live):
-                child.terminate()
+                child.stop_gracefully()
             if not self._live:
                 self._notify(None)
             self._set_kill_deadline(self.config.worker.shutdown_timeout + self.config.kill_margin)
@@ -423,7 +435,7 @@ class Supervisor:
                 os.close(write_fd)
             logger.info("%s started", child.name())
             if self._stopping:
-                child.terminate()
+                child.stop_gracefully()
                 if self._hard:
                     child.stop_now()
             await self._watch(child, read_fd)
@@ -547,7 +559,9 @@ class Supervisor:
                 if old is not None and old.alive:
                     old.retiring = True
                     logger.info("%s replaced by pid %s: stopping it", old.name(), new.pid)
-                    old.terminate()
+                    # Its grace period counts from this SIGTERM, even if the supervisor is told to
+                    # stop meanwhile (which already sent it one): a graceful stop never shortens it.
+                    old.stop_gracefully()
                     with anyio.move_on_after(self.config.worker.shutdown_timeout + self.config.kill_margin):
                         await old.exited.wait()
                     if old.alive:

@@ -8,6 +8,7 @@ supervisor or kill its children, and check what happened. Every wait is a bounde
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,18 @@ async def stuck_once(n: int) -> None:
     if not marker.exists():
         marker.touch()
         await anyio.sleep(3600)
+
+
+@app.task(name="gated")
+async def gated(n: int) -> None:
+    # Marks its start, then runs until the test creates its release file; marks a cancellation.
+    (HERE / f"gated-started-{{n}}").touch()
+    try:
+        while not (HERE / f"gated-release-{{n}}").exists():
+            await anyio.sleep(0.05)
+    except anyio.get_cancelled_exc_class():
+        (HERE / f"gated-cancelled-{{n}}").touch()
+        raise
 
 
 @app.task(name="hang_once")
@@ -349,6 +362,51 @@ def test_sighup_replaces_every_child_without_losing_or_duplicating_a_completion(
     assert {attempt for _, attempt in states(db)} == {1}
     sup.signal(signal.SIGTERM)
     assert_clean_exit(sup, sup.wait())
+
+
+def _retire_during_a_job(
+    start: Callable[..., SupervisorProcess], app: App, db: Conn, tmp_path: Path, backend: str
+) -> SupervisorProcess:
+    """A child running a gated job; SIGHUP, then SIGTERM once that child is retired and its
+    replacement runs; returns once the replacement has stopped (the job still runs in the old one)."""
+    sup = start("--app", "myjobs:app", "--processes", "2", "--backend", backend, "--shutdown-timeout", "60", *FAST)
+    poll("two running children", lambda: running_children(db, 2), sup)
+    defer(app, "gated", 1)
+    ((_, worker_id),) = poll("the job executing", lambda: executing(db, 1), sup)
+    ((pid,),) = db.execute("SELECT pid FROM workers WHERE id = %s", [worker_id]).fetchall()
+    poll("the job started", lambda: (tmp_path / "gated-started-0").exists(), sup)
+    sup.signal(signal.SIGHUP)
+    pattern = re.compile(rf"\(pid {pid}\) replaced by pid (\d+): stopping it")
+    retired = poll("its child retired", lambda: pattern.search(sup.stderr), sup)
+    assert retired is not None
+    sup.signal(signal.SIGTERM)
+    poll("the replacement stopped", lambda: f"(pid {retired.group(1)}) stopped" in sup.stderr, sup)
+    return sup
+
+
+@BACKENDS
+def test_a_sigterm_during_a_rolling_restart_lets_the_retiring_child_finish_its_job(
+    start: Callable[..., SupervisorProcess], app: App, db: Conn, tmp_path: Path, backend: str
+) -> None:
+    """SIGTERM after SIGHUP gives the retiring child its whole grace period: its running job completes."""
+    sup = _retire_during_a_job(start, app, db, tmp_path, backend)
+    # The child being retired already had its SIGTERM; a second one would have been its hard stop.
+    (tmp_path / "gated-release-0").touch()
+    assert_clean_exit(sup, sup.wait())
+    assert states(db) == [("completed", 1)]
+    assert not (tmp_path / "gated-cancelled-0").exists()
+    assert "stopping now" not in sup.stderr
+
+
+def test_a_second_sigterm_during_a_rolling_restart_stops_the_retiring_child_at_once(
+    start: Callable[..., SupervisorProcess], app: App, db: Conn, tmp_path: Path
+) -> None:
+    """A second SIGTERM stops the retiring child of a rolling restart at once too; its job goes back to the queue."""
+    sup = _retire_during_a_job(start, app, db, tmp_path, "asyncio")
+    sup.signal(signal.SIGTERM)
+    assert_clean_exit(sup, sup.wait())
+    assert states(db) == [("available", 0)]
+    assert (tmp_path / "gated-cancelled-0").exists()
 
 
 def test_a_crash_looping_child_stops_the_supervisor_with_a_clear_reason(
