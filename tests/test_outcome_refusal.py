@@ -17,6 +17,7 @@ from nursery_worker import ConstantBackoff
 from nursery_worker._completer import Completer, refused_transition
 from nursery_worker._driver import Driver
 from nursery_worker._driver.postgres._connection import _transient
+from nursery_worker._errors import DatabaseError
 from nursery_worker._json import DEFAULT_MAX_RESULT_BYTES, POSTGRES_JSONB_MAX_BYTES, check_result_size
 from nursery_worker._models import Completion
 from nursery_worker._state import JobState, Transition
@@ -96,9 +97,9 @@ class _RecordingDriver:
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
 
-    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
+    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> list[int]:
         self.batches.append([c.job_id for c in completions])
-        return len(completions)
+        return list(range(len(completions)))
 
 
 @pytest.mark.anyio
@@ -113,6 +114,47 @@ async def test_a_batch_holds_at_most_its_result_budget_and_a_larger_result_goes_
         await tg.start(completer.serve)
         completer.close()
     assert driver.batches == [[0, 1, 2], [3], [4, 5], [6]]
+    assert not completer.pending
+
+
+class _ScriptedDriver:
+    """A driver whose finish_jobs answers each call from a script: the positions applied, or an error."""
+
+    def __init__(self, script: list[list[int] | Exception]) -> None:
+        self.script = script
+        self.batches: list[list[int]] = []
+
+    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> list[int]:
+        self.batches.append([c.job_id for c in completions])
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def _refused() -> DatabaseError:
+    error = DatabaseError("refused")
+    error.transient = False
+    return error
+
+
+@pytest.mark.anyio
+async def test_each_completion_is_reported_once_as_applied_or_ignored_even_across_a_split_and_a_retry() -> None:
+    """Each part of a split batch reports what it applied or ignored; a transient error retries only the rest."""
+    driver = _ScriptedDriver([_refused(), [0], DatabaseError("connection lost"), [0, 1]])
+    reported: list[tuple[int, bool]] = []
+    completer = Completer(
+        cast(Driver, driver),
+        "w",
+        on_written=lambda written: reported.extend((c.job_id, t is not None) for c, t in written),
+    )
+    for i in range(4):
+        completer.submit(attrs.evolve(_completion(None), job_id=i))
+    async with anyio.create_task_group() as tg:
+        await tg.start(completer.serve)
+        completer.close()
+    assert driver.batches == [[0, 1, 2, 3], [0, 1], [2, 3], [2, 3]]
+    assert sorted(reported) == [(0, True), (1, False), (2, True), (3, True)]
     assert not completer.pending
 
 

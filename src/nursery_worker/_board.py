@@ -2,8 +2,8 @@
 
 The task tree (``_worker``) makes one :class:`JobBoard` and hands it to the fetcher, the executor
 and the listener; none of them knows the others. The executor adds and removes running jobs and
-counts outcomes, the fetcher reads how many run, and anything that learns of new work (a
-notification, a written outcome, a stop) sets ``more`` or calls :meth:`JobBoard.wake`.
+counts outcomes once they are written, the fetcher reads how many run, and anything that learns of
+new work (a notification, a written outcome, a stop) sets ``more`` or calls :meth:`JobBoard.wake`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,23 @@ import anyio
 import attrs
 
 from ._models import Job, WorkerLoad
+from ._state import Cancelled, Outcome, Released, Snoozed, Succeeded, Transition
 
 if TYPE_CHECKING:
     from ._task import Task
 
 #: The outcome counters of :class:`~nursery_worker.WorkerStats`, in its order.
-COUNTERS = ("processed", "completed", "failed", "retried", "discarded", "snoozed", "cancelled", "released")
+COUNTERS = (
+    "processed",
+    "completed",
+    "failed",
+    "retried",
+    "discarded",
+    "snoozed",
+    "cancelled",
+    "released",
+    "ignored",
+)
 
 
 class Scope(Protocol):
@@ -74,6 +85,26 @@ class JobBoard:
         with anyio.move_on_after(seconds):
             await self._wakeup.wait()
         self._wakeup = anyio.Event()
+
+    def count(self, outcome: Outcome, written: Transition | None) -> None:
+        """Count an attempt's *outcome* once its write is known: *written* is the transition the
+        database applied, or None when it ignored a late write (then only ``ignored`` moves)."""
+        c = self.counts
+        if written is None:
+            c["ignored"] += 1
+        elif isinstance(outcome, Released):
+            c["released"] += 1
+        else:
+            c["processed"] += 1
+            if isinstance(outcome, Succeeded):
+                c["completed"] += 1
+            elif isinstance(outcome, Snoozed):
+                c["snoozed"] += 1
+            elif isinstance(outcome, Cancelled):
+                c["cancelled"] += 1
+            else:
+                c["failed"] += 1
+                c["retried" if written.state == "retryable" else "discarded"] += 1
 
     def load(self, state: str) -> WorkerLoad:
         """What the heartbeat records: *state* and the counters."""

@@ -107,6 +107,7 @@ class Reporter:
                 "processed": s.processed,
                 "completed": s.completed,
                 "failed": s.failed,
+                "ignored": s.ignored,
                 "running": s.running,
                 "last_heartbeat": s.last_heartbeat.isoformat() if s.last_heartbeat else None,
                 "breakers_open": sorted(worker.breakers_open),

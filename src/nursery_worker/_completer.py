@@ -5,6 +5,10 @@ being cancelled can still record that it was released. The completer is the last
 to stop; its final writes run shielded under their own deadline, so even a worker cancelled from
 outside writes its jobs back.
 
+The write tells which completions took effect: a late one (its attempt was rescued, handed back or
+finished meanwhile) changes nothing, and the worker counts it as ignored rather than by its outcome
+(``on_written``).
+
 A batch the database refuses for what it holds (not for the connection) is split until the
 completion(s) at fault are found; every other outcome is written, and each faulty attempt is
 recorded as failed instead (:func:`refused_transition`), with an error that says what was refused
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 import attrs
@@ -35,6 +39,11 @@ logger = logging.getLogger("nursery_worker.completer")
 
 #: A refused outcome whose result is at least this large is taken to be refused for its size.
 _LARGE_RESULT = 1024 * 1024
+
+#: A completion as written: with the transition the database applied to its job (its own, or the
+#: failure recorded instead of an outcome the database refused), or None when its guard did not
+#: hold and nothing changed (the attempt was no longer this worker's).
+Written = tuple[Completion, Transition | None]
 
 
 def _no_wait(attempt: int) -> float:
@@ -88,8 +97,10 @@ class Completer:
     #: The most result characters one batch holds; a single larger result is written alone.
     batch_max_result_chars: int = 32 * 1024 * 1024
     final_timeout: float = 10.0
-    #: Called after each successful write (the worker wakes its fetch loop: capacity is free).
-    on_written: Callable[[], None] | None = None
+    #: Called after each successful write with what it did to each completion (the worker counts
+    #: the outcomes that took effect and wakes its fetch loop: capacity is free). A completion that
+    #: could not be written at all is not reported.
+    on_written: Callable[[Sequence[Written]], None] | None = None
     #: (job id, attempt) of completions submitted but not yet written.
     pending: set[tuple[int, int]] = attrs.field(factory=set)
     _send: MemoryObjectSendStream[Completion] = attrs.field(init=False)
@@ -115,19 +126,30 @@ class Completer:
             self._closing_deadline = anyio.current_time() + self.final_timeout
         self._send.close()
 
+    async def _finish(self, batch: Sequence[Completion]) -> None:
+        """Write *batch* in one statement and report it (the refused path reports its own)."""
+        applied = set(
+            await self.driver.finish_jobs(worker_id=self.worker_id, completions=batch, error_cap=self.error_cap)
+        )
+        self._report([(c, c.transition if i in applied else None) for i, c in enumerate(batch)])
+
+    def _report(self, written: Sequence[Written]) -> None:
+        for c, _ in written:
+            self.pending.discard((c.job_id, c.attempt))
+        if self.on_written is not None:
+            self.on_written(written)
+
     async def _write(self, batch: list[Completion]) -> None:
         try:
-            await self.driver.finish_jobs(worker_id=self.worker_id, completions=batch, error_cap=self.error_cap)
+            await self._finish(batch)
         except DatabaseError as exc:
             if exc.transient:
                 raise
             # The statement itself was refused: retrying the batch would fail forever and take
             # every later outcome with it. Split it to find the completion(s) at fault.
             await self._isolate(batch, exc)
-        for c in batch:
+        for c in batch:  # not reported: could not be written, nor recorded as failed
             self.pending.discard((c.job_id, c.attempt))
-        if self.on_written is not None:
-            self.on_written()
 
     async def _isolate(self, batch: list[Completion], exc: DatabaseError) -> None:
         if len(batch) == 1:
@@ -136,7 +158,7 @@ class Completer:
         half = len(batch) // 2
         for part in (batch[:half], batch[half:]):
             try:
-                await self.driver.finish_jobs(worker_id=self.worker_id, completions=part, error_cap=self.error_cap)
+                await self._finish(part)
             except DatabaseError as inner:
                 if inner.transient:
                     raise
@@ -147,7 +169,9 @@ class Completer:
         transition = refused_transition(c, str(exc))
         failed = attrs.evolve(c, transition=transition, result_json=None)
         try:
-            await self.driver.finish_jobs(worker_id=self.worker_id, completions=[failed], error_cap=self.error_cap)
+            applied = await self.driver.finish_jobs(
+                worker_id=self.worker_id, completions=[failed], error_cap=self.error_cap
+            )
         except DatabaseError as inner:
             if inner.transient:
                 raise
@@ -155,7 +179,7 @@ class Completer:
             # end the job rather than hand it back to run, and be refused, again.
             last = Transition(state=JobState.DISCARDED, error=ErrorInfo(type="OutcomeRefused", message=str(inner)))
             try:
-                await self.driver.finish_jobs(
+                applied = await self.driver.finish_jobs(
                     worker_id=self.worker_id,
                     completions=[attrs.evolve(failed, transition=last)],
                     error_cap=self.error_cap,
@@ -174,6 +198,9 @@ class Completer:
                 )
                 return
             transition = last
+        self._report([(c, transition if applied else None)])
+        if not applied:
+            return  # late: the attempt was no longer this worker's, so there was nothing to record
         logger.error(
             "job %d attempt %d: the database refused its outcome (%s); recorded the attempt as failed -> %s: %s",
             c.job_id,
@@ -219,6 +246,9 @@ class Completer:
             try:
                 await self._write(batch)
             except RETRYABLE_ERRORS as exc:
+                # A split batch may have written (and reported) some parts before the error: retry
+                # only the rest, or those would be counted again, as ignored.
+                batch[:] = [c for c in batch if (c.job_id, c.attempt) in self.pending]
                 if self._closing_deadline is not None and anyio.current_time() >= self._closing_deadline:
                     logger.error(
                         "could not record the outcome of %d job(s) before the shutdown deadline (%s); they stay "

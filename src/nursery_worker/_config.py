@@ -336,6 +336,10 @@ def document_options(doc: str | None, *, supervised: bool = False) -> str:
 class WorkerStats:
     """Counters of one worker since it started.
 
+    An attempt is counted once its outcome is written, by what was written: a late outcome that the
+    database ignored (the job was rescued from this worker, or handed back, meanwhile) counts only
+    as ``ignored``.
+
     Attributes:
         processed: attempts that ran to an outcome (completed, failed, snoozed or cancelled).
         completed: attempts that succeeded.
@@ -345,6 +349,9 @@ class WorkerStats:
         snoozed: attempts that asked to run again later (``Snooze``), not using an attempt.
         cancelled: executing jobs stopped by ``app.cancel``.
         released: attempts handed back at shutdown, to run again without using an attempt.
+        ignored: late outcomes the database refused to apply because the job was no longer this
+            attempt's (rescued after this worker's heartbeat lapsed, or handed back): they changed
+            nothing, and are in no other counter.
         running: jobs executing now.
         started_at: when the worker became RUNNING (wall clock, UTC).
         last_heartbeat: when its heartbeat last reached the database.
@@ -360,6 +367,7 @@ class WorkerStats:
     snoozed: int
     cancelled: int
     released: int
+    ignored: int
     running: int
     started_at: dt.datetime | None
     last_heartbeat: dt.datetime | None

@@ -3,7 +3,8 @@
 The fetcher hands each claimed job to :meth:`Executor.start`, which runs it as a task of the jobs
 task group under the job's own cancel scope. The attempt ends in an :class:`~._state.Outcome`;
 :meth:`Executor.record` decides the state transition (pure, ``_state.decide``), hands it to the
-completer without awaiting, counts it on the :class:`~._board.JobBoard` and wakes the fetch loop.
+completer without awaiting and wakes the fetch loop; :meth:`Executor.written` counts it on the
+:class:`~._board.JobBoard` once the completer knows whether the write took effect.
 
 Only the worker cancels a job's scope: at a hard stop (``released``) or on a cancel request
 (``cancel_requested``, from the listener or the cancel watcher through :meth:`Executor.cancel`).
@@ -17,7 +18,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,7 +37,7 @@ from ._tracing import process_span, tracing_active
 
 if TYPE_CHECKING:
     from ._app import App
-    from ._completer import Completer
+    from ._completer import Completer, Written
     from ._config import WorkerConfig
     from ._metrics import WorkerMetrics
 
@@ -96,6 +97,8 @@ class Executor:
         self.thread_limiter: anyio.CapacityLimiter | None = None
         self._threads_lock = threading.Lock()
         self._threads_alive = 0
+        # What each submitted completion counts as, once the completer says it was written.
+        self._unwritten: dict[tuple[int, int, dt.datetime | None], tuple[Job, Outcome]] = {}
 
     def start(self, jobs: JobGroup, job: Job) -> None:
         """Run *job* as a task of *jobs*, under a cancel scope of its own."""
@@ -265,7 +268,7 @@ class Executor:
                 self._threads_alive -= 1
 
     def record(self, r: Running, outcome: Outcome, result: str | None = None) -> None:
-        """Decide *r*'s transition, hand it to the completer, count it, and free its slot.
+        """Decide *r*'s transition, hand it to the completer, and free its slot (counted once written).
 
         Synchronous on purpose: a job being cancelled can still record that it was released.
         """
@@ -274,6 +277,7 @@ class Executor:
         if backoff is None:
             backoff = task.backoff if task is not None else (lambda attempt: 0.0)
         transition = decide(outcome, attempt=job.attempt, max_attempts=job.max_attempts, backoff=backoff)
+        self._unwritten[job.id, job.attempt, job.attempted_at] = (job, outcome)
         self.completer.submit(
             Completion(
                 job_id=job.id,
@@ -288,22 +292,11 @@ class Executor:
         if self.on_outcome is not None:
             self.on_outcome(job, outcome, transition)
         if self.metrics is not None:
-            self.metrics.record(job, outcome, transition, time.monotonic() - r.started)
-        counts = self.board.counts
-        if isinstance(outcome, Released):
-            counts["released"] += 1
-        else:
-            counts["processed"] += 1
-            if isinstance(outcome, Succeeded):
-                counts["completed"] += 1
-            elif isinstance(outcome, Snoozed):
-                counts["snoozed"] += 1
-            elif isinstance(outcome, Cancelled):
-                counts["cancelled"] += 1
+            self.metrics.observe(job, outcome, time.monotonic() - r.started)
+        if not isinstance(outcome, (Released, Succeeded, Snoozed)):
+            if isinstance(outcome, Cancelled):
                 logger.warning("job %d (%s) attempt %d: %s", job.id, job.task, job.attempt, outcome.reason)
             else:
-                counts["failed"] += 1
-                counts["retried" if transition.state == "retryable" else "discarded"] += 1
                 level = logging.WARNING if transition.state == "retryable" else logging.ERROR
                 logger.log(
                     level,
@@ -318,6 +311,29 @@ class Executor:
                 )
         del self.board.running[job.id, job.attempt]
         self.board.wake()
+
+    def written(self, results: Sequence[Written]) -> None:
+        """Count the outcomes the completer wrote: by outcome where the write took effect, as
+        ``ignored`` where the database refused a late one (the job was no longer this attempt's)."""
+        ignored = 0
+        for c, applied in results:
+            entry = self._unwritten.pop((c.job_id, c.attempt, c.attempted_at), None)
+            if entry is None:
+                continue
+            job, outcome = entry
+            if applied is not None and applied is not c.transition:
+                # Refused and recorded as failed instead (see _completer.refused_transition).
+                outcome = Failed(error=applied.error or ErrorInfo(type="OutcomeRefused", message=""))
+            self.board.count(outcome, applied)
+            if self.metrics is not None:
+                self.metrics.count(job, outcome, applied)
+            ignored += applied is None
+        if ignored:
+            logger.warning(
+                "%d late outcome(s) ignored: their jobs were no longer this worker's attempts (rescued after a "
+                "lapsed heartbeat, or handed back)",
+                ignored,
+            )
 
     def cancel(self, job_id: int, attempt: int | None = None) -> None:
         """Cancel the scope of a running job whose cancel was requested (no-op if not ours)."""

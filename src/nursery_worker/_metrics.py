@@ -13,7 +13,8 @@ it runs on the worker's own event loop (so ``/healthz`` answering *is* the liven
 the worker's task tree, for asyncio and trio alike.
 
 Counters live on a :class:`WorkerMetrics` attached to the worker (``worker.metrics``); the worker
-calls it once per attempt from ``_record``, and it is None (nothing recorded) unless metrics are
+observes each attempt as it ends and counts its outcome once the write took effect (a late write
+the database ignored counts as ``jobs_ignored``). It is None (nothing recorded) unless metrics are
 served. Under the supervisor each child serves its metrics on an ephemeral loopback port named in its
 reports, and the supervisor's endpoint merges the children's families with a ``worker`` label.
 """
@@ -122,6 +123,10 @@ class WorkerMetrics:
         self.cancelled = counter("jobs_cancelled", "Executing jobs stopped by a cancel request.")
         self.snoozed = counter("jobs_snoozed", "Attempts that asked to run again later (Snooze).")
         self.released = counter("jobs_released", "Attempts handed back at shutdown, to run again.")
+        self.ignored = counter(
+            "jobs_ignored",
+            "Late outcomes the database ignored: the job was no longer this attempt's (rescued or handed back).",
+        )
         self.rescued = counter(
             "jobs_rescued", "Jobs taken back from dead workers by this worker's reaper, by new state.", ("state",)
         )
@@ -149,16 +154,24 @@ class WorkerMetrics:
 
     # --- what the worker reports ----------------------------------------------------------------
 
-    def record(self, job: Job, outcome: Outcome, transition: Transition, duration: float) -> None:
-        """Count one attempt's outcome; called by the worker once per attempt."""
-        key = (job.queue, job.task)
+    def observe(self, job: Job, outcome: Outcome, duration: float) -> None:
+        """Observe one attempt's duration and pickup latency; called by the worker as it ends."""
         if isinstance(outcome, Released):
-            self.released.labels(*key).inc()
             return
+        key = (job.queue, job.task)
         self.duration.labels(*key).observe(max(0.0, duration))
         if job.attempted_at is not None and job.scheduled_at is not None:
             self.pickup.labels(*key).observe(max(0.0, (job.attempted_at - job.scheduled_at).total_seconds()))
-        if isinstance(outcome, Succeeded):
+
+    def count(self, job: Job, outcome: Outcome, transition: Transition | None) -> None:
+        """Count one attempt's outcome once its write is known (*transition*: what the database
+        applied; None: it ignored a late write)."""
+        key = (job.queue, job.task)
+        if transition is None:
+            self.ignored.labels(*key).inc()
+        elif isinstance(outcome, Released):
+            self.released.labels(*key).inc()
+        elif isinstance(outcome, Succeeded):
             self.completed.labels(*key).inc()
         elif isinstance(outcome, Snoozed):
             self.snoozed.labels(*key).inc()

@@ -61,6 +61,7 @@ class ChildStatus:
         uptime: seconds since this process was spawned.
         restarts: how many times this slot's process was replaced after a crash or a hang.
         processed, failed, running: the worker's counters at its last report.
+        ignored: its late outcomes the database ignored (their jobs had been rescued from it).
         last_report: seconds since its last report (None before the first).
         worker_id: its id in the workers table (None before it reported one).
         breakers_open: tasks whose open circuit breaker held jobs back at the child's last claim.
@@ -77,6 +78,7 @@ class ChildStatus:
     last_report: float | None
     worker_id: str | None
     breakers_open: tuple[str, ...] = ()
+    ignored: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -197,6 +199,7 @@ class _Child:
             last_report=None if self.last_report_at is None else now - self.last_report_at,
             worker_id=r.get("worker_id"),
             breakers_open=tuple(r.get("breakers_open") or ()),
+            ignored=int(r.get("ignored") or 0),
         )
 
 
@@ -610,7 +613,7 @@ class Supervisor:
             await anyio.sleep(self.config.status_interval)
             for s in self.children():
                 logger.info(
-                    "child %d pid=%s state=%s uptime=%s restarts=%d processed=%d failed=%d running=%d%s",
+                    "child %d pid=%s state=%s uptime=%s restarts=%d processed=%d failed=%d running=%d%s%s",
                     s.index,
                     s.pid,
                     s.state,
@@ -619,6 +622,7 @@ class Supervisor:
                     s.processed,
                     s.failed,
                     s.running,
+                    f" ignored={s.ignored}" if s.ignored else "",
                     f" breakers_open={','.join(s.breakers_open)}" if s.breakers_open else "",
                 )
 

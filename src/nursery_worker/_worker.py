@@ -45,7 +45,7 @@ import attrs
 
 from ._backoff import ServiceBackoff
 from ._board import JobBoard, JobGroup
-from ._completer import Completer
+from ._completer import Completer, Written
 from ._config import WorkerConfig, WorkerOptions, WorkerStats, document_options
 from ._errors import RETRYABLE_ERRORS
 from ._executor import Executor
@@ -276,7 +276,8 @@ class Worker:
             logger.debug("worker %s: %s -> %s", self.id, self.state.value, state.value)
             self.state = state
 
-    def _on_written(self) -> None:
+    def _on_written(self, written: Sequence[Written]) -> None:
+        self._executor.written(written)
         # Capacity is free now. In once-mode a write may also be the retry that is due next, so
         # look again rather than wait for the poll.
         if self.config.once:

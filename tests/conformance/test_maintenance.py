@@ -40,7 +40,7 @@ async def _claim(app: App, worker_id: str, attempt: int = 1) -> tuple[int, dt.da
 
 async def _finish(app: App, worker_id: str, job_id: int, attempt: int, lease: dt.datetime | None, t: Transition) -> int:
     completion = Completion(job_id=job_id, attempt=attempt, attempted_at=lease, transition=t)
-    return await app.driver.finish_jobs(worker_id=worker_id, completions=[completion], error_cap=20)
+    return len(await app.driver.finish_jobs(worker_id=worker_id, completions=[completion], error_cap=20))
 
 
 # --- guarded writes -----------------------------------------------------------------------------
@@ -86,6 +86,22 @@ async def test_a_stale_write_of_a_given_back_claim_misses_the_same_workers_recla
     assert await _finish(app, "w-1", job_id, 1, second, _COMPLETED) == 1
 
 
+async def test_a_batched_finish_tells_which_completions_took_effect(app: App) -> None:
+    """finish_jobs returns the positions of the completions whose guard held, and only those changed their rows."""
+    await app.defer_many([app.job_by_name("anything", {"n": n}) for n in range(3)])
+    claimed = await app.driver.fetch_jobs(worker_id="w-1", queues=["default"], limit=3)
+    late = Completion(job_id=claimed[1].id, attempt=2, attempted_at=claimed[1].attempted_at, transition=_COMPLETED)
+    batch = [
+        Completion(job_id=claimed[0].id, attempt=1, attempted_at=claimed[0].attempted_at, transition=_COMPLETED),
+        late,
+        Completion(job_id=claimed[2].id, attempt=1, attempted_at=claimed[2].attempted_at, transition=_RELEASED),
+    ]
+    assert await app.driver.finish_jobs(worker_id="w-1", completions=batch, error_cap=20) == [0, 2]
+    states = [(await app.get_job(j.id)).state for j in claimed]
+    assert states == [JobState.COMPLETED, JobState.EXECUTING, JobState.AVAILABLE]
+    assert await app.driver.finish_jobs(worker_id="w-1", completions=batch, error_cap=20) == []
+
+
 async def test_a_late_completion_after_a_rescue_is_a_no_op(app: App) -> None:
     """A running job rescued from its worker keeps what the rescue wrote when the attempt returns later."""
     started = anyio.Event()
@@ -103,9 +119,12 @@ async def test_a_late_completion_after_a_rescue_is_a_no_op(app: App) -> None:
         await app.driver.deregister_worker(worker.id)  # its peers now see it as dead
         assert (await Rescuer(app.driver, "peer", rescue_after=120).run_once()).discarded == 1
         release.set()
-        await wait_until(lambda: worker.stats().completed == 1)
+        # The worker counts its late completion as ignored, not as completed: it took no effect.
+        stats = await wait_until(lambda: (s := worker.stats()).ignored == 1 and s)
+        assert (stats.processed, stats.completed, stats.failed) == (0, 0, 0)
     after = await app.get_job(job.id)
     assert (after.state, after.attempt, [e.type for e in after.errors]) == (JobState.DISCARDED, 1, ["WorkerLost"])
+    assert worker.stats().ignored == 1 and worker.stats().completed == 0
 
 
 # --- rescue ---------------------------------------------------------------------------------------

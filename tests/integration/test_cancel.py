@@ -175,6 +175,8 @@ async def test_cancel_reaches_a_worker_without_listen_by_polling(app: App) -> No
             await started.wait()
         assert (await app.cancel(job.id)).status == "requested"
         done = await wait_for_state(app, job.id, JobState.CANCELLED)
+        # Counted once the write has returned, which may be a moment after another connection sees it.
+        await wait_until(lambda: worker.stats().processed == 1)
         assert worker.stats().cancelled == 1
     assert marker == []
     assert done.errors[-1].type == "Cancelled"
@@ -485,7 +487,8 @@ async def test_worker_stats_count_cancelled_jobs(app: App) -> None:
         await app.cancel(waiting.id)
         for job in jobs[:2]:
             await wait_for_state(app, job.id, JobState.CANCELLED)
-        stats = worker.stats()
+        # Counted once the writes have returned, which may be a moment after another connection sees them.
+        stats = await wait_until(lambda: (s := worker.stats()).processed == 2 and s)
         assert (await app.get_job(jobs[2].id)).state is JobState.EXECUTING
     assert stats.cancelled == 2
     assert stats.processed == 2

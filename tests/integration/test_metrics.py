@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nursery_worker import App, ConfigurationError, Worker, WorkerState, open_worker, serve_metrics
+from nursery_worker._maintenance import Rescuer
 from nursery_worker._metrics import check_available, merge_expositions
 
 from .helpers import Connection, execute, fast, wait_until
@@ -124,6 +125,35 @@ async def test_cancelled_and_running_jobs_are_counted(app: App) -> None:
 
         await wait_until(cancelled)
         assert value(await scrape(port), "nursery_worker_running_jobs") == 0
+
+
+async def test_a_late_outcome_the_database_ignored_is_counted_as_ignored(app: App) -> None:
+    """A completion that arrives after its job was rescued moves jobs_ignored, not jobs_completed."""
+    started = anyio.Event()
+    release = anyio.Event()
+
+    @app.task(name="held", max_attempts=1)
+    async def held() -> None:
+        started.set()
+        await release.wait()
+
+    async with served(app, heartbeat_interval=60, rescue_after=120, reap_interval=60) as (worker, port):
+        await held.defer()
+        with anyio.fail_after(10):
+            await started.wait()
+        await app.driver.deregister_worker(worker.id)  # its peers now see it as dead
+        assert (await Rescuer(app.driver, "peer", rescue_after=120).run_once()).discarded == 1
+        release.set()
+
+        async def ignored() -> Samples | None:
+            samples = await scrape(port)
+            return (
+                samples if value(samples, "nursery_worker_jobs_ignored_total", queue="default", task="held") else None
+            )
+
+        samples = await wait_until(ignored)
+    assert value(samples, "nursery_worker_jobs_ignored_total", queue="default", task="held") == 1
+    assert value(samples, "nursery_worker_jobs_completed_total", queue="default", task="held") == 0
 
 
 async def test_queue_depth_counts_waiting_jobs_by_queue_and_state(app: App) -> None:

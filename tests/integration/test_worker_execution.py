@@ -131,7 +131,8 @@ async def test_async_timeout_is_recorded_as_timeout_error_and_retried(app: App) 
     job = await slow.defer()
     async with open_worker(app, **fast()) as worker:
         gone = await wait_for_state(app, job.id, JobState.DISCARDED)
-        stats = worker.stats()
+        # Counted once the write has returned, which may be a moment after another connection sees it.
+        stats = await wait_until(lambda: (s := worker.stats()).processed == 2 and s)
     assert cancelled == [1, 1]
     assert [(e.attempt, e.type) for e in gone.errors] == [(1, "TimeoutError"), (2, "TimeoutError")]
     assert "timeout of 0.2s" in gone.errors[0].message

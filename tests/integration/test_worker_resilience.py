@@ -35,15 +35,17 @@ async def test_finish_with_a_wrong_attempt_changes_nothing(app: App) -> None:
     failing = Transition(state=JobState.RETRYABLE, delay=0.0, error=ErrorInfo(type="X", message="late"))
     for attempt, transition in [(2, _COMPLETED), (0, _COMPLETED), (2, failing)]:
         late = [Completion(job_id=job_id, attempt=attempt, attempted_at=lease, transition=transition)]
-        changed = await app.driver.finish_jobs(worker_id="w-1", completions=late, error_cap=20)
+        changed = len(await app.driver.finish_jobs(worker_id="w-1", completions=late, error_cap=20))
         assert changed == 0
     job = await app.get_job(job_id)
     assert (job.state, job.attempt, job.worker_id, job.errors) == (JobState.EXECUTING, 1, "w-1", ())
     # The right attempt on the right worker does apply.
-    changed = await app.driver.finish_jobs(
-        worker_id="w-1",
-        completions=[Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=_COMPLETED)],
-        error_cap=20,
+    changed = len(
+        await app.driver.finish_jobs(
+            worker_id="w-1",
+            completions=[Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=_COMPLETED)],
+            error_cap=20,
+        )
     )
     assert changed == 1
     assert (await app.get_job(job_id)).state is JobState.COMPLETED
@@ -55,10 +57,12 @@ async def test_finish_from_a_wrong_worker_changes_nothing(app: App) -> None:
     job_id, lease = await _claim(app, "w-1")
     released = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
     for transition in (_COMPLETED, released):
-        changed = await app.driver.finish_jobs(
-            worker_id="w-2",
-            completions=[Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=transition)],
-            error_cap=20,
+        changed = len(
+            await app.driver.finish_jobs(
+                worker_id="w-2",
+                completions=[Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=transition)],
+                error_cap=20,
+            )
         )
         assert changed == 0
     job = await app.get_job(job_id)
@@ -70,10 +74,10 @@ async def test_finish_of_a_finished_job_changes_nothing(app: App) -> None:
     await app.defer_many([app.job_by_name("anything")])
     job_id, lease = await _claim(app, "w-1")
     once = [Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=_COMPLETED)]
-    assert await app.driver.finish_jobs(worker_id="w-1", completions=once, error_cap=20) == 1
+    assert len(await app.driver.finish_jobs(worker_id="w-1", completions=once, error_cap=20)) == 1
     released = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
     again = [Completion(job_id=job_id, attempt=1, attempted_at=lease, transition=released)]
-    assert await app.driver.finish_jobs(worker_id="w-1", completions=again, error_cap=20) == 0
+    assert len(await app.driver.finish_jobs(worker_id="w-1", completions=again, error_cap=20)) == 0
     job = await app.get_job(job_id)
     assert (job.state, job.attempt) == (JobState.COMPLETED, 1)
 
@@ -84,15 +88,15 @@ async def test_stale_write_of_a_given_back_claim_does_not_touch_the_same_workers
     job_id, first = await _claim(app, "w-1")
     released = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
     give_back = [Completion(job_id=job_id, attempt=1, attempted_at=first, transition=released)]
-    assert await app.driver.finish_jobs(worker_id="w-1", completions=give_back, error_cap=20) == 1
+    assert len(await app.driver.finish_jobs(worker_id="w-1", completions=give_back, error_cap=20)) == 1
     again_id, second = await _claim(app, "w-1")  # same worker, same attempt number: only the lease differs
     assert again_id == job_id and second != first
     stale = [Completion(job_id=job_id, attempt=1, attempted_at=first, transition=_COMPLETED)]
-    assert await app.driver.finish_jobs(worker_id="w-1", completions=stale, error_cap=20) == 0
+    assert len(await app.driver.finish_jobs(worker_id="w-1", completions=stale, error_cap=20)) == 0
     job = await app.get_job(job_id)
     assert (job.state, job.attempt, job.worker_id) == (JobState.EXECUTING, 1, "w-1")
     fresh = [Completion(job_id=job_id, attempt=1, attempted_at=second, transition=_COMPLETED)]
-    assert await app.driver.finish_jobs(worker_id="w-1", completions=fresh, error_cap=20) == 1
+    assert len(await app.driver.finish_jobs(worker_id="w-1", completions=fresh, error_cap=20)) == 1
 
 
 async def test_late_completion_after_a_rescue_is_a_noop(app: App, db: Connection) -> None:
@@ -116,7 +120,8 @@ async def test_late_completion_after_a_rescue_is_a_noop(app: App, db: Connection
         rescued = await app.get_job(job.id)
         assert (rescued.state, rescued.worker_id) == (JobState.DISCARDED, None)
         release.set()
-        await wait_until(lambda: worker.stats().completed == 1)
+        await wait_until(lambda: worker.stats().ignored == 1)
+        assert worker.stats().completed == 0  # it took no effect, so it is not counted as completed
     # Leaving the block has flushed the worker's completion of the attempt; the guard ignored it.
     after = await app.get_job(job.id)
     assert after.state is JobState.DISCARDED
@@ -150,7 +155,8 @@ async def test_late_result_of_a_rescued_attempt_does_not_touch_its_rerun(app: Ap
         with anyio.fail_after(10):
             await started[1].wait()
         gates[0].set()  # attempt 1 fails now, long after it was rescued
-        await wait_until(lambda: worker.stats().failed == 1)
+        await wait_until(lambda: worker.stats().ignored == 1)
+        assert worker.stats().failed == 0  # the late failure took no effect
         rerun = await app.get_job(job.id)
         assert (rerun.state, rerun.attempt) == (JobState.EXECUTING, 2)
         gates[1].set()

@@ -142,8 +142,8 @@ class EngineModel(RuleBasedStateMachine):
             job_id=claim.job, attempt=claim.attempt, attempted_at=claim.lease, transition=transition
         )
         current = self._current(claim)
-        changed = self.call(
-            self.driver.finish_jobs, worker_id=claim.worker, completions=[completion], error_cap=ERROR_CAP
+        changed = len(
+            self.call(self.driver.finish_jobs, worker_id=claim.worker, completions=[completion], error_cap=ERROR_CAP)
         )
         assert changed == int(current), f"finish of {claim} ({outcome}) changed {changed} row(s); expected {current}"
         if not current:

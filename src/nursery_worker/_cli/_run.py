@@ -243,7 +243,9 @@ def run(ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: s
         return
     stats = worker.stats()
     if settings["once"]:
-        click.echo(f"processed {stats.processed} job(s): {stats.completed} completed, {stats.failed} failed")
+        # Late outcomes the database ignored (the jobs were rescued meanwhile) are in no other count.
+        ignored = f", {stats.ignored} ignored (rescued meanwhile)" if stats.ignored else ""
+        click.echo(f"processed {stats.processed} job(s): {stats.completed} completed, {stats.failed} failed{ignored}")
     if worker.sync_threads_alive:
         # Plain-def jobs abandoned at their timeout or at shutdown cannot be interrupted; their jobs
         # are already back in the queue or recorded. Do not let them hold the process open.

@@ -129,9 +129,10 @@ class Driver(Protocol):
     async def list_breakers(self) -> list[BreakerInfo]:
         """Every breaker with its state, sorted by task."""
 
-    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
+    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> list[int]:
         """Apply decided transitions in one statement, each guarded by state, attempt, worker and
-        lease (``attempted_at``); return how many rows changed."""
+        lease (``attempted_at``); return the positions in *completions* of those that changed their
+        row, in order (the others were late: their attempt was no longer this worker's)."""
 
     async def register_worker(self, info: WorkerInfo) -> None:
         """Insert or refresh the worker's row."""

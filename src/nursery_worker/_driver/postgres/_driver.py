@@ -553,9 +553,9 @@ class PostgresDriver(PostgresConnections):
             for r in rows
         ]
 
-    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
+    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> list[int]:
         if not completions:
-            return 0
+            return []
         params = {
             "ids": [c.job_id for c in completions],
             "attempts": [c.attempt for c in completions],
@@ -570,7 +570,8 @@ class PostgresDriver(PostgresConnections):
             "channel": self.channel,
         }
         rows = await self._direct(self._sql.finish, params)
-        return int(rows[0][0]) if rows else 0
+        positions = rows[0][0] if rows else None
+        return [int(p) - 1 for p in positions or ()]
 
     # --- workers and maintenance --------------------------------------------------------------
 

@@ -229,17 +229,19 @@ WITH upd AS (
                       ELSE j.errors END
     FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(leases)s::timestamptz[], %(states)s::text[],
                 %(delays)s::float8[], %(errors)s::text[], %(give_back)s::int[], %(results)s::text[])
-         AS u(id, attempt, lease, state, delay, error, give_back, result)
+         WITH ORDINALITY AS u(id, attempt, lease, state, delay, error, give_back, result, ord)
     WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt AND j.worker_id = %(worker)s
       AND j.attempted_at IS NOT DISTINCT FROM u.lease
-    RETURNING j.id, j.queue, j.state
+    RETURNING j.id, j.queue, j.state, u.ord
 ), available AS ("""
     + _NOTIFY_AVAILABLE.format(source="upd")
     + """
 ), finished AS ("""
     + _NOTIFY_FINISHED.format(source="upd")
     + """)
-SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM available), (SELECT count(*) FROM finished)
+-- Which completions took effect (their positions, from 1): the worker counts only those.
+SELECT (SELECT array_agg(ord ORDER BY ord) FROM upd), (SELECT count(*) FROM available),
+       (SELECT count(*) FROM finished)
 """
 )
 

@@ -280,19 +280,19 @@ class SqliteDriver(SqliteConnections):
         jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
         return jobs
 
-    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
+    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> list[int]:
         if not completions:
-            return 0
+            return []
 
-        def finish(tx: Tx) -> int:
+        def finish(tx: Tx) -> list[int]:
             now = tx.now
             at = iso(now)
             statement = tx.q["finish"]
-            changed = 0
+            changed: list[int] = []
             available: set[str] = set()
             finished: list[int] = []
             settled: list[tuple[int, str, str]] = []
-            for c in completions:
+            for position, c in enumerate(completions):
                 row = tx.conn.execute(
                     statement,
                     {
@@ -312,7 +312,7 @@ class SqliteDriver(SqliteConnections):
                 ).fetchone()
                 if row is None:
                     continue
-                changed += 1
+                changed.append(position)
                 job_id, queue, state, task, has_dependents, limit_key, last_error = row
                 if state == "available":
                     available.add(queue)
