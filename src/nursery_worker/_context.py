@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +22,12 @@ class JobContext:
     Attributes:
         job: the job as it was fetched (``job.args`` are the arguments of this call).
         worker_id: the worker running it (``"testing"`` under the testing helpers).
-        deadline: when the attempt's timeout expires (UTC), or None without a timeout.
+        deadline: when the attempt's timeout expires (UTC), or None without a timeout. It is by
+            the database's clock, like the job's own times (``attempted_at``, ``scheduled_at``):
+            the claim's timestamp plus the time since, as the worker's monotonic clock measures
+            it. The timeout itself is a duration on the worker's monotonic clock; compare with
+            :attr:`time_left` rather than with this machine's ``datetime.now()``, which may be
+            set differently.
         app: the :class:`App` the task belongs to (to enqueue follow-up jobs).
 
     Example:
@@ -34,6 +40,8 @@ class JobContext:
     worker_id: str
     deadline: dt.datetime | None = None
     app: App | None = attrs.field(default=None, repr=False)
+    #: The deadline by the worker's monotonic clock (``time.monotonic()``), which time_left reads.
+    _expires: float | None = attrs.field(default=None, repr=False, alias="_expires")
 
     @property
     def job_id(self) -> int:
@@ -62,9 +70,16 @@ class JobContext:
 
     @property
     def time_left(self) -> float | None:
-        """Seconds until the deadline (by this machine's clock), or None without a timeout."""
+        """Seconds until the deadline, or None without a timeout.
+
+        Measured by the worker's monotonic clock, so neither a wall clock set wrong nor one that
+        jumps changes it. (A context made by hand with only a ``deadline``, as
+        ``testing.make_context`` does, measures it against this machine's wall clock.)
+        """
         if self.deadline is None:
             return None
+        if self._expires is not None:
+            return self._expires - time.monotonic()
         return (self.deadline - dt.datetime.now(dt.UTC)).total_seconds()
 
 

@@ -146,10 +146,17 @@ class Executor:
                 self.record(r, outcome, result)
 
     def _context(self, r: Running) -> JobContext:
-        deadline = None
-        if r.task is not None and r.task.timeout is not None:
-            deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=r.task.timeout)
-        return JobContext(job=r.job, worker_id=self.worker_id, deadline=deadline, app=self.app)
+        if r.task is None or r.task.timeout is None:
+            return JobContext(job=r.job, worker_id=self.worker_id, app=self.app)
+        # The deadline by the database's clock, like every time of a job: the claim's timestamp
+        # plus the time since the claim reached this worker by its monotonic clock (the claim's
+        # return trip makes it early by at most that trip). time_left reads the monotonic clock
+        # alone. This machine's wall clock never enters (issue 17).
+        since = time.monotonic() - r.started
+        claimed = r.job.attempted_at if r.job.attempted_at is not None else dt.datetime.now(dt.UTC)
+        deadline = claimed + dt.timedelta(seconds=since + r.task.timeout)
+        expires = time.monotonic() + r.task.timeout
+        return JobContext(job=r.job, worker_id=self.worker_id, deadline=deadline, app=self.app, _expires=expires)
 
     async def _execute(self, r: Running) -> tuple[Outcome, str | None]:
         job, task = r.job, r.task
@@ -240,7 +247,10 @@ class Executor:
             return Snoozed(delay=outcome.seconds)
         if isinstance(outcome, Retry):
             reason = outcome.reason.replace("\x00", "\\x00")
-            return Failed(error=ErrorInfo(type="Retry", message=reason), retry_after=outcome.seconds)
+            error = ErrorInfo(type="Retry", message=reason)
+            if outcome.at is not None:  # a time, as the database's clock reads it: not a wait by ours
+                return Failed(error=error, retry_at=outcome.at)
+            return Failed(error=error, retry_after=outcome.seconds)
         if isinstance(outcome, Discard):
             reason = outcome.reason.replace("\x00", "\\x00")
             return Failed(error=ErrorInfo(type="Discard", message=reason), permanent=True)

@@ -54,6 +54,10 @@ class Retry(JobOutcome):
 
     The attempt counts: when it was the last one the job is discarded.
 
+    A wait is counted from the database's ``now()`` when the outcome is written; a ``datetime`` is
+    stored as the next attempt's time and compared with the database's clock, as every job time
+    is, so a worker whose own clock is set wrong retries it neither early nor late.
+
     Args:
         after: seconds (or a ``timedelta``) to wait, or an aware ``datetime`` to retry at.
         reason: recorded as the attempt's error message.
@@ -70,6 +74,7 @@ class Retry(JobOutcome):
             if after.tzinfo is None or after.utcoffset() is None:
                 raise ConfigurationError(f"Retry(after={after!r}): pass an aware datetime or a number of seconds")
             self.at: dt.datetime | None = after
+            # For information only (by this machine's clock): the retry is scheduled at `at`.
             self.seconds = max(0.0, (after - dt.datetime.now(dt.UTC)).total_seconds())
         else:
             self.at = None

@@ -25,6 +25,7 @@ outcome is afterwards, a job that would run again (released, retryable, snoozed)
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import math
 from collections.abc import Callable
@@ -115,12 +116,15 @@ class Failed:
     """The attempt raised, timed out, or cannot run at all.
 
     ``permanent``: do not retry (``Discard``, an unknown task, bad arguments). ``retry_after``: the
-    task chose the wait before the next attempt (``Retry(after=...)``), instead of its policy.
+    task chose the wait before the next attempt (``Retry(after=seconds)``), instead of its policy.
+    ``retry_at``: the task chose the time of the next attempt (``Retry(after=datetime)``), which
+    the database compares with its own clock.
     """
 
     error: ErrorInfo
     permanent: bool = False
     retry_after: float | None = None
+    retry_at: dt.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -155,12 +159,15 @@ class Transition:
     Attributes:
         state: the state to write.
         delay: seconds after the database's ``now()`` for ``scheduled_at`` (retryable only).
+        at: ``scheduled_at`` itself, an absolute time (retryable only, instead of *delay*): the
+            database compares it with its own clock, so the worker's clock never enters.
         error: appended to the job's errors, stamped with the database time.
         give_back_attempt: decrement ``attempt`` (a released attempt does not count).
     """
 
     state: JobState
     delay: float | None = None
+    at: dt.datetime | None = None
     error: ErrorInfo | None = None
     give_back_attempt: bool = False
 
@@ -197,6 +204,8 @@ def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callab
         return Transition(state=JobState.CANCELLED, error=ErrorInfo(type="Cancelled", message=outcome.reason))
     if outcome.permanent or attempt >= max_attempts:
         return Transition(state=JobState.DISCARDED, error=outcome.error)
+    if outcome.retry_at is not None:
+        return Transition(state=JobState.RETRYABLE, at=outcome.retry_at, error=outcome.error)
     delay = outcome.retry_after if outcome.retry_after is not None else backoff(attempt)
     delay = float(delay)
     if math.isnan(delay):
@@ -261,7 +270,9 @@ def finish_guarded(
         state=state,
         attempt=job.attempt - 1 if give_back else job.attempt,
         worker_id=None,
-        due=state not in (JobState.RETRYABLE, JobState.SCHEDULED) or not transition.delay,
+        # A time of its own (Retry(after=datetime)) is due by the database's clock, which this
+        # model does not have: it is taken to be in the future.
+        due=state not in (JobState.RETRYABLE, JobState.SCHEDULED) or (not transition.delay and transition.at is None),
         errors=job.errors + recorded,
     )
 

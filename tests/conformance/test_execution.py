@@ -265,6 +265,57 @@ async def test_retry_after_makes_the_job_retryable_at_that_time(app: App) -> Non
     assert error.at is not None and failed.scheduled_at - error.at == dt.timedelta(seconds=30)
 
 
+async def test_retry_after_a_datetime_stores_that_time_for_the_databases_clock(app: App) -> None:
+    """``raise Retry(after=datetime)`` stores exactly that time for the next attempt, no wait by the worker's clock."""
+    target = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(microsecond=123456)
+
+    @app.task(max_attempts=3, retry=3600)
+    async def limited() -> None:
+        raise Retry(after=target.astimezone(dt.timezone(dt.timedelta(hours=-7))), reason="window closed")
+
+    job = await limited.defer()
+    async with open_worker(app, **fast()):
+        failed = await wait_for_state(app, job.id, JobState.RETRYABLE)
+    assert (failed.attempt, failed.errors[0].type) == (1, "Retry")
+    assert failed.scheduled_at == target
+
+
+class _FastClock(dt.datetime):
+    """This machine's wall clock set an hour fast (what a worker with a wrong clock reads)."""
+
+    @classmethod
+    def now(cls, tz: dt.tzinfo | None = None) -> _FastClock:  # type: ignore[override]
+        real = dt.datetime.now(tz) + dt.timedelta(hours=1)
+        return cls.fromtimestamp(real.timestamp(), tz)
+
+
+async def test_a_tasks_deadline_is_by_the_databases_clock_and_time_left_by_the_workers_monotonic_one(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose wall clock is an hour fast still gives a task a deadline of its claim time plus the timeout."""
+    import types
+
+    from nursery_worker import JobContext, _context, _executor
+
+    fast_dt = types.SimpleNamespace(datetime=_FastClock, timedelta=dt.timedelta, UTC=dt.UTC, timezone=dt.timezone)
+    monkeypatch.setattr(_executor, "dt", fast_dt)
+    monkeypatch.setattr(_context, "dt", fast_dt)
+    seen: list[tuple[dt.datetime | None, dt.datetime | None, float | None]] = []
+
+    @app.task(timeout=30)
+    async def timed(context: JobContext) -> None:
+        seen.append((context.job.attempted_at, context.deadline, context.time_left))
+
+    job = await timed.defer()
+    async with open_worker(app, **fast()):
+        await wait_for_state(app, job.id, JobState.COMPLETED)
+    ((claimed, deadline, left),) = seen
+    assert claimed is not None and deadline is not None and left is not None
+    # Generous bounds: the time from the claim to the call, not the hour the clock is off.
+    assert dt.timedelta(seconds=30) <= deadline - claimed < dt.timedelta(seconds=40)
+    assert 20 < left <= 30
+
+
 async def test_discard_discards_at_once_with_attempts_left(app: App) -> None:
     """``raise Discard(...)`` discards the job on its first attempt, with the reason recorded."""
 

@@ -562,6 +562,7 @@ class PostgresDriver(PostgresConnections):
             "leases": [c.attempted_at for c in completions],
             "states": [c.transition.state.value for c in completions],
             "delays": [c.transition.delay for c in completions],
+            "ats": [c.transition.at for c in completions],
             "errors": [None if c.transition.error is None else error_entry(c.transition.error) for c in completions],
             "give_back": [int(c.transition.give_back_attempt) for c in completions],
             "results": [c.result_json for c in completions],

@@ -215,7 +215,8 @@ WITH upd AS (
     + _FINAL_STATE
     + """,
         attempt = j.attempt - (CASE WHEN __OVERRIDE__ THEN 0 ELSE u.give_back END),
-        scheduled_at = CASE WHEN u.delay IS NULL THEN j.scheduled_at
+        scheduled_at = CASE WHEN u.at IS NOT NULL THEN u.at
+                            WHEN u.delay IS NULL THEN j.scheduled_at
                             ELSE now() + u.delay * interval '1 second' END,
         finished_at = CASE WHEN """
     + _FINAL_STATE
@@ -228,8 +229,9 @@ WITH upd AS (
                       WHEN __OVERRIDE__ THEN %(append_cancel)s
                       ELSE j.errors END
     FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(leases)s::timestamptz[], %(states)s::text[],
-                %(delays)s::float8[], %(errors)s::text[], %(give_back)s::int[], %(results)s::text[])
-         WITH ORDINALITY AS u(id, attempt, lease, state, delay, error, give_back, result, ord)
+                %(delays)s::float8[], %(ats)s::timestamptz[], %(errors)s::text[], %(give_back)s::int[],
+                %(results)s::text[])
+         WITH ORDINALITY AS u(id, attempt, lease, state, delay, at, error, give_back, result, ord)
     WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt AND j.worker_id = %(worker)s
       AND j.attempted_at IS NOT DISTINCT FROM u.lease
     RETURNING j.id, j.queue, j.state, u.ord

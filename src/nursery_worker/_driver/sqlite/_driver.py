@@ -301,6 +301,7 @@ class SqliteDriver(SqliteConnections):
                         "lease": None if c.attempted_at is None else to_us(c.attempted_at),
                         "state": c.transition.state.value,
                         "delay": c.transition.delay,
+                        "retry_at": None if c.transition.at is None else to_us(c.transition.at),
                         "error": None if c.transition.error is None else error_entry(c.transition.error),
                         "give_back": int(c.transition.give_back_attempt),
                         "result": c.result_json,

@@ -100,7 +100,8 @@ SET state = """
     attempt = attempt - (CASE WHEN """
     + _OVERRIDE
     + """ THEN 0 ELSE :give_back END),
-    scheduled_at = CASE WHEN :delay IS NULL THEN scheduled_at
+    scheduled_at = CASE WHEN :retry_at IS NOT NULL THEN :retry_at
+                        WHEN :delay IS NULL THEN scheduled_at
                         ELSE :now + CAST(round(:delay * 1000000.0) AS INTEGER) END,
     finished_at = CASE WHEN """
     + _FINAL_STATE
