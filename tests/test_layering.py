@@ -10,6 +10,7 @@ relative. Imports under ``if TYPE_CHECKING:`` are left out (they never run). An 
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,12 @@ def module_name(path: Path) -> str:
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
+
+
+@functools.cache
+def parse(path: Path) -> ast.Module:
+    """The syntax tree of a source file (parsed once per test session)."""
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
 def modules() -> dict[str, Path]:
@@ -95,7 +102,7 @@ def import_graph(*, runtime_only: bool = True) -> dict[str, set[str]]:
     known = modules()
     graph: dict[str, set[str]] = {}
     for name, path in known.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parse(path)
         edges = graph.setdefault(name, set())
         for node in import_nodes(tree, runtime_only=runtime_only):
             for imported in imported_names(node, name, is_package=path.name == "__init__.py"):
@@ -196,7 +203,7 @@ def test_psycopg_is_imported_only_by_the_drivers() -> None:
     for name, path in modules().items():
         if name == DRIVER or name.startswith(DRIVER + "."):
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parse(path)
         for node in import_nodes(tree, runtime_only=False):
             for imported in imported_names(node, name, is_package=path.name == "__init__.py"):
                 if imported.split(".")[0] in DATABASE_LIBRARIES:
