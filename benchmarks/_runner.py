@@ -19,7 +19,7 @@ T_PROCESS = time.time()
 
 import anyio  # noqa: E402
 
-from nursery_worker import _worker, open_worker  # noqa: E402
+from nursery_worker import _fetcher, _worker, open_worker  # noqa: E402
 
 from .bench_app import QUEUE, app  # noqa: E402
 
@@ -41,7 +41,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         _worker._trio_running = lambda: False
     if "NURSERY_WORKER_BENCH_OVERLAP" in os.environ:
         # The lever experiment: 0 frees a slot only once its outcome is written (the serial cycle).
-        _worker._OVERLAP = int(os.environ["NURSERY_WORKER_BENCH_OVERLAP"])
+        _fetcher._OVERLAP = int(os.environ["NURSERY_WORKER_BENCH_OVERLAP"])
     samples: list[tuple[float, int, int]] = []
     result: dict[str, object] = {"t_process": T_PROCESS}
     async with anyio.create_task_group() as tg:

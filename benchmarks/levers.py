@@ -3,7 +3,7 @@
 Every experiment runs in a schema migrated through ``App.migrate_sync()``, on one sync psycopg
 connection in autocommit, so it measures the database side plus libpq/psycopg, never the thread
 hop (except where the hop itself is the lever). The statements marked "as is" are taken from the
-driver object at run time (``app.driver._sql_insert`` etc.), so they follow changes in ``src/``.
+driver object at run time (``app.driver._sql.insert`` etc.), so they follow changes in ``src/``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _bulk_variants(app: Any, conn: psycopg.Connection[Any], s: sql.Identifier, n
     short = {k: params[k] for k in ("tasks", "queues", "args", "priorities", "max_attempts")}
 
     def as_is() -> None:
-        conn.execute(driver._sql_insert, params).fetchall()
+        conn.execute(driver._sql.insert, params).fetchall()
 
     def notify_once() -> None:
         with conn.transaction():
@@ -185,9 +185,9 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
 
         values_sql = sql.SQL(_SINGLE_VALUES).format(s=s)
         variants: dict[str, Callable[[psycopg.Connection[Any]], None]] = {
-            "driver one-job INSERT as is, prepared": raw(driver._sql_insert_one, driver._one_params(spec), True),
-            "driver one-job INSERT as is, never prepared": raw(driver._sql_insert_one, driver._one_params(spec), False),
-            "driver many-job INSERT (1-element arrays), prepared": raw(driver._sql_insert, params, True),
+            "driver one-job INSERT as is, prepared": raw(driver._sql.insert_one, driver._one_params(spec), True),
+            "driver one-job INSERT as is, never prepared": raw(driver._sql.insert_one, driver._one_params(spec), False),
+            "driver many-job INSERT (1-element arrays), prepared": raw(driver._sql.insert, params, True),
             "INSERT ... VALUES ... RETURNING, pg_notify, prepared": raw(values_sql, one, True),
             "INSERT ... VALUES ... RETURNING, pg_notify, never prepared": raw(values_sql, one, False),
         }
@@ -213,7 +213,7 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
         def async_commit(conn: psycopg.Connection[Any]) -> None:
             conn.execute("SET synchronous_commit = off")
             try:
-                raw(driver._sql_insert_one, driver._one_params(spec), True)(conn)
+                raw(driver._sql.insert_one, driver._one_params(spec), True)(conn)
             finally:
                 conn.execute("RESET synchronous_commit")
 
@@ -225,7 +225,7 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
             for _ in range(plan.reps):
                 for name, fn in variants.items():
                     _truncate(conn, s)
-                    conn.execute(driver._sql_insert, params).fetchall()  # warm
+                    conn.execute(driver._sql.insert, params).fetchall()  # warm
                     started = time.perf_counter()
                     fn(conn)
                     rates[name].append(n / (time.perf_counter() - started))
@@ -294,8 +294,8 @@ def fetch(dsn: str, plan: Plan, report: Report, schema: str) -> None:
                 sql.SQL(_FETCH_ANY_BEFORE).format(s=s, returning=sql.SQL(full)),
                 True,
             ),
-            "driver fetch as is, two queues: one ordered scan per queue (LATERAL)": (driver._sql_fetch, True),
-            "driver fetch as is, one queue: queue = $1": (driver._sql_fetch_one, False),
+            "driver fetch as is, two queues: one ordered scan per queue (LATERAL)": (driver._sql.fetch, True),
+            "driver fetch as is, one queue: queue = $1": (driver._sql.fetch_one, False),
             "queue = $1 (scalar), RETURNING 14 columns": (
                 sql.SQL(_FETCH_SCALAR_ID).format(s=s, returning=sql.SQL(full)),
                 False,
@@ -359,8 +359,8 @@ def fetch_with_history(dsn: str, plan: Plan, report: Report, schema: str) -> Non
         )
         by_pk = sql.SQL(_FETCH_BY_PK).format(s=s)
         variants = {
-            "driver fetch as is, one queue: queue = $1": (driver._sql_fetch_one, False),
-            "driver fetch as is, two queues: one ordered scan per queue (LATERAL)": (driver._sql_fetch, True),
+            "driver fetch as is, one queue: queue = $1": (driver._sql.fetch_one, False),
+            "driver fetch as is, two queues: one ordered scan per queue (LATERAL)": (driver._sql.fetch, True),
             "queue = $1 (scalar), UPDATE joined to the CTE": (scalar, False),
             "queue = $1, UPDATE ... WHERE id = ANY(ARRAY(SELECT ... SKIP LOCKED)), 5 columns": (by_pk, False),
         }
@@ -397,7 +397,7 @@ def fetch_with_history(dsn: str, plan: Plan, report: Report, schema: str) -> Non
                     if got != backlog:
                         report.verification_failures.append(f"lever fetch/history {name}: claimed {got} of {backlog}")
             plan_rows = conn.execute(
-                b"EXPLAIN " + driver._sql_fetch_one, {"queue": "bench", "limit": 50, "worker": "x"}
+                b"EXPLAIN " + driver._sql.fetch_one, {"queue": "bench", "limit": 50, "worker": "x"}
             ).fetchall()
         for name, values in rates.items():
             _lever(

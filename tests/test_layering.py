@@ -21,9 +21,13 @@ PACKAGE = "nursery_worker"
 DRIVER = f"{PACKAGE}._driver"
 
 #: What the driver layer may import besides itself: the records that cross the seam, the errors,
-#: the pure state machine and the small leaf helpers. Everything else is a feature module that sits
-#: above the drivers and uses them (issue 16: "no driver imports a feature module").
-DRIVER_MAY_IMPORT = frozenset(f"{PACKAGE}.{name}" for name in ("_models", "_errors", "_state", "_json", "_backoff"))
+#: the pure state machine and the small leaf helpers (``_dsn`` parses the DSN ``create_driver`` and
+#: the PostgreSQL connection read; it imports only ``_errors``). Everything else is a feature module
+#: that sits above the drivers and uses them (issue 16: "no driver imports a feature module").
+DRIVER_MAY_IMPORT = frozenset(
+    f"{PACKAGE}.{name}" for name in ("_models", "_errors", "_state", "_json", "_backoff", "_dsn")
+)
+
 
 #: The database library: imported under the driver layer only.
 DATABASE_LIBRARIES = ("psycopg", "psycopg_pool")

@@ -4,6 +4,7 @@ Everything public is imported from here; every other module is private.
 """
 
 from ._app import App as App
+from ._config import WorkerStats as WorkerStats
 from ._context import CallNext as CallNext
 from ._context import JobContext as JobContext
 from ._context import Middleware as Middleware
@@ -42,7 +43,6 @@ from ._supervisor import run_supervisor as run_supervisor
 from ._task import Task as Task
 from ._task import TaskCall as TaskCall
 from ._worker import Worker as Worker
-from ._worker import WorkerStats as WorkerStats
 from ._worker import open_worker as open_worker
 
 __all__ = [

@@ -1,10 +1,11 @@
-"""App: configuration, the task registry, lifecycle hooks and the enqueue/inspect API."""
+"""App: configuration, the engine's lifecycle, the task/periodic/hook/middleware registries and
+enqueueing. The inspect and admin operations live in ``_admin.py``; ``App``'s methods of those
+names delegate to it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import inspect
-import math
 import os
 import sys
 import threading
@@ -14,10 +15,11 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import attrs
 
+from ._admin import Admin
 from ._context import CallNext, JobContext, Middleware
 from ._driver import Driver, create_driver
-from ._dsn import redact, resolve_dsn
-from ._errors import ConfigurationError, JobFailed, JobNotFound, JobStateError, TaskNotFound
+from ._dsn import ENV_VAR, redact, resolve_dsn
+from ._errors import ConfigurationError, TaskNotFound
 from ._flow import (
     BreakerInfo,
     CircuitBreaker,
@@ -28,9 +30,8 @@ from ._flow import (
     parse_rate_limit,
 )
 from ._json import DEFAULT_MAX_ARGS_BYTES
-from ._maintenance import Pruner
 from ._models import CancelResult, Job, JobSpec, QueueInfo
-from ._periodic import DEFAULT_CATCH_UP, PeriodicInfo, Schedule, add_schedule, build_schedule, list_periodic
+from ._periodic import DEFAULT_CATCH_UP, PeriodicInfo, Schedule, add_schedule, build_schedule
 from ._retry import RetryPolicy, resolve_retry
 from ._state import JobState
 from ._task import (
@@ -49,7 +50,9 @@ from ._task import (
 )
 from ._tracing import defer_span
 
-_QUEUED = ("pending", "available", "scheduled", "retryable")
+#: Where the schema comes from when neither ``App(schema=...)`` nor ``configure_database`` gives one.
+SCHEMA_ENV_VAR = "NURSERY_WORKER_SCHEMA"
+DEFAULT_SCHEMA = "nursery_worker"
 P = ParamSpec("P")
 R = TypeVar("R")
 Hook = Callable[[], Awaitable[None]]
@@ -76,6 +79,35 @@ class PeriodicDecorator(Protocol):
     """What ``@app.periodic(...)`` without a task returns: it registers the schedule, returns the task."""
 
     def __call__(self, task: Task[P, R], /) -> Task[P, R]: ...
+
+
+@attrs.frozen(kw_only=True)
+class EngineSettings:
+    """Where an App's engine connects and with what pool: everything its driver is made from.
+
+    The DSN is kept as given; None stands for ``$NURSERY_WORKER_DSN``, else the embedded engine's
+    file, read when the driver is made. :meth:`create_driver` is the one place a DSN is resolved.
+    """
+
+    dsn: str | None
+    schema: str
+    pool_min_size: int
+    pool_max_size: int
+    connect_timeout: float
+
+    def create_driver(self) -> Driver:
+        """Resolve the DSN and make the engine's driver (it connects on first use).
+
+        Raises:
+            ConfigurationError: the DSN or the schema name is invalid, or names no supported engine.
+        """
+        return create_driver(
+            resolve_dsn(self.dsn),
+            schema=self.schema,
+            pool_min_size=self.pool_min_size,
+            pool_max_size=self.pool_max_size,
+            connect_timeout=self.connect_timeout,
+        )
 
 
 class App:
@@ -121,8 +153,6 @@ class App:
         max_args_bytes: int = DEFAULT_MAX_ARGS_BYTES,
         error_cap: int = 20,
     ) -> None:
-        if dsn is not None:
-            resolve_dsn(dsn)  # type and emptiness are checked now; the env var only on first use
         for label, value, low in (
             ("pool_min_size", pool_min_size, 0),
             ("pool_max_size", pool_max_size, 1),
@@ -135,11 +165,13 @@ class App:
             raise ConfigurationError(f"App(pool_min_size={pool_min_size}) is above pool_max_size={pool_max_size}")
         if not isinstance(connect_timeout, (int, float)) or not connect_timeout > 0:
             raise ConfigurationError(f"App(connect_timeout={connect_timeout!r}): must be a number of seconds > 0")
-        self._dsn = dsn
-        self.schema = schema if schema is not None else os.environ.get("NURSERY_WORKER_SCHEMA", "nursery_worker")
-        self.pool_min_size = pool_min_size
-        self.pool_max_size = pool_max_size
-        self.connect_timeout = float(connect_timeout)
+        self._settings = EngineSettings(
+            dsn=dsn,
+            schema=schema if schema is not None else os.environ.get(SCHEMA_ENV_VAR, DEFAULT_SCHEMA),
+            pool_min_size=pool_min_size,
+            pool_max_size=pool_max_size,
+            connect_timeout=float(connect_timeout),
+        )
         self.max_args_bytes = max_args_bytes
         self.error_cap = error_cap
         self.tasks: dict[str, Task[..., Any]] = {}
@@ -148,29 +180,45 @@ class App:
         self.middlewares: list[Middleware] = []
         #: Periodic schedules by name (``@app.periodic``).
         self.schedules: dict[str, Schedule] = {}
-        self._driver: Driver | None = None
+        self._admin = Admin(self)
         self._driver_lock = threading.Lock()
-        if dsn is not None:
-            self._make_driver()  # validate the DSN and schema at construction when they are known
+        # Set by the first use of the driver, cleared by aclose()/close(): while it is set, a worker
+        # or a query may hold the driver, so configure_database() refuses to swap it.
+        self._engine_open = False
+        # With a DSN given, the driver is made now: a bad DSN or schema fails here, not at first use.
+        self._driver: Driver | None = None if dsn is None else self._settings.create_driver()
 
     def __repr__(self) -> str:
-        dsn = "$NURSERY_WORKER_DSN" if self._dsn is None else redact(self._dsn)
+        dsn = f"${ENV_VAR}" if self._settings.dsn is None else redact(self._settings.dsn)
         return f"<App dsn={dsn!r} schema={self.schema!r} tasks={len(self.tasks)}>"
 
     # --- the database -------------------------------------------------------------------------
 
-    def _make_driver(self) -> Driver:
-        return create_driver(
-            resolve_dsn(self._dsn),
-            schema=self.schema,
-            pool_min_size=self.pool_min_size,
-            pool_max_size=self.pool_max_size,
-            connect_timeout=self.connect_timeout,
-        )
+    @property
+    def schema(self) -> str:
+        """The schema holding the tables (with SQLite: the tables' prefix); see :meth:`configure_database`."""
+        return self._settings.schema
+
+    @property
+    def pool_min_size(self) -> int:
+        """Connections kept open."""
+        return self._settings.pool_min_size
+
+    @property
+    def pool_max_size(self) -> int:
+        """The most connections this process opens (the listener has one more)."""
+        return self._settings.pool_max_size
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds before an unreachable database is reported."""
+        return self._settings.connect_timeout
 
     @property
     def driver(self) -> Driver:
         """The database driver (created on first use from the DSN).
+
+        Reading it marks the engine open until :meth:`aclose` or :meth:`close`.
 
         Returns:
             The engine behind this app's queue operations.
@@ -178,27 +226,50 @@ class App:
         Raises:
             ConfigurationError: an invalid DSN or schema name.
         """
-        if self._driver is None:
+        driver = self._driver
+        if driver is None:
             with self._driver_lock:
                 if self._driver is None:
-                    self._driver = self._make_driver()
-        return self._driver
+                    self._driver = self._settings.create_driver()
+                driver = self._driver
+        self._engine_open = True
+        return driver
 
-    def _use_dsn(self, dsn: str) -> None:
-        """Point the app at *dsn* (the CLI's ``--dsn``), replacing an unused driver."""
-        resolve_dsn(dsn)
-        if self._driver is not None:
-            self._driver.close_sync()
-        self._dsn = dsn
-        self._driver = None
+    def configure_database(self, *, dsn: str | None = None, schema: str | None = None) -> None:
+        """Point the app at another database or schema, before its engine opens.
 
-    def _use_schema(self, schema: str) -> None:
-        """Point the app at another schema (the testing helpers' isolation), replacing the driver."""
-        if self._driver is not None:
-            self._driver.close_sync()
-        self.schema = schema
-        self._driver = None
-        self.driver  # noqa: B018 - validate the schema name now
+        For code that runs an app it did not construct: a command line's ``--dsn``, a supervised
+        worker process, a test helper that gives each test its own schema. An option left None
+        keeps its current value; the other options of ``App(...)`` stay as they are. The DSN and
+        schema are checked now; the engine connects on first use, as usual.
+
+        Args:
+            dsn: a PostgreSQL DSN, or ``sqlite:///path`` for the embedded engine (as ``App(dsn=...)``).
+            schema: the schema holding the tables (with SQLite: the tables' prefix).
+
+        Raises:
+            ConfigurationError: the engine is open (the app was used since it was made or last
+                closed: a worker or a query may hold it; close it first with :meth:`aclose` or
+                :meth:`close`), or the DSN or schema is invalid. The app is then unchanged.
+
+        Example:
+            >>> app.configure_database(dsn="postgresql://app@db.internal/app", schema="jobs")
+        """
+        with self._driver_lock:
+            if self._engine_open:
+                raise ConfigurationError(
+                    f"configure_database(): {self!r} is in use (its engine was opened by a query, a worker or a "
+                    "migration since it was made or last closed); close it first: await app.aclose() or app.close()"
+                )
+            settings = attrs.evolve(
+                self._settings,
+                dsn=self._settings.dsn if dsn is None else dsn,
+                schema=self._settings.schema if schema is None else schema,
+            )
+            driver = settings.create_driver()
+            previous, self._driver, self._settings = self._driver, driver, settings
+        if previous is not None:
+            previous.close_sync()  # never used since its last close: nothing to wait for
 
     async def migrate(self) -> list[int]:
         """Create or upgrade the tables in the app's schema; safe to run concurrently and repeatedly.
@@ -224,11 +295,13 @@ class App:
         """Close the connection pool; the app reconnects if used again."""
         if self._driver is not None:
             await self._driver.aclose()
+        self._engine_open = False
 
     def close(self) -> None:
         """Close the connection pool, from synchronous code."""
         if self._driver is not None:
             self._driver.close_sync()
+        self._engine_open = False
 
     async def __aenter__(self) -> App:
         return self
@@ -530,23 +603,6 @@ class App:
             return register(task)
         return register
 
-    async def list_periodic(self) -> list[PeriodicInfo]:
-        """Every periodic schedule: those in the database and this app's own, with their next tick.
-
-        Returns:
-            :class:`PeriodicInfo` records sorted by name: expression, time zone, task, queue, the
-            next tick (by the database's clock), the last tick enqueued and its job's id and state.
-            Schedules this app does not define (``in_app`` False) are no longer enqueued by it.
-
-        Raises:
-            DatabaseError: the database cannot be reached.
-            SchemaNotReady: the schema is not migrated.
-
-        Example:
-            >>> [(p.name, p.next_tick, p.last_job_state) for p in await app.list_periodic()]
-        """
-        return await list_periodic(self)
-
     # --- hooks --------------------------------------------------------------------------------
 
     def _hook(self, hooks: list[Hook], func: Hook, kind: str) -> Hook:
@@ -779,6 +835,10 @@ class App:
             spec = attrs.evolve(spec, depends_on=check_depends_on(depends_on, where=where))
         return spec
 
+    # --- inspect and admin ----------------------------------------------------------------------
+    # One-line delegations to _admin.Admin, which the CLI and the dashboard call directly; the
+    # user-facing documentation stays here, on the pinned API.
+
     async def get_job(self, job_id: int) -> Job:
         """Return a fresh snapshot of job *job_id*.
 
@@ -792,18 +852,7 @@ class App:
             JobNotFound: no such job.
             TypeError: the id is not an int.
         """
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
-            raise TypeError(f"get_job: job_id must be an int, got {job_id!r}")
-        job = await self.driver.get_job(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job
-
-    @staticmethod
-    def _check_id(job_id: object, where: str) -> int:
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
-            raise TypeError(f"{where}: job_id must be an int, got {job_id!r}")
-        return job_id
+        return await self._admin.get_job(job_id)
 
     async def cancel(self, job_id: int) -> CancelResult:
         """Cancel a job.
@@ -829,12 +878,7 @@ class App:
             >>> result = await app.cancel(job.id)
             >>> print(result.message)
         """
-        job_id = self._check_id(job_id, "cancel")
-        found = await self.driver.cancel_job(job_id, error_cap=self.error_cap)
-        if found is None:
-            raise JobNotFound(job_id)
-        job, status = found
-        return CancelResult(job=job, status=status)
+        return await self._admin.cancel(job_id)
 
     async def retry(self, job_id: int) -> Job:
         """Put a discarded or cancelled job back in its queue (the dead-letter path).
@@ -854,15 +898,7 @@ class App:
                 a unique job with the same key is queued or running.
             TypeError: the id is not an int.
         """
-        job_id = self._check_id(job_id, "retry")
-        job = await self.driver.retry_job(job_id)
-        if job is not None:
-            return job
-        current = await self.get_job(job_id)
-        raise JobStateError(
-            f"job {job_id} is {current.state.value}, not discarded or cancelled: only a finished, failed or "
-            "cancelled job can be retried" + (" (it is already queued)" if current.state.value in _QUEUED else "")
-        )
+        return await self._admin.retry(job_id)
 
     async def list_jobs(
         self,
@@ -888,26 +924,7 @@ class App:
         Raises:
             ConfigurationError: an unknown state, or a bad limit, queue or task name.
         """
-        states: list[str] | None = None
-        if state is not None:
-            items = [state] if isinstance(state, str) else list(state)
-            states = []
-            for item in items:
-                try:
-                    states.append(JobState(item).value)
-                except ValueError:
-                    raise ConfigurationError(
-                        f"list_jobs(state={item!r}): not a job state; use one of {', '.join(s.value for s in JobState)}"
-                    ) from None
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise ConfigurationError(f"list_jobs(limit={limit!r}): must be an int from 1 to 10000")
-        if queue is not None:
-            check_queue(queue, where="list_jobs()")
-        if task is not None:
-            check_task_name(task, where="list_jobs()")
-        if before_id is not None:
-            self._check_id(before_id, "list_jobs(before_id=...)")
-        return await self.driver.list_jobs(states=states, queue=queue, task=task, limit=limit, before_id=before_id)
+        return await self._admin.list_jobs(state=state, queue=queue, task=task, limit=limit, before_id=before_id)
 
     async def prune(
         self,
@@ -929,16 +946,7 @@ class App:
         Raises:
             ConfigurationError: a negative age or a state that is not a final state.
         """
-        if isinstance(older_than, dt.timedelta):
-            older_than = older_than.total_seconds()
-        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
-            raise ConfigurationError(f"prune(older_than={older_than!r}): must be seconds >= 0 or a timedelta")
-        chosen = [states] if isinstance(states, str) else list(states)
-        for state in chosen:
-            if state not in ("completed", "discarded", "cancelled"):
-                raise ConfigurationError(f"prune(states=...): {state!r} is not a final state")
-        pruner = Pruner(self.driver, retention={s: float(older_than) for s in chosen}, max_batches=1_000_000)
-        return sum((await pruner.run_once()).values())
+        return await self._admin.prune(older_than=older_than, states=states)
 
     async def pause_queue(self, name: str) -> bool:
         """Pause queue *name*: no worker fetches its jobs until :meth:`resume_queue`.
@@ -961,7 +969,7 @@ class App:
             >>> await app.pause_queue("emails")
             True
         """
-        return await self.driver.set_queue_paused(check_queue(name, where="pause_queue()"), paused=True)
+        return await self._admin.pause_queue(name)
 
     async def resume_queue(self, name: str) -> bool:
         """Resume a paused queue; its workers are notified and fetch at once.
@@ -980,7 +988,7 @@ class App:
             >>> await app.resume_queue("emails")
             True
         """
-        return await self.driver.set_queue_paused(check_queue(name, where="resume_queue()"), paused=False)
+        return await self._admin.resume_queue(name)
 
     async def list_queues(self) -> list[QueueInfo]:
         """Every queue that has jobs or was ever paused, with its pause flag and job counts.
@@ -996,7 +1004,7 @@ class App:
             >>> [(q.name, q.paused, q.counts["available"]) for q in await app.list_queues()]
             [('default', False, 12), ('emails', True, 40)]
         """
-        return await self.driver.list_queues()
+        return await self._admin.list_queues()
 
     async def set_queue_limits(
         self,
@@ -1028,13 +1036,7 @@ class App:
         Example:
             >>> await app.set_queue_limits("emails", max_concurrency=5, rate_limit="100/m")
         """
-        where = f"set_queue_limits({name!r})"
-        queue = check_queue(name, where=where)
-        concurrency = check_max_concurrency(max_concurrency, where=where)
-        rate = parse_rate_limit(rate_limit, where=where)
-        await self.driver.set_queue_limits(queue, max_concurrency=concurrency, rate=rate)
-        (info,) = await self.driver.list_queues(queue)
-        return info
+        return await self._admin.set_queue_limits(name, max_concurrency=max_concurrency, rate_limit=rate_limit)
 
     async def list_breakers(self) -> list[BreakerInfo]:
         """The circuit breakers of every task that has one, with their state (database clock).
@@ -1047,7 +1049,7 @@ class App:
         Raises:
             DatabaseError: the database cannot be reached.
         """
-        return await self.driver.list_breakers()
+        return await self._admin.list_breakers()
 
     async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job:  # noqa: ASYNC109
         """Wait until a job finishes and return it (with its ``result`` once completed).
@@ -1073,73 +1075,21 @@ class App:
             >>> (await app.wait_for(job.id, timeout=10)).result
             3
         """
-        job_id = self._check_id(job_id, "wait_for")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-            raise ConfigurationError(f"wait_for(timeout={timeout!r}): must be seconds >= 0 or None")
-        finished = await _wait_finished(self, job_id, limit=timeout, poll_interval=poll_interval)
-        if finished.state is JobState.COMPLETED:
-            return finished
-        last = finished.errors[-1].message if finished.errors else "no error recorded"
-        raise JobFailed(f"job {job_id} ({finished.task}) ended {finished.state.value}: {last}", finished)
+        return await self._admin.wait_for(job_id, timeout=timeout, poll_interval=poll_interval)
 
+    async def list_periodic(self) -> list[PeriodicInfo]:
+        """Every periodic schedule: those in the database and this app's own, with their next tick.
 
-async def _wait_finished(app: App, job_id: int, *, limit: float | None, poll_interval: float) -> Job:
-    """Poll the job, waking early on a 'finished' notification that may name it."""
-    import anyio
-    import anyio.abc
+        Returns:
+            :class:`PeriodicInfo` records sorted by name: expression, time zone, task, queue, the
+            next tick (by the database's clock), the last tick enqueued and its job's id and state.
+            Schedules this app does not define (``in_app`` False) are no longer enqueued by it.
 
-    from ._errors import RETRYABLE_ERRORS
+        Raises:
+            DatabaseError: the database cannot be reached.
+            SchemaNotReady: the schema is not migrated.
 
-    woken = anyio.Event()
-    result: list[Job] = []
-    failure: list[JobNotFound] = []
-    wanted = str(job_id)
-
-    async def listen(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = app.driver.listener()
-        try:
-            try:
-                await listener.connect()
-            finally:
-                task_status.started()  # LISTEN is up (or failed: polling alone then)
-            while True:
-                for note in await listener.wait(keepalive=15.0):
-                    if note.kind == "finished" and (note.value == "*" or wanted in note.value.split(",")):
-                        woken.set()
-        except RETRYABLE_ERRORS:
-            return  # polling goes on
-        finally:
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
-
-    async def poll(tg_scope: anyio.CancelScope) -> None:
-        nonlocal woken
-        try:
-            while True:
-                # Read after LISTEN is up, so a finish in between is seen by this read or notified.
-                job = await app.get_job(job_id)
-                if job.state.is_terminal:
-                    result.append(job)
-                    return
-                with anyio.move_on_after(poll_interval):
-                    await woken.wait()
-                woken = anyio.Event()
-        except JobNotFound as exc:  # pruned while we waited: raised below, not inside a group
-            failure.append(exc)
-        finally:
-            tg_scope.cancel()
-
-    # The first look is outside any deadline: a finished job is returned even with timeout=0.
-    first = await app.get_job(job_id)
-    if first.state.is_terminal:
-        return first
-    with anyio.move_on_after(limit if limit is not None else math.inf) as outer:
-        async with anyio.create_task_group() as tg:
-            await tg.start(listen)
-            tg.start_soon(poll, tg.cancel_scope)
-    if failure:
-        raise failure[0]
-    if result:
-        return result[0]
-    assert outer.cancelled_caught
-    raise TimeoutError(f"job {job_id} did not finish within {limit:g}s" if limit is not None else "")
+        Example:
+            >>> [(p.name, p.next_tick, p.last_job_state) for p in await app.list_periodic()]
+        """
+        return await self._admin.list_periodic()

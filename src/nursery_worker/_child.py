@@ -20,6 +20,7 @@ receives it too, decides what each child is told.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,13 +32,15 @@ from typing import Any
 import anyio
 
 from ._app import App
+from ._config import WorkerConfig
 from ._errors import NurseryWorkerError
 from ._logging import setup_logging
 from ._metrics import serve_metrics
 from ._models import Supervision
 from ._process import ENV_OPTIONS, EXIT_STARTUP_FAILED, HARD_STOP_SIGNAL, ChildOptions, import_app, set_title
+from ._signals import relay_signals, single_error
 from ._state import WorkerState
-from ._worker import Worker, WorkerConfig, relay_signals, serve_worker, unwrap_group
+from ._worker import Worker, serve_worker
 
 logger = logging.getLogger("nursery_worker.child")
 
@@ -160,22 +163,18 @@ async def _serve(app: App, options: ChildOptions, reporter: Reporter) -> Worker:
     except Exception as exc:  # no DSN, an invalid option: the child cannot start
         raise _StartupFailed from exc
     started = False
-    with (
-        anyio.open_signal_receiver(signal.SIGTERM) as signals,
-        anyio.open_signal_receiver(HARD_STOP_SIGNAL) as hard_signals,
-    ):
+    with anyio.open_signal_receiver(signal.SIGTERM, HARD_STOP_SIGNAL) as signals:
         async with anyio.create_task_group() as tg:
             run_scope = anyio.CancelScope()
 
-            async def relay_hard_stops() -> None:
+            def hard_stop() -> None:
                 # The supervisor's "stop now". A second SIGTERM would do, but two SIGTERMs sent
                 # close together reach a process as one (standard signals are not queued).
-                async for _ in hard_signals:
-                    if started:
-                        logger.warning("the supervisor asks to stop now")
-                        worker.stop(hard=True)
-                    else:
-                        run_scope.cancel()
+                if started:
+                    logger.warning("the supervisor asks to stop now")
+                    worker.stop(hard=True)
+                else:
+                    run_scope.cancel()
 
             def orphaned() -> None:
                 if started:
@@ -183,8 +182,15 @@ async def _serve(app: App, options: ChildOptions, reporter: Reporter) -> Worker:
                 else:
                     run_scope.cancel()
 
-            tg.start_soon(relay_signals, signals, lambda: worker if started else None, run_scope.cancel)
-            tg.start_soon(relay_hard_stops)
+            tg.start_soon(
+                functools.partial(
+                    relay_signals,
+                    signals,
+                    lambda: worker if started else None,
+                    run_scope.cancel,
+                    actions={HARD_STOP_SIGNAL: hard_stop},
+                )
+            )
             tg.start_soon(reporter.serve, worker, orphaned)
             with run_scope:
                 try:
@@ -222,18 +228,14 @@ def main() -> None:
     try:
         app = import_app(options.app)
         if options.dsn is not None:
-            app._use_dsn(options.dsn)
+            app.close()  # this process owns the app: release what its module may have opened at import
+            app.configure_database(dsn=options.dsn)
     except BaseException as exc:
         reporter.fatal(exc)
         sys.exit(EXIT_STARTUP_FAILED)
     try:
-        try:
+        with single_error():
             worker = anyio.run(_serve, app, options, reporter, backend=options.backend)
-        except BaseExceptionGroup as group:
-            leaf = unwrap_group(group)
-            if leaf is group:
-                raise
-            raise leaf from leaf.__cause__
     except _StartupFailed as exc:
         reporter.fatal(exc.__cause__ or exc)
         sys.exit(EXIT_STARTUP_FAILED)

@@ -4,6 +4,14 @@ Job tasks hand their outcome over with :meth:`Completer.submit`, which never awa
 being cancelled can still record that it was released. The completer is the last part of the worker
 to stop; its final writes run shielded under their own deadline, so even a worker cancelled from
 outside writes its jobs back.
+
+A batch the database refuses for what it holds (not for the connection) is split until the
+completion(s) at fault are found; every other outcome is written, and each faulty attempt is
+recorded as failed instead (:func:`refused_transition`), with an error that says what was refused
+and why. A poison outcome (a result over PostgreSQL's jsonb limit) therefore never holds up the
+others, and is never retried forever. A batch also holds at most ``batch_max_result_chars`` of
+results (one larger result goes alone), so that a batch never grows into a message the server
+would refuse by dropping the connection.
 """
 
 from __future__ import annotations
@@ -19,9 +27,54 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._backoff import ServiceBackoff
 from ._driver import Driver
 from ._errors import RETRYABLE_ERRORS, DatabaseError
+from ._json import POSTGRES_JSONB_MAX_BYTES, RESULT_SIZE_FIX
 from ._models import Completion
+from ._state import ErrorInfo, Failed, JobState, Transition, decide
 
 logger = logging.getLogger("nursery_worker.completer")
+
+#: A refused outcome whose result is at least this large is taken to be refused for its size.
+_LARGE_RESULT = 1024 * 1024
+
+
+def _no_wait(attempt: int) -> float:
+    return 0.0
+
+
+def refused_error(completion: Completion, reason: str) -> ErrorInfo:
+    """The error recorded for an attempt whose outcome the database refused to store, for *reason*."""
+    what = completion.transition.state.value
+    result = completion.result_json
+    if result is None:
+        return ErrorInfo(
+            type="OutcomeRefused",
+            message=f"the database refused to record this attempt's outcome ({what}): {reason}",
+        )
+    size = len(result.encode("utf-8", "surrogatepass"))
+    message = (
+        f"the database refused to record this attempt's outcome ({what}, with a result of {size:,} bytes of "
+        f"JSON): {reason}"
+    )
+    if size >= _LARGE_RESULT:
+        message += (
+            f"; a result must fit the database's limit (PostgreSQL stores at most {POSTGRES_JSONB_MAX_BYTES:,} "
+            f"bytes in one jsonb value) and the worker's max_result_bytes: {RESULT_SIZE_FIX}"
+        )
+    return ErrorInfo(type="OutcomeRefused", message=message)
+
+
+def refused_transition(completion: Completion, reason: str) -> Transition:
+    """What to write instead of an outcome the database refused: the attempt failed.
+
+    Decided by the pure state machine like any failure, with the job's own budget and policy
+    (retryable, or discarded once its attempts are used up). A completion that carries no budget
+    (a hand-back) is retried once more without waiting.
+    """
+    error = refused_error(completion, reason)
+    attempts = completion.max_attempts if completion.max_attempts is not None else completion.attempt + 1
+    return decide(
+        Failed(error=error), attempt=completion.attempt, max_attempts=attempts, backoff=completion.backoff or _no_wait
+    )
 
 
 @attrs.define(eq=False)
@@ -32,6 +85,8 @@ class Completer:
     worker_id: str
     error_cap: int = 20
     batch_max: int = 1000
+    #: The most result characters one batch holds; a single larger result is written alone.
+    batch_max_result_chars: int = 32 * 1024 * 1024
     final_timeout: float = 10.0
     #: Called after each successful write (the worker wakes its fetch loop: capacity is free).
     on_written: Callable[[], None] | None = None
@@ -39,6 +94,8 @@ class Completer:
     pending: set[tuple[int, int]] = attrs.field(factory=set)
     _send: MemoryObjectSendStream[Completion] = attrs.field(init=False)
     _receive: MemoryObjectReceiveStream[Completion] = attrs.field(init=False)
+    #: Taken from the stream but left for the next batch (it would have made this one too large).
+    _held: Completion | None = attrs.field(init=False, default=None)
     _closing_deadline: float | None = attrs.field(init=False, default=None)
     _done: bool = attrs.field(init=False, default=False)
 
@@ -74,10 +131,7 @@ class Completer:
 
     async def _isolate(self, batch: list[Completion], exc: DatabaseError) -> None:
         if len(batch) == 1:
-            (c,) = batch
-            # Dropped from the completer: the row stays executing under this worker, and the
-            # reaper's check for claims this worker no longer knows hands it back to the queue.
-            logger.error("could not record the outcome of job %d attempt %d: %s", c.job_id, c.attempt, exc)
+            await self._record_refused(batch[0], exc)
             return
         half = len(batch) // 2
         for part in (batch[:half], batch[half:]):
@@ -88,22 +142,75 @@ class Completer:
                     raise
                 await self._isolate(part, inner)
 
+    async def _record_refused(self, c: Completion, exc: DatabaseError) -> None:
+        """Record the attempt of *c*, whose outcome the database refused, as failed."""
+        transition = refused_transition(c, str(exc))
+        failed = attrs.evolve(c, transition=transition, result_json=None)
+        try:
+            await self.driver.finish_jobs(worker_id=self.worker_id, completions=[failed], error_cap=self.error_cap)
+        except DatabaseError as inner:
+            if inner.transient:
+                raise
+            # Even the failure was refused (nothing we wrote, so something about the row itself):
+            # end the job rather than hand it back to run, and be refused, again.
+            last = Transition(state=JobState.DISCARDED, error=ErrorInfo(type="OutcomeRefused", message=str(inner)))
+            try:
+                await self.driver.finish_jobs(
+                    worker_id=self.worker_id,
+                    completions=[attrs.evolve(failed, transition=last)],
+                    error_cap=self.error_cap,
+                )
+            except DatabaseError as final:
+                if final.transient:
+                    raise
+                # Left executing under this worker: the reaper's check for claims this worker no
+                # longer knows hands it back to the queue.
+                logger.error(
+                    "could not record the outcome of job %d attempt %d, nor its failure: %s; then: %s",
+                    c.job_id,
+                    c.attempt,
+                    exc,
+                    final,
+                )
+                return
+            transition = last
+        logger.error(
+            "job %d attempt %d: the database refused its outcome (%s); recorded the attempt as failed -> %s: %s",
+            c.job_id,
+            c.attempt,
+            c.transition.state.value,
+            transition.state.value,
+            transition.error.message if transition.error is not None else "",
+        )
+
+    def _next(self) -> Completion:
+        """The held completion, else the next queued one (``WouldBlock``/``EndOfStream`` as the stream)."""
+        held, self._held = self._held, None
+        return held if held is not None else self._receive.receive_nowait()
+
     def _take(self, batch: list[Completion]) -> bool:
         """Move queued completions into *batch*; return False once the stream is closed and empty."""
+        chars = sum(len(c.result_json) for c in batch if c.result_json is not None)
         while len(batch) < self.batch_max:
             try:
-                batch.append(self._receive.receive_nowait())
+                c = self._next()
             except anyio.WouldBlock:
                 return True
             except anyio.EndOfStream:
                 return False
+            size = len(c.result_json) if c.result_json is not None else 0
+            if batch and chars + size > self.batch_max_result_chars:
+                self._held = c
+                return True
+            batch.append(c)
+            chars += size
         return True
 
     async def _drain(self, batch: list[Completion], backoff: ServiceBackoff) -> None:
         """Write until the stream is closed and empty (or the closing deadline passes)."""
         open_ = True
-        while open_ or batch:
-            if not batch:
+        while open_ or batch or self._held is not None:
+            if not batch and self._held is None:
                 try:
                     batch.append(await self._receive.receive())
                 except anyio.EndOfStream:

@@ -24,16 +24,31 @@ logger = logging.getLogger("nursery_worker")
 _announced: set[str] = set()
 _announced_lock = threading.Lock()
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/?#@\s]*:)(?P<pw>[^@/?#\s]*)(?P<tail>@)", re.I)
-_KV_PASSWORD = re.compile(r"(?P<head>(?<![?&])\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#\s]*)", re.I)
+#: Where a DSN may start in a text: a URL's scheme, or a key/value password keyword (also as the
+#: end of a longer name, such as PGPASSWORD=, to err on the side of hiding). These
+#: only *locate* a candidate; what the password is, and where it ends, is decided by parsing from
+#: there with libpq's own grammar (see ``_redact_url`` and ``_kv_value_end``).
+_CANDIDATE = re.compile(r"(?P<url>(?<![\w+.\-])[a-z][a-z0-9+.\-]*://)|(?P<kv>(?:ssl)?password\s*=)", re.I)
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+#: A key/value DSN starts with a keyword and ``=``.
+_KV_START = re.compile(r"[A-Za-z_]+\s*=")
+HIDDEN = "***"
 
 
 def redact(text: str) -> str:
     """Return *text* with every DSN password in it replaced by ``***``.
 
-    Works on URL DSNs (``postgresql://user:pw@host``), on ``password=`` query parameters and on
-    libpq key/value strings (``host=x password=pw``), and on any message that embeds one of them.
+    The DSN is parsed the way libpq parses it, never matched by a pattern of what a password looks
+    like. In a URL (``postgresql://user:pw@host/db``) the password runs from the first ``:`` of the
+    user information to the first ``@`` before any ``/``: libpq reads ``S3c?ret`` and ``S3c#ret``
+    whole, and so does this. Query parameters ``password=`` and ``sslpassword=`` (their names
+    percent-decoded, as libpq does) are hidden up to the next ``&``. In key/value form
+    (``host=x password='a b\\'c'``), a value runs to the first unescaped space, or is quoted with
+    backslash escapes. A URL that libpq could not read (a port that is not a number, an ``@`` after
+    the host) is hidden whole after its scheme; an unterminated quoted value is hidden to the end.
+
+    Works on a DSN alone and on any message that embeds one (a URL inside a message ends at the next
+    white space or line end unless the text is that URL alone).
 
     Args:
         text: a DSN, or any text that may contain one.
@@ -41,9 +56,179 @@ def redact(text: str) -> str:
     Returns:
         The text with each password replaced by ``***``.
     """
-    text = _URL_PASSWORD.sub(r"\g<head>***\g<tail>", text)
-    text = _QUERY_PASSWORD.sub(r"\g<head>***", text)
-    return _KV_PASSWORD.sub(r"\g<head>***", text)
+    first = len(text) - len(text.lstrip())
+    if _KV_START.match(text, first):
+        whole = _redact_kv(text)
+        if whole is not None:
+            return whole
+    return _scan(text, first)
+
+
+def _scan(text: str, first: int = -1) -> str:
+    """Hide the passwords of the DSNs found in *text*; a URL starting at *first* is the whole text."""
+    out: list[str] = []
+    i = 0
+    while True:
+        m = _CANDIDATE.search(text, i)
+        if m is None:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i : m.start()])
+        if m.group("url") is not None:
+            whole = m.start() == first
+            end = _url_end(text, m.end(), whole=whole)
+            out.append(m.group("url"))
+            out.append(_redact_url(text[m.end() : end]))
+            i = end
+        else:
+            out.append(m.group("kv"))
+            rest = m.end()
+            while rest < len(text) and text[rest].isspace():
+                rest += 1
+            end, _ = _kv_value(text, rest)
+            out.append(text[m.end() : rest] + (HIDDEN if end > rest else ""))
+            i = end
+
+
+def _redact_kv(text: str) -> str | None:
+    """*text*, a whole key/value DSN, with its secrets hidden; parsed with libpq's grammar.
+
+    What libpq could not parse (a word without ``=``: the rest of an unquoted password with a
+    space in it?) is hidden from the first password keyword to the end. None when there is no
+    password keyword at all: nothing to hide, the text is left to the scan of a message.
+    """
+    out: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        start = i
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n:
+            out.append(text[start:])
+            return "".join(out)
+        key_start = i
+        while i < n and text[i] != "=" and not text[i].isspace():
+            i += 1
+        key = text[key_start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n or text[i] != "=" or not key:
+            break
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        end, closed = _kv_value(text, i)
+        if not closed:
+            break
+        if key.lower().endswith("password") and end > i:
+            out.append(text[start:i] + HIDDEN)
+        else:  # a value may be a URL (libpq expands dbname=postgresql://...)
+            out.append(text[start:i] + _scan(text[i:end], 0))
+        i = end
+    m = _CANDIDATE.search(text)
+    while m is not None and m.group("kv") is None:
+        m = _CANDIDATE.search(text, m.end())
+    if m is None:
+        return None
+    return text[: m.end()] + HIDDEN
+
+
+def _url_end(text: str, start: int, *, whole: bool) -> int:
+    """Where the URL starting at *start* (after ``scheme://``) ends: the text's end if it is the
+    whole text; in a message, the first line break, or the first white space outside the user
+    information (which libpq reads up to its ``@``, spaces and all)."""
+    if whole:
+        return len(text)
+    line_end = len(text)
+    for j in range(start, len(text)):
+        if text[j] in "\r\n":
+            line_end = j
+            break
+    at = _userinfo_end(text, start, line_end)
+    j = start if at is None else at + 1
+    while j < line_end and not text[j].isspace():
+        j += 1
+    return j
+
+
+def _userinfo_end(text: str, start: int, end: int) -> int | None:
+    """The index of the ``@`` that ends the user information, as libpq finds it (the first ``@``
+    before any ``/``), or None when there is none."""
+    for j in range(start, end):
+        if text[j] == "@":
+            return j
+        if text[j] == "/":
+            return None
+    return None
+
+
+def _redact_url(rest: str) -> str:
+    """*rest* (what follows ``scheme://``) with its passwords hidden."""
+    at = _userinfo_end(rest, 0, len(rest))
+    head = ""
+    if at is not None:
+        userinfo = rest[:at]
+        colon = userinfo.find(":")
+        head = (userinfo[: colon + 1] + HIDDEN if colon >= 0 and colon < len(userinfo) - 1 else userinfo) + "@"
+        rest = rest[at + 1 :]
+    cut = len(rest)
+    for sep in "/?":
+        k = rest.find(sep)
+        if k >= 0:
+            cut = min(cut, k)
+    netloc, tail = rest[:cut], rest[cut:]
+    if not _netloc_ok(netloc) or "@" in netloc or "@" in tail:
+        # libpq could not read it as we do (a password with a raw '/' or '@' in it?): hide it all.
+        return HIDDEN
+    q = tail.find("?")
+    if q < 0:
+        return head + rest
+    params = tail[q + 1 :].split("&")
+    for n, param in enumerate(params):
+        key, eq, value = param.partition("=")
+        if eq and value and unquote(key).strip().lower() in _SECRET_KEYS:
+            params[n] = key + "=" + HIDDEN
+    return head + netloc + tail[: q + 1] + "&".join(params)
+
+
+def _netloc_ok(netloc: str) -> bool:
+    """Whether libpq can read *netloc* as ``host[:port][,host[:port]...]``."""
+    for host in netloc.split(","):
+        if host.startswith("["):
+            close = host.find("]")
+            if close < 0:
+                return False
+            host = host[close + 1 :]
+            if host and not host.startswith(":"):
+                return False
+            port = host[1:]
+        else:
+            port = host.rpartition(":")[2] if ":" in host else ""
+        if port and not port.isdigit():
+            return False
+    return True
+
+
+def _kv_value(text: str, start: int) -> tuple[int, bool]:
+    """Where the key/value value starting at *start* ends, as libpq's ``conninfo_parse`` reads it,
+    and whether it is well formed: a quoted value ends after its closing quote (a backslash
+    escapes anything; unterminated, it runs to the end of the text and is not well formed), any
+    other value at the first unescaped white space."""
+    n = len(text)
+    j = start
+    if j < n and text[j] == "'":
+        j += 1
+        while j < n:
+            if text[j] == "\\":
+                j += 2
+                continue
+            if text[j] == "'":
+                return j + 1, True
+            j += 1
+        return n, False
+    while j < n and not text[j].isspace():
+        j += 2 if text[j] == "\\" else 1
+    return min(j, n), True
 
 
 def resolve_dsn(dsn: str | None) -> str:

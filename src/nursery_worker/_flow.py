@@ -1,8 +1,9 @@
 """Flow control: global limits, circuit breakers and job dependencies (workflows).
 
-Everything here is pure: option validation, the configuration a worker hands to the limited claim,
-and the ordering of a dependency graph. The enforcement lives where jobs are claimed, in the
-driver, so that any number of workers on any number of hosts share one count.
+Everything here is pure: option validation and the configuration a worker hands to the limited
+claim. The enforcement lives where jobs are claimed, in the driver, so that any number of workers on
+any number of hosts share one count; so does the ordering of a dependency graph's insert
+(``_driver/_common.py``). The records (``RateLimit``, ``BreakerInfo``) are in ``_models``.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from ._errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from ._models import Job, JobSpec
+from ._json import check_storable
+from ._models import BreakerInfo as BreakerInfo
+from ._models import Job, JobSpec, TaskLimits
+from ._models import RateLimit as RateLimit
 
 _INT32_MAX = 2**31 - 1
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*([a-z]+)\s*", re.IGNORECASE)
@@ -43,17 +44,6 @@ _LIMIT_KEY_MAX = 200
 
 #: ``limit_by=``: the name of an argument, or a function of the arguments returning the partition.
 LimitBy = str | Callable[[dict[str, Any]], object] | None
-
-
-@attrs.frozen(kw_only=True)
-class RateLimit:
-    """At most ``count`` starts in any window of ``period`` seconds (a sliding window)."""
-
-    count: int
-    period: float
-
-    def __str__(self) -> str:
-        return f"{self.count}/{self.period:g}s"
 
 
 def parse_rate_limit(value: object, *, where: str) -> RateLimit | None:
@@ -137,7 +127,7 @@ def resolve_limit_key(option: LimitBy, args: Mapping[str, Any], *, where: str) -
     text = key if isinstance(key, str) else _key_text(key, where=where)
     if len(text) > _LIMIT_KEY_MAX:
         raise ConfigurationError(f"{where}: the limit key {text[:40]!r}... is over {_LIMIT_KEY_MAX} characters")
-    return text
+    return check_storable(text, what="the limit key", where=where)
 
 
 def _key_text(key: object, *, where: str) -> str:
@@ -186,55 +176,17 @@ class CircuitBreaker:
             raise ConfigurationError(f"CircuitBreaker(cooldown={value!r}): must be seconds > 0 (or a timedelta)")
 
 
-@attrs.frozen(kw_only=True)
-class BreakerInfo:
-    """A circuit breaker as ``app.list_breakers()`` and ``nursery-worker status`` see it.
-
-    Attributes:
-        task: the task it guards.
-        state: ``"closed"`` (jobs run), ``"open"`` (jobs held back until ``reopens_at``) or
-            ``"half_open"`` (one probe job is running).
-        failures: consecutive failures counted so far.
-        threshold: failures that open it.
-        cooldown: seconds it stays open before a probe.
-        opened_at: when it last opened, or None.
-        probe_job_id: the probe job while half open, else None.
-        now: the database's clock when the row was read.
-    """
-
-    task: str
-    state: str
-    failures: int
-    threshold: int
-    cooldown: float
-    opened_at: dt.datetime | None
-    probe_job_id: int | None
-    now: dt.datetime
-
-    @property
-    def reopens_at(self) -> dt.datetime | None:
-        """When an open breaker lets a probe through (database clock), or None when it is not open."""
-        if self.state != "open" or self.opened_at is None:
-            return None
-        return self.opened_at + dt.timedelta(seconds=self.cooldown)
-
-
-def limits_config(tasks: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """The limited claim's view of a task registry: {task: {"c": n, "r": n, "p": s, "b": True}}."""
-    config: dict[str, dict[str, Any]] = {}
-    for task in tasks:
-        if not task.limited:
-            continue
-        entry: dict[str, Any] = {}
-        if task.max_concurrency is not None:
-            entry["c"] = task.max_concurrency
-        if task.rate_limit is not None:
-            entry["r"] = task.rate_limit.count
-            entry["p"] = task.rate_limit.period
-        if task.circuit_breaker is not None:
-            entry["b"] = True
-        config[task.name] = entry
-    return config
+def limits_config(tasks: Iterable[Any]) -> dict[str, TaskLimits]:
+    """The limited claim's view of a task registry: each limited task's limits, by name."""
+    return {
+        task.name: TaskLimits(
+            concurrency=task.max_concurrency,
+            rate=task.rate_limit,
+            breaker=task.circuit_breaker is not None,
+        )
+        for task in tasks
+        if task.limited
+    }
 
 
 # --- dependencies ----------------------------------------------------------------------------------
@@ -242,8 +194,6 @@ def limits_config(tasks: Iterable[Any]) -> dict[str, dict[str, Any]]:
 
 def check_depends_on(value: object, *, where: str) -> tuple[int | JobSpec, ...]:
     """Validate ``depends_on=``: jobs (``Job``), job ids, or job specs of the same ``defer_many`` call."""
-    from ._models import Job, JobSpec
-
     if value is None:
         return ()
     if isinstance(value, (Job, JobSpec, int)) and not isinstance(value, bool):
@@ -269,87 +219,12 @@ def check_depends_on(value: object, *, where: str) -> tuple[int | JobSpec, ...]:
     return tuple(out)
 
 
-def order_graph(specs: Sequence[JobSpec]) -> list[int]:
-    """Indexes of *specs* in an order where each spec comes after the specs it depends on.
-
-    Raises:
-        ConfigurationError: a spec depends on a spec that is not in *specs*, a spec that others
-            depend on appears twice, or the dependencies form a cycle (the message names it).
-    """
-    from ._models import JobSpec
-
-    index: dict[int, int] = {}
-    for i, spec in enumerate(specs):
-        if id(spec) in index:
-            if any(any(dep is spec for dep in other.depends_on) for other in specs):
-                raise ConfigurationError(
-                    f"defer_many: the same job spec ({spec.task}) is listed twice and other jobs depend on it; "
-                    "build one spec per job"
-                )
-            continue
-        index[id(spec)] = i
-    edges: dict[int, list[int]] = {}
-    for i, spec in enumerate(specs):
-        parents = []
-        for dep in spec.depends_on:
-            if isinstance(dep, JobSpec):
-                if id(dep) not in index:
-                    raise ConfigurationError(
-                        f"defer_many: item {i} ({spec.task}) depends on a job spec ({dep.task}) that is not in this "
-                        "call; defer both in one defer_many call, or defer the dependency first and pass its job"
-                    )
-                parents.append(index[id(dep)])
-        edges[i] = parents
-    # Kahn's algorithm, iterative (a chain of thousands of jobs must not hit the recursion limit),
-    # keeping the order given among jobs that are ready together.
-    children: dict[int, list[int]] = {i: [] for i in edges}
-    waiting = {i: 0 for i in edges}
-    for child, parents in edges.items():
-        for parent in set(parents):
-            children[parent].append(child)
-            waiting[child] += 1
-    ready = deque(i for i in sorted(edges) if waiting[i] == 0)
-    order: list[int] = []
-    while ready:
-        node = ready.popleft()
-        order.append(node)
-        for child in children[node]:
-            waiting[child] -= 1
-            if waiting[child] == 0:
-                ready.append(child)
-    if len(order) < len(edges):
-        # Walk parents from a job left over until one repeats: that loop is the cycle.
-        node = next(i for i in edges if waiting[i] > 0)
-        path: list[int] = []
-        while node not in path:
-            path.append(node)
-            node = next(p for p in edges[node] if waiting[p] > 0)
-        cycle = [*path[path.index(node) :], node]
-        names = " <- ".join(f"{specs[k].task} (item {k})" for k in cycle)
-        raise ConfigurationError(f"defer_many: the dependencies form a cycle ({names}); a workflow must be acyclic")
-    return order
-
-
-def dependency_ids(spec: JobSpec, inserted: Mapping[int, Job]) -> list[int]:
-    """The ids *spec* depends on, with in-call specs replaced by the jobs inserted for them."""
-    from ._models import JobSpec
-
-    ids: list[int] = []
-    for dep in spec.depends_on:
-        job_id = inserted[id(dep)].id if isinstance(dep, JobSpec) else dep
-        if job_id not in ids:
-            ids.append(job_id)
-    return ids
-
-
 def rebind_dependencies(old: Sequence[JobSpec], new: Sequence[JobSpec]) -> list[JobSpec]:
     """Point the in-call dependencies of *new* (copies of *old*, say with a trace context added)
     at the copies instead of the originals, so that the graph stays within the call.
 
     The copies are fresh objects nobody else holds yet, so they are patched in place.
     """
-    from ._models import JobSpec
-
     copies = {id(o): n for o, n in zip(old, new, strict=True)}
     for spec in new:
         if any(isinstance(d, JobSpec) for d in spec.depends_on):

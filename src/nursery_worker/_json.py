@@ -12,8 +12,23 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ._errors import ConfigurationError
+
 #: Default cap on the encoded size of one job's arguments (bytes).
 DEFAULT_MAX_ARGS_BYTES = 1_000_000
+#: Default cap on the encoded size of one job's result (bytes), the same on both engines. A quarter
+#: of what PostgreSQL can hold in one jsonb value (:data:`POSTGRES_JSONB_MAX_BYTES`), which leaves
+#: room for jsonb's binary form being larger than the text; two such results in one completion
+#: batch stay far below libpq's 1 GiB message limit; and a result is read back whole by
+#: ``app.get_job``, ``wait_for`` and the dashboard, so anything near this size belongs elsewhere.
+DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
+#: The most PostgreSQL stores in one jsonb value or string (2**28 - 1 bytes); larger is refused.
+POSTGRES_JSONB_MAX_BYTES = 268_435_455
+#: How to return less, in every message about an oversized result.
+RESULT_SIZE_FIX = (
+    "store a large result elsewhere (a file, object storage, a table of your own) and return a reference "
+    "to it, such as its key or URL"
+)
 
 _SCALARS = (str, int, float, bool, type(None))
 #: Types whose values ``json.loads(json.dumps(v)) == v`` exactly (not subclasses: an IntEnum decodes as int).
@@ -28,6 +43,25 @@ _HINTS = {
     "Decimal": "pass str(value) and parse it in the task",
     "UUID": "pass str(value)",
 }
+
+
+def check_storable(value: str, *, what: str, where: str) -> str:
+    """Return *value* if the database can store it as text, else raise ``ConfigurationError``.
+
+    PostgreSQL refuses a NUL character in text, and neither engine can encode a lone surrogate:
+    either would only fail later, in the database, with a generic error.
+    """
+    if "\x00" in value:
+        raise ConfigurationError(
+            f"{where}: {what} {value!r} contains a NUL character (\\x00), which the database cannot store; remove it"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{where}: {what} {value!r} contains a lone surrogate, which is not valid UTF-8; fix the string's decoding"
+        ) from None
+    return value
 
 
 def _fail(path: str, value: Any, why: str | None = None) -> TypeError:
@@ -114,3 +148,24 @@ def encode_args(args: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGS_BY
             "elsewhere and pass a reference, or raise App(max_args_bytes=...)"
         )
     return text
+
+
+def check_result_size(encoded: str, limit: int, *, task: str | None = None) -> None:
+    """Refuse a job result whose JSON, *encoded*, is over *limit* bytes in UTF-8.
+
+    The worker calls it before writing, so that an oversized result fails its attempt with a
+    message that names the size and the fix, instead of reaching the database.
+
+    Raises:
+        ValueError: the result is over *limit* bytes; the message gives its size, the limit and how
+            to return less.
+    """
+    if len(encoded) * 4 <= limit:  # no character takes more than 4 bytes: no need to encode
+        return
+    size = len(encoded.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return
+    who = f"task {task!r} returned a result" if task is not None else "the result"
+    raise ValueError(
+        f"{who} of {size:,} bytes of JSON, above the limit of {limit:,} (max_result_bytes); {RESULT_SIZE_FIX}"
+    )

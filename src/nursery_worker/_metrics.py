@@ -23,18 +23,49 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
 
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
-from ._models import Job, RescueResult
+from ._models import Job, QueueDepth, RescueResult
 from ._state import Cancelled, Failed, Outcome, Released, Snoozed, Succeeded, Transition, WorkerState
 
 if TYPE_CHECKING:
-    from ._supervisor import Supervisor
-    from ._worker import Worker
+    from ._app import App
+    from ._config import WorkerConfig
+
+
+class Worker(Protocol):
+    """What the metrics read of a worker (``_worker.Worker``; kept a protocol so that the worker's
+    modules and this one do not import each other)."""
+
+    @property
+    def app(self) -> App: ...
+
+    @property
+    def config(self) -> WorkerConfig: ...
+
+    @property
+    def state(self) -> WorkerState: ...
+
+    @property
+    def listener_connected(self) -> bool: ...
+
+    @property
+    def running_jobs(self) -> tuple[Job, ...]: ...
+
+    metrics: WorkerMetrics | None
+
+
+class Supervisor(Protocol):
+    """What the supervisor's endpoint reads of ``_supervisor.Supervisor``."""
+
+    def metrics_ports(self) -> list[tuple[int, int]]: ...
+
+    def not_ready(self) -> list[str]: ...
+
 
 logger = logging.getLogger("nursery_worker.metrics")
 
@@ -75,7 +106,7 @@ class WorkerMetrics:
         self.registry = pc.CollectorRegistry(auto_describe=True)
         self.db_ok = True
         self.db_error = ""
-        self._depth: list[tuple[str, str, int]] = []
+        self._depth: list[QueueDepth] = []
         self._depth_at = -float("inf")
         self._depth_interval = depth_interval
         labels = ("queue", "task")
@@ -207,7 +238,7 @@ class _LiveCollector:
             "Jobs in each non-final state by queue (all workers' queues, as the database sees them).",
             labels=["queue", "state"],
         )
-        for queue, job_state, count in self.metrics._depth:
+        for queue, job_state, count in ((d.queue, d.state, d.count) for d in self.metrics._depth):
             depth.add_metric([queue, job_state], float(count))
         yield depth
 

@@ -1,9 +1,13 @@
-"""Frozen records that cross the driver boundary and the public API."""
+"""Frozen records that cross the driver boundary and the public API.
+
+Every value a :class:`~nursery_worker._driver.Driver` method takes or returns is one of these (or a
+builtin scalar): the drivers import this module, never a feature module.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -141,6 +145,11 @@ class Completion:
     ``attempted_at`` is the claim's lease: the fetch stamps it with ``clock_timestamp()``, which
     differs for every claim of a row, so (id, attempt, worker, attempted_at) names one claim even
     when an attempt was given back and the same worker claims the job again.
+
+    ``max_attempts`` and ``backoff`` are the job's retry budget and policy: when the database
+    refuses to store this outcome (a result over its size limit), the completer records the
+    attempt as failed instead, decided by them like any failure. Without them (a hand-back), such
+    a failure is retried once more without waiting.
     """
 
     job_id: int
@@ -148,6 +157,8 @@ class Completion:
     attempted_at: dt.datetime | None
     transition: Transition
     result_json: str | None = None
+    max_attempts: int | None = None
+    backoff: Callable[[int], float] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -282,3 +293,180 @@ class QueueInfo:
         if self.oldest_available_at is None:
             return None
         return max(0.0, (self.now - self.oldest_available_at).total_seconds())
+
+
+# --- flow control ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    """At most ``count`` starts in any window of ``period`` seconds (a sliding window)."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s"
+
+
+@attrs.frozen(kw_only=True)
+class TaskLimits:
+    """One limited task's limits, as the limited claim enforces them (see ``_flow.limits_config``).
+
+    Attributes:
+        concurrency: jobs of one partition executing at once across all workers, or None.
+        rate: starts of one partition per window, or None.
+        breaker: whether a circuit breaker holds the task's jobs back while it is open.
+    """
+
+    concurrency: int | None = None
+    rate: RateLimit | None = None
+    breaker: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class BreakerConfig:
+    """A task's circuit breaker as a worker registers it (``Driver.register_breakers``)."""
+
+    task: str
+    threshold: int
+    cooldown: float
+
+
+@attrs.frozen(kw_only=True)
+class BreakerInfo:
+    """A circuit breaker as ``app.list_breakers()`` and ``nursery-worker status`` see it.
+
+    Attributes:
+        task: the task it guards.
+        state: ``"closed"`` (jobs run), ``"open"`` (jobs held back until ``reopens_at``) or
+            ``"half_open"`` (one probe job is running).
+        failures: consecutive failures counted so far.
+        threshold: failures that open it.
+        cooldown: seconds it stays open before a probe.
+        opened_at: when it last opened, or None.
+        probe_job_id: the probe job while half open, else None.
+        now: the database's clock when the row was read.
+    """
+
+    task: str
+    state: str
+    failures: int
+    threshold: int
+    cooldown: float
+    opened_at: dt.datetime | None
+    probe_job_id: int | None
+    now: dt.datetime
+
+    @property
+    def reopens_at(self) -> dt.datetime | None:
+        """When an open breaker lets a probe through (database clock), or None when it is not open."""
+        if self.state != "open" or self.opened_at is None:
+            return None
+        return self.opened_at + dt.timedelta(seconds=self.cooldown)
+
+
+# --- what the worker's services read ----------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ClaimedAttempt:
+    """An attempt executing under a worker's id (``Driver.executing_ids``); ``attempted_at`` is its lease."""
+
+    job_id: int
+    attempt: int
+    attempted_at: dt.datetime | None
+
+
+@attrs.frozen(kw_only=True)
+class CancelRequest:
+    """An executing attempt whose cancel was requested (``Driver.cancel_requested``)."""
+
+    job_id: int
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class QueueDepth:
+    """How many jobs of a queue are in one non-final state (``Driver.queue_depth``, for the metrics)."""
+
+    queue: str
+    state: str
+    count: int
+
+
+@attrs.frozen(kw_only=True)
+class Notification:
+    """A decoded NOTIFY (or, on the embedded engine, a row of its events table).
+
+    ``kind`` is ``"available"`` (value: a queue name), ``"cancel"`` (value: a job id) or
+    ``"finished"`` (value: comma-separated job ids, or ``*`` for too many to list).
+    """
+
+    kind: str
+    value: str
+
+
+# --- periodic jobs (see _periodic.py) ---------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicEntry:
+    """What a scheduler writes about one of its schedules when it starts (``register_periodic``)."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    queue: str
+    args_json: str
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicState:
+    """A schedule's row as the scheduler needs it: the last tick enqueued and when it became active."""
+
+    last_tick: dt.datetime | None
+    active_since: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicSnapshot:
+    """The database's clock and the rows of the schedules asked for that exist (``periodic_state``)."""
+
+    now: dt.datetime
+    states: Mapping[str, PeriodicState]
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicEnqueued:
+    """A tick this scheduler claimed. ``held``: the task's unique twin (``job_id``) was still queued
+    or running, so no job was inserted; the tick counts as handled."""
+
+    job_id: int
+    held: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicRow:
+    """One row of the periodic table, with the state of its last job (None once pruned)."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    queue: str
+    args: Mapping[str, Any]
+    active_since: dt.datetime
+    last_tick: dt.datetime | None
+    last_job_id: int | None
+    last_job_state: str | None
+    updated_at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicListing:
+    """The database's clock and every schedule's row, by name (``list_periodic``)."""
+
+    now: dt.datetime
+    rows: tuple[PeriodicRow, ...]

@@ -1,4 +1,6 @@
-"""Periodic jobs: schedule definitions, the records the driver reads and writes, and the scheduler.
+"""Periodic jobs: schedule definitions (the rows the driver reads and writes live in ``_models``).
+
+The scheduler that enqueues their ticks is a maintenance service (``_maintenance/scheduler.py``).
 
 Exactly once per tick, across any number of workers: every worker that serves a schedule's queue
 runs a :class:`Scheduler`, and each of them tries to enqueue each due tick. The database decides
@@ -19,83 +21,27 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import math
-import random
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import attrs
 
-from ._backoff import ServiceBackoff
 from ._cron import Cron, resolve_zone
-from ._errors import RETRYABLE_ERRORS, ConfigurationError, TaskNotFound
-from ._models import JobSpec
+from ._errors import ConfigurationError, TaskNotFound
+from ._models import JobSpec, PeriodicEntry, PeriodicState
 from ._state import JobState
 from ._task import Task
 
 if TYPE_CHECKING:
     from ._app import App
-    from ._driver import Driver
-
-logger = logging.getLogger("nursery_worker.periodic")
 
 #: How late a tick may still be enqueued, by default (seconds): a worker restart or a short
 #: database outage does not lose a tick, a worker started hours later does not run a stale one.
 DEFAULT_CATCH_UP = 600.0
-_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
+_NAME = re.compile(r"[^\s\x00-\x1f\x7f\ud800-\udfff]{1,255}")
 _TICK_PLACEHOLDER = "1970-01-01T00:00:00+00:00"
-
-
-# --- records that cross the driver boundary --------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicEntry:
-    """What a scheduler writes about one of its schedules when it starts (``register_periodic``)."""
-
-    name: str
-    cron: str
-    timezone: str
-    task: str
-    queue: str
-    args_json: str
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicState:
-    """A schedule's row as the scheduler needs it: the last tick enqueued and when it became active."""
-
-    last_tick: dt.datetime | None
-    active_since: dt.datetime
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicEnqueued:
-    """A tick this scheduler claimed. ``held``: the task's unique twin (``job_id``) was still queued
-    or running, so no job was inserted; the tick counts as handled."""
-
-    job_id: int
-    held: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class PeriodicRow:
-    """One row of the periodic table, with the state of its last job (None once pruned)."""
-
-    name: str
-    cron: str
-    timezone: str
-    task: str
-    queue: str
-    args: Mapping[str, Any]
-    active_since: dt.datetime
-    last_tick: dt.datetime | None
-    last_job_id: int | None
-    last_job_state: str | None
-    updated_at: dt.datetime
 
 
 @attrs.frozen(kw_only=True)
@@ -297,7 +243,8 @@ def schedules_for(app: App, queues: Sequence[str]) -> tuple[Schedule, ...]:
 
 async def list_periodic(app: App) -> list[PeriodicInfo]:
     """Every schedule in the database, and the app's own that are not there yet, sorted by name."""
-    now, rows = await app.driver.list_periodic()
+    listing = await app.driver.list_periodic()
+    now, rows = listing.now, listing.rows
     out: list[PeriodicInfo] = []
     seen: set[str] = set()
     for row in rows:
@@ -339,116 +286,3 @@ async def list_periodic(app: App) -> list[PeriodicInfo]:
                 )
             )
     return sorted(out, key=lambda info: info.name)
-
-
-# --- the scheduler ---------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class SchedulerResult:
-    """What one :meth:`Scheduler.run_once` did.
-
-    Attributes:
-        enqueued: jobs this scheduler inserted (ticks it won).
-        held: ticks it claimed without a job, because the task's unique twin was still queued or running.
-        missed: due ticks older than their catch-up window, left alone.
-        now: the database's clock at the start of the pass.
-        next_tick: the earliest next tick of its schedules after ``now``, or None.
-    """
-
-    enqueued: int = 0
-    held: int = 0
-    missed: int = 0
-    now: dt.datetime
-    next_tick: dt.datetime | None = None
-
-
-@attrs.define
-class Scheduler:
-    """Enqueues the due ticks of *schedules*; any number of schedulers may run at once.
-
-    ``run_once`` makes one pass (tests call it directly); ``serve`` loops, sleeping until the next
-    tick by the database's clock (at most ``max_sleep``, with a little jitter so that many workers
-    do not all arrive in the same millisecond).
-    """
-
-    driver: Driver
-    schedules: tuple[Schedule, ...]
-    max_sleep: float = 60.0
-    _registered: bool = False
-    _missed: dict[str, dt.datetime] = attrs.field(factory=dict)
-
-    async def run_once(self) -> SchedulerResult:
-        """Register the schedules (first pass only), then enqueue every due tick once; return the counts."""
-        if not self._registered:
-            # Once per scheduler, not per pass: two versions of a schedule running side by side (a
-            # rolling deploy) would otherwise rewrite its row, and its active_since, back and forth.
-            await self.driver.register_periodic([s.entry() for s in self.schedules])
-            self._registered = True
-        now, states = await self.driver.periodic_state([s.name for s in self.schedules])
-        missing = [s for s in self.schedules if s.name not in states]
-        if missing:  # the row was deleted under us: put it back; it is active from now on
-            await self.driver.register_periodic([s.entry() for s in missing])
-        enqueued = held = missed = 0
-        for schedule in self.schedules:
-            state = states.get(schedule.name)
-            tick = None if state is None else schedule.due(now, state)
-            if tick is None:
-                continue
-            late = (now - tick).total_seconds()
-            if late > schedule.catch_up:
-                missed += 1
-                if self._missed.get(schedule.name) != tick:
-                    self._missed[schedule.name] = tick
-                    logger.warning(
-                        "periodic %s: tick %s was missed by %.0fs, more than its catch_up=%gs; skipped",
-                        schedule.name,
-                        tick.isoformat(),
-                        late,
-                        schedule.catch_up,
-                    )
-                continue
-            done = await self.driver.enqueue_periodic(
-                name=schedule.name, tick=tick, catch_up=schedule.catch_up, spec=schedule.job_for(tick)
-            )
-            if done is None:
-                continue  # another scheduler enqueued it first (or it just left the window)
-            if done.held:
-                held += 1
-                logger.info(
-                    "periodic %s: tick %s skipped: job %d of its unique key is still queued or running",
-                    schedule.name,
-                    tick.isoformat(),
-                    done.job_id,
-                )
-            else:
-                enqueued += 1
-                logger.debug("periodic %s: enqueued job %d for tick %s", schedule.name, done.job_id, tick.isoformat())
-        upcoming = [t for t in (s.cron.next_after(now) for s in self.schedules) if t is not None]
-        return SchedulerResult(
-            enqueued=enqueued, held=held, missed=missed, now=now, next_tick=min(upcoming) if upcoming else None
-        )
-
-    def sleep_after(self, result: SchedulerResult) -> float:
-        """Seconds until the pass after *result*: the next tick (database clock) plus a little jitter."""
-        if result.next_tick is None:
-            return self.max_sleep
-        wait = (result.next_tick - result.now).total_seconds() + random.uniform(0.002, 0.05)
-        return min(self.max_sleep, max(0.002, wait))
-
-    async def serve(self) -> None:
-        """Run passes until cancelled; a database error is logged and retried with backoff."""
-        logger.info(
-            "scheduler: %d periodic schedule(s): %s", len(self.schedules), ", ".join(s.name for s in self.schedules)
-        )
-        backoff = ServiceBackoff(cap=5.0)
-        while True:
-            try:
-                result = await self.run_once()
-            except RETRYABLE_ERRORS as exc:
-                delay = backoff.next()
-                logger.warning("scheduler: %s; retrying in %.1fs", exc, delay)
-                await anyio.sleep(delay)
-                continue
-            backoff.reset()
-            await anyio.sleep(self.sleep_after(result))

@@ -1,6 +1,6 @@
 """What a supervisor and its child processes share: the options protocol, importing the app by its
-path, process titles. Kept apart from ``_child`` (the child's entry point, run with ``python -m``),
-which the package itself never imports."""
+path (the command line imports it the same way), process titles. Kept apart from ``_child`` (the
+child's entry point, run with ``python -m``), which the package itself never imports."""
 
 from __future__ import annotations
 
@@ -63,21 +63,34 @@ class ChildOptions:
         return cls(**json.loads(text))
 
 
-def import_app(path: str) -> App:
+def import_app(path: str, *, label: str = "app path", wrap_import_errors: bool = False) -> App:
     """Import ``module:attr`` and return the :class:`App` it names.
 
+    The one way an app is found by its path: the command line's ``--app``, the supervisor's check
+    and the child process all call it. *label* names the path in messages (the CLI says
+    ``--app``).
+
     Errors raised by importing the module propagate unchanged (their traceback is what the user
-    needs); a malformed path, a missing attribute or a non-App raise :class:`ConfigurationError`.
+    needs), unless *wrap_import_errors*: then they become one :class:`ConfigurationError` line
+    naming the module and the error. A malformed path, a missing attribute or a non-App raise
+    :class:`ConfigurationError`.
     """
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigurationError(f"app path {path!r} must look like 'package.module:app'")
-    obj: Any = importlib.import_module(module_name)
+        raise ConfigurationError(f"{label} {path!r} must look like 'package.module:app'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        if not wrap_import_errors:
+            raise
+        raise ConfigurationError(
+            f"{label} {path!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ConfigurationError(f"app path {path!r}: module {module_name!r} has no attribute {attr!r}") from None
+            raise ConfigurationError(f"{label} {path!r}: module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, App):
-        raise ConfigurationError(f"app path {path!r} is not a nursery_worker.App (it is of type {type(obj).__name__})")
+        raise ConfigurationError(f"{label} {path!r} is not a nursery_worker.App (it is of type {type(obj).__name__})")
     return obj

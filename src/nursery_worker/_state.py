@@ -3,7 +3,7 @@
 The worker decides what an attempt's outcome means here (:func:`decide`), and the driver applies the
 decision with one guarded SQL statement. :class:`JobRecord` and the ``*_guarded`` functions are the
 same guards written in Python: the property tests drive them with Hypothesis, and the driver's SQL
-must mirror them line by line (see ``_driver/_postgres.py``).
+must mirror them line by line (see ``_driver/postgres/_queries.py``).
 
 Lifecycle::
 

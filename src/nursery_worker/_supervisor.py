@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import functools
 import json
 import logging
@@ -33,18 +32,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 import anyio.abc
 import attrs
 
 from ._app import App
+from ._config import SupervisedOptions, WorkerConfig, document_options
 from ._errors import ConfigurationError, SupervisorError
-from ._maintenance import DEFAULT_RETENTION
 from ._process import ENV_OPTIONS, HARD_STOP_SIGNAL, ChildOptions, import_app
-from ._worker import WorkerConfig
+from ._signals import relay_signals
 
 logger = logging.getLogger("nursery_worker.supervisor")
 
@@ -106,27 +104,6 @@ class SupervisorConfig:
     def report_interval(self) -> float:
         # Several reports fit into one health_timeout, so one late report is not a hang.
         return min(1.0, self.health_timeout / 4)
-
-    def worker_options(self) -> dict[str, Any]:
-        w = self.worker
-        return {
-            "queues": list(w.queues),
-            "concurrency": w.concurrency,
-            "shutdown_timeout": w.shutdown_timeout,
-            "poll_interval": w.poll_interval,
-            "heartbeat_interval": w.heartbeat_interval,
-            "rescue_after": w.rescue_after,
-            "reap_interval": w.reap_interval,
-            "promote_interval": w.promote_interval,
-            "final_timeout": w.final_timeout,
-            "sync_threads": w.sync_threads,
-            "listen": w.listen,
-            "cancel_grace": w.cancel_grace,
-            "retention": w.retention,
-            "prune_interval": w.prune_interval,
-            "wait_for_db": w.wait_for_db,
-            "log_args": w.log_args,
-        }
 
 
 @attrs.define(eq=False)
@@ -424,7 +401,7 @@ class Supervisor:
             dsn=c.dsn,
             log_level=c.log_level,
             sys_path=[p for p in sys.path if isinstance(p, str)],
-            worker=c.worker_options(),
+            worker=c.worker.to_options(),
             metrics=c.metrics_port is not None,
         )
         return {**os.environ, **_trace_env(), ENV_OPTIONS: options.to_json()}
@@ -600,22 +577,19 @@ class Supervisor:
                 child.send(signal.SIGKILL)
 
     async def _handle_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        def rolling_restart() -> None:
+            logger.warning("SIGHUP: rolling restart")
+            self.restart()
+
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
             task_status.started()
-            stops = 0
-            async for signum in received:
-                name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
-                    logger.warning("SIGHUP: rolling restart")
-                    self.restart()
-                    continue
-                stops += 1
-                if stops == 1:
-                    logger.warning("%s: stopping every child gracefully (send it again to stop now)", name)
-                    self.stop()
-                else:
-                    logger.warning("%s again: stopping every child now", name)
-                    self.stop(hard=True)
+            await relay_signals(
+                received,
+                lambda: self,
+                actions={signal.SIGHUP: rolling_restart},
+                subject="every child ",
+                logger=logger,
+            )
 
     async def _log_status(self) -> None:
         while True:
@@ -729,15 +703,7 @@ def app_path_of(app: App | str) -> str:
             in any importable module (it lives in a script run by path).
     """
     if isinstance(app, str):
-        try:
-            import_app(app)
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            module_name = app.partition(":")[0]
-            raise ConfigurationError(
-                f"app path {app!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-            ) from None
+        import_app(app, wrap_import_errors=True)
         return app
     if not isinstance(app, App):
         raise ConfigurationError(
@@ -770,22 +736,6 @@ async def run_supervisor(
     app: App | str,
     *,
     processes: int,
-    queues: Sequence[str] | str = ("default",),
-    concurrency: int = 10,
-    shutdown_timeout: float = 30.0,
-    poll_interval: float = 1.0,
-    heartbeat_interval: float = 2.0,
-    rescue_after: float = 15.0,
-    reap_interval: float = 5.0,
-    promote_interval: float = 1.0,
-    final_timeout: float = 10.0,
-    sync_threads: int | None = None,
-    listen: bool = True,
-    cancel_grace: float = 10.0,
-    retention: Mapping[str, float | dt.timedelta | None] | None = DEFAULT_RETENTION,
-    prune_interval: float = 60.0,
-    wait_for_db: float = 0.0,
-    log_args: bool = False,
     backend: str | None = None,
     dsn: str | None = None,
     health_timeout: float = 10.0,
@@ -801,6 +751,7 @@ async def run_supervisor(
     metrics_host: str = "127.0.0.1",
     handle_signals: bool = True,
     task_status: anyio.abc.TaskStatus[Supervisor] = anyio.TASK_STATUS_IGNORED,
+    **options: Unpack[SupervisedOptions],
 ) -> None:
     """Run *processes* worker processes of *app* and keep them running until stopped.
 
@@ -825,10 +776,6 @@ async def run_supervisor(
             of an importable module (a script run by path cannot be imported by a child: use
             ``python -m`` or the string form).
         processes: how many worker processes (>= 1).
-        queues, concurrency, shutdown_timeout, poll_interval, heartbeat_interval, rescue_after,
-            reap_interval, promote_interval, final_timeout, sync_threads, listen, cancel_grace,
-            retention, prune_interval, wait_for_db, log_args: each child's worker options, as for
-            :func:`open_worker`.
         backend: the children's event loop, ``"asyncio"`` or ``"trio"`` (default: the caller's).
         dsn: a DSN for the children instead of the app's own.
         health_timeout: seconds without a report from a running child before it is killed.
@@ -846,6 +793,10 @@ async def run_supervisor(
             RUNNING and ready. Needs the ``metrics`` extra. None (the default): no endpoint.
         metrics_host: the address the endpoint binds (loopback by default).
         handle_signals: handle SIGTERM, SIGINT and SIGHUP as described above.
+        **options: each child's worker options, as for :func:`open_worker` (all but ``once``).
+
+    Keyword Args:
+        {options}
 
     Returns:
         None, once every child has exited after a clean stop.
@@ -887,24 +838,7 @@ async def run_supervisor(
         check_available()
     if log_level.lower() not in _LEVELS:
         raise ConfigurationError(f"run_supervisor(log_level={log_level!r}): must be one of {', '.join(_LEVELS)}")
-    worker = WorkerConfig(
-        queues=queues,
-        concurrency=concurrency,
-        shutdown_timeout=shutdown_timeout,
-        poll_interval=poll_interval,
-        heartbeat_interval=heartbeat_interval,
-        rescue_after=rescue_after,
-        reap_interval=reap_interval,
-        promote_interval=promote_interval,
-        final_timeout=final_timeout,
-        sync_threads=sync_threads,
-        listen=listen,
-        cancel_grace=cancel_grace,
-        retention=retention,
-        prune_interval=prune_interval,
-        wait_for_db=wait_for_db,
-        log_args=log_args,
-    )
+    worker = WorkerConfig.from_options("run_supervisor", options)
     config = SupervisorConfig(
         app_path=app_path_of(app),
         processes=processes,
@@ -924,3 +858,7 @@ async def run_supervisor(
         metrics_host=metrics_host,
     )
     await Supervisor(config)._serve(handle_signals, task_status=task_status)
+
+
+# The worker options' lines of the docstring come from their one declaration.
+run_supervisor.__doc__ = document_options(run_supervisor.__doc__, supervised=True)

@@ -16,7 +16,7 @@ import attrs
 
 from ._errors import ConfigurationError
 from ._flow import CircuitBreaker, LimitBy, RateLimit, check_depends_on, resolve_limit_key
-from ._json import check_json, encode_args, encode_args_value
+from ._json import check_json, check_storable, encode_args, encode_args_value
 from ._models import Job, JobSpec
 from ._retry import policy_to_json
 from ._state import ACTIVE_STATES, JobState
@@ -29,7 +29,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,99}")
-_TASK_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
+_TASK_NAME = re.compile(r"[^\s\x00-\x1f\x7f\ud800-\udfff]{1,255}")
 _INT32 = (-(2**31), 2**31 - 1)
 #: Options of a job whose task sets none (``@app.task`` defaults, and unregistered task names).
 DEFAULT_QUEUE = "default"
@@ -52,6 +52,8 @@ def check_unique(unique_key: object, unique_states: object, *, where: str) -> tu
         )
     if isinstance(unique_key, str) and not 0 < len(unique_key) <= _UNIQUE_KEY_MAX:
         raise ConfigurationError(f"{where}: unique_key must be 1-{_UNIQUE_KEY_MAX} characters, got {unique_key!r}")
+    if isinstance(unique_key, str):
+        check_storable(unique_key, what="unique_key", where=where)
     if unique_states is None:
         return unique_key, _DEFAULT_UNIQUE_STATES
     if isinstance(unique_states, str) or not hasattr(unique_states, "__iter__"):
@@ -93,7 +95,7 @@ def resolve_unique_key(option: UniqueKey, kwargs: Mapping[str, Any], *, where: s
             f"{where}: the unique_key function returned {key!r}; it must return a string of 1-{_UNIQUE_KEY_MAX} "
             "characters"
         )
-    return key
+    return check_storable(key, what="the unique_key function's key", where=where)
 
 
 def check_queue(queue: object, *, where: str) -> str:

@@ -107,7 +107,13 @@ def defer_span(specs: Sequence[JobSpec]) -> Iterator[Deferring]:
             return
         carrier: dict[str, str] = {}
         api["propagate"].inject(carrier)
-        context = {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")} or None
+        # W3C trace headers are printable ASCII; anything else (a NUL from a custom propagator) could
+        # not be stored, and would fail the defer.
+        context = {
+            k: v
+            for k, v in carrier.items()
+            if k in ("traceparent", "tracestate") and isinstance(v, str) and v.isascii() and v.isprintable()
+        } or None
         traced = rebind_dependencies(specs, [attrs.evolve(s, trace_context=context) for s in specs])
         yield Deferring(specs=traced, span=span)
 

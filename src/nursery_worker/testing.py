@@ -203,7 +203,7 @@ async def drain(
             promote_interval=0.05,
             retention=None,
         ) as worker:
-            worker._on_outcome = on_outcome
+            worker._executor.on_outcome = on_outcome
             await worker.wait_stopped()
     if limit.cancelled_caught:
         raise TimeoutError(
@@ -236,7 +236,8 @@ async def isolated_schema(app: App, *, prefix: str = "nw_test") -> AsyncIterator
     """
     schema = f"{prefix}_{uuid.uuid4().hex[:16]}"
     previous = app.schema
-    await anyio.to_thread.run_sync(app._use_schema, schema)
+    await app.aclose()  # what the app had opened on its own schema (a fixture's migrate, say)
+    app.configure_database(schema=schema)
     try:
         await app.migrate()
         yield app
@@ -246,4 +247,4 @@ async def isolated_schema(app: App, *, prefix: str = "nw_test") -> AsyncIterator
                 await app.driver.drop_schema()
             finally:
                 await app.aclose()
-                app._use_schema(previous)
+                app.configure_database(schema=previous)

@@ -77,7 +77,7 @@ def raw_execute(app: App, postgres: str, sqlite: str, params: tuple[Any, ...] = 
     schema) or *sqlite* (``{p}`` is the tables' prefix), with ``%s``/``?`` parameters."""
     from nursery_worker._dsn import is_sqlite_dsn, parse_sqlite_dsn
 
-    dsn = app._dsn
+    dsn = app._settings.dsn
     assert dsn is not None
     if is_sqlite_dsn(dsn):
         with sqlite3.connect(parse_sqlite_dsn(dsn).path) as conn:

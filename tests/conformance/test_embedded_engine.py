@@ -16,7 +16,8 @@ import anyio.to_thread
 import pytest
 
 from nursery_worker import App, ConfigurationError, DatabaseError, JobState, open_worker
-from nursery_worker._driver import _sqlite
+from nursery_worker._driver import sqlite as engine
+from nursery_worker._driver.sqlite import _connection, _listener
 from nursery_worker._dsn import parse_sqlite_dsn
 
 from ..integration.helpers import fast, wait_for_state
@@ -133,7 +134,7 @@ async def test_the_tables_are_created_on_first_use_in_wal_mode(tmp_path: Path) -
         assert await app.migrate() == []
     with sqlite3.connect(_file(tmp_path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute('SELECT max(version) FROM "shop_migrations"').fetchone()[0] == _sqlite.SCHEMA_VERSION
+        assert conn.execute('SELECT max(version) FROM "shop_migrations"').fetchone()[0] == engine.SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"shop_jobs", "shop_workers", "shop_queues", "shop_events", "shop_migrations"} <= tables
 
@@ -166,7 +167,7 @@ async def test_a_write_of_this_process_wakes_the_listener_at_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """With the listener's poll at 30 s, a defer from another thread still wakes it at once (its socket is poked)."""
-    monkeypatch.setattr(_sqlite, "LISTEN_POLL", 30.0)
+    monkeypatch.setattr(_listener, "LISTEN_POLL", 30.0)
     async with App(dsn=f"sqlite:///{_file(tmp_path)}") as app:
         listener = app.driver.listener()
         await listener.connect()
@@ -209,7 +210,7 @@ async def test_old_events_are_deleted_by_the_promoter(monkeypatch: pytest.Monkey
     """Notification rows older than the retention are deleted by the next promotion."""
     async with App(dsn=f"sqlite:///{_file(tmp_path)}") as app:
         await app.defer_many([app.job_by_name("t")])
-        monkeypatch.setattr(_sqlite, "EVENT_RETENTION", -1.0)
+        monkeypatch.setattr(_connection, "EVENT_RETENTION", -1.0)
         await app.driver.promote_due(limit=10)
     with sqlite3.connect(_file(tmp_path)) as conn:
         assert conn.execute('SELECT count(*) FROM "nursery_worker_events"').fetchone()[0] == 0
@@ -294,10 +295,10 @@ async def test_a_version_1_file_is_upgraded_keeping_its_jobs_and_never_reusing_i
     from importlib import resources
 
     path = _file(tmp_path)
-    script = resources.files("nursery_worker._driver").joinpath("sqlite_migrations/0001_initial.sql").read_text()
+    script = resources.files("nursery_worker._driver.sqlite").joinpath("migrations/0001_initial.sql").read_text()
     with sqlite3.connect(path, isolation_level=None) as conn:
         conn.execute("BEGIN")
-        for statement in _sqlite._statements(script.replace("{p}", "shop_")):
+        for statement in _connection.statements(script.replace("{p}", "shop_")):
             conn.execute(statement)
         conn.execute("CREATE TABLE shop_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at INTEGER)")
         conn.execute("INSERT INTO shop_migrations (version, name, applied_at) VALUES (1, '0001_initial.sql', 0)")

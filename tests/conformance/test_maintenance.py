@@ -294,5 +294,5 @@ async def test_queue_depth_counts_waiting_and_running_jobs(app: App) -> None:
     await app.cancel(done.id)
     await app.defer_many([app.job_by_name("t", queue="q3")])
     await app.driver.fetch_jobs(worker_id="w", queues=["q3"], limit=1)
-    depth = await app.driver.queue_depth()
+    depth = [(d.queue, d.state, d.count) for d in await app.driver.queue_depth()]
     assert depth == [("default", "available", 1), ("q2", "scheduled", 1), ("q3", "executing", 1)]

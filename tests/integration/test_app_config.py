@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from nursery_worker import App, ConfigurationError, DatabaseError, JobState, redact_dsn
-from nursery_worker._driver._postgres import MIGRATIONS
+from nursery_worker._driver.postgres import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -281,6 +281,68 @@ async def test_an_app_reconnects_after_aclose(app: App, db: Conn) -> None:
     assert job_count(db) == 2
 
 
+# --- configure_database --------------------------------------------------------------------
+
+
+async def test_configure_database_points_an_unused_app_at_the_dsn_and_schema_given(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, schema: str, db: Conn
+) -> None:
+    """configure_database(dsn=, schema=) on an app not used yet makes its jobs land in that database and schema."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    app = App(schema="elsewhere")
+
+    @app.task
+    async def send(to: str) -> None: ...
+
+    app.configure_database(dsn=dsn, schema=schema)
+    async with app:
+        assert app.schema == schema
+        await app.migrate()
+        await send.defer(to="x")
+
+    assert job_count(db) == 1
+
+
+def test_configure_database_keeps_what_it_is_not_given(dsn: str) -> None:
+    """configure_database(schema=...) keeps the DSN and every other option; (dsn=...) keeps the schema."""
+    app = App(dsn="sqlite:///elsewhere.sqlite3", schema="kept", pool_max_size=3)
+
+    app.configure_database(dsn=dsn)
+    assert (app.schema, app.pool_max_size) == ("kept", 3)
+    app.configure_database(schema="other")
+    assert (app.schema, app.pool_max_size) == ("other", 3)
+    assert app.driver.schema == "other"
+    assert "elsewhere" not in repr(app)
+
+
+async def test_configure_database_refuses_an_app_in_use_until_it_is_closed(app: App, schema: str) -> None:
+    """configure_database on an app whose engine is open raises ConfigurationError; after aclose() it works."""
+    with pytest.raises(ConfigurationError, match="in use"):
+        app.configure_database(schema="other_schema")
+    assert app.schema == schema
+
+    await app.aclose()
+    app.configure_database(schema="other_schema")
+
+    assert app.schema == "other_schema"
+
+
+@pytest.mark.parametrize(("option", "value"), [("dsn", ""), ("dsn", "mysql://x@h/db"), ("schema", "Has-Caps")])
+def test_configure_database_rejects_a_bad_dsn_or_schema_and_leaves_the_app_unchanged(
+    dsn: str, option: str, value: str
+) -> None:
+    """An invalid DSN or schema raises ConfigurationError naming it, and the app keeps its database."""
+    app = App(dsn=dsn, schema="kept")
+    before = app.driver
+    app.close()
+
+    with pytest.raises(ConfigurationError):
+        app.configure_database(**{option: value})
+
+    assert app.schema == "kept"
+    assert app.driver is before
+
+
 # --- redact_dsn -----------------------------------------------------------------------------
 
 
@@ -324,6 +386,42 @@ def test_redact_dsn_hides_a_dsn_embedded_in_a_message() -> None:
     assert redact_dsn("cannot connect to postgresql://app:s3cret@db/prod: refused") == (
         "cannot connect to postgresql://app:***@db/prod: refused"
     )
+
+
+@pytest.mark.parametrize(
+    ("dsn", "redacted", "secret"),
+    [
+        ("postgresql://app:S3c?ret@host/db", "postgresql://app:***@host/db", "S3c?ret"),
+        ("postgresql://app:S3c#ret@host/db", "postgresql://app:***@host/db", "S3c#ret"),
+        ("postgresql://app:S3c%40ret@host/db", "postgresql://app:***@host/db", "S3c%40ret"),
+        ("postgresql://app:S3c%2Fret@host:5432/db", "postgresql://app:***@host:5432/db", "S3c%2Fret"),
+        (
+            "postgresql://app:S3c:r?e#t@h1,h2:5433/db?sslmode=require",
+            "postgresql://app:***@h1,h2:5433/db?sslmode=require",
+            "r?e#t",
+        ),
+        (
+            "postgresql://app@host/db?sslpassword=k%20ey&password=S3c%3Fret",
+            "postgresql://app@host/db?sslpassword=***&password=***",
+            "S3c",
+        ),
+        (
+            r"host=db sslpassword='k ey \' x' password='S3c \'ret' dbname=prod",
+            "host=db sslpassword=*** password=*** dbname=prod",
+            "S3c",
+        ),
+        (r"host=db password = S3c\ ret dbname=prod", "host=db password = *** dbname=prod", "S3c"),
+        # What libpq cannot read (a raw '/' in the password) is hidden whole after the scheme.
+        ("postgresql://app:S3c/ret@host/db", "postgresql://***", "S3c"),
+        # ... and a key/value DSN libpq cannot read from its password on (inside a message: what libpq reads).
+        ("host=db password=S3c ret dbname=prod", "host=db password=***", "S3c"),
+    ],
+)
+def test_redact_dsn_parses_the_password_as_libpq_does(dsn: str, redacted: str, secret: str) -> None:
+    """redact_dsn hides a password with '?', '#', '@', '/' or ':' in it, percent-encoded ones, and quoted
+    password= and sslpassword= values with spaces and escaped quotes, as libpq reads them."""
+    assert redact_dsn(dsn) == redacted
+    assert secret not in redact_dsn(f"cannot connect to {dsn}")
 
 
 @pytest.mark.parametrize(

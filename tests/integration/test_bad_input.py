@@ -74,6 +74,13 @@ REFUSALS: list[tuple[str, Callable[[App], Any], type[Exception], list[str], list
         ["'bad name'"],
         ["without spaces", "for example"],
     ),
+    (
+        "unique_key with a NUL",
+        lambda a: _configured(a, unique_key="a\x00b"),
+        ConfigurationError,
+        ["unique_key 'a\\x00b'", "NUL"],
+        ["remove it"],
+    ),
     ("unknown task", lambda a: a.get_task("bad.wrok"), TaskNotFound, ["'bad.wrok'"], ["registered: bad.work"]),
     ("negative task timeout", _task_with_negative_timeout, ConfigurationError, ["timeout=-1"], ["> 0, or None"]),
     ("negative delay", lambda a: _configured(a, delay=-5), ConfigurationError, ["delay=-5"], [">= 0"]),

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from nursery_worker import App
-from nursery_worker._driver._postgres import MIGRATIONS
+from nursery_worker._driver.postgres import MIGRATIONS
 
 VERSIONS = [version for version, _ in MIGRATIONS]
 

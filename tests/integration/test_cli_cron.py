@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from nursery_worker import App
-from nursery_worker._periodic import Scheduler
+from nursery_worker._maintenance import Scheduler
 
 CONSOLE_SCRIPT = str(Path(sys.executable).with_name("nursery-worker"))
 Conn = psycopg.Connection[Any]
@@ -66,7 +66,7 @@ def _app(tmp_path: Path, schema: str, dsn: str) -> App:
     namespace: dict[str, Any] = {}
     exec(APP_MODULE.format(schema=schema), namespace)
     app: App = namespace["app"]
-    app._use_dsn(dsn)
+    app.configure_database(dsn=dsn)
     app.migrate_sync()
     return app
 

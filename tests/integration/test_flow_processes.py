@@ -81,7 +81,7 @@ def test_three_worker_processes_share_one_concurrency_limit_and_one_workflow(
     finally:
         sys.path.remove(str(tmp_path))
     producer: App = flowapp.app
-    producer._use_dsn(dsn)
+    producer.configure_database(dsn=dsn)
     try:
         limited_jobs = producer.defer_many_sync([producer.job_by_name("limited", {"n": n}) for n in range(40)])
         chain: list[Any] = []

@@ -524,3 +524,38 @@ async def test_prune_accepts_a_single_state_string(app: App, db: Connection) -> 
     old = await _insert(db, "completed", finished_ago=7200)
     assert await app.prune(older_than=3600, states="completed") == 1
     assert old not in await _ids(db)
+
+
+# --- the Admin object behind the App's inspect methods ----------------------------------------
+
+
+async def test_admin_answers_what_the_app_answers_on_the_same_database(app: App, db: Connection) -> None:
+    """Admin(app), which the CLI and the dashboard call, lists and retries the jobs the app's own methods see."""
+    from nursery_worker._admin import Admin
+
+    discarded = await _insert(db, "discarded", finished_ago=10)
+    admin = Admin(app)
+
+    assert [j.id for j in await admin.list_jobs(state="discarded")] == [j.id for j in await app.list_jobs()]
+    assert (await admin.retry(discarded)).state is JobState.AVAILABLE
+    assert (await app.get_job(discarded)).state is JobState.AVAILABLE
+
+
+async def test_admin_follows_the_app_to_the_schema_configure_database_sets(app: App, dsn: str) -> None:
+    """Admin reads the app's driver on every call, so after configure_database it queries the new schema."""
+    from nursery_worker._admin import Admin
+
+    admin = Admin(app)
+    assert await admin.list_queues() == []
+    await app.defer_many([app.job_by_name("some.task")])
+    assert [q.name for q in await admin.list_queues()] == ["default"]
+
+    other = App(dsn=dsn, schema=f"{app.schema}_b")
+    try:
+        other.migrate_sync()
+        await app.aclose()
+        app.configure_database(schema=other.schema)
+        assert await admin.list_queues() == []
+    finally:
+        await other.driver.drop_schema()
+        await other.aclose()

@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from nursery_worker import App, SchemaNotReady, open_worker
-from nursery_worker._driver._postgres import MIGRATIONS
+from nursery_worker._driver.postgres import MIGRATIONS
 
 #: Every migration version, in order (not necessarily contiguous: versions are applied by number).
 VERSIONS = [version for version, _ in MIGRATIONS]

@@ -187,7 +187,8 @@ def test_snooze_longer_than_a_hundred_years_is_refused_at_once() -> None:
 
 
 async def test_a_poisoned_outcome_does_not_block_later_jobs_outcomes(app: App) -> None:
-    """A completion the database refuses is isolated from its batch: the other outcomes are still written."""
+    """A completion the database refuses is isolated from its batch: the other outcomes are still written, and
+    the refused attempt is recorded as failed (a hand-back's budget is unknown: retryable at once)."""
     from nursery_worker._completer import Completer
     from nursery_worker._models import Completion
     from nursery_worker._state import Transition
@@ -212,7 +213,10 @@ async def test_a_poisoned_outcome_does_not_block_later_jobs_outcomes(app: App) -
         await wait_until(lambda: not completer.pending, within=10)
         completer.close()
     states = [(await app.get_job(j.id)).state for j in sorted(jobs, key=lambda j: j.id)]
-    assert sorted(states) == [JobState.COMPLETED, JobState.COMPLETED, JobState.EXECUTING]
+    assert sorted(states) == [JobState.COMPLETED, JobState.COMPLETED, JobState.RETRYABLE]
+    refused = await app.get_job(claimed[1].id)
+    assert [e.type for e in refused.errors] == ["OutcomeRefused"]
+    assert "refused to record this attempt's outcome (retryable)" in refused.errors[0].message
 
 
 # --- Retry --------------------------------------------------------------------------------------

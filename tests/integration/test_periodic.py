@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from nursery_worker import App, ConfigurationError, JobState, PeriodicInfo, open_worker
-from nursery_worker._periodic import Scheduler
+from nursery_worker._maintenance import Scheduler
 
 from .helpers import Connection, execute, fast, query, wait_until
 

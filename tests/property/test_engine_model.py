@@ -382,7 +382,7 @@ class EngineModel(RuleBasedStateMachine):
         if job is None:
             assert answer is None
             return
-        _, status = answer
+        status = answer.status
         if job.state in (*WAITING, JobState.AVAILABLE):
             assert status == "cancelled"
             job.state, job.errors = JobState.CANCELLED, job.errors + 1

@@ -1,50 +1,50 @@
 """The narrow interface between queue logic and a database engine.
 
 Queue logic (app, worker, maintenance) talks to the database only through :class:`Driver`; SQL and
-the database library are imported only by an implementation: PostgreSQL (``_postgres.py``, psycopg)
-and the embedded engine (``_sqlite.py``, the standard library's sqlite3). :func:`create_driver`
-picks one by the DSN's scheme and imports only that one. ``tests/conformance/`` runs one suite
-against both: it is the definition of "the same semantics".
+the database library are imported only by an engine's package: PostgreSQL (``postgres/``, psycopg)
+and the embedded engine (``sqlite/``, the standard library's sqlite3). :func:`create_driver` picks
+one by the DSN's scheme and imports only that one. What both share is in ``_common.py``; every
+record a method takes or returns is in ``_models.py``. ``tests/conformance/`` runs one suite against
+both: it is the definition of "the same semantics".
+
+Layering: this package imports only ``_models``, ``_errors``, ``_state`` and ``_dsn`` (pure leaf
+modules), never a feature module; ``tests/test_driver_layering.py`` checks it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-import attrs
-
-from .._flow import BreakerInfo, RateLimit
 from .._models import (
+    BreakerConfig,
+    BreakerInfo,
+    CancelRequest,
+    CancelResult,
+    ClaimedAttempt,
     Completion,
     Job,
     JobSpec,
     LimitedClaim,
+    Notification,
+    PeriodicEnqueued,
+    PeriodicEntry,
+    PeriodicListing,
+    PeriodicSnapshot,
+    QueueDepth,
     QueueInfo,
+    RateLimit,
     RescueResult,
+    TaskLimits,
     WorkerInfo,
     WorkerLoad,
     WorkerRow,
 )
-from .._periodic import PeriodicEnqueued, PeriodicEntry, PeriodicRow, PeriodicState
+from ._common import SCHEMA_NAME as SCHEMA_NAME
+from ._common import UserConnection as UserConnection
 
-#: A valid schema name, on either engine (a PostgreSQL schema, or the SQLite tables' prefix).
-SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
-
-
-@attrs.frozen(kw_only=True)
-class Notification:
-    """A decoded NOTIFY.
-
-    ``kind`` is ``"available"`` (value: a queue name), ``"cancel"`` (value: a job id) or
-    ``"finished"`` (value: comma-separated job ids, or ``*`` for too many to list).
-    """
-
-    kind: str
-    value: str
+__all__ = ["SCHEMA_NAME", "Driver", "Listener", "Notification", "UserConnection", "create_driver"]
 
 
 class Listener(Protocol):
@@ -91,10 +91,10 @@ class Driver(Protocol):
     async def check_schema(self) -> None:
         """Raise ``SchemaNotReady`` unless the schema is at exactly this version."""
 
-    async def insert_jobs(self, specs: Sequence[JobSpec], *, connection: Any = None) -> list[Job]:
+    async def insert_jobs(self, specs: Sequence[JobSpec], *, connection: UserConnection | None = None) -> list[Job]:
         """Insert jobs in one statement, in order; in *connection*'s transaction if given."""
 
-    def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: Any = None) -> list[Job]:
+    def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: UserConnection | None = None) -> list[Job]:
         """Like :meth:`insert_jobs`, from synchronous code."""
 
     async def get_job(self, job_id: int) -> Job | None:
@@ -112,10 +112,10 @@ class Driver(Protocol):
         worker_id: str,
         queues: Sequence[str],
         limit: int,
-        config: Mapping[str, Any],
+        config: Mapping[str, TaskLimits],
         adopt: bool = False,
     ) -> LimitedClaim:
-        """Claim up to *limit* jobs subject to task limits (*config*, see ``_flow.limits_config``),
+        """Claim up to *limit* jobs subject to task limits (*config*: by task, see ``_flow.limits_config``),
         queue limits or circuit breakers, never overshooting a limit across workers; plus when
         capacity frees by time and which breakers hold jobs back. With *adopt*, first give jobs of
         the configured tasks that were deferred without a limit key the unpartitioned key."""
@@ -123,8 +123,8 @@ class Driver(Protocol):
     async def set_queue_limits(self, name: str, *, max_concurrency: int | None, rate: RateLimit | None) -> None:
         """Store a queue's limits (None lifts one) and nudge its workers."""
 
-    async def register_breakers(self, breakers: Sequence[tuple[str, int, float]]) -> None:
-        """Create or update the breakers of (task, threshold, cooldown), keeping their state."""
+    async def register_breakers(self, breakers: Sequence[BreakerConfig]) -> None:
+        """Create or update these breakers' thresholds and cooldowns, keeping their state."""
 
     async def list_breakers(self) -> list[BreakerInfo]:
         """Every breaker with its state, sorted by task."""
@@ -149,17 +149,17 @@ class Driver(Protocol):
     async def rescue_orphans(self, *, rescuer_id: str, rescue_after: float, limit: int, error_cap: int) -> RescueResult:
         """Rescue executing jobs whose worker has not beaten for *rescue_after* seconds."""
 
-    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[tuple[int, int, dt.datetime | None]]:
-        """(id, attempt, attempted_at) of jobs executing on *worker_id*, claimed over *older_than* s ago."""
+    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[ClaimedAttempt]:
+        """The attempts executing on *worker_id* that were claimed over *older_than* seconds ago."""
 
-    async def cancel_job(self, job_id: int, *, error_cap: int) -> tuple[Job, str] | None:
+    async def cancel_job(self, job_id: int, *, error_cap: int) -> CancelResult | None:
         """Cancel a waiting job, or request the cancel of an executing one (and notify it).
 
-        Returns (the job after, ``"cancelled"`` | ``"requested"`` | ``"already_finished"``), or None
-        when there is no such job."""
+        Returns the job after, with ``"cancelled"``, ``"requested"`` or ``"already_finished"``, or
+        None when there is no such job."""
 
-    async def cancel_requested(self, *, worker_id: str) -> list[tuple[int, int]]:
-        """(id, attempt) of jobs executing on *worker_id* whose cancel was requested."""
+    async def cancel_requested(self, *, worker_id: str) -> list[CancelRequest]:
+        """The attempts executing on *worker_id* whose cancel was requested."""
 
     async def retry_job(self, job_id: int) -> Job | None:
         """Make a discarded or cancelled job available again; None if it is in another state or
@@ -179,9 +179,9 @@ class Driver(Protocol):
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         """Delete up to *limit* jobs finished in *state* over *older_than* seconds ago; return how many."""
 
-    async def queue_depth(self) -> list[tuple[str, str, int]]:
-        """``(queue, state, count)`` of the jobs in a non-final state (scheduled, available,
-        executing, retryable), for the metrics."""
+    async def queue_depth(self) -> list[QueueDepth]:
+        """How many jobs each queue has in each non-final state (pending, scheduled, available,
+        executing, retryable), by queue and state, for the metrics."""
 
     def observe(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
         """Call *callback* after each database call: with None on success, else with the error
@@ -206,7 +206,7 @@ class Driver(Protocol):
         """Insert or update the rows of these schedules. A new row, or one whose expression or time
         zone changed, becomes active now (``active_since``); its earlier ticks are never enqueued."""
 
-    async def periodic_state(self, names: Sequence[str]) -> tuple[dt.datetime, dict[str, PeriodicState]]:
+    async def periodic_state(self, names: Sequence[str]) -> PeriodicSnapshot:
         """The database's ``now()`` and the rows of the schedules called *names* that exist."""
 
     async def enqueue_periodic(
@@ -218,45 +218,8 @@ class Driver(Protocol):
         None when the guard refused (another scheduler enqueued it). When the spec's unique key is
         held by a queued or running job, the tick is consumed without a job (``held``)."""
 
-    async def list_periodic(self) -> tuple[dt.datetime, list[PeriodicRow]]:
+    async def list_periodic(self) -> PeriodicListing:
         """The database's ``now()`` and every schedule's row with the state of its last job, by name."""
-
-
-def spec_columns(spec: JobSpec) -> dict[str, Any]:
-    """The columns a job spec stores as given (its JSON fields encoded): the part of a one-job
-    insert's parameters both engines share; each adds its own schedule and bookkeeping."""
-    return {
-        "task": spec.task,
-        "queue": spec.queue,
-        "args": spec.args_json,
-        "priority": spec.priority,
-        "max_attempts": spec.max_attempts,
-        "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
-        "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
-        "limit_key": spec.limit_key,
-    }
-
-
-def _storable(text: str) -> str:
-    """*text* as both engines can store it in JSON: NUL and lone surrogates written out as escapes.
-
-    PostgreSQL's jsonb refuses ``\\u0000`` and a lone surrogate, and SQLite cannot encode a lone
-    surrogate to UTF-8; either would fail the whole batch of outcomes the error is written with.
-    """
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def error_entry(error: Any) -> str:
-    """An attempt's error (an ``ErrorInfo``) as the JSON object stored in a job's ``errors`` list."""
-    return json.dumps(
-        {"type": _storable(error.type), "message": _storable(error.message), "traceback": _storable(error.traceback)}
-    )
 
 
 def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float) -> Driver:
@@ -273,7 +236,7 @@ def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: i
 
     if is_sqlite_dsn(dsn):
         target = parse_sqlite_dsn(dsn)
-        from ._sqlite import SqliteDriver
+        from .sqlite import SqliteDriver
 
         return SqliteDriver(
             target.path,
@@ -287,7 +250,7 @@ def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: i
             f"unsupported database scheme {scheme!r}: nursery-worker needs a PostgreSQL DSN such as "
             "'postgresql://user@host/db', or 'sqlite:///path/to/file.sqlite3' for the embedded engine"
         )
-    from ._postgres import PostgresDriver
+    from .postgres import PostgresDriver
 
     return PostgresDriver(
         dsn,

@@ -1,0 +1,323 @@
+"""What both engines share, so that it is written once: the stored form of a spec and of an error,
+the order of a dependency graph's insert, the observers of database calls, the migration runner,
+and the words of the errors both raise.
+
+Nothing here touches a database library; each engine passes its own statements in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import attrs
+
+from .._errors import ConfigurationError, DatabaseError, SchemaNotReady
+from .._models import Job, JobError, JobSpec
+from .._state import ErrorInfo
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    import psycopg
+
+logger = logging.getLogger("nursery_worker.driver")
+
+T = TypeVar("T")
+
+#: A connection whose transaction an insert joins (``connection=``): a psycopg connection with
+#: PostgreSQL, a ``sqlite3.Connection`` to the same file with the embedded engine. Each engine
+#: refuses the other's with a message saying which one it needs.
+UserConnection: TypeAlias = "psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | sqlite3.Connection"
+
+#: A valid schema name, on either engine (a PostgreSQL schema, or the SQLite tables' prefix).
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+def check_schema_name(schema: object) -> str:
+    """Return *schema* if it is a valid schema name on both engines.
+
+    Raises:
+        ConfigurationError: it is not (the message says what is allowed).
+    """
+    if not isinstance(schema, str) or not SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"schema={schema!r} is not a valid schema name: use 1-41 lowercase letters, digits and "
+            "underscores, starting with a letter or underscore (for example 'nursery_worker')"
+        )
+    return schema
+
+
+# --- stored forms ------------------------------------------------------------------------------
+
+
+def spec_columns(spec: JobSpec) -> dict[str, Any]:
+    """The columns a job spec stores as given (its JSON fields encoded): the part of a one-job
+    insert's parameters both engines share; each adds its own schedule and bookkeeping."""
+    return {
+        "task": spec.task,
+        "queue": spec.queue,
+        "args": spec.args_json,
+        "priority": spec.priority,
+        "max_attempts": spec.max_attempts,
+        "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+        "trace_context": None if spec.trace_context is None else json.dumps(spec.trace_context),
+        "limit_key": spec.limit_key,
+    }
+
+
+def _storable(text: str) -> str:
+    """*text* as both engines can store it in JSON: NUL and lone surrogates written out as escapes.
+
+    PostgreSQL's jsonb refuses ``\\u0000`` and a lone surrogate, and SQLite cannot encode a lone
+    surrogate to UTF-8; either would fail the whole batch of outcomes the error is written with.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def error_entry(error: ErrorInfo) -> str:
+    """An attempt's error as the JSON object stored in a job's ``errors`` list."""
+    return json.dumps(
+        {"type": _storable(error.type), "message": _storable(error.message), "traceback": _storable(error.traceback)}
+    )
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
+
+
+def job_errors(entries: Iterable[Mapping[str, Any]] | None) -> tuple[JobError, ...]:
+    """A job's stored ``errors`` list (decoded JSON) as records."""
+    return tuple(
+        JobError(
+            attempt=int(e.get("attempt", 0)),
+            at=_parse_time(e.get("at")),
+            type=str(e.get("type", "")),
+            message=str(e.get("message", "")),
+            traceback=str(e.get("traceback", "")),
+        )
+        for e in (entries or ())
+    )
+
+
+def one_line(message: str) -> str:
+    """A database library's message (which may span lines, a hint on the second) as one line."""
+    return " ".join(message.split())
+
+
+# --- dependency graphs -------------------------------------------------------------------------
+
+
+def order_graph(specs: Sequence[JobSpec]) -> list[int]:
+    """Indexes of *specs* in an order where each spec comes after the specs it depends on.
+
+    Raises:
+        ConfigurationError: a spec depends on a spec that is not in *specs*, a spec that others
+            depend on appears twice, or the dependencies form a cycle (the message names it).
+    """
+    index: dict[int, int] = {}
+    for i, spec in enumerate(specs):
+        if id(spec) in index:
+            if any(any(dep is spec for dep in other.depends_on) for other in specs):
+                raise ConfigurationError(
+                    f"defer_many: the same job spec ({spec.task}) is listed twice and other jobs depend on it; "
+                    "build one spec per job"
+                )
+            continue
+        index[id(spec)] = i
+    edges: dict[int, list[int]] = {}
+    for i, spec in enumerate(specs):
+        parents = []
+        for dep in spec.depends_on:
+            if isinstance(dep, JobSpec):
+                if id(dep) not in index:
+                    raise ConfigurationError(
+                        f"defer_many: item {i} ({spec.task}) depends on a job spec ({dep.task}) that is not in this "
+                        "call; defer both in one defer_many call, or defer the dependency first and pass its job"
+                    )
+                parents.append(index[id(dep)])
+        edges[i] = parents
+    # Kahn's algorithm, iterative (a chain of thousands of jobs must not hit the recursion limit),
+    # keeping the order given among jobs that are ready together.
+    children: dict[int, list[int]] = {i: [] for i in edges}
+    waiting = {i: 0 for i in edges}
+    for child, parents in edges.items():
+        for parent in set(parents):
+            children[parent].append(child)
+            waiting[child] += 1
+    ready = deque(i for i in sorted(edges) if waiting[i] == 0)
+    order: list[int] = []
+    while ready:
+        node = ready.popleft()
+        order.append(node)
+        for child in children[node]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if len(order) < len(edges):
+        # Walk parents from a job left over until one repeats: that loop is the cycle.
+        node = next(i for i in edges if waiting[i] > 0)
+        path: list[int] = []
+        while node not in path:
+            path.append(node)
+            node = next(p for p in edges[node] if waiting[p] > 0)
+        cycle = [*path[path.index(node) :], node]
+        names = " <- ".join(f"{specs[k].task} (item {k})" for k in cycle)
+        raise ConfigurationError(f"defer_many: the dependencies form a cycle ({names}); a workflow must be acyclic")
+    return order
+
+
+def dependency_ids(spec: JobSpec, inserted: Mapping[int, Job]) -> list[int]:
+    """The ids *spec* depends on, with in-call specs replaced by the jobs inserted for them."""
+    ids: list[int] = []
+    for dep in spec.depends_on:
+        job_id = inserted[id(dep)].id if isinstance(dep, JobSpec) else dep
+        if job_id not in ids:
+            ids.append(job_id)
+    return ids
+
+
+def insert_graph(
+    specs: Sequence[JobSpec],
+    *,
+    insert: Callable[[Sequence[JobSpec]], list[Job]],
+    insert_dependent: Callable[[JobSpec, list[int]], Job],
+    transaction: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> list[Job]:
+    """Insert jobs with dependencies: the independent ones in one call of *insert*, then the others
+    one by one (*insert_dependent*, given the ids they wait for), each after the jobs it depends
+    on, all inside *transaction* (the engine's; SQLite's callers are in one already).
+
+    Returns the jobs in the order of *specs*.
+    """
+    order = order_graph(specs)
+    result: list[Job | None] = [None] * len(specs)
+    by_spec: dict[int, Job] = {}
+    with transaction():
+        roots = [i for i in range(len(specs)) if not specs[i].depends_on]
+        if roots:
+            for i, job in zip(roots, insert([specs[i] for i in roots]), strict=True):
+                result[i] = job
+                by_spec.setdefault(id(specs[i]), job)
+        for i in order:
+            spec = specs[i]
+            if not spec.depends_on:
+                continue
+            job = insert_dependent(spec, dependency_ids(spec, by_spec))
+            result[i] = job
+            by_spec.setdefault(id(spec), job)
+    return [job for job in result if job is not None]
+
+
+# --- observers -----------------------------------------------------------------------------------
+
+
+class Observers:
+    """The callbacks of ``Driver.observe``, called after each database call of the app (None on
+    success, else the :class:`DatabaseError` or :class:`SchemaNotReady`)."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Exception | None], None]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._callbacks)
+
+    def add(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
+        """Add *callback*; return a function that removes it."""
+        self._callbacks.append(callback)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return remove
+
+    def notify(self, error: Exception | None) -> None:
+        for observer in list(self._callbacks):
+            try:
+                observer(error)
+            except Exception:  # an observer (metrics) must never break a database call
+                logger.exception("database observer %r failed", observer)
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await *fn()* and tell the observers how it went (nothing to do when there are none)."""
+        if not self._callbacks:
+            return await fn()
+        try:
+            result = await fn()
+        except (DatabaseError, SchemaNotReady) as exc:
+            self.notify(exc)
+            raise
+        self.notify(None)
+        return result
+
+
+# --- migrations ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Migrations:
+    """An engine's schema versions: ``(version, file)`` pairs, the files in ``migrations/`` of *package*.
+
+    Each engine applies them its own way (one transaction under an advisory lock on PostgreSQL, one
+    ``BEGIN IMMEDIATE`` on SQLite); which to apply, and refusing a schema newer than this code, is here.
+    """
+
+    package: str
+    versions: tuple[tuple[int, str], ...]
+
+    @property
+    def latest(self) -> int:
+        """The version this code reads and writes."""
+        return self.versions[-1][0]
+
+    def pending(self, applied: Iterable[int], *, where: str) -> Iterator[tuple[int, str, str]]:
+        """``(version, file, script)`` of each version not in *applied*, in order.
+
+        Raises:
+            SchemaNotReady: *applied* holds a version newer than this code's (*where* names the schema).
+        """
+        done = set(applied)
+        if done and max(done) > self.latest:
+            raise too_new(where, max(done), self.latest)
+        folder = resources.files(self.package).joinpath("migrations")
+        return (
+            (version, name, folder.joinpath(name).read_text(encoding="utf-8"))
+            for version, name in self.versions
+            if version not in done
+        )
+
+
+def too_new(where: str, version: int, latest: int) -> SchemaNotReady:
+    """The error for a schema (*where*: ``schema 'x' of <database>``) newer than this code."""
+    return SchemaNotReady(
+        f"{where} is at version {version}, newer than this nursery-worker understands ({latest}): "
+        "upgrade nursery-worker"
+    )
+
+
+def check_version(where: str, version: int | None, latest: int) -> None:
+    """Raise ``SchemaNotReady`` unless the schema's *version* is exactly *latest*."""
+    if version is None or version < latest:
+        raise SchemaNotReady(
+            f"{where} is at version {version or 0}, this nursery-worker needs {latest}: run `nursery-worker "
+            "migrate` (or `await app.migrate()`)"
+        )
+    if version > latest:
+        raise too_new(where, version, latest)

@@ -1,0 +1,859 @@
+"""The PostgreSQL driver: the driver interface's statements, on the pool of ``_connection.py``.
+
+Each method is one statement (or a few, in one transaction) from ``_queries.py``, with its
+parameters built here and its rows turned into the records of ``_models``. Every statement that
+moves an executing job mirrors a ``*_guarded`` function of ``_state.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+import anyio
+import anyio.to_thread
+import attrs
+import psycopg
+import psycopg.errors
+from psycopg import sql
+
+from ..._errors import ConfigurationError, DatabaseError, JobStateError
+from ..._models import (
+    BreakerConfig,
+    BreakerInfo,
+    CancelRequest,
+    CancelResult,
+    ClaimedAttempt,
+    Completion,
+    Job,
+    JobSpec,
+    LimitedClaim,
+    PeriodicEnqueued,
+    PeriodicEntry,
+    PeriodicListing,
+    PeriodicRow,
+    PeriodicSnapshot,
+    PeriodicState,
+    QueueDepth,
+    QueueInfo,
+    RateLimit,
+    RescueResult,
+    TaskLimits,
+    WorkerInfo,
+    WorkerLoad,
+    WorkerRow,
+)
+from ..._state import ACTIVE_STATES, JobState
+from .._common import (
+    Migrations,
+    UserConnection,
+    check_schema_name,
+    check_version,
+    error_entry,
+    insert_graph,
+    job_errors,
+    spec_columns,
+)
+from ._connection import PostgresConnections
+from ._listener import PostgresListener
+from ._queries import JOB_COLUMNS, Queries
+
+logger = logging.getLogger("nursery_worker.driver")
+
+#: The schema's versions, in order: ``migrations/<file>`` of this package.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, "0001_initial.sql"),
+    (2, "0002_job_control.sql"),
+    (3, "0003_worker_stats.sql"),
+    (4, "0004_queues.sql"),
+    (5, "0005_trace_context.sql"),
+    (6, "0006_flow_control.sql"),
+    (7, "0007_periodic.sql"),
+)
+_MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
+#: The schema version this code reads and writes; the last entry of MIGRATIONS.
+SCHEMA_VERSION = _MIGRATIONS.latest
+
+_ACTIVE_SET = frozenset(s.value for s in ACTIVE_STATES)
+
+# Bulk inserts of many jobs go through COPY: ids drawn first (so the jobs come back in order),
+# the transaction's now() read once and the schedule computed from it, then one NOTIFY per queue.
+_COPY_MIN = 200
+#: Rows formatted per write to the COPY stream.
+_COPY_CHUNK = 2_000
+#: COPY's text format: a backslash starts an escape, tab and newline end a field and a row.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str | None) -> str:
+    """A text field of COPY's text format: NULL as ``\\N``, the special characters escaped."""
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+#: A state as stored, to its enum member: a dict lookup, several times cheaper than ``JobState(value)``.
+_STATE_OF: dict[str, JobState] = {state.value: state for state in JobState}
+
+
+def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
+    errors = job_errors(row[12])
+    extra = len(row) > 14
+    return Job(
+        id=row[0],
+        task=row[1],
+        queue=row[2],
+        args=row[3],
+        state=_STATE_OF[row[4]],
+        attempt=row[5],
+        max_attempts=row[6],
+        priority=row[7],
+        scheduled_at=row[8],
+        inserted_at=row[9],
+        attempted_at=row[10],
+        finished_at=row[11],
+        errors=errors,
+        worker_id=row[13],
+        result=row[14] if extra else None,
+        cancel_requested_at=row[15] if extra else None,
+        unique_key=row[16] if extra else None,
+        retry_policy=row[17] if extra else None,
+        trace_context=row[18] if len(row) > 18 else None,
+        depends_on=tuple(row[19] or ()) if len(row) > 19 else (),
+        duplicate=duplicate,
+    )
+
+
+def _limits_json(config: Mapping[str, TaskLimits]) -> str:
+    """The task limits as ``nw_claim_limited`` (migration 6) reads them: {task: {"c", "r", "p", "b"}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for task, limits in config.items():
+        entry: dict[str, Any] = {}
+        if limits.concurrency is not None:
+            entry["c"] = limits.concurrency
+        if limits.rate is not None:
+            entry["r"] = limits.rate.count
+            entry["p"] = limits.rate.period
+        if limits.breaker:
+            entry["b"] = True
+        out[task] = entry
+    return json.dumps(out)
+
+
+class PostgresDriver(PostgresConnections):
+    """The PostgreSQL implementation of the driver interface (see ``_driver/__init__.py``)."""
+
+    schema_version = SCHEMA_VERSION
+
+    def __init__(
+        self, dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float
+    ) -> None:
+        super().__init__(
+            dsn,
+            schema=check_schema_name(schema),
+            pool_min_size=pool_min_size,
+            pool_max_size=pool_max_size,
+            connect_timeout=connect_timeout,
+        )
+        self._sql = Queries(schema)
+
+    def __repr__(self) -> str:
+        return f"<PostgresDriver {self._dsn_redacted!r} schema={self.schema!r}>"
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"schema {self.schema!r} of {self._dsn_redacted}"
+
+    def migrate_sync(self) -> list[int]:
+        applied_now: list[int] = []
+        ident = self._sql.ident
+        with self._connect() as conn:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"nursery_worker:{self.schema}"])
+                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+                    conn.execute(
+                        sql.SQL(
+                            "CREATE TABLE IF NOT EXISTS {}.migrations (version integer PRIMARY KEY, "
+                            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                        ).format(ident)
+                    )
+                    rows = conn.execute(sql.SQL("SELECT version FROM {}.migrations").format(ident)).fetchall()
+                    for version, filename, text in _MIGRATIONS.pending((int(r[0]) for r in rows), where=self._where()):
+                        conn.execute(sql.SQL(text).format(schema=ident))
+                        conn.execute(
+                            sql.SQL("INSERT INTO {}.migrations (version, name) VALUES (%s, %s)").format(ident),
+                            [version, filename],
+                        )
+                        applied_now.append(version)
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+        if applied_now:
+            logger.info("migrated schema %r to version %d (applied %s)", self.schema, SCHEMA_VERSION, applied_now)
+        return applied_now
+
+    async def migrate(self) -> list[int]:
+        return await anyio.to_thread.run_sync(self.migrate_sync)
+
+    async def drop_schema(self) -> None:
+        query = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(self._sql.ident)
+        await self._hop(lambda c: c.execute(query))
+
+    async def check_schema(self) -> None:
+        row = await self._hop(lambda c: c.execute(self._sql.version).fetchone())
+        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def _insert_params(self, specs: Sequence[JobSpec]) -> dict[str, Any]:
+        return {
+            "tasks": [s.task for s in specs],
+            "queues": [s.queue for s in specs],
+            "args": [s.args_json for s in specs],
+            "priorities": [s.priority for s in specs],
+            "max_attempts": [s.max_attempts for s in specs],
+            "scheduled": [s.scheduled_at for s in specs],
+            "delays": [s.delay for s in specs],
+            "unique_keys": [s.unique_key for s in specs],
+            "unique_states": [None if s.unique_states is None else ",".join(s.unique_states) for s in specs],
+            "retry_policies": [None if s.retry_policy is None else json.dumps(s.retry_policy) for s in specs],
+            "trace_contexts": [None if s.trace_context is None else json.dumps(s.trace_context) for s in specs],
+            "limit_keys": [s.limit_key for s in specs],
+            "channel": self.channel,
+        }
+
+    @staticmethod
+    def _new_job(spec: JobSpec, row: Sequence[Any], *, duplicate: bool = False) -> Job:
+        return Job(
+            id=row[0],
+            task=spec.task,
+            queue=spec.queue,
+            args=spec.args,
+            state=_STATE_OF[row[1]],
+            attempt=0,
+            max_attempts=spec.max_attempts,
+            priority=spec.priority,
+            scheduled_at=row[2],
+            inserted_at=row[3],
+            unique_key=spec.unique_key,
+            retry_policy=spec.retry_policy,
+            trace_context=spec.trace_context,
+            duplicate=duplicate,
+        )
+
+    def _match(self, specs: Sequence[JobSpec], rows: Sequence[Sequence[Any]]) -> list[Job | None]:
+        """Pair the inserted rows (in id order, that is the order given) with their specs.
+
+        A unique spec whose key was taken gets None; one whose key an earlier spec of the same call
+        took gets that job, marked as a duplicate.
+        """
+        out: list[Job | None] = []
+        keys_inserted = {(r[5], r[4]) for r in rows if r[4] is not None}
+        by_key: dict[tuple[str, str], Job] = {}
+        it = iter(rows)
+        for spec in specs:
+            if spec.unique_key is None:
+                out.append(self._new_job(spec, next(it)))
+                continue
+            key = (spec.task, spec.unique_key)
+            if key in by_key:
+                out.append(attrs.evolve(by_key[key], duplicate=True))
+                continue
+            if key not in keys_inserted:
+                out.append(None)
+                continue
+            row = next(it)
+            job = self._new_job(spec, row)
+            by_key[key] = job
+            out.append(job)
+        return out
+
+    def _one_params(self, spec: JobSpec) -> dict[str, Any]:
+        """The parameters of a one-job insert (plain, or with dependencies)."""
+        return {**spec_columns(spec), "scheduled": spec.scheduled_at, "delay": spec.delay, "channel": self.channel}
+
+    def _plain_insert(self, specs: Sequence[JobSpec]) -> tuple[bytes, dict[str, Any]] | None:
+        """The one statement that inserts *specs*, when one does: no dependencies, no unique keys,
+        fewer than the COPY threshold. None: the caller takes the multi-statement paths."""
+        if len(specs) >= _COPY_MIN or any(s.depends_on or s.unique_key is not None for s in specs):
+            return None
+        if len(specs) == 1:
+            return self._sql.insert_one, self._one_params(specs[0])
+        return self._sql.insert, self._insert_params(specs)
+
+    def _insert_on(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        plain = self._plain_insert(specs)
+        if plain is not None:
+            rows = conn.execute(*plain).fetchall()
+            return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
+        if any(s.depends_on for s in specs):
+            return self._insert_graph(conn, specs)
+        if any(s.unique_key is not None for s in specs):
+            return self._insert_unique(conn, specs)
+        return self._insert_copy(conn, specs)
+
+    def _insert_copy(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        """Many jobs in one transaction (the caller's, if it has one): ids, COPY, one NOTIFY per queue."""
+        with conn.transaction():
+            row = conn.execute(self._sql.copy_prepare, {"table": f"{self.schema}.jobs", "n": len(specs)}).fetchone()
+            assert row is not None
+            now: dt.datetime = row[0]
+            ids: list[int] = row[1]
+            jobs: list[Job] = []
+            queues: set[str] = set()
+            # The COPY text is formatted here, a chunk at a time: several times cheaper than
+            # psycopg's write_row, which looks up a dumper for every field of every row.
+            now_text = now.isoformat()
+            lines: list[str] = []
+            with conn.cursor().copy(self._sql.copy) as copy:
+                for job_id, spec in zip(ids, specs, strict=True):
+                    if spec.scheduled_at is not None:
+                        at = spec.scheduled_at
+                    elif spec.delay:
+                        at = now + dt.timedelta(seconds=spec.delay)
+                    else:
+                        at = now
+                    if at > now:
+                        state = "scheduled"
+                    else:
+                        state = "available"
+                        queues.add(spec.queue)
+                    policy = None if spec.retry_policy is None else json.dumps(spec.retry_policy)
+                    trace = None if spec.trace_context is None else json.dumps(spec.trace_context)
+                    lines.append(
+                        f"{job_id}\t{_copy_text(spec.task)}\t{_copy_text(spec.queue)}\t{_copy_text(spec.args_json)}\t"
+                        f"{int(spec.priority)}\t{int(spec.max_attempts)}\t"
+                        f"{now_text if at is now else at.isoformat()}\t{state}\t"
+                        f"{_copy_text(policy)}\t{_copy_text(trace)}\t{_copy_text(spec.limit_key)}\n"
+                    )
+                    # Made while the server takes in the rows already sent (it runs on its own core).
+                    jobs.append(self._new_job(spec, (job_id, state, at, now)))
+                    if len(lines) >= _COPY_CHUNK:
+                        copy.write("".join(lines))
+                        lines.clear()
+                if lines:
+                    copy.write("".join(lines))
+            if queues:
+                conn.execute(self._sql.notify_queues, {"channel": self.channel, "queues": sorted(queues)})
+        return jobs
+
+    def _holders(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job | None]:
+        """For each unique spec, the job holding its key in the spec's scope of states, or None."""
+        params = {
+            "tasks": [s.task for s in specs],
+            "keys": [s.unique_key for s in specs],
+            "states": [",".join(s.unique_states or ()) for s in specs],
+        }
+        found: list[Job | None] = [None] * len(specs)
+        for row in conn.execute(self._sql.unique_holders, params).fetchall():
+            found[int(row[0]) - 1] = _job_from_row(row[1:], duplicate=True)
+        return found
+
+    def _insert_unique(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        """Insert with unique keys: a refused spec returns the job that holds its key."""
+        result: list[Job | None] = [None] * len(specs)
+        todo = list(range(len(specs)))
+        # A scope beyond the queued and running states (the index's) also refuses finished twins:
+        # look those up first. A row only finishes after being queued or running, so a finished
+        # twin that is not there now can only appear after the index itself refused us.
+        wide = [i for i in todo if set(specs[i].unique_states or ()) - _ACTIVE_SET]
+        if wide:
+            for i, holder in zip(wide, self._holders(conn, [specs[i] for i in wide]), strict=True):
+                result[i] = holder
+            todo = [i for i in todo if result[i] is None]
+        for _ in range(5):
+            if not todo:
+                break
+            batch = [specs[i] for i in todo]
+            rows = conn.execute(self._sql.insert_unique, self._insert_params(batch)).fetchall()
+            matched = self._match(batch, rows)
+            missing = [i for i, job in zip(todo, matched, strict=True) if job is None]
+            for i, job in zip(todo, matched, strict=True):
+                result[i] = job
+            if not missing:
+                break
+            todo = []
+            for i, holder in zip(missing, self._holders(conn, [specs[i] for i in missing]), strict=True):
+                if holder is None:
+                    todo.append(i)  # the holder left the scope meanwhile: insert again
+                else:
+                    result[i] = holder
+        if any(job is None for job in result):
+            raise DatabaseError("could not insert or find the holders of some unique jobs after 5 tries; retry")
+        return [job for job in result if job is not None]
+
+    def _insert_graph(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
+        """Jobs with dependencies, in one transaction (see ``_common.insert_graph``)."""
+        return insert_graph(
+            specs,
+            insert=lambda roots: self._insert_on(conn, roots),
+            insert_dependent=lambda spec, deps: self._insert_dependent(conn, spec, deps),
+            transaction=conn.transaction,
+        )
+
+    def _insert_dependent(self, conn: psycopg.Connection[Any], spec: JobSpec, deps: list[int]) -> Job:
+        params = {
+            **self._one_params(spec),
+            "unique_key": spec.unique_key,
+            "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
+            "deps": deps,
+        }
+        query = self._sql.insert_dep if spec.unique_key is None else self._sql.insert_dep_unique
+        row = conn.execute(query, params).fetchone()
+        assert row is not None
+        found = set(row[4] or ())
+        missing = [d for d in deps if d not in found]
+        if missing:
+            raise ConfigurationError(
+                f"{spec.task}: depends_on names job(s) {missing} that do not exist (never deferred, or pruned); "
+                "nothing was enqueued"
+            )
+        if row[0] is None:
+            holder = self._holders(conn, [spec])[0]
+            if holder is None:
+                raise DatabaseError(f"{spec.task}: the unique job holding key {spec.unique_key!r} vanished; retry")
+            return holder
+        if row[1] == "cancelled":
+            fresh = conn.execute(self._sql.get, {"id": row[0]}).fetchone()
+            assert fresh is not None
+            return _job_from_row(fresh)
+        return attrs.evolve(self._new_job(spec, row), depends_on=tuple(deps))
+
+    @staticmethod
+    def _refuse_connection(connection: object, *, allow_async: bool) -> NoReturn:
+        kinds = "a psycopg.Connection or psycopg.AsyncConnection" if allow_async else "a psycopg.Connection"
+        raise TypeError(f"connection= must be {kinds} with an open transaction, got {type(connection).__name__}")
+
+    def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: UserConnection | None = None) -> list[Job]:
+        if not specs:
+            return []
+        if connection is None:
+            return self._run(lambda c: self._insert_on(c, specs))
+        if not isinstance(connection, psycopg.Connection):
+            self._refuse_connection(connection, allow_async=False)
+        try:
+            return self._insert_on(connection, specs)
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def insert_jobs(self, specs: Sequence[JobSpec], *, connection: UserConnection | None = None) -> list[Job]:
+        if not specs:
+            return []
+        if connection is None:
+            plain = self._plain_insert(specs)
+            if plain is not None:  # one statement: straight from the event loop
+                rows = await self._direct(*plain)
+                return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
+            return await self._hop(lambda c: self._insert_on(c, specs))
+        if not isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection)):
+            self._refuse_connection(connection, allow_async=True)
+        if isinstance(connection, psycopg.AsyncConnection):
+            if any(s.depends_on for s in specs):
+                raise ConfigurationError(
+                    "jobs with depends_on= cannot be enqueued on a psycopg.AsyncConnection yet; use a sync "
+                    "psycopg.Connection or no connection="
+                )
+            if any(s.unique_key is not None for s in specs):
+                raise ConfigurationError(
+                    "unique jobs cannot be enqueued on a psycopg.AsyncConnection yet; use a sync psycopg.Connection "
+                    "or no connection="
+                )
+            try:
+                cur = await connection.execute(self._sql.insert, self._insert_params(specs))
+                rows = await cur.fetchall()
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+            return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
+        return await anyio.to_thread.run_sync(lambda: self.insert_jobs_sync(specs, connection=connection))
+
+    async def get_job(self, job_id: int) -> Job | None:
+        rows = await self._direct(self._sql.get, {"id": job_id})
+        return _job_from_row(rows[0]) if rows else None
+
+    async def fetch_jobs(
+        self, *, worker_id: str, queues: Sequence[str], limit: int, exclude_tasks: Sequence[str] = ()
+    ) -> list[Job]:
+        params: dict[str, Any] = {"limit": limit, "worker": worker_id}
+        if len(queues) == 1:
+            query = self._sql.fetch_one_not if exclude_tasks else self._sql.fetch_one
+            params["queue"] = queues[0]
+        else:
+            query = self._sql.fetch_not if exclude_tasks else self._sql.fetch
+            params["queues"] = list(queues)
+        if exclude_tasks:
+            params["limited"] = list(exclude_tasks)
+        rows = await self._direct(query, params)
+        # Claimed in priority order; the UPDATE's RETURNING does not keep it.
+        jobs = [_job_from_row(r) for r in rows]
+        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+        return jobs
+
+    async def fetch_limited(
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        config: Mapping[str, TaskLimits],
+        adopt: bool = False,
+    ) -> LimitedClaim:
+        params = {
+            "worker": worker_id,
+            "queues": list(queues),
+            "limit": limit,
+            "cfg": _limits_json(config),
+            "adopt": adopt,
+        }
+        rows = await self._direct(self._sql.claim_limited, params)
+        jobs = [_job_from_row(r[:19]) for r in rows if r[0] is not None]
+        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+        wakes = [float(r[19]) for r in rows if r[0] is None and r[19] is not None]
+        held = tuple(sorted({r[20].split(":", 1)[1] for r in rows if r[0] is None and r[20]}))
+        return LimitedClaim(jobs=tuple(jobs), wake=min(wakes) if wakes else None, breakers_open=held)
+
+    async def set_queue_limits(self, name: str, *, max_concurrency: int | None, rate: RateLimit | None) -> None:
+        params = {
+            "name": name,
+            "concurrency": max_concurrency,
+            "rate": None if rate is None else rate.count,
+            "period": None if rate is None else rate.period,
+            "channel": self.channel,
+        }
+        await self._hop(lambda c: c.execute(self._sql.set_limits, params).fetchall())
+
+    async def register_breakers(self, breakers: Sequence[BreakerConfig]) -> None:
+        if not breakers:
+            return
+        params = {
+            "tasks": [b.task for b in breakers],
+            "thresholds": [b.threshold for b in breakers],
+            "cooldowns": [b.cooldown for b in breakers],
+        }
+        await self._hop(lambda c: c.execute(self._sql.register_breakers, params))
+
+    async def list_breakers(self) -> list[BreakerInfo]:
+        rows = await self._hop(lambda c: c.execute(self._sql.list_breakers).fetchall())
+        return [
+            BreakerInfo(
+                task=r[0],
+                state=r[1],
+                failures=r[2],
+                threshold=r[3],
+                cooldown=r[4],
+                opened_at=r[5],
+                probe_job_id=r[6],
+                now=r[7],
+            )
+            for r in rows
+        ]
+
+    async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> int:
+        if not completions:
+            return 0
+        params = {
+            "ids": [c.job_id for c in completions],
+            "attempts": [c.attempt for c in completions],
+            "leases": [c.attempted_at for c in completions],
+            "states": [c.transition.state.value for c in completions],
+            "delays": [c.transition.delay for c in completions],
+            "errors": [None if c.transition.error is None else error_entry(c.transition.error) for c in completions],
+            "give_back": [int(c.transition.give_back_attempt) for c in completions],
+            "results": [c.result_json for c in completions],
+            "worker": worker_id,
+            "cap": error_cap,
+            "channel": self.channel,
+        }
+        rows = await self._direct(self._sql.finish, params)
+        return int(rows[0][0]) if rows else 0
+
+    # --- workers and maintenance --------------------------------------------------------------
+
+    @staticmethod
+    def _worker_params(info: WorkerInfo) -> dict[str, Any]:
+        return {
+            "id": info.id,
+            "hostname": info.hostname,
+            "pid": info.pid,
+            "queues": list(info.queues),
+            "concurrency": info.concurrency,
+            "supervisor_id": info.supervisor_id,
+            "child_index": info.child_index,
+            "restarts": info.restarts,
+        }
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        params = self._worker_params(info)
+        await self._hop(lambda c: c.execute(self._sql.register, params))
+
+    async def heartbeat(self, info: WorkerInfo, load: WorkerLoad | None = None) -> bool:
+        def beat(c: psycopg.Connection[Any]) -> bool:
+            if load is None:
+                updated = c.execute(self._sql.heartbeat, {"id": info.id}).rowcount
+            else:
+                params = {"id": info.id, **attrs.asdict(load)}
+                updated = c.execute(self._sql.heartbeat_load, params).rowcount
+            if updated:
+                return True
+            c.execute(self._sql.register, self._worker_params(info))
+            if load is not None:
+                c.execute(self._sql.heartbeat_load, {"id": info.id, **attrs.asdict(load)})
+            return False
+
+        return await self._hop(beat)
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self._hop(lambda c: c.execute(self._sql.deregister, {"id": worker_id}))
+
+    async def promote_due(self, *, limit: int) -> int:
+        params = {"limit": limit, "channel": self.channel}
+        row = await self._hop(lambda c: c.execute(self._sql.promote, params).fetchone())
+        return int(row[0]) if row else 0
+
+    async def rescue_orphans(self, *, rescuer_id: str, rescue_after: float, limit: int, error_cap: int) -> RescueResult:
+        params = {"after": rescue_after, "limit": limit, "rescuer": rescuer_id, "cap": error_cap}
+
+        def rescue(c: psycopg.Connection[Any]) -> RescueResult:
+            states = [r[0] for r in c.execute(self._sql.rescue, params).fetchall()]
+            removed = c.execute(self._sql.delete_dead, {"after": rescue_after}).rowcount
+            return RescueResult(
+                retryable=states.count("retryable"),
+                discarded=states.count("discarded"),
+                cancelled=states.count("cancelled"),
+                workers_removed=removed,
+            )
+
+        return await self._hop(rescue)
+
+    async def executing_ids(self, *, worker_id: str, older_than: float) -> list[ClaimedAttempt]:
+        params = {"worker": worker_id, "older": older_than}
+        rows = await self._hop(lambda c: c.execute(self._sql.executing, params).fetchall())
+        return [ClaimedAttempt(job_id=int(r[0]), attempt=int(r[1]), attempted_at=r[2]) for r in rows]
+
+    # --- job control --------------------------------------------------------------------------
+
+    async def cancel_job(self, job_id: int, *, error_cap: int) -> CancelResult | None:
+        params = {"id": job_id, "channel": self.channel, "cap": error_cap}
+
+        def cancel(c: psycopg.Connection[Any]) -> CancelResult | None:
+            # Three single-statement steps; a job that moves between them is simply tried again.
+            for _ in range(5):
+                row = c.execute(self._sql.cancel_waiting, params).fetchone()
+                if row is not None:
+                    return CancelResult(job=_job_from_row(row), status="cancelled")
+                row = c.execute(self._sql.cancel_executing, params).fetchone()
+                if row is not None:
+                    return CancelResult(job=_job_from_row(row), status="requested")
+                row = c.execute(self._sql.get, params).fetchone()
+                if row is None:
+                    return None
+                job = _job_from_row(row)
+                if job.state.is_terminal:
+                    return CancelResult(job=job, status="already_finished")
+            raise DatabaseError(f"job {job_id} kept changing state while being cancelled; try again")
+
+        return await self._hop(cancel)
+
+    async def cancel_requested(self, *, worker_id: str) -> list[CancelRequest]:
+        params = {"worker": worker_id}
+        rows = await self._hop(lambda c: c.execute(self._sql.cancel_requested, params).fetchall())
+        return [CancelRequest(job_id=int(r[0]), attempt=int(r[1])) for r in rows]
+
+    async def retry_job(self, job_id: int) -> Job | None:
+        params = {"id": job_id, "channel": self.channel}
+
+        def retry(c: psycopg.Connection[Any]) -> Job | None:
+            try:
+                row = c.execute(self._sql.retry, params).fetchone()
+            except psycopg.errors.UniqueViolation:
+                raise JobStateError(
+                    f"job {job_id} cannot be retried: another job of its task with the same unique key is queued or "
+                    "running; cancel that one first, or wait for it to finish"
+                ) from None
+            if row is None:
+                failed = c.execute(self._sql.failed_parents, params).fetchall()
+                if failed:
+                    names = ", ".join(f"{r[0]} ({r[1]}, {r[2]})" for r in failed)
+                    raise JobStateError(
+                        f"job {job_id} cannot be retried: it depends on job(s) that did not complete: {names}; "
+                        "retry those first"
+                    )
+            return None if row is None else _job_from_row(row)
+
+        return await self._hop(retry)
+
+    async def list_jobs(
+        self,
+        *,
+        states: Sequence[str] | None,
+        queue: str | None,
+        task: str | None,
+        limit: int,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        where: list[sql.Composable] = []
+        params: dict[str, Any] = {"limit": limit}
+        if states is not None:
+            where.append(sql.SQL("state = ANY(%(states)s::text[])"))
+            params["states"] = list(states)
+        if queue is not None:
+            where.append(sql.SQL("queue = %(queue)s"))
+            params["queue"] = queue
+        if task is not None:
+            where.append(sql.SQL("task = %(task)s"))
+            params["task"] = task
+        if before_id is not None:
+            where.append(sql.SQL("id < %(before)s"))
+            params["before"] = before_id
+        query = sql.SQL("SELECT {cols} FROM {s}.jobs {where} ORDER BY id DESC LIMIT %(limit)s").format(
+            cols=sql.SQL(JOB_COLUMNS),
+            s=self._sql.ident,
+            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+        )
+        rows = await self._hop(lambda c: c.execute(query, params).fetchall())
+        return [_job_from_row(r) for r in rows]
+
+    async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
+        params = {"state": state, "age": older_than, "limit": limit}
+        return await self._hop(lambda c: c.execute(self._sql.prune, params).rowcount)
+
+    async def queue_depth(self) -> list[QueueDepth]:
+        rows = await self._hop(lambda c: c.execute(self._sql.queue_depth).fetchall())
+        return [QueueDepth(queue=str(r[0]), state=str(r[1]), count=int(r[2])) for r in rows]
+
+    async def list_workers(self) -> list[WorkerRow]:
+        rows = await self._hop(lambda c: c.execute(self._sql.list_workers).fetchall())
+        return [
+            WorkerRow(
+                id=r[0],
+                hostname=r[1],
+                pid=r[2],
+                queues=tuple(r[3]),
+                concurrency=r[4],
+                started_at=r[5],
+                heartbeat_at=r[6],
+                state=r[7],
+                processed=r[8],
+                failed=r[9],
+                running=r[10],
+                supervisor_id=r[11],
+                child_index=r[12],
+                restarts=r[13],
+                now=r[14],
+            )
+            for r in rows
+        ]
+
+    async def set_queue_paused(self, name: str, *, paused: bool) -> bool:
+        params = {"name": name, "paused": paused, "channel": self.channel}
+        row = await self._hop(lambda c: c.execute(self._sql.set_paused, params).fetchone())
+        return bool(row is not None and row[0])
+
+    async def list_queues(self, name: str | None = None) -> list[QueueInfo]:
+        rows = await self._hop(lambda c: c.execute(self._sql.list_queues, {"name": name}).fetchall())
+        return [
+            QueueInfo(
+                name=r[0],
+                paused=bool(r[1]),
+                paused_at=r[2],
+                counts={state: int(n) for state, n in sorted(r[3].items())},
+                oldest_available_at=r[4],
+                now=r[5],
+                max_concurrency=r[6],
+                rate_limit=None if r[7] is None else str(RateLimit(count=r[7], period=r[8])),
+            )
+            for r in rows
+        ]
+
+    def listener(self) -> PostgresListener:
+        return PostgresListener(self)
+
+    # --- periodic jobs (see _periodic.py) -----------------------------------------------------
+
+    async def register_periodic(self, entries: Sequence[PeriodicEntry]) -> None:
+        if not entries:
+            return
+        params = {
+            "names": [e.name for e in entries],
+            "crons": [e.cron for e in entries],
+            "zones": [e.timezone for e in entries],
+            "tasks": [e.task for e in entries],
+            "queues": [e.queue for e in entries],
+            "args": [e.args_json for e in entries],
+        }
+        query = self._sql.periodic_register
+        await self._hop(lambda c: c.execute(query, params))
+
+    async def periodic_state(self, names: Sequence[str]) -> PeriodicSnapshot:
+        query = self._sql.periodic_state
+        rows = await self._hop(lambda c: c.execute(query, {"names": list(names)}).fetchall())
+        states = {r[1]: PeriodicState(last_tick=r[2], active_since=r[3]) for r in rows if r[1] is not None}
+        return PeriodicSnapshot(now=rows[0][0], states=states)
+
+    async def enqueue_periodic(
+        self, *, name: str, tick: dt.datetime, catch_up: float, spec: JobSpec
+    ) -> PeriodicEnqueued | None:
+        params = {
+            "name": name,
+            "tick": tick,
+            "catch_up": catch_up,
+            "table": f"{self.schema}.jobs",
+            "task": spec.task,
+            "queue": spec.queue,
+            "args": spec.args_json,
+            "priority": spec.priority,
+            "max_attempts": spec.max_attempts,
+            "unique_key": spec.unique_key,
+            "unique_states": None if spec.unique_states is None else ",".join(spec.unique_states),
+            "retry_policy": None if spec.retry_policy is None else json.dumps(spec.retry_policy),
+            "limit_key": spec.limit_key,
+            "channel": self.channel,
+        }
+        query = self._sql.periodic_enqueue
+
+        def enqueue(c: psycopg.Connection[Any]) -> PeriodicEnqueued | None:
+            for _ in range(3):
+                try:
+                    row = c.execute(query, params).fetchone()
+                except psycopg.errors.UniqueViolation:
+                    # A twin with the same unique key was inserted after this statement's snapshot
+                    # and before its insert: nothing was written; the next try sees the twin.
+                    continue
+                return None if row is None else PeriodicEnqueued(job_id=int(row[0]), held=bool(row[1]))
+            raise DatabaseError(f"periodic {name!r}: the unique key of its job kept changing hands; retrying later")
+
+        return await self._hop(enqueue)
+
+    async def list_periodic(self) -> PeriodicListing:
+        query = self._sql.periodic_list
+
+        def read(c: psycopg.Connection[Any]) -> PeriodicListing:
+            rows = c.execute(query).fetchall()
+            now = c.execute("SELECT now()").fetchone()
+            assert now is not None
+            return PeriodicListing(
+                now=now[0],
+                rows=tuple(
+                    PeriodicRow(
+                        name=r[0],
+                        cron=r[1],
+                        timezone=r[2],
+                        task=r[3],
+                        queue=r[4],
+                        args=r[5],
+                        active_since=r[6],
+                        last_tick=r[7],
+                        last_job_id=r[8],
+                        last_job_state=r[9],
+                        updated_at=r[10],
+                    )
+                    for r in rows
+                ),
+            )
+
+        return await self._hop(read)

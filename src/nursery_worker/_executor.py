@@ -1,0 +1,353 @@
+"""Job execution: one attempt from its task's call to its decided outcome, and the outcome bookkeeping.
+
+The fetcher hands each claimed job to :meth:`Executor.start`, which runs it as a task of the jobs
+task group under the job's own cancel scope. The attempt ends in an :class:`~._state.Outcome`;
+:meth:`Executor.record` decides the state transition (pure, ``_state.decide``), hands it to the
+completer without awaiting, counts it on the :class:`~._board.JobBoard` and wakes the fetch loop.
+
+Only the worker cancels a job's scope: at a hard stop (``released``) or on a cancel request
+(``cancel_requested``, from the listener or the cancel watcher through :meth:`Executor.cancel`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ._board import JobBoard, JobGroup, Running
+from ._context import JobContext
+from ._logging import set_job_log_context
+from ._models import Completion, Job
+from ._outcomes import Discard, JobOutcome, Retry, Snooze
+from ._retry import policy_from_json
+from ._state import Cancelled, ErrorInfo, Failed, Outcome, Released, Snoozed, Succeeded, Transition, decide
+from ._task import Task, encode_result
+from ._tracing import process_span, tracing_active
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._completer import Completer
+    from ._config import WorkerConfig
+    from ._metrics import WorkerMetrics
+
+# The worker's own log lines: the executor is a part of it.
+logger = logging.getLogger("nursery_worker.worker")
+
+_MESSAGE_CAP = 2_000
+_TRACEBACK_CAP = 8_000
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Describe *exc* for the job's error list, capped in size (the traceback keeps its tail).
+
+    NUL characters are replaced: PostgreSQL's jsonb cannot hold them, and one would fail the whole
+    batch of outcomes it is written with.
+    """
+    message = str(exc).replace("\x00", "\\x00")
+    if len(message) > _MESSAGE_CAP:
+        message = message[:_MESSAGE_CAP] + "… (truncated)"
+    tb = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
+    if len(tb) > _TRACEBACK_CAP:
+        tb = "(truncated) …" + tb[-_TRACEBACK_CAP:]
+    return ErrorInfo(type=type(exc).__qualname__, message=message, traceback=tb)
+
+
+class _JobTimeout(TimeoutError):
+    """A job's own timeout, raised from ``call_next`` so that middleware sees it."""
+
+
+class Executor:
+    """Runs the attempts the fetcher claims and records their outcomes.
+
+    Attributes:
+        metrics: the worker's Prometheus metrics while they are served, else None.
+        on_outcome: called with (job, outcome, transition) after each attempt (the testing helpers).
+        watchdogs: the task group cancel watchdogs run in (the worker's services), while it is open.
+        thread_limiter: bounds the plain-``def`` tasks running in threads (set when the worker runs).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        config: WorkerConfig,
+        *,
+        worker_id: str,
+        board: JobBoard,
+        completer: Completer,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.worker_id = worker_id
+        self.board = board
+        self.completer = completer
+        self.metrics: WorkerMetrics | None = None
+        self.on_outcome: Callable[[Job, Outcome, Transition], None] | None = None
+        self.watchdogs: anyio.abc.TaskGroup | None = None
+        self.thread_limiter: anyio.CapacityLimiter | None = None
+        self._threads_lock = threading.Lock()
+        self._threads_alive = 0
+
+    def start(self, jobs: JobGroup, job: Job) -> None:
+        """Run *job* as a task of *jobs*, under a cancel scope of its own."""
+        r = Running(job=job, task=self.app.tasks.get(job.task), scope=jobs.new_scope())
+        self.board.running[job.id, job.attempt] = r
+        jobs.spawn(self._run_job, r, name=f"job {job.id} {job.task}")
+
+    def release_all(self) -> None:
+        """The hard stop: cancel every running job; each is written back as available."""
+        for r in list(self.board.running.values()):
+            r.released = True
+            r.scope.cancel()
+
+    @property
+    def threads_alive(self) -> int:
+        """Threads still running plain ``def`` jobs, including ones the worker abandoned."""
+        return self._threads_alive
+
+    async def _run_job(self, r: Running) -> None:
+        outcome: Outcome | None = None
+        result: str | None = None
+        job = r.job
+        # Every log line of this job's task (its code, middleware, our own) carries these fields.
+        # Set, not reset: this task is the job's own, and its context ends with it (and a context
+        # manager per job costs more than a no-op job's run).
+        set_job_log_context(
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            attempt=job.attempt,
+            worker_id=self.worker_id,
+            args=job.args if self.config.log_args else None,
+        )
+        try:
+            if tracing_active():
+                with process_span(job, worker_id=self.worker_id) as traced:
+                    outcome, result = await self._execute(r)
+                    traced(outcome)
+            else:
+                outcome, result = await self._execute(r)
+        finally:
+            if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
+                outcome = Released(reason="worker cancelled")
+            if not r.abandoned:
+                self.record(r, outcome, result)
+
+    def _context(self, r: Running) -> JobContext:
+        deadline = None
+        if r.task is not None and r.task.timeout is not None:
+            deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=r.task.timeout)
+        return JobContext(job=r.job, worker_id=self.worker_id, deadline=deadline, app=self.app)
+
+    async def _execute(self, r: Running) -> tuple[Outcome, str | None]:
+        job, task = r.job, r.task
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)) or "none"
+            return (
+                Failed(
+                    permanent=True,
+                    error=ErrorInfo(
+                        type="TaskNotFound",
+                        message=f"no task named {job.task!r} is registered in this worker's app (registered: {known}); "
+                        f"the job was discarded: run a worker whose app registers {job.task!r} on queue {job.queue!r}, "
+                        f"then `nursery-worker jobs retry {job.id}` (or app.retry({job.id}))",
+                    ),
+                ),
+                None,
+            )
+        args = job.args
+        try:
+            if not isinstance(args, dict):
+                raise TypeError(f"job arguments must be a JSON object, got {type(args).__name__}")
+            if not task.fits(args):
+                task.signature.bind(**args)  # raises the TypeError that says what does not fit
+        except TypeError as exc:
+            return (
+                Failed(
+                    permanent=True,
+                    error=ErrorInfo(
+                        type="TypeError", message=f"arguments do not fit {task.name}{task.signature}: {exc}"
+                    ),
+                ),
+                None,
+            )
+        middlewares = self.app.middlewares
+        context = self._context(r) if (middlewares or task.context_param) else None
+        kwargs = dict(args)
+        if task.context_param is not None:
+            kwargs[task.context_param] = context
+
+        async def call_task() -> Any:
+            # The timeout is the deadline of a scope around the function alone, turned into a
+            # TimeoutError raised from call_next: middleware sees it like any other failure.
+            if task.timeout is None:  # no scope at all: a scope per job costs as much as a no-op job
+                return await self._invoke(task, kwargs)
+            with anyio.CancelScope(deadline=anyio.current_time() + task.timeout):
+                return await self._invoke(task, kwargs)
+            detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
+            raise _JobTimeout(f"job exceeded its timeout of {task.timeout:g}s{detail}")
+
+        handler: Callable[[], Any] = call_task
+        if context is not None:
+            for middleware in reversed(middlewares):
+                handler = functools.partial(middleware, context, handler)
+        try:
+            with r.scope:
+                value = await handler()
+                if isinstance(value, JobOutcome):
+                    return self._steered(value), None
+                try:
+                    return Succeeded(), encode_result(value, task=task.name)
+                except (TypeError, ValueError) as exc:
+                    # The work is done; running it again would not change what it returns.
+                    return Failed(permanent=True, error=ErrorInfo(type=type(exc).__name__, message=str(exc))), None
+        except JobOutcome as steer:
+            if r.released or r.cancel_requested:
+                return self._interrupted(r, task), None
+            return self._steered(steer), None
+        except Exception as exc:
+            if r.released or r.cancel_requested:
+                return self._interrupted(r, task), None
+            if isinstance(exc, _JobTimeout):
+                # Our own timeout: the traceback of the job's cancellation says nothing useful.
+                return Failed(error=ErrorInfo(type="TimeoutError", message=str(exc))), None
+            return Failed(error=error_info(exc)), None
+        # Only the worker cancels the job's scope: at shutdown (released) or by a cancel request.
+        return self._interrupted(r, task), None
+
+    @staticmethod
+    def _interrupted(r: Running, task: Task[..., Any]) -> Outcome:
+        if r.cancel_requested:
+            detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
+            return Cancelled(reason=f"cancelled by request while executing{detail}", abandoned=not task.is_async)
+        return Released()
+
+    @staticmethod
+    def _steered(outcome: JobOutcome) -> Outcome:
+        if isinstance(outcome, Snooze):
+            return Snoozed(delay=outcome.seconds)
+        if isinstance(outcome, Retry):
+            reason = outcome.reason.replace("\x00", "\\x00")
+            return Failed(error=ErrorInfo(type="Retry", message=reason), retry_after=outcome.seconds)
+        if isinstance(outcome, Discard):
+            reason = outcome.reason.replace("\x00", "\\x00")
+            return Failed(error=ErrorInfo(type="Discard", message=reason), permanent=True)
+        return Failed(error=error_info(outcome))
+
+    async def _invoke(self, task: Task[..., Any], kwargs: dict[str, Any]) -> Any:
+        """Call the task's function: awaited on the loop, or a plain def in a (bounded) thread."""
+        if task.is_async:
+            return await task.func(**kwargs)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self._call_in_thread, task.func, kwargs),
+            abandon_on_cancel=True,
+            limiter=self.thread_limiter,
+        )
+
+    def _call_in_thread(self, func: Any, args: dict[str, Any]) -> Any:
+        # Counted so that the CLI knows when abandoned threads (timed out, or cancelled at
+        # shutdown: they cannot be interrupted) are still running after the worker stopped.
+        with self._threads_lock:
+            self._threads_alive += 1
+        try:
+            return func(**args)
+        finally:
+            with self._threads_lock:
+                self._threads_alive -= 1
+
+    def record(self, r: Running, outcome: Outcome, result: str | None = None) -> None:
+        """Decide *r*'s transition, hand it to the completer, count it, and free its slot.
+
+        Synchronous on purpose: a job being cancelled can still record that it was released.
+        """
+        job, task = r.job, r.task
+        backoff = policy_from_json(job.retry_policy) if job.retry_policy else None
+        if backoff is None:
+            backoff = task.backoff if task is not None else (lambda attempt: 0.0)
+        transition = decide(outcome, attempt=job.attempt, max_attempts=job.max_attempts, backoff=backoff)
+        self.completer.submit(
+            Completion(
+                job_id=job.id,
+                attempt=job.attempt,
+                attempted_at=job.attempted_at,
+                transition=transition,
+                result_json=result,
+                max_attempts=job.max_attempts,
+                backoff=backoff,
+            )
+        )
+        if self.on_outcome is not None:
+            self.on_outcome(job, outcome, transition)
+        if self.metrics is not None:
+            self.metrics.record(job, outcome, transition, time.monotonic() - r.started)
+        counts = self.board.counts
+        if isinstance(outcome, Released):
+            counts["released"] += 1
+        else:
+            counts["processed"] += 1
+            if isinstance(outcome, Succeeded):
+                counts["completed"] += 1
+            elif isinstance(outcome, Snoozed):
+                counts["snoozed"] += 1
+            elif isinstance(outcome, Cancelled):
+                counts["cancelled"] += 1
+                logger.warning("job %d (%s) attempt %d: %s", job.id, job.task, job.attempt, outcome.reason)
+            else:
+                counts["failed"] += 1
+                counts["retried" if transition.state == "retryable" else "discarded"] += 1
+                level = logging.WARNING if transition.state == "retryable" else logging.ERROR
+                logger.log(
+                    level,
+                    "job %d (%s) attempt %d/%d failed: %s: %s -> %s",
+                    job.id,
+                    job.task,
+                    job.attempt,
+                    job.max_attempts,
+                    outcome.error.type,
+                    outcome.error.message,
+                    transition.state.value,
+                )
+        del self.board.running[job.id, job.attempt]
+        self.board.wake()
+
+    def cancel(self, job_id: int, attempt: int | None = None) -> None:
+        """Cancel the scope of a running job whose cancel was requested (no-op if not ours)."""
+        for (jid, att), r in list(self.board.running.items()):
+            if jid != job_id or (attempt is not None and att != attempt) or r.cancel_requested:
+                continue
+            logger.info("job %d (%s): cancel requested; cancelling it", jid, r.job.task)
+            r.cancel_requested = True
+            r.scope.cancel()
+            if self.watchdogs is not None:
+                self.watchdogs.start_soon(self._abandon_if_stuck, r, name=f"cancel watchdog {jid}")
+
+    async def _abandon_if_stuck(self, r: Running) -> None:
+        """A job that ignores its cancellation is recorded as cancelled and abandoned after a grace."""
+        await anyio.sleep(self.config.cancel_grace)
+        key = (r.job.id, r.job.attempt)
+        if self.board.running.get(key) is not r:
+            return
+        logger.error(
+            "job %d (%s) ignored its cancellation for %gs; recorded as cancelled and abandoned (it may still run)",
+            r.job.id,
+            r.job.task,
+            self.config.cancel_grace,
+        )
+        r.abandoned = True
+        self.record(
+            r,
+            Cancelled(
+                reason=f"cancelled by request; the job did not stop within {self.config.cancel_grace:g}s and was "
+                "abandoned (it may still be running)",
+                abandoned=True,
+            ),
+        )

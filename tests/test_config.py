@@ -1,0 +1,89 @@
+"""The worker options are declared once (``WorkerConfig``); everything that takes them follows it."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import attrs
+import pytest
+
+from nursery_worker import open_worker, run_supervisor
+from nursery_worker._config import (
+    DEFAULT_RETENTION,
+    SupervisedOptions,
+    WorkerConfig,
+    WorkerOptions,
+    options_doc,
+    worker_options,
+)
+
+
+def _accepted_type(field: attrs.Attribute[Any]) -> Any:
+    """What a caller may pass for *field*: its converter's parameter type, else the field's own type."""
+    if field.converter is not None:
+        hints = typing.get_type_hints(field.converter)
+        return next(hint for name, hint in hints.items() if name != "return")
+    return typing.get_type_hints(WorkerConfig)[field.name]
+
+
+def test_worker_options_has_one_key_per_config_field_with_the_type_it_accepts() -> None:
+    """WorkerOptions names every WorkerConfig field, typed as the field (or its converter) accepts."""
+    hints = typing.get_type_hints(WorkerOptions)
+
+    assert set(hints) == {f.name for f in attrs.fields(WorkerConfig)}
+    for field in attrs.fields(WorkerConfig):
+        assert hints[field.name] == _accepted_type(field), field.name
+
+
+def test_supervised_options_are_the_config_fields_marked_supervised() -> None:
+    """SupervisedOptions (run_supervisor's worker options) holds exactly the fields marked supervised."""
+    supervised = [f.name for f in attrs.fields(WorkerConfig) if f.metadata["supervised"]]
+
+    assert set(typing.get_type_hints(SupervisedOptions)) == set(supervised)
+    assert "once" not in supervised
+
+
+def test_every_option_has_a_help_text() -> None:
+    """Each option listed by worker_options() has a non-empty help sentence and its config default."""
+    defaults = WorkerConfig()
+
+    for option in worker_options():
+        assert option.help.strip().endswith(".")
+        assert option.default == getattr(defaults, option.name)
+
+
+def test_the_docstrings_of_open_worker_and_run_supervisor_list_every_option_they_take() -> None:
+    """open_worker's docstring documents every option, run_supervisor's every supervised one."""
+    for option in worker_options():
+        assert f"\n        {option.name}: " in (open_worker.__doc__ or "")
+        documented = f"\n        {option.name}: " in (run_supervisor.__doc__ or "")
+        assert documented == option.supervised
+    assert "{options}" not in (open_worker.__doc__ or "") + (run_supervisor.__doc__ or "")
+
+
+def test_options_doc_shows_each_default_once() -> None:
+    """options_doc renders the defaults from the declaration (retention in days, queues as a list)."""
+    doc = options_doc(indent=0, width=1000)
+
+    assert "concurrency: the most jobs running at once. Default: ``10``." in doc
+    assert "Default: ``['default']``" in doc
+    assert "completed 1 day, discarded 7 days, cancelled 7 days" in doc
+    assert DEFAULT_RETENTION["completed"] == 86400.0
+
+
+def test_to_options_rebuilds_the_same_config() -> None:
+    """A config serialized for a child (JSON-ready) rebuilds an equal config."""
+    config = WorkerConfig(queues="a,b", concurrency=3, retention={"completed": 5}, sync_threads=2, log_args=True)
+
+    options = config.to_options()
+
+    assert options["queues"] == ["a", "b"]
+    assert WorkerConfig(**options) == config
+
+
+@pytest.mark.parametrize(("where", "name"), [("open_worker", "concurency"), ("run_supervisor", "once")])
+def test_an_option_the_caller_does_not_take_is_a_type_error_naming_it(where: str, name: str) -> None:
+    """from_options refuses an unknown option (and once for the supervisor) as Python refuses a keyword."""
+    with pytest.raises(TypeError, match=rf"{where}\(\) got an unexpected keyword argument '{name}'"):
+        WorkerConfig.from_options(where, {name: 1})
