@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import pytest
 
-from nursery_worker import open_worker, run_supervisor
+from nursery_worker import ConfigurationError, open_worker, run_supervisor
 from nursery_worker._config import (
     DEFAULT_RETENTION,
     SupervisedOptions,
@@ -17,6 +17,7 @@ from nursery_worker._config import (
     options_doc,
     worker_options,
 )
+from nursery_worker._json import DEFAULT_MAX_RESULT_BYTES
 
 
 def _accepted_type(field: attrs.Attribute[Any]) -> Any:
@@ -87,3 +88,16 @@ def test_an_option_the_caller_does_not_take_is_a_type_error_naming_it(where: str
     """from_options refuses an unknown option (and once for the supervisor) as Python refuses a keyword."""
     with pytest.raises(TypeError, match=rf"{where}\(\) got an unexpected keyword argument '{name}'"):
         WorkerConfig.from_options(where, {name: 1})
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "100"])
+def test_max_result_bytes_must_be_a_positive_int(value: object) -> None:
+    """max_result_bytes refuses anything but an int >= 1, naming the option and the value."""
+    with pytest.raises(ConfigurationError, match=rf"open_worker\(max_result_bytes={value!r}\): must be an int >= 1"):
+        WorkerConfig(max_result_bytes=value)  # type: ignore[arg-type]
+
+
+def test_max_result_bytes_defaults_to_the_json_modules_limit() -> None:
+    """The worker's max_result_bytes defaults to DEFAULT_MAX_RESULT_BYTES (64 MiB) and reaches a child's config."""
+    assert WorkerConfig().max_result_bytes == DEFAULT_MAX_RESULT_BYTES == 64 * 1024 * 1024
+    assert WorkerConfig(**WorkerConfig(max_result_bytes=100).to_options()).max_result_bytes == 100

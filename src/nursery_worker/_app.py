@@ -44,6 +44,7 @@ from ._task import (
     check_max_attempts,
     check_priority,
     check_queue,
+    check_spec_storable,
     check_task_name,
     check_timeout,
     check_unique,
@@ -743,6 +744,9 @@ class App:
                     f"defer_many: item {i} is {spec!r}; build each item with task.job(**kwargs) or "
                     "task.configure(...).job(**kwargs)"
                 )
+            # A spec built by hand (or evolved) was never checked by task.job(): nothing is written
+            # unless every string of every spec can be stored.
+            check_spec_storable(spec, item=i)
         return specs
 
     async def defer_many(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[Job]:
@@ -758,6 +762,9 @@ class App:
 
         Raises:
             TypeError: an item is not a JobSpec.
+            ConfigurationError: a string of an item (built by hand, or changed with ``attrs.evolve``)
+                cannot be stored: a NUL or a lone surrogate in its task name, queue, unique key,
+                limit key or arguments, or NaN in its arguments. Nothing is written.
             DatabaseError: the database cannot be reached.
 
         Example:
@@ -778,6 +785,9 @@ class App:
 
         Returns:
             The inserted jobs, in the order given.
+
+        Raises:
+            TypeError, ConfigurationError, DatabaseError: as :meth:`defer_many`.
         """
         with defer_span(self._check_specs(jobs)) as deferring:
             inserted = self.driver.insert_jobs_sync(deferring.specs, connection=connection)

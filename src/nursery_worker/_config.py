@@ -23,6 +23,7 @@ from typing import Any, TypedDict
 import attrs
 
 from ._errors import ConfigurationError
+from ._json import DEFAULT_MAX_RESULT_BYTES
 from ._state import WorkerState
 from ._task import check_queue
 
@@ -179,6 +180,14 @@ class WorkerConfig:
             "hold personal data)."
         ),
     )
+    max_result_bytes: int = attrs.field(
+        default=DEFAULT_MAX_RESULT_BYTES,
+        metadata=_doc(
+            "the largest result, in bytes of JSON, a job may return; a larger one fails its attempt for good "
+            "(the job is discarded with its size and the limit) and is never written. Return a reference to "
+            "data stored elsewhere instead."
+        ),
+    )
 
     @wait_for_db.validator
     def _check_wait(self, _: object, value: float) -> None:
@@ -189,6 +198,14 @@ class WorkerConfig:
     def _check_concurrency(self, _: object, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigurationError(f"open_worker(concurrency={value!r}): must be an int >= 1")
+
+    @max_result_bytes.validator
+    def _check_result_bytes(self, _: object, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"open_worker(max_result_bytes={value!r}): must be an int >= 1 (bytes of JSON; default "
+                f"{DEFAULT_MAX_RESULT_BYTES:,}, 64 MiB)"
+            )
 
     @sync_threads.validator
     def _check_threads(self, _: object, value: int | None) -> None:
@@ -246,6 +263,7 @@ class SupervisedOptions(TypedDict, total=False):
     prune_interval: float
     wait_for_db: float
     log_args: bool
+    max_result_bytes: int
 
 
 class WorkerOptions(SupervisedOptions, total=False):

@@ -27,6 +27,7 @@ import anyio.to_thread
 
 from ._board import JobBoard, JobGroup, Running
 from ._context import JobContext
+from ._json import check_result_size
 from ._logging import set_job_log_context
 from ._models import Completion, Job
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
@@ -216,9 +217,14 @@ class Executor:
                 if isinstance(value, JobOutcome):
                     return self._steered(value), None
                 try:
-                    return Succeeded(), encode_result(value, task=task.name)
+                    encoded = encode_result(value, task=task.name)
+                    if encoded is not None:
+                        # Refused here, before any write, rather than by the database in the completer.
+                        check_result_size(encoded, self.config.max_result_bytes, task=task.name)
+                    return Succeeded(), encoded
                 except (TypeError, ValueError) as exc:
-                    # The work is done; running it again would not change what it returns.
+                    # Not JSON, or too large. The work is done; running it again would not change
+                    # what it returns, only repeat its side effects.
                     return Failed(permanent=True, error=ErrorInfo(type=type(exc).__name__, message=str(exc))), None
         except JobOutcome as steer:
             if r.released or r.cancel_requested:

@@ -144,8 +144,8 @@ def encode_args(args: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGS_BY
     size = len(text.encode())
     if size > max_bytes:
         raise ValueError(
-            f"job arguments encode to {size:,} bytes, above the limit of {max_bytes:,}; store the payload "
-            "elsewhere and pass a reference, or raise App(max_args_bytes=...)"
+            f"job arguments encode to {size:,} bytes of JSON, above the limit of {max_bytes:,} (max_args_bytes); "
+            "store the payload elsewhere and pass a reference to it, or raise App(max_args_bytes=...)"
         )
     return text
 
@@ -153,8 +153,9 @@ def encode_args(args: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGS_BY
 def check_result_size(encoded: str, limit: int, *, task: str | None = None) -> None:
     """Refuse a job result whose JSON, *encoded*, is over *limit* bytes in UTF-8.
 
-    The worker calls it before writing, so that an oversized result fails its attempt with a
-    message that names the size and the fix, instead of reaching the database.
+    The worker calls it right after encoding a result, before anything is written: an oversized
+    result fails its attempt for good (like a result that is not JSON) with a message that names the
+    size, the limit and the fix, instead of reaching the database.
 
     Raises:
         ValueError: the result is over *limit* bytes; the message gives its size, the limit and how
@@ -167,5 +168,6 @@ def check_result_size(encoded: str, limit: int, *, task: str | None = None) -> N
         return
     who = f"task {task!r} returned a result" if task is not None else "the result"
     raise ValueError(
-        f"{who} of {size:,} bytes of JSON, above the limit of {limit:,} (max_result_bytes); {RESULT_SIZE_FIX}"
+        f"{who} of {size:,} bytes of JSON, above the limit of {limit:,} (max_result_bytes); {RESULT_SIZE_FIX}; "
+        "or raise the worker's limit (open_worker(max_result_bytes=...), `nursery-worker run --max-result-bytes`)"
     )

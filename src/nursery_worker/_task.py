@@ -200,6 +200,65 @@ def build_spec(
     )
 
 
+def check_spec_storable(spec: JobSpec, *, item: int) -> None:
+    """Refuse *spec* if a string of it that reaches the database cannot be stored (a NUL, a lone surrogate).
+
+    ``task.job()`` checks what it builds, but a spec made by hand or changed with ``attrs.evolve``
+    reaches ``defer_many`` unchecked, where the database would refuse it with a generic error
+    (PostgreSQL: a NUL in text, a ``\\u0000`` or NaN in jsonb; both engines: a lone surrogate).
+
+    Raises:
+        ConfigurationError: naming the item (*item*, its index in ``defer_many``), the field, the value
+            and the fix.
+    """
+    # The common case is a few short ASCII strings: str.isascii() reads a flag, and an ASCII string
+    # can only be unstorable by holding a NUL. defer_many calls this for each of thousands of specs.
+    task, queue, unique_key, limit_key = spec.task, spec.queue, spec.unique_key, spec.limit_key
+    if not (
+        task.isascii()
+        and queue.isascii()
+        and (unique_key is None or unique_key.isascii())
+        and (limit_key is None or limit_key.isascii())
+        and "\x00" not in task
+        and "\x00" not in queue
+        and (unique_key is None or "\x00" not in unique_key)
+        and (limit_key is None or "\x00" not in limit_key)
+    ):
+        _check_fields(
+            spec, [("task name", task), ("queue", queue), ("unique_key", unique_key), ("limit key", limit_key)], item
+        )
+    if spec.unique_states is not None or spec.trace_context is not None:
+        fields: list[tuple[str, object]] = [("unique_states item", state) for state in spec.unique_states or ()]
+        for key, header in (spec.trace_context or {}).items():
+            fields.extend((("trace_context key", key), (f"trace_context[{key!r}]", header)))
+        _check_fields(spec, fields, item)
+    text = spec.args_json
+    # What our encoder never writes: a NUL (raw or escaped), NaN/Infinity, a lone surrogate. Any of
+    # these (or a mere backslash-u in a string) sends the arguments through the walk naming the path.
+    suspect = "\x00" in text or "\\u" in text or "NaN" in text or "Infinity" in text
+    if not suspect and not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            suspect = True
+    if not suspect:
+        return
+    try:
+        check_json(json.loads(text, strict=False), "args_json")
+    except ValueError as exc:  # JSONDecodeError included
+        detail = str(exc).replace("job argument ", "", 1)
+        raise ConfigurationError(
+            f"defer_many: item {item} ({spec.task!r}): {detail}; build the spec with task.job(**kwargs) or "
+            "app.job_by_name(...), which check the arguments and encode them"
+        ) from None
+
+
+def _check_fields(spec: JobSpec, fields: list[tuple[str, object]], item: int) -> None:
+    for what, value in fields:
+        if isinstance(value, str):
+            check_storable(value, what=what, where=f"defer_many: item {item} ({spec.task!r})")
+
+
 def _is_context(annotation: Any) -> bool:
     """True for ``JobContext``, ``JobContext | None``, ``Optional[JobContext]`` and their string forms."""
     from ._context import JobContext

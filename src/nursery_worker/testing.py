@@ -37,6 +37,7 @@ import anyio.to_thread
 import attrs
 
 from ._app import App
+from ._config import WorkerConfig
 from ._context import JobContext
 from ._models import Job
 from ._state import Cancelled, Failed, JobState, Outcome, Released, Snoozed, Succeeded, Transition
@@ -162,7 +163,7 @@ async def drain(
     app: App,
     *,
     queues: Sequence[str] | str | None = None,
-    concurrency: int = 10,
+    concurrency: int | None = None,
     timeout: float = 60.0,  # noqa: ASYNC109 - a plain limit for tests; a cancel scope inside
 ) -> DrainResult:
     """Run every job that is due now to completion, in this process, and report each attempt.
@@ -174,7 +175,7 @@ async def drain(
     Args:
         app: the app whose jobs to run (its database and schema).
         queues: the queues to work (default: every queue of the registered tasks, and "default").
-        concurrency: jobs at once.
+        concurrency: jobs at once (default: the worker's, ``WorkerConfig.concurrency``).
         timeout: seconds before giving up (raises ``TimeoutError``).
 
     Returns:
@@ -196,7 +197,7 @@ async def drain(
         async with open_worker(
             app,
             queues=queues,
-            concurrency=concurrency,
+            concurrency=WorkerConfig().concurrency if concurrency is None else concurrency,
             once=True,
             listen=False,
             poll_interval=0.05,

@@ -90,6 +90,54 @@ async def test_a_refused_result_is_retried_by_the_jobs_policy_like_any_failure(a
     assert 3000 < (failed.scheduled_at - error.at).total_seconds() <= 3600
 
 
+async def test_a_result_over_max_result_bytes_is_refused_before_writing_and_the_job_discarded(app: App) -> None:
+    """A result over the worker's max_result_bytes among many jobs fails its attempt for good (discarded, not
+    retried, nothing written) with its size, the limit and the fix; the others complete and the worker goes on.
+
+    Had the result reached the completer it would have been written (100 bytes is far below either engine's
+    limit) and the job completed: a discarded job without a result, with a ValueError, was refused before."""
+
+    @app.task(max_attempts=3, retry=0)
+    async def produce(n: int) -> str:
+        return "x" * (500 if n == 7 else 10)
+
+    jobs = [await produce.defer(n=n) for n in range(30)]
+    big = jobs[7]
+    async with open_worker(app, **fast(concurrency=10, max_result_bytes=100)):
+        with anyio.fail_after(30):  # bounds a hang; the outcome is decided by the states below
+            discarded = await wait_for_state(app, big.id, JobState.DISCARDED, within=30)
+            for job in jobs:
+                if job.id != big.id:
+                    await wait_for_state(app, job.id, JobState.COMPLETED, within=30)
+            later = await produce.defer(n=100)
+            done = await wait_for_state(app, later.id, JobState.COMPLETED, within=30)
+    assert done.result == "x" * 10
+    assert (discarded.attempt, discarded.result) == (1, None)
+    (error,) = discarded.errors
+    assert error.type == "ValueError"
+    assert error.message.startswith(
+        f"task {produce.name!r} returned a result of 502 bytes of JSON, above the limit of 100 (max_result_bytes); "
+        "store a large result elsewhere"
+    )
+    assert "return a reference" in error.message and "open_worker(max_result_bytes=...)" in error.message
+    for job in jobs:
+        if job.id != big.id:
+            assert (await app.get_job(job.id)).result == "x" * 10
+
+
+async def test_a_result_of_exactly_max_result_bytes_is_written(app: App) -> None:
+    """A result of exactly max_result_bytes bytes of JSON (multi-byte characters counted in UTF-8) completes."""
+
+    @app.task
+    async def produce() -> str:
+        return "é" * 49  # '"' + 98 bytes + '"'
+
+    job = await produce.defer()
+    async with open_worker(app, **fast(max_result_bytes=100)):
+        done = await wait_for_state(app, job.id, JobState.COMPLETED, within=20)
+    assert done.result == "é" * 49
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 async def test_a_result_over_postgres_jsonb_limit_is_isolated_from_its_batch(app: App) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -330,6 +332,79 @@ def test_run_dsn_option_overrides_the_environment(
     assert _rows(db, "SELECT state FROM jobs") == [("completed",)]
 
 
+BIG_RESULTS_MODULE = """\
+from nursery_worker import App
+
+app = App(schema={schema!r})
+
+
+@app.task(name="echo")
+async def echo(size: int) -> str:
+    return "x" * size
+"""
+
+
+@pytest.mark.slow
+def test_run_max_result_bytes_discards_a_larger_result_and_keeps_the_others(
+    tmp_path: Path, dsn: str, schema: str, app: App, db: psycopg.Connection[Any]
+) -> None:
+    """`run --max-result-bytes 100` discards a job whose result is larger, naming its size and the limit, and
+    completes the others."""
+    (tmp_path / "bigjobs.py").write_text(BIG_RESULTS_MODULE.format(schema=schema))
+    app.defer_many_sync([app.job_by_name("echo", {"size": size}) for size in (10, 500, 98)])
+    result = _cli(["run", "--app", "bigjobs:app", "--once", "--max-result-bytes", "100"], cwd=tmp_path, dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "processed 3 job(s): 2 completed, 1 failed" in result.stdout
+    rows = _rows(db, "SELECT state, result IS NULL, errors -> -1 ->> 'message' FROM jobs ORDER BY id")
+    assert [(state, no_result) for state, no_result, _ in rows] == [
+        ("completed", False),
+        ("discarded", True),
+        ("completed", False),
+    ]
+    assert "502 bytes of JSON, above the limit of 100 (max_result_bytes)" in rows[1][2]
+
+
+def _with_password(dsn: str, password: str) -> tuple[str, str]:
+    """*dsn* (a URL) with a password: its own if it has one (the server may need it), else *password*."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password:
+        return dsn, parts.password
+    user, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user or 'postgres'}:{password}@{host}")), password
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc (Linux)")
+def test_run_dsn_option_leaves_no_password_in_the_world_readable_command_line(
+    tmp_path: Path, dsn: str, schema: str, app: App
+) -> None:
+    """A single worker started with `run --dsn URL` replaces its /proc/PID/cmdline with a title naming the app."""
+    _write_app(tmp_path, schema)
+    secret_dsn, password = _with_password(dsn, "pw-4c1d-hidden")
+    _defer(app, ({"n": 1}, "default"))
+    argv = [sys.executable, "-m", "nursery_worker", "run", "--app", "myjobs:app", "--dsn", secret_dsn]
+    stderr = tmp_path / "worker.err"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(None), stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        ran = tmp_path / "ran.txt"
+        deadline = time.monotonic() + TIMEOUT
+        while not ran.exists():  # it connected with the DSN and ran the job: it is running
+            assert proc.poll() is None, f"worker exited early ({proc.returncode}):\n{stderr.read_text()}"
+            assert time.monotonic() < deadline, f"the job did not run within {TIMEOUT}s:\n{stderr.read_text()}"
+            time.sleep(0.05)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert password.encode() not in cmdline
+        assert cmdline.startswith(b"nursery-worker: worker [app=myjobs:app queues=default]"), cmdline[:200]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0, stderr.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
+    assert password not in stderr.read_text()
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 
@@ -401,6 +476,13 @@ def test_run_once_without_listen_polls_the_jobs(
     assert result.returncode == 0, result.stderr
     assert "processed 3 job(s): 3 completed, 0 failed" in result.stdout
     assert _rows(db, "SELECT DISTINCT state FROM jobs") == [("completed",)]
+
+
+def test_run_max_result_bytes_zero(tmp_path: Path, dsn: str, schema: str) -> None:
+    """`run --max-result-bytes 0` fails with one line naming the option."""
+    _write_app(tmp_path, schema)
+    result = _cli(["run", "--app", "myjobs:app", "--max-result-bytes", "0"], cwd=tmp_path, dsn=dsn)
+    _assert_one_line_error(result, "--max-result-bytes", "must be an int >= 1")
 
 
 def test_run_shutdown_timeout_zero(tmp_path: Path, dsn: str, schema: str) -> None:

@@ -15,7 +15,7 @@ import anyio
 import psycopg
 import pytest
 
-from nursery_worker import App, ConfigurationError, Supervisor, run_supervisor
+from nursery_worker import App, ConfigurationError, JobState, Supervisor, run_supervisor
 
 from ..conftest import TEST_DSN
 from .helpers import query, wait_until
@@ -45,6 +45,11 @@ async def record_trace_context() -> None:
 @app.task(name="noop")
 async def noop(n: int) -> None:
     pass
+
+
+@app.task(name="big")
+async def big(size: int) -> str:
+    return "x" * size
 
 
 @app.task(name="down", max_attempts=1, circuit_breaker=CircuitBreaker(threshold=2, cooldown=60))
@@ -91,6 +96,29 @@ async def test_run_supervisor_hands_back_a_handle_once_every_child_runs_and_stop
             await supervisor.wait_stopped()
     assert [(await app.get_job(j.id)).state.value for j in jobs] == ["completed"] * 10
     assert await query(db, "SELECT count(*) FROM workers") == [(0,)]
+
+
+async def test_each_child_refuses_a_result_over_the_max_result_bytes_it_was_given(
+    module: Any, app: App, anyio_backend: str
+) -> None:
+    """run_supervisor(max_result_bytes=...) reaches every child: a larger result is discarded, a smaller one kept."""
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(60):
+            supervisor: Supervisor = await tg.start(
+                functools.partial(
+                    run_supervisor, module.app, processes=2, handle_signals=False, max_result_bytes=100, **FAST
+                )
+            )
+            small, large = await app.defer_many(
+                [app.job_by_name("big", {"size": 98}), app.job_by_name("big", {"size": 99})]
+            )
+            await wait_until(lambda: sum(c.processed for c in supervisor.children()) == 2, within=30)
+            supervisor.stop()
+            await supervisor.wait_stopped()
+    kept, refused = await app.get_job(small.id), await app.get_job(large.id)
+    assert (kept.state, kept.result) == (JobState.COMPLETED, "x" * 98)
+    assert (refused.state, refused.result) == (JobState.DISCARDED, None)
+    assert "101 bytes of JSON, above the limit of 100 (max_result_bytes)" in refused.errors[-1].message
 
 
 async def test_cancelling_run_supervisor_stops_every_child(

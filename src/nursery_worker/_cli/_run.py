@@ -17,6 +17,7 @@ import click
 from .._app import App
 from .._config import OptionInfo, WorkerConfig, worker_options
 from .._errors import ConfigurationError, NurseryWorkerError
+from .._process import set_title
 from .._signals import relay_signals, single_error
 from .._worker import Worker, open_worker
 from ._context import POSITIVE, CliContext, app_option, common_options, fail
@@ -188,6 +189,14 @@ def run(ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: s
     """
     settings = _worker_settings(options)
     supervisor = options  # what is left: the supervisor's options
+    # --dsn may hold a password, and /proc/PID/cmdline is readable by every user: replace the command
+    # line with a title naming the app (setproctitle overwrites argv in place), before the app is
+    # imported or anything connects. $NURSERY_WORKER_DSN never shows there at all.
+    if supervisor["processes"] > 1:
+        set_title(f"nursery-worker: supervisor [app={ctx.app_path} processes={supervisor['processes']}]")
+    else:
+        queues = ",".join(q.strip() for q in settings["queues"].split(",") if q.strip())
+        set_title(f"nursery-worker: worker [app={ctx.app_path} queues={queues}]")
     if backend == "trio":
         try:
             import trio  # noqa: F401
@@ -276,12 +285,10 @@ def _run_supervised(
     ctx: CliContext, app: App, backend: str, settings: dict[str, Any], supervisor: dict[str, Any]
 ) -> None:
     """``run --processes N``: the supervisor, in this process; the app was imported to validate it."""
-    from .._process import set_title
     from .._supervisor import run_supervisor
 
     assert ctx.app_path is not None  # --app is required
     app.close()  # the supervisor itself never touches the database
-    set_title(f"nursery-worker: supervisor [app={ctx.app_path} processes={supervisor['processes']}]")
     call = functools.partial(
         run_supervisor,
         ctx.app_path,
