@@ -1,5 +1,6 @@
 """Shared fixtures: every test gets its own PostgreSQL schema, and every async test runs on both
-backends (anyio's pytest plugin). ``NW_BACKENDS=trio`` or ``=asyncio`` restricts the backends."""
+backends (anyio's pytest plugin). ``NW_BACKENDS=trio`` or ``=asyncio`` restricts the backends;
+``NW_ENGINES=sqlite`` or ``=postgres`` the engines of the tests that run on both (conformance, engine model)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from nursery_worker import App
 
 TEST_DSN = os.environ.get("NURSERY_WORKER_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [b.strip() for b in os.environ.get("NW_BACKENDS", "asyncio,trio").split(",") if b.strip()]
+ENGINES = [e.strip() for e in os.environ.get("NW_ENGINES", "postgres,sqlite").split(",") if e.strip()]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -14,10 +14,10 @@ import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
+from ._durations import format_duration
 from ._flow import BreakerInfo
 from ._models import Job, JobError, QueueInfo, WorkerRow
 from ._periodic import PeriodicInfo
-from ._supervisor import format_duration
 
 _COLUMNS = (
     "SUPERVISOR",

@@ -40,6 +40,7 @@ import attrs
 
 from ._app import App
 from ._config import SupervisedOptions, WorkerConfig, document_options
+from ._durations import format_duration
 from ._errors import ConfigurationError, SupervisorError
 from ._process import ENV_OPTIONS, HARD_STOP_SIGNAL, ChildOptions, import_app
 from ._signals import relay_signals
@@ -671,18 +672,6 @@ def _trace_env() -> dict[str, str]:
         if "tracestate" in carrier:
             env["TRACESTATE"] = carrier["tracestate"]
     return env
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h01m``, ``3d04h``: short and sortable by eye."""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def _current_backend() -> str:

@@ -414,7 +414,11 @@ class Worker:
                     first_after=c.prune_interval * random.uniform(0.1, 1.0),
                 )
             )
-        services.start_soon(serve_periodically, "promoter", c.promote_interval, self._promoter.run_once)
+        if not c.once:
+            # In once-mode the fetch loop promotes before its last look (Fetcher.promote); a promoter
+            # service beside it could hold the due row at that moment, and the last look's promotion
+            # skips locked rows, so the worker would stop with a due retry left behind.
+            services.start_soon(serve_periodically, "promoter", c.promote_interval, self._promoter.run_once)
         if self._scheduler is not None:
             services.start_soon(self._scheduler.serve)
         if self._listener is not None:

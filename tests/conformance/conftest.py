@@ -10,7 +10,6 @@ helper.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,9 +20,7 @@ import pytest
 
 from nursery_worker import App
 
-from ..conftest import TEST_DSN
-
-ENGINES = [e.strip() for e in os.environ.get("NW_ENGINES", "postgres,sqlite").split(",") if e.strip()]
+from ..conftest import ENGINES, TEST_DSN
 
 
 @pytest.fixture(params=ENGINES)

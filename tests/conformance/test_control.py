@@ -75,18 +75,23 @@ async def test_cancelling_an_executing_job_cancels_its_scope(app: App) -> None:
 async def test_a_cancel_reaches_a_worker_without_listen_by_polling(app: App) -> None:
     """With ``listen=False`` the worker finds the durable cancel request by polling."""
     started = anyio.Event()
+    marker: list[int] = []
 
     @app.task
     async def long() -> None:
         started.set()
         await anyio.sleep(30)
+        marker.append(1)
 
     job = await long.defer()
-    async with open_worker(app, **fast(listen=False)):
+    async with open_worker(app, **fast(listen=False)) as worker:
         with anyio.fail_after(10):
             await started.wait()
         assert (await app.cancel(job.id)).status == "requested"
-        await wait_for_state(app, job.id, JobState.CANCELLED)
+        done = await wait_for_state(app, job.id, JobState.CANCELLED)
+        assert worker.stats().cancelled == 1
+    assert marker == []
+    assert done.errors[-1].type == "Cancelled"
 
 
 async def test_a_cancel_request_overrides_a_release_at_shutdown(app: App) -> None:
@@ -123,7 +128,7 @@ async def test_cancelling_a_finished_job_changes_nothing(app: App) -> None:
 
 async def test_cancelling_an_unknown_id_raises_job_not_found(app: App) -> None:
     """``cancel`` of an id that does not exist raises JobNotFound."""
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobNotFound, match="424242"):
         await app.cancel(424242)
 
 

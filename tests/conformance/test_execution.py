@@ -70,7 +70,7 @@ async def test_a_failure_is_retryable_with_its_error_and_the_policys_delay(app: 
     assert (failed.attempt, failed.worker_id, failed.finished_at) == (1, None, None)
     (error,) = failed.errors
     assert (error.attempt, error.type, error.message) == (1, "ValueError", "boom")
-    assert "ValueError: boom" in error.traceback
+    assert "ValueError: boom" in error.traceback and "flaky" in error.traceback
     assert error.at is not None and error.at.utcoffset() == dt.timedelta(0)
     assert failed.scheduled_at - error.at == dt.timedelta(seconds=30)
 
@@ -89,7 +89,11 @@ async def test_a_job_that_always_fails_is_discarded_after_max_attempts(app: App)
         gone = await wait_for_state(app, job.id, JobState.DISCARDED)
     assert len(calls) == 3
     assert gone.attempt == 3 and gone.finished_at is not None
-    assert [(e.attempt, e.message) for e in gone.errors] == [(1, "failure 1"), (2, "failure 2"), (3, "failure 3")]
+    assert [(e.attempt, e.type, e.message) for e in gone.errors] == [
+        (1, "RuntimeError", "failure 1"),
+        (2, "RuntimeError", "failure 2"),
+        (3, "RuntimeError", "failure 3"),
+    ]
 
 
 async def test_the_error_list_keeps_only_the_most_recent(make_app: Callable[..., App], app: App) -> None:
@@ -105,6 +109,7 @@ async def test_the_error_list_keeps_only_the_most_recent(make_app: Callable[...,
     job = await fails.defer()
     async with open_worker(capped, **fast()):
         gone = await wait_for_state(capped, job.id, JobState.DISCARDED)
+    assert len(calls) == 5
     assert [(e.attempt, e.message) for e in gone.errors] == [(3, "failure 3"), (4, "failure 4"), (5, "failure 5")]
 
 
@@ -211,8 +216,10 @@ async def test_a_scheduled_job_runs_once_due(app: App) -> None:
         ran.append(dt.datetime.now(dt.UTC))
 
     job = await later.configure(delay=0.5).defer()
+    assert job.state is JobState.SCHEDULED
     async with open_worker(app, **fast()):
         done = await wait_for_state(app, job.id, JobState.COMPLETED)
+    assert len(ran) == 1
     assert done.attempted_at is not None and done.attempted_at >= job.scheduled_at
 
 

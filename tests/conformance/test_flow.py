@@ -7,6 +7,7 @@ The ledgers are kept in this process (the workers run here), so they read the sa
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -90,6 +91,21 @@ async def test_a_chain_runs_in_order_and_waits_pending(app: App) -> None:
     async with open_worker(app, **fast(concurrency=5)):
         await wait_for_state(app, third.id, JobState.COMPLETED)
     assert ran == ["first", "second", "third"]
+
+
+async def test_a_jobs_dependencies_are_read_back(app: App) -> None:
+    """get_job and list_jobs report the ids a job depends on, as given at defer."""
+
+    @app.task
+    async def step(n: int) -> None: ...
+
+    first = await step.defer(n=1)
+    other = await step.defer(n=2)
+    second = await step.defer(n=3, depends_on=[first, other])
+    assert second.depends_on == (first.id, other.id)
+    assert (await app.get_job(second.id)).depends_on == (first.id, other.id)
+    listed = {job.id: job.depends_on for job in await app.list_jobs()}
+    assert listed == {first.id: (), other.id: (), second.id: (first.id, other.id)}
 
 
 async def test_a_diamond_from_one_defer_many_runs_first_and_last_in_order(app: App) -> None:
@@ -442,6 +458,7 @@ async def test_a_new_schedule_enqueues_nothing_from_before_it_existed(app: App) 
 
     result = await _scheduler(app).run_once()
     assert (result.enqueued, result.missed) == (0, 0)
+    assert result.next_tick is not None and result.next_tick > result.now
     assert await app.list_jobs() == []
 
 
@@ -473,7 +490,7 @@ async def test_a_tick_older_than_the_catch_up_window_is_skipped(app: App) -> Non
     async def job() -> None: ...
 
     app.periodic(job, cron=f"{minute} * * * *", name="short", catch_up=60)
-    app.periodic(job, cron=f"{minute} * * * *", name="long", catch_up=3600)
+    app.periodic(job, cron=f"{minute} * * * *", name="long", catch_up=dt.timedelta(hours=1))
     await _scheduler(app).run_once()
     _age(app, "short")
     _age(app, "long")

@@ -151,9 +151,10 @@ async def test_a_rescued_job_with_a_cancel_request_ends_cancelled(app: App) -> N
     (job,) = await app.driver.fetch_jobs(worker_id="ghost", queues=["default"], limit=1)
     assert (await app.cancel(job.id)).status == "requested"
     result = await Rescuer(app.driver, "peer", rescue_after=1).run_once()
-    assert (result.cancelled, result.retryable) == (1, 0)
+    assert (result.cancelled, result.retryable, result.discarded) == (1, 0, 0)
     final = await app.get_job(job.id)
     assert final.state is JobState.CANCELLED and final.finished_at is not None
+    assert final.worker_id is None and final.errors[-1].type == "WorkerLost"
 
 
 async def test_a_running_worker_rescues_a_dead_peers_job_and_runs_it(app: App) -> None:

@@ -8,7 +8,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from nursery_worker import App, JobNotFound, JobState, Retry, Snooze, open_worker
+from nursery_worker import App, JobState, Retry, Snooze, open_worker
 from nursery_worker._maintenance import Rescuer
 from nursery_worker.testing import drain
 
@@ -158,28 +158,6 @@ async def test_cancelled_executing_job_is_not_retried(app: App) -> None:
     assert final.attempt == 1
 
 
-async def test_cancel_reaches_a_worker_without_listen_by_polling(app: App) -> None:
-    """With listen=False the worker still finds the durable cancel request by polling and cancels the job."""
-    started = anyio.Event()
-    marker: list[int] = []
-
-    @app.task
-    async def long() -> None:
-        started.set()
-        await anyio.sleep(30)
-        marker.append(1)
-
-    job = await long.defer()
-    async with open_worker(app, **fast(listen=False)) as worker:
-        with anyio.fail_after(10):
-            await started.wait()
-        assert (await app.cancel(job.id)).status == "requested"
-        done = await wait_for_state(app, job.id, JobState.CANCELLED)
-        assert worker.stats().cancelled == 1
-    assert marker == []
-    assert done.errors[-1].type == "Cancelled"
-
-
 async def test_cancelling_a_finished_job_changes_nothing(app: App) -> None:
     """Cancelling a completed job returns "already_finished", says so in .message, and leaves the row as it was."""
 
@@ -236,12 +214,6 @@ async def test_cancelling_an_executing_job_twice_keeps_the_first_request(app: Ap
     assert first.job.cancel_requested_at is not None
     assert second.job.cancel_requested_at == first.job.cancel_requested_at
     assert (await app.get_job(job.id)).state is JobState.EXECUTING
-
-
-async def test_cancelling_an_unknown_id_raises_job_not_found(app: App) -> None:
-    """app.cancel of an id that does not exist raises JobNotFound naming the id."""
-    with pytest.raises(JobNotFound, match="987654321"):
-        await app.cancel(987654321)
 
 
 @pytest.mark.parametrize("bad", ["1", 1.0, True, None])
@@ -400,31 +372,6 @@ async def test_cancel_at_shutdown_records_a_cancelled_error(app: App) -> None:
     final = await app.get_job(job.id)
     assert final.state is JobState.CANCELLED
     assert [e.type for e in final.errors] == ["Cancelled"]
-
-
-async def test_rescued_job_with_a_cancel_request_ends_cancelled(app: App, db: Connection) -> None:
-    """A job of a dead worker whose cancel was requested is rescued as cancelled, not retryable."""
-
-    @app.task(max_attempts=5)
-    async def work() -> None:
-        pass
-
-    job = await work.defer()
-    # A worker claimed it and then died: its row is gone (or its heartbeat stale).
-    await execute(
-        db,
-        "UPDATE jobs SET state = 'executing', attempt = 1, worker_id = 'dead-worker', "
-        "attempted_at = now() - interval '1 minute' WHERE id = %s",
-        [job.id],
-    )
-    assert (await app.cancel(job.id)).status == "requested"
-    rescued = await Rescuer(app.driver, "peer", rescue_after=1.0).run_once()
-    assert (rescued.cancelled, rescued.retryable, rescued.discarded) == (1, 0, 0)
-    final = await app.get_job(job.id)
-    assert final.state is JobState.CANCELLED
-    assert final.finished_at is not None
-    assert final.worker_id is None
-    assert final.errors[-1].type == "WorkerLost"
 
 
 async def test_rescued_job_of_a_stale_worker_with_a_cancel_request_ends_cancelled(app: App, db: Connection) -> None:

@@ -57,46 +57,6 @@ async def _workers(app: App, n: int, **options: Any) -> AsyncIterator[None]:
         yield
 
 
-async def test_max_concurrency_two_never_runs_three_jobs_at_once_across_three_workers(app: App, db: Connection) -> None:
-    """With max_concurrency=2 and three workers of spare capacity, the ledger never shows three jobs running."""
-    _ledger(db)
-
-    from nursery_worker import JobContext
-
-    @app.task(name="limited", max_concurrency=2)
-    async def limited(n: int, ctx: JobContext) -> None:
-        _start(db, ctx.job.id)
-        await anyio.sleep(0.05)
-        _end(db, ctx.job.id)
-
-    jobs = await app.defer_many([limited.job(n=i) for i in range(30)])
-    async with _workers(app, 3, concurrency=5):
-        for job in jobs:
-            await wait_for_state(app, job.id, JobState.COMPLETED, within=30)
-    assert await _max_overlap(db) == 2
-    assert {(await app.get_job(j.id)).attempt for j in jobs} == {1}
-
-
-async def test_a_partitioned_limit_counts_each_key_separately(app: App, db: Connection) -> None:
-    """limit_by gives each customer its own max_concurrency=1, so two customers run side by side, never more."""
-    _ledger(db)
-    from nursery_worker import JobContext
-
-    @app.task(max_concurrency=1, limit_by="customer")
-    async def sync_account(customer: str, ctx: JobContext) -> None:
-        _start(db, ctx.job.id, customer)
-        await anyio.sleep(0.05)
-        _end(db, ctx.job.id)
-
-    jobs = await app.defer_many([sync_account.job(customer=c) for c in ["a", "b"] * 8])
-    async with _workers(app, 2, concurrency=4):
-        for job in jobs:
-            await wait_for_state(app, job.id, JobState.COMPLETED, within=30)
-    assert await _max_overlap(db, "a") == 1
-    assert await _max_overlap(db, "b") == 1
-    assert await _max_overlap(db) == 2
-
-
 async def test_a_rate_limit_holds_within_one_job_over_a_window_while_capacity_is_spare(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -146,65 +106,6 @@ async def test_jobs_deferred_by_a_producer_unaware_of_the_limit_are_still_limite
         for job in jobs:
             await wait_for_state(app, job.id, JobState.COMPLETED, within=30)
     assert await _max_overlap(db) == 1
-
-
-async def test_jobs_held_back_by_a_limit_use_no_attempt(app: App) -> None:
-    """A job waiting behind a limit stays available with attempt 0."""
-    gate = anyio.Event()
-
-    @app.task(max_concurrency=1)
-    async def hold(n: int) -> None:
-        await gate.wait()
-
-    first, second = await app.defer_many([hold.job(n=1), hold.job(n=2)])
-    async with open_worker(app, **fast(concurrency=5)):
-        await wait_for_state(app, first.id, JobState.EXECUTING)
-        await anyio.sleep(0.5)
-        waiting = await app.get_job(second.id)
-        assert waiting.state is JobState.AVAILABLE
-        assert waiting.attempt == 0
-        gate.set()
-        await wait_for_state(app, second.id, JobState.COMPLETED)
-
-
-async def test_queue_limits_are_stored_and_enforced_for_every_worker(app: App, db: Connection) -> None:
-    """set_queue_limits(max_concurrency=1) holds two workers to one job of that queue at a time."""
-    _ledger(db)
-    from nursery_worker import JobContext
-
-    @app.task(queue="reports")
-    async def report(n: int, ctx: JobContext) -> None:
-        _start(db, ctx.job.id)
-        await anyio.sleep(0.05)
-        _end(db, ctx.job.id)
-
-    info = await app.set_queue_limits("reports", max_concurrency=1, rate_limit="1000/m")
-    assert info.max_concurrency == 1
-    assert info.rate_limit == "1000/60s"
-    jobs = await app.defer_many([report.job(n=i) for i in range(8)])
-    async with _workers(app, 2, concurrency=4, queues=["reports"]):
-        for job in jobs:
-            await wait_for_state(app, job.id, JobState.COMPLETED, within=30)
-    assert await _max_overlap(db) == 1
-    lifted = await app.set_queue_limits("reports")
-    assert lifted.max_concurrency is None and lifted.rate_limit is None
-
-
-async def test_a_worker_without_the_tasks_limits_leaves_its_jobs_alone(app: App, dsn: str, schema: str) -> None:
-    """A worker whose app does not know a limited task does not claim its jobs (it cannot honour the limit)."""
-
-    @app.task(name="limited.task", max_concurrency=1)
-    async def limited() -> None:
-        pass
-
-    job = await limited.defer()
-    other = App(dsn=dsn, schema=schema)
-    try:
-        async with open_worker(other, **fast(once=True)) as worker:
-            await worker.wait_stopped()
-        assert (await app.get_job(job.id)).state is JobState.AVAILABLE
-    finally:
-        await other.aclose()
 
 
 @pytest.mark.parametrize(

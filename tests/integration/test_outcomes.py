@@ -43,25 +43,6 @@ async def _make_due(db: Connection, job_id: int) -> None:
 # --- Snooze ---------------------------------------------------------------------------------------
 
 
-async def test_raised_snooze_schedules_the_job_later_and_gives_the_attempt_back(app: App, db: Connection) -> None:
-    """``raise Snooze(60)`` makes the job scheduled about 60 s later (DB clock) with its attempt count unchanged."""
-
-    @app.task(max_attempts=3)
-    async def poll() -> None:
-        raise Snooze(60)
-
-    job = await poll.defer()
-    async with open_worker(app, **fast()):
-        snoozed = await wait_for_state(app, job.id, JobState.SCHEDULED)
-    now = await _db_now(db)
-    assert snoozed.attempt == 0
-    assert snoozed.errors == ()
-    assert snoozed.finished_at is None
-    assert snoozed.worker_id is None
-    delay = (snoozed.scheduled_at - now).total_seconds()
-    assert 50 < delay <= 60
-
-
 async def test_returned_snooze_schedules_the_job_later_and_gives_the_attempt_back(app: App, db: Connection) -> None:
     """``return Snooze(timedelta)`` is the same as raising it."""
 

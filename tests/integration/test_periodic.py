@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from nursery_worker import App, ConfigurationError, JobState, PeriodicInfo, open_worker
-from nursery_worker._maintenance import Scheduler, SchedulerResult
+from nursery_worker._maintenance import Scheduler
 
 from .helpers import Connection, execute, fast, query, wait_until
 
@@ -144,37 +144,6 @@ def test_tick_arg_must_be_a_parameter_not_given_in_args(app: App) -> None:
 # --- exactly once ------------------------------------------------------------------------------
 
 
-async def test_five_racing_schedulers_enqueue_each_due_tick_once(app: App, dsn: str, db: Connection) -> None:
-    """Five schedulers (five connection pools) running a pass at the same moment insert one job per due tick."""
-
-    @app.task(name="job")
-    async def job(n: int) -> None: ...
-
-    for n in range(4):
-        app.periodic(job, cron="* * * * *", name=f"every-minute-{n}", args={"n": n}, catch_up=3600)
-    await _scheduler(app).run_once()  # registers the rows
-    for n in range(4):
-        await _age(db, f"every-minute-{n}")
-    apps = [App(dsn=dsn, schema=app.schema) for _ in range(5)]
-    try:
-        schedulers = [Scheduler(a.driver, tuple(app.schedules.values())) for a in apps]
-        results: list[SchedulerResult] = []
-
-        async def run(scheduler: Scheduler) -> None:
-            results.append(await scheduler.run_once())
-
-        async with anyio.create_task_group() as tg:
-            for scheduler in schedulers:
-                tg.start_soon(run, scheduler)
-    finally:
-        for a in apps:
-            await a.aclose()
-    rows = await query(db, "SELECT args->>'n', scheduled_at, count(*) FROM jobs GROUP BY 1, 2 ORDER BY 1")
-    assert [(r[0], r[2]) for r in rows] == [("0", 1), ("1", 1), ("2", 1), ("3", 1)]
-    assert sum(r.enqueued for r in results) == 4
-    assert all(r[1].second == 0 and r[1].microsecond == 0 for r in rows)  # the minute's tick
-
-
 async def test_three_workers_enqueue_every_second_exactly_once(app: App, db: Connection) -> None:
     """Three workers running a seconds schedule for a few seconds leave one completed job per tick, second by second."""
     seen: list[dt.datetime] = []
@@ -256,36 +225,6 @@ async def _count(db: Connection, at_least: int) -> bool:
 # --- catch-up ----------------------------------------------------------------------------------
 
 
-async def test_a_new_schedule_does_not_enqueue_ticks_from_before_it_existed(app: App, db: Connection) -> None:
-    """The first pass of a new every-minute schedule enqueues nothing: its latest tick predates its row."""
-
-    @app.periodic(cron="* * * * *", catch_up=3600)
-    @app.task(name="job")
-    async def job() -> None: ...
-
-    result = await _scheduler(app).run_once()
-    assert (result.enqueued, result.missed) == (0, 0)
-    assert result.next_tick is not None and result.next_tick > result.now
-    assert await _ticks(db) == []
-
-
-async def test_missed_ticks_within_the_window_are_caught_up_once(app: App, db: Connection) -> None:
-    """An hour of missed minute ticks gives one job, for the latest tick, and a second pass adds nothing."""
-
-    @app.periodic(cron="* * * * *", catch_up=3600)
-    @app.task(name="job")
-    async def job() -> None: ...
-
-    scheduler = _scheduler(app)
-    await scheduler.run_once()
-    await _age(db, "job", last_tick="1 hour")
-    first = await scheduler.run_once()
-    second = await _scheduler(app).run_once()
-    (row,) = await query(db, "SELECT scheduled_at, state, (SELECT last_job_id FROM periodic) = id FROM jobs")
-    assert (first.enqueued, second.enqueued) == (1, 0)
-    assert row[0] == first.now.replace(second=0, microsecond=0) and row[1] == "available" and row[2] is True
-
-
 async def test_the_tick_reaches_the_task_in_its_time_zone_and_survives_a_retry(app: App, db: Connection) -> None:
     """tick_arg passes the tick as ISO 8601 in the schedule's zone; it is in the stored args, unlike scheduled_at."""
 
@@ -301,26 +240,6 @@ async def test_the_tick_reaches_the_task_in_its_time_zone_and_survives_a_retry(a
     tick = dt.datetime.fromisoformat(job_row.args["tick"])
     assert job_row.args["n"] == 1 and tick.utcoffset() == dt.timedelta(hours=5, minutes=30)
     assert tick == job_row.scheduled_at == result.now.replace(second=0, microsecond=0)
-
-
-async def test_a_tick_older_than_the_window_is_skipped(app: App, db: Connection) -> None:
-    """A tick missed by about 30 minutes is skipped with catch_up=60, and enqueued by a schedule allowing an hour."""
-    now = await _db_now(db)
-    minute = (now.minute - 30) % 60
-
-    @app.task(name="job")
-    async def job() -> None: ...
-
-    app.periodic(job, cron=f"{minute} * * * *", name="short", catch_up=60)
-    app.periodic(job, cron=f"{minute} * * * *", name="long", catch_up=dt.timedelta(hours=1))
-    await _scheduler(app).run_once()
-    await _age(db, "short")
-    await _age(db, "long")
-    short = await _scheduler(app, "short").run_once()
-    long = await _scheduler(app, "long").run_once()
-    assert (short.missed, short.enqueued) == (1, 0)
-    assert (long.missed, long.enqueued) == (0, 1)
-    assert len(await _ticks(db)) == 1
 
 
 async def test_changing_the_expression_restarts_the_schedule_from_now(app: App, dsn: str, db: Connection) -> None:
@@ -348,23 +267,6 @@ async def test_changing_the_expression_restarts_the_schedule_from_now(app: App, 
     assert changed.enqueued == 0  # its latest tick predates the change
     (row,) = await query(db, "SELECT cron, now() - active_since < interval '1 minute' FROM periodic")
     assert row == ("*/2 * * * *", True)
-
-
-async def test_a_tick_whose_unique_twin_is_still_queued_is_consumed_without_a_job(app: App, db: Connection) -> None:
-    """With a unique task, a tick while the previous job is still queued inserts nothing and records that job."""
-
-    @app.periodic(cron="* * * * *", args={"table": "users"}, catch_up=3600)
-    @app.task(name="reindex", unique_key=True)
-    async def reindex(table: str) -> None: ...
-
-    waiting = await reindex.defer(table="users")
-    await _scheduler(app).run_once()
-    await _age(db, "reindex")
-    result = await _scheduler(app).run_once()
-    assert (result.enqueued, result.held) == (0, 1)
-    assert (await query(db, "SELECT count(*) FROM jobs"))[0][0] == 1
-    (info,) = await app.list_periodic()
-    assert info.last_job_id == waiting.id and info.last_job_state is JobState.AVAILABLE
 
 
 async def test_a_deleted_row_is_put_back_and_active_from_then(app: App, db: Connection) -> None:

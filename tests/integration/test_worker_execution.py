@@ -18,104 +18,6 @@ from .helpers import Connection, execute, fast, query, wait_for_state, wait_unti
 pytestmark = pytest.mark.anyio
 
 
-async def test_async_task_completes(app: App) -> None:
-    """An ``async def`` task runs once with its arguments and its job ends completed."""
-    seen: list[int] = []
-
-    @app.task
-    async def add(n: int) -> None:
-        seen.append(n)
-
-    job = await add.defer(n=3)
-    async with open_worker(app, **fast()):
-        done = await wait_for_state(app, job.id, JobState.COMPLETED)
-    assert seen == [3]
-    assert done.attempt == 1
-    assert done.worker_id is None
-    assert done.finished_at is not None
-    assert done.errors == ()
-
-
-async def test_sync_task_runs_in_a_thread_and_completes(app: App) -> None:
-    """A plain ``def`` task runs in a thread other than the event loop's and its job ends completed."""
-    loop_thread = threading.get_ident()
-    threads: list[int] = []
-
-    @app.task
-    def blocking(n: int) -> None:
-        threads.append(threading.get_ident())
-
-    job = await blocking.defer(n=1)
-    async with open_worker(app, **fast()):
-        await wait_for_state(app, job.id, JobState.COMPLETED)
-    assert len(threads) == 1
-    assert threads[0] != loop_thread
-
-
-async def test_raising_task_becomes_retryable_with_error_and_backoff(app: App) -> None:
-    """A raising attempt leaves the job retryable, with a full error entry and scheduled_at per the retry policy."""
-
-    @app.task(retry=lambda attempt: 30.0 * attempt, max_attempts=3)
-    async def flaky() -> None:
-        raise ValueError("boom")
-
-    job = await flaky.defer()
-    async with open_worker(app, **fast()):
-        failed = await wait_for_state(app, job.id, JobState.RETRYABLE)
-    assert failed.attempt == 1
-    assert failed.worker_id is None
-    assert failed.finished_at is None
-    (error,) = failed.errors
-    assert error.attempt == 1
-    assert error.type == "ValueError"
-    assert error.message == "boom"
-    assert "ValueError: boom" in error.traceback
-    assert "flaky" in error.traceback
-    assert error.at is not None
-    # Both stamped with the same database now(): the wait is exactly the policy's 30 s * attempt 1.
-    assert failed.scheduled_at - error.at == dt.timedelta(seconds=30)
-
-
-async def test_failing_job_runs_again_when_due_and_is_discarded_after_max_attempts(app: App) -> None:
-    """A job that always fails runs max_attempts times and is then discarded with one error per attempt."""
-    calls: list[int] = []
-
-    @app.task(retry=0, max_attempts=3)
-    async def always_fails() -> None:
-        calls.append(1)
-        raise RuntimeError(f"failure {len(calls)}")
-
-    job = await always_fails.defer()
-    async with open_worker(app, **fast()):
-        gone = await wait_for_state(app, job.id, JobState.DISCARDED)
-    assert len(calls) == 3
-    assert gone.attempt == 3
-    assert gone.finished_at is not None
-    assert [(e.attempt, e.type, e.message) for e in gone.errors] == [
-        (1, "RuntimeError", "failure 1"),
-        (2, "RuntimeError", "failure 2"),
-        (3, "RuntimeError", "failure 3"),
-    ]
-
-
-async def test_error_list_is_capped_to_the_most_recent(app: App, dsn: str, schema: str) -> None:
-    """With App(error_cap=3) a job that failed five times keeps only its last three errors."""
-    async with App(dsn=dsn, schema=schema, error_cap=3) as capped:
-        calls: list[int] = []
-
-        @capped.task(retry=0, max_attempts=5)
-        async def fails() -> None:
-            calls.append(1)
-            raise RuntimeError(f"failure {len(calls)}")
-
-        job = await fails.defer()
-        async with open_worker(capped, **fast()):
-            gone = await wait_for_state(capped, job.id, JobState.DISCARDED)
-    assert len(calls) == 5
-    assert [e.attempt for e in gone.errors] == [3, 4, 5]
-    assert [e.message for e in gone.errors] == ["failure 3", "failure 4", "failure 5"]
-
-
 async def test_async_timeout_is_recorded_as_timeout_error_and_retried(app: App) -> None:
     """An async attempt over its timeout is cancelled, recorded as TimeoutError, retried, then discarded."""
     cancelled: list[int] = []
@@ -296,23 +198,6 @@ async def test_non_object_arguments_are_discarded_without_retry(app: App, db: Co
     assert "JSON object" in error.message
 
 
-async def test_scheduled_job_runs_only_after_its_time(app: App) -> None:
-    """A job deferred with a delay is scheduled, and its attempt starts no earlier than its scheduled_at."""
-    ran: list[int] = []
-
-    @app.task
-    async def later() -> None:
-        ran.append(1)
-
-    job = await later.configure(delay=0.5).defer()
-    assert job.state is JobState.SCHEDULED
-    async with open_worker(app, **fast()):
-        done = await wait_for_state(app, job.id, JobState.COMPLETED)
-    assert ran == [1]
-    assert done.attempted_at is not None
-    assert done.attempted_at >= done.scheduled_at
-
-
 async def test_jobs_on_other_queues_are_not_taken(app: App) -> None:
     """A worker on 'default' leaves a job of another queue available and untouched."""
     ran: list[str] = []
@@ -460,18 +345,34 @@ async def test_once_works_off_a_due_retry_even_when_its_write_is_slow(app: App, 
             await fail_now.wait()
             raise RuntimeError("first attempt fails")
 
+    def blocked_by_us() -> bool:
+        """Whether a statement of another connection waits on a lock this test's transaction holds."""
+        db.execute("SELECT pg_stat_clear_snapshot()")
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+        ).fetchone()
+        return row is not None and row[0] > 0
+
     job = await second_time_lucky.defer()
-    with anyio.fail_after(15):
-        async with open_worker(app, **fast(once=True)) as worker:
+    # The deadline only bounds a hang. The worker's promoter service is kept out of the way (an hour
+    # apart), so that the fetch loop alone finds the retry: the service's race with once-mode's last
+    # look is a separate bug (test_once_promoter_race.py), not what this test is about.
+    with anyio.fail_after(60):
+        async with open_worker(app, **fast(once=True, promote_interval=3600)) as worker:
             await started.wait()
             # Hold the job's row lock, so that the worker's write of the failure waits on it (as a
             # slow or contended write would), while fetches and promotions skip the row.
             with db.transaction():
                 db.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", [job.id])
                 fail_now.set()
+                # The job has returned and its write waits on our lock: from here on, a worker that
+                # stops is wrong (it would leave the retry behind).
+                await wait_until(blocked_by_us, within=30)
                 # Give a wrong stop the chance to happen; a correct worker keeps waiting for the write.
+                # (This window can only miss a wrong stop on a very slow machine, never fail a right one.)
                 with anyio.move_on_after(1):
                     await wait_until(lambda: worker.state is not WorkerState.RUNNING)
+                assert worker.state is WorkerState.RUNNING
             await worker.wait_stopped()
     done = await app.get_job(job.id)
     assert len(calls) == 2

@@ -1,4 +1,4 @@
-"""Model-based test of the real engine: a Hypothesis state machine drives the PostgreSQL driver.
+"""Model-based test of the real engines: a Hypothesis state machine drives each driver (PostgreSQL, SQLite).
 
 ``test_state_machine.py`` checks the pure state machine (``_state.py``); this one runs the same kind
 of story against the driver's real statements on a real database: enqueue, fetch, finish with every
@@ -13,9 +13,11 @@ statement's answer, and after every step the jobs table must equal the model:
 * an executing job is held by exactly one worker: only one claim ever made passes the guard of the
   finish statement (worker, attempt, lease), however many workers still believe they run it.
 
-Each driver call is made from the test's (synchronous) thread through a blocking portal into an
-event loop of the backend under test. One migrated schema per test; each example starts from empty
-tables (TRUNCATE).
+It runs on both engines, so the SQLite engine's hand-written guards (Python and SQL, where PostgreSQL
+has PL/pgSQL) answer to the same model. Each driver call is made from the test's (synchronous) thread
+through a blocking portal into an event loop of the backend under test. One migrated schema (or
+SQLite file) per test; each example starts from empty tables. The test reads and ages rows behind the
+driver's back through a :class:`Table` of its engine.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import socket
-from collections.abc import Callable
-from typing import Any
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 import anyio.from_thread
 import attrs
 import psycopg
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -36,6 +42,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from nursery_worker import App, JobState
 from nursery_worker._models import Completion, WorkerInfo
 from nursery_worker._state import Cancelled, ErrorInfo, Failed, Outcome, Released, Snoozed, Succeeded, decide
+
+from ..conftest import ENGINES
 
 WORKERS = ("w1", "w2", "w3")
 FAR = 3600.0  # a delay that never passes during a test: only the time_passes rule makes such a job due
@@ -89,16 +97,102 @@ class ModelJob:
     errors: int = 0
 
 
+class Row(NamedTuple):
+    """One row of the jobs table as the invariant reads it, in the same Python types on both engines."""
+
+    id: int
+    state: JobState
+    attempt: int
+    max_attempts: int
+    worker: str | None
+    lease: dt.datetime | None
+    finished_at: dt.datetime | None
+    requested: bool
+    errors: int
+    due: bool
+
+
+class Table(Protocol):
+    """The jobs table behind the driver's back: what the test reads and changes without a statement of
+    the driver."""
+
+    def reset(self) -> None:
+        """Empty the tables (jobs, workers, queues) and restart the job ids at 1."""
+
+    def rows(self) -> list[Row]:
+        """Every job, by id."""
+
+    def make_due(self, job_id: int) -> None:
+        """Move the job's scheduled_at one second into the past."""
+
+
+class PostgresTable:
+    """The test's schema through a plain autocommit connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def reset(self) -> None:
+        self.conn.execute("TRUNCATE jobs, workers, queues RESTART IDENTITY")
+
+    def rows(self) -> list[Row]:
+        rows = self.conn.execute(
+            "SELECT id, state, attempt, max_attempts, worker_id, attempted_at, finished_at, "
+            "cancel_requested_at IS NOT NULL, jsonb_array_length(errors), scheduled_at <= now() FROM jobs ORDER BY id"
+        ).fetchall()
+        return [Row(int(r[0]), JobState(r[1]), *r[2:]) for r in rows]
+
+    def make_due(self, job_id: int) -> None:
+        self.conn.execute("UPDATE jobs SET scheduled_at = now() - interval '1 second' WHERE id = %s", [job_id])
+
+
+#: SQLite times are INTEGER microseconds since 1970 (UTC); 'now' as the engine reads it.
+_SQLITE_NOW = "(CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) * 1000)"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _from_us(value: int | None) -> dt.datetime | None:
+    return None if value is None else _EPOCH + dt.timedelta(microseconds=value)
+
+
+class SqliteTable:
+    """The test's SQLite file through a connection of its own (autocommit: no read holds a snapshot)."""
+
+    def __init__(self, conn: sqlite3.Connection, prefix: str) -> None:
+        self.conn = conn
+        self.jobs = f'"{prefix}jobs"'
+        self.prefix = prefix
+
+    def reset(self) -> None:
+        for table in ("jobs", "workers", "queues"):
+            self.conn.execute(f'DELETE FROM "{self.prefix}{table}"')
+        self.conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", [f"{self.prefix}jobs"])
+
+    def rows(self) -> list[Row]:
+        rows = self.conn.execute(
+            "SELECT id, state, attempt, max_attempts, worker_id, attempted_at, finished_at, "
+            f"cancel_requested_at IS NOT NULL, json_array_length(errors), scheduled_at <= {_SQLITE_NOW} "
+            f"FROM {self.jobs} ORDER BY id"
+        ).fetchall()
+        return [
+            Row(r[0], JobState(r[1]), r[2], r[3], r[4], _from_us(r[5]), _from_us(r[6]), bool(r[7]), r[8], bool(r[9]))
+            for r in rows
+        ]
+
+    def make_due(self, job_id: int) -> None:
+        self.conn.execute(f"UPDATE {self.jobs} SET scheduled_at = {_SQLITE_NOW} - 1000000 WHERE id = ?", [job_id])
+
+
 class EngineModel(RuleBasedStateMachine):
     """A few jobs and three fake workers driven through the driver's statements, in any order."""
 
-    def __init__(self, portal: anyio.from_thread.BlockingPortal, app: App, db: psycopg.Connection[Any]) -> None:
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, app: App, table: Table) -> None:
         super().__init__()
         self.portal = portal
         self.app = app
         self.driver = app.driver
-        self.db = db
-        db.execute("TRUNCATE jobs, workers, queues RESTART IDENTITY")
+        self.table = table
+        table.reset()
         self.jobs: dict[int, ModelJob] = {}
         self.pruned: set[int] = set()
         self.enqueued = 0
@@ -304,7 +398,7 @@ class EngineModel(RuleBasedStateMachine):
         if not waiting:
             return
         job_id = data.draw(st.sampled_from(waiting), label="due job")
-        self.db.execute("UPDATE jobs SET scheduled_at = now() - interval '1 second' WHERE id = %s", [job_id])
+        self.table.make_due(job_id)
         self.jobs[job_id].due = True
 
     def _promote(self, data: st.DataObject) -> None:
@@ -330,11 +424,7 @@ class EngineModel(RuleBasedStateMachine):
     @invariant()
     def the_table_is_the_model(self) -> None:
         """Every row equals its model; no job is lost; finished jobs never change; one claim per executing job."""
-        rows = self.db.execute(
-            "SELECT id, state, attempt, max_attempts, worker_id, attempted_at, finished_at, "
-            "cancel_requested_at IS NOT NULL, jsonb_array_length(errors), scheduled_at <= now() FROM jobs ORDER BY id"
-        ).fetchall()
-        table = {int(r[0]): r for r in rows}
+        table = {r.id: r for r in self.table.rows()}
         # No job lost, none appeared from nowhere.
         assert sorted(table.keys() | self.pruned) == list(range(1, self.enqueued + 1))
         assert table.keys() == self.jobs.keys()
@@ -351,7 +441,6 @@ class EngineModel(RuleBasedStateMachine):
             due,
         ) in table.items():
             model = self.jobs[job_id]
-            state = JobState(state)
             assert (state, attempt, max_attempts, worker) == (
                 model.state,
                 model.attempt,
@@ -380,21 +469,42 @@ class EngineModel(RuleBasedStateMachine):
                 assert lease == model.lease and len(passing) == 1 and holders == [worker]
             else:
                 assert holders == []
-        self.before = {i: (JobState(r[1]), int(r[2])) for i, r in table.items()}
+        self.before = {i: (r.state, r.attempt) for i, r in table.items()}
         self.given_back.clear()
 
 
-def test_the_engine_matches_the_model(app: App, db: psycopg.Connection[Any], anyio_backend: str) -> None:
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[tuple[App, Table]]:
+    """An app on a fresh, migrated database of the engine under test, and its jobs table."""
+    if request.param == "postgres":
+        yield request.getfixturevalue("app"), PostgresTable(request.getfixturevalue("db"))
+        return
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    path: Path = request.getfixturevalue("tmp_path") / "jobs.sqlite3"
+    app = App(dsn=f"sqlite:///{path}", schema=schema)
+    app.migrate_sync()
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        yield app, SqliteTable(conn, prefix=f"{schema}_")
+    finally:
+        conn.close()
+        app.close()
+
+
+def test_the_engine_matches_the_model(engine: tuple[App, Table], anyio_backend: str) -> None:
     """Driven by any sequence of the workers' and operators' statements, the real tables match the model."""
+    app, table = engine
 
     @app.task(name="model.job")
     async def job() -> None: ...
 
     with anyio.from_thread.start_blocking_portal(backend=anyio_backend) as portal:
         run_state_machine_as_test(
-            lambda: EngineModel(portal, app, db),
+            lambda: EngineModel(portal, app, table),
             settings=settings(
-                max_examples=75,
+                # Four runs (two engines, two loops) share what was one engine's budget of 150 examples
+                # on two loops: the statements under test are the engine's, the loop barely matters.
+                max_examples=40,
                 stateful_step_count=40,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

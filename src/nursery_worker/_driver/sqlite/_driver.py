@@ -216,7 +216,7 @@ class SqliteDriver(SqliteConnections):
             return job_from_row(row)
         if params["state"] == "available":
             tx.notify(f"available:{spec.queue}")
-        return new_job(spec, job_id, params["state"], params["at"], now)
+        return attrs.evolve(new_job(spec, job_id, params["state"], params["at"], now), depends_on=tuple(deps))
 
     def _insert_bulk(self, tx: Tx, specs: Sequence[JobSpec], now: int) -> list[Job]:
         """Many jobs with one prepared statement (``executemany``: a third faster than a row at a

@@ -23,7 +23,7 @@ _TERMINAL = "('completed', 'discarded', 'cancelled')"
 JOB_COLUMNS = (
     "id, task, queue, args, state, attempt, max_attempts, priority, scheduled_at, inserted_at, "
     "attempted_at, finished_at, errors, worker_id, result, cancel_requested_at, unique_key, retry_policy, "
-    "trace_context"
+    "trace_context, depends_on"
 )
 
 SQL_NOW = "SELECT " + NOW_SQL
@@ -567,6 +567,7 @@ def job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
         unique_key=row[16],
         retry_policy=_loads(row[17]),
         trace_context=_loads(row[18]),
+        depends_on=tuple(json.loads(row[19])) if row[19] else (),
         duplicate=duplicate,
     )
 
