@@ -62,7 +62,7 @@ async def test_cancelling_an_executing_job_cancels_its_scope(app: App) -> None:
         result = await app.cancel(job.id)
         assert result.status == "requested"
         assert result.job.cancel_requested_at is not None and result.job.worker_id == worker.id
-        with anyio.fail_after(5):  # by notification: the poll is 30 s
+        with anyio.fail_after(15):  # by notification: the poll is 30 s
             await wait_until(lambda: cancelled)
         done = await wait_for_state(app, job.id, JobState.CANCELLED)
         await anyio.sleep(0.3)
@@ -296,7 +296,7 @@ async def test_a_paused_queue_is_not_fetched_until_resumed(app: App) -> None:
         assert info.paused and info.paused_at is not None and info.counts["available"] == 1
         assert info.oldest_available_age is not None and info.oldest_available_age >= 0.3
         assert await app.resume_queue("slow") is True
-        with anyio.fail_after(5):
+        with anyio.fail_after(15):  # by notification: the poll is 30 s
             await wait_for_state(app, held.id, JobState.COMPLETED)
     assert await app.resume_queue("slow") is False
     queues = {q.name: q for q in await app.list_queues()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,3 +80,71 @@ async def executing_count(db: Connection, worker_id: str | None = None) -> int:
 async def worker_ids(db: Connection) -> list[str]:
     """The ids in the workers table."""
     return [str(r[0]) for r in await query(db, "SELECT id FROM workers ORDER BY id")]
+
+
+class LimitedClaims:
+    """Every limited claim the workers of one app make, recorded around the real driver call.
+
+    A rate limit's contract can be checked from this record on a loaded machine, where a worker
+    may ask late: the spacing of the starts the database stamped, and whether the limiter ever
+    refused a claim that came when a slot was surely free. Install it with :meth:`record`.
+    """
+
+    def __init__(self, enough: int) -> None:
+        #: (asked, answered, claimed jobs) on this process's clock; a call that never answered
+        #: (cancelled at shutdown) has answered=inf and jobs=None: it may have claimed any number.
+        self.calls: list[tuple[float, float, tuple[Job, ...] | None]] = []
+        self.claimed = 0
+        #: Set once *enough* jobs have been claimed.
+        self.enough = anyio.Event()
+        self._enough = enough
+
+    @classmethod
+    def record(cls, app: App, monkeypatch: Any, *, enough: int) -> LimitedClaims:
+        """Record the limited claims of every worker on *app*'s driver; set ``enough`` after *enough* starts."""
+        log = cls(enough)
+        real = app.driver.fetch_limited
+
+        async def fetch_limited(*args: Any, **kwargs: Any) -> Any:
+            asked = anyio.current_time()
+            jobs: tuple[Job, ...] | None = None
+            try:
+                claim = await real(*args, **kwargs)
+                jobs = claim.jobs
+                return claim
+            finally:
+                log.calls.append((asked, anyio.current_time() if jobs is not None else math.inf, jobs))
+                log.claimed += len(jobs or ())
+                if log.claimed >= log._enough:
+                    log.enough.set()
+
+        monkeypatch.setattr(app.driver, "fetch_limited", fetch_limited)
+        return log
+
+    def starts(self) -> list[float]:
+        """When each claimed attempt started, by the database's stamp (epoch seconds), in order."""
+        return sorted(
+            job.attempted_at.timestamp() for _, _, jobs in self.calls for job in jobs or () if job.attempted_at
+        )
+
+    def refused_with_a_free_slot(self, slot: float) -> list[tuple[float, float]]:
+        """The claims that got nothing although a slot was surely free when they were made.
+
+        Slots open every *slot* seconds after the last claim that took one (one slot per job
+        claimed). Claims are serialised in the database, so a claim *j* can only have followed
+        those that were asked before *j* answered; if each of these that may have taken a slot
+        answered at least its slots' length before *j* was asked, the database's clock was past
+        the next slot when *j* ran (both clocks tick alike; 2 ms covers their resolution).
+        """
+        refused = []
+        for asked, answered, jobs in self.calls:
+            if jobs != ():
+                continue
+            free = all(
+                other_answered + slot * max(1, len(other_jobs or ())) + 0.002 <= asked
+                for other_asked, other_answered, other_jobs in self.calls
+                if other_asked <= answered and other_jobs != ()
+            )
+            if free:
+                refused.append((asked, answered))
+        return refused

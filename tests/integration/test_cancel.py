@@ -235,12 +235,14 @@ async def test_cancelled_sync_job_is_abandoned_and_the_worker_stops_on_time(app:
     @app.task
     def stuck() -> None:
         entered.set()
-        release.wait(10)  # blocking, ignores cancellation
+        release.wait(60)  # blocking, ignores cancellation
         returned.set()
 
     job = await stuck.defer()
     try:
-        async with open_worker(app, **fast(shutdown_timeout=5.0)) as worker:
+        # Both things it must not wait for take a minute: the blocked thread (released only after
+        # the worker has stopped) and the shutdown timeout.
+        async with open_worker(app, **fast(shutdown_timeout=60.0)) as worker:
             assert await anyio.to_thread.run_sync(entered.wait, 10)
             assert (await app.cancel(job.id)).status == "requested"
             done = await wait_for_state(app, job.id, JobState.CANCELLED)
@@ -253,7 +255,7 @@ async def test_cancelled_sync_job_is_abandoned_and_the_worker_stops_on_time(app:
         release.set()
         await anyio.to_thread.run_sync(returned.wait, 10)
     # It did not wait for the abandoned thread (nor for shutdown_timeout).
-    assert stopped_in < 3.0
+    assert stopped_in < 30.0
     (error,) = done.errors
     assert error.type == "Cancelled"
     assert "abandoned" in error.message
@@ -483,12 +485,15 @@ async def test_worker_stops_on_time_after_abandoning_an_async_job(app: App) -> N
     started = anyio.Event()
     ended = anyio.Event()
 
+    # The job swallows cancellations until 4 s after the worker begins to stop (so that the test
+    # ends in any case); before that, 60 s after it started.
+    give_up_at = [anyio.current_time() + 60]
+
     @app.task
     async def stubborn() -> None:
         started.set()
-        give_up_at = anyio.current_time() + 4  # bounded, so that the test ends in any case
         try:
-            while anyio.current_time() < give_up_at:
+            while anyio.current_time() < give_up_at[0]:
                 try:
                     await anyio.sleep(0.05)
                 except anyio.get_cancelled_exc_class():
@@ -503,5 +508,6 @@ async def test_worker_stops_on_time_after_abandoning_an_async_job(app: App) -> N
         await app.cancel(job.id)
         await wait_for_state(app, job.id, JobState.CANCELLED)
         stopping_at = anyio.current_time()
+        give_up_at[0] = stopping_at + 4
     stopped_in = anyio.current_time() - stopping_at
     assert stopped_in < 2.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import anyio
 import pytest
 
 from nursery_worker import App, JobState, open_worker
@@ -126,6 +127,42 @@ async def test_promoter_makes_due_jobs_available_and_leaves_future_ones(app: App
     assert (await app.get_job(future_retryable)).state is JobState.RETRYABLE
     assert (await app.get_job(completed)).state is JobState.COMPLETED
     assert await Promoter(app.driver).run_once() == 0
+
+
+class _HeldPromotion:
+    """A driver whose first promote_due stays in flight until released (the periodic promotion, say)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.in_flight = anyio.Event()
+        self.release = anyio.Event()
+
+    async def promote_due(self, *, limit: int) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            self.in_flight.set()
+            await self.release.wait()
+            return 1
+        return 0
+
+
+async def test_a_promotion_waits_for_the_one_in_flight_to_end() -> None:
+    """A second run_once of one promoter starts only after the first has returned, so it sees its promotions."""
+    driver = _HeldPromotion()
+    promoter = Promoter(driver)  # type: ignore[arg-type]
+    ended: list[tuple[str, int]] = []
+
+    async def promote(name: str) -> None:
+        ended.append((name, await promoter.run_once()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(promote, "periodic")
+        await driver.in_flight.wait()
+        tg.start_soon(promote, "once-mode fetcher")
+        await anyio.wait_all_tasks_blocked()
+        assert (driver.calls, ended) == (1, [])
+        driver.release.set()
+    assert ended == [("periodic", 1), ("once-mode fetcher", 0)]
 
 
 async def test_heartbeat_re_registers_a_deleted_worker_row_and_returns_false(app: App, db: Connection) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import attrs
 
 from .._driver import Driver
@@ -13,12 +14,17 @@ class Promoter:
 
     driver: Driver
     batch: int = 1000
+    # One promotion at a time: the promotion skips rows another one has locked, so without this a
+    # once-mode fetcher's own promotion could return while the periodic one still held the due
+    # retry uncommitted, find nothing to claim and stop with the retry left behind.
+    _lock: anyio.Lock = attrs.field(init=False, factory=anyio.Lock)
 
     async def run_once(self) -> int:
-        """Promote every due job, in batches; return how many."""
+        """Promote every due job, in batches; return how many (after any promotion in flight has ended)."""
         total = 0
-        while True:
-            n = await self.driver.promote_due(limit=self.batch)
-            total += n
-            if n < self.batch:
-                return total
+        async with self._lock:
+            while True:
+                n = await self.driver.promote_due(limit=self.batch)
+                total += n
+                if n < self.batch:
+                    return total
