@@ -323,7 +323,8 @@ async def test_job_that_finishes_after_being_abandoned_keeps_its_cancelled_state
         await wait_for_state(app, job.id, JobState.CANCELLED)
         stop.set()
         await wait_until(lambda: returned)
-        stats = worker.stats()
+        # Counted once the write has returned, which may be a moment after another connection sees it.
+        stats = await wait_until(lambda: (s := worker.stats()).processed == 1 and s)
     final = await app.get_job(job.id)
     assert final.state is JobState.CANCELLED
     assert final.result is None
