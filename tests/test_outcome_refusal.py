@@ -106,7 +106,7 @@ class _RecordingDriver:
 async def test_a_batch_holds_at_most_its_result_budget_and_a_larger_result_goes_alone() -> None:
     """Completions queued together are split so that no batch's results exceed the budget, except one result alone."""
     driver = _RecordingDriver()
-    completer = Completer(cast(Driver, driver), "w", batch_max_result_chars=100)
+    completer = Completer(cast(Driver, driver), "w", batch_max_result_chars=100, final_timeout=10.0)
     sizes = [10, 50, 30, 200, 10, 10, 95]
     for i, size in enumerate(sizes):
         completer.submit(attrs.evolve(_completion("x" * size), job_id=i))
@@ -146,6 +146,7 @@ async def test_each_completion_is_reported_once_as_applied_or_ignored_even_acros
     completer = Completer(
         cast(Driver, driver),
         "w",
+        final_timeout=10.0,
         on_written=lambda written: reported.extend((c.job_id, t is not None) for c, t in written),
     )
     for i in range(4):

@@ -96,7 +96,8 @@ class Completer:
     batch_max: int = 1000
     #: The most result characters one batch holds; a single larger result is written alone.
     batch_max_result_chars: int = 32 * 1024 * 1024
-    final_timeout: float = 10.0
+    #: The deadline of the shielded final writes: the worker passes its ``final_timeout`` option.
+    final_timeout: float = attrs.field(kw_only=True)
     #: Called after each successful write with what it did to each completion (the worker counts
     #: the outcomes that took effect and wakes its fetch loop: capacity is free). A completion that
     #: could not be written at all is not reported.
