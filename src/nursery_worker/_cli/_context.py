@@ -30,7 +30,6 @@ T = TypeVar("T")
 logger = logging.getLogger("nursery_worker.cli")
 
 #: A number of seconds above zero.
-POSITIVE = click.FloatRange(min=0, min_open=True)
 
 #: ``--json``: print JSON instead of a table.
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (for scripts).")

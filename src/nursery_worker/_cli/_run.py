@@ -20,7 +20,8 @@ from .._errors import ConfigurationError, NurseryWorkerError
 from .._process import set_title
 from .._signals import relay_signals, single_error
 from .._worker import Worker, open_worker
-from ._context import POSITIVE, CliContext, app_option, common_options, fail
+from ._context import CliContext, app_option, common_options, fail
+from ._types import DURATION, POSITIVE_DURATION
 
 T = TypeVar("T")
 logger = logging.getLogger("nursery_worker.cli")
@@ -43,7 +44,8 @@ def _worker_option(info: OptionInfo) -> Callable[[Callable[..., T]], Callable[..
         return click.option(flag, is_flag=True, help=text)
     if isinstance(info.default, tuple):  # queues: the comma-separated form
         return click.option(flag, default=",".join(info.default), show_default=True, help=text)
-    kind = int if info.type.startswith("int") else float
+    # Every float option is a number of seconds, so it takes the compound forms too (1h30m, 500ms).
+    kind: click.ParamType[Any] = click.INT if info.type.startswith("int") else DURATION
     return click.option(flag, default=info.default, type=kind, show_default=info.default is not None, help=text)
 
 
@@ -87,7 +89,7 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
             "--health-timeout",
             default=10.0,
             show_default=True,
-            type=POSITIVE,
+            type=POSITIVE_DURATION,
             help="Seconds without a report before a child is killed and replaced (a hung event loop).",
         ),
         click.option(
@@ -97,19 +99,19 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
             type=click.IntRange(min=0),
             help="Restarts of one child within --restart-window before the supervisor gives up.",
         ),
-        click.option("--restart-window", default=60.0, show_default=True, type=POSITIVE, help="Seconds."),
+        click.option("--restart-window", default=60.0, show_default=True, type=POSITIVE_DURATION, help="Seconds."),
         click.option(
             "--restart-delay",
             default=1.0,
             show_default=True,
-            type=POSITIVE,
+            type=POSITIVE_DURATION,
             help="First restart's backoff in seconds; doubles with each recent crash (to 30 s).",
         ),
         click.option(
             "--status-interval",
             default=60.0,
             show_default=True,
-            type=POSITIVE,
+            type=POSITIVE_DURATION,
             help="Seconds between the supervisor's per-child status lines.",
         ),
     ]

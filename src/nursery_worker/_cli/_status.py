@@ -18,7 +18,8 @@ import click
 from .._app import App
 from .._dsn import redact
 from .._errors import NurseryWorkerError
-from ._context import JSON_OPTION, LOOKUP_APP, POSITIVE, CliContext, common_options
+from ._context import JSON_OPTION, LOOKUP_APP, CliContext, common_options
+from ._types import POSITIVE_DURATION
 
 _DEFAULT_HEALTH_AGE = 10.0
 
@@ -28,7 +29,7 @@ _DEFAULT_HEALTH_AGE = 10.0
 @JSON_OPTION
 @click.option(
     "--watch",
-    type=POSITIVE,
+    type=POSITIVE_DURATION,
     is_flag=False,
     flag_value=2.0,
     default=None,
@@ -113,7 +114,7 @@ async def _cancel_on_signal(
     "--max-age",
     default=_DEFAULT_HEALTH_AGE,
     show_default=True,
-    type=POSITIVE,
+    type=POSITIVE_DURATION,
     help="Seconds: a heartbeat older than this is unhealthy (5 beats at the default --heartbeat-interval).",
 )
 @common_options
