@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .._durations import parse_duration
 
 
-class DurationType(click.ParamType[float]):
+if TYPE_CHECKING:  # click is generic over the value only in its stubs of recent releases
+    _ParamType = click.ParamType[float]
+else:
+    _ParamType = click.ParamType
+
+
+class DurationType(_ParamType):
     """A duration option: ``90``, ``90s``, ``15m``, ``1h30m``, ``2d`` (see ``parse_duration``), as seconds."""
 
     name = "duration"
