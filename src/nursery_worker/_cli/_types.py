@@ -8,7 +8,6 @@ import click
 
 from .._durations import parse_duration
 
-
 if TYPE_CHECKING:  # click is generic over the value only in its stubs of recent releases
     _ParamType = click.ParamType[float]
 else:
