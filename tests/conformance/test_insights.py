@@ -184,7 +184,7 @@ async def test_worker_health_shows_a_running_worker_and_a_slots_last_exit(app: A
     mine = health[worker.id]
     assert (mine.pid, mine.stale, mine.last_exit, mine.supervisor_id) == (os.getpid(), False, None, None)
     assert mine.uptime >= 0 and mine.heartbeat_age >= 0
-    assert list(health)[0] == "sup-child"  # supervised workers first
+    assert next(iter(health)) == "sup-child"  # supervised workers first
 
 
 # --- workflows ----------------------------------------------------------------------------------
