@@ -470,3 +470,35 @@ class PeriodicListing:
 
     now: dt.datetime
     rows: tuple[PeriodicRow, ...]
+
+
+@attrs.frozen(kw_only=True)
+class JobSelection:
+    """Which jobs a bulk operation counts or acts on, as the driver takes it (``JobFilter.selection``).
+
+    Every field given narrows it; ``older_than`` compares ``inserted_at`` with the database's clock.
+    """
+
+    states: tuple[str, ...] | None = None
+    queue: str | None = None
+    task: str | None = None
+    older_than: float | None = None
+    min_id: int | None = None
+    max_id: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BulkChange:
+    """What one chunk of a bulk operation changed: ``changed`` rows moved (cancelled, retried or
+    deleted), ``requested`` executing jobs asked to cancel (bulk cancel only)."""
+
+    changed: int
+    requested: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class JobCount:
+    """How many jobs a selection matches now, and the highest id among them (None when none)."""
+
+    count: int
+    max_id: int | None

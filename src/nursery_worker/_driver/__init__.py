@@ -20,11 +20,14 @@ from typing import Protocol
 from .._models import (
     BreakerConfig,
     BreakerInfo,
+    BulkChange,
     CancelRequest,
     CancelResult,
     ClaimedAttempt,
     Completion,
     Job,
+    JobCount,
+    JobSelection,
     JobSpec,
     LimitedClaim,
     Notification,
@@ -176,6 +179,23 @@ class Driver(Protocol):
         before_id: int | None = None,
     ) -> list[Job]:
         """Jobs matching every filter given, newest first."""
+
+    async def count_jobs(self, selection: JobSelection) -> JobCount:
+        """How many jobs match *selection* now, and the highest id among them."""
+
+    async def select_job_ids(self, selection: JobSelection, *, after_id: int, limit: int) -> list[int]:
+        """Up to *limit* ids of jobs matching *selection* above *after_id*, ascending (a keyset page)."""
+
+    async def cancel_jobs(self, ids: Sequence[int], *, states: Sequence[str], error_cap: int) -> BulkChange:
+        """In one short transaction, cancel those of *ids* still in one of *states*: a waiting job at
+        once, an executing one by a cancel request (as :meth:`cancel_job` does); others are left."""
+
+    async def retry_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        """In one short transaction, retry those of *ids* still in one of *states* (as
+        :meth:`retry_job` does); one whose retry is refused (unique key, failed dependency) is left."""
+
+    async def delete_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        """In one statement, delete those of *ids* still in one of *states*, never an executing one."""
 
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         """Delete up to *limit* jobs finished in *state* over *older_than* seconds ago; return how many."""
