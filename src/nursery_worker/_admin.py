@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -25,7 +25,7 @@ from ._errors import RETRYABLE_ERRORS, ConfigurationError, JobFailed, JobNotFoun
 from ._flow import BreakerInfo, check_max_concurrency, parse_rate_limit
 from ._jobfilter import BulkAction, BulkResult, JobFilter
 from ._maintenance import Pruner
-from ._models import BulkChange, CancelResult, Job, QueueInfo
+from ._models import BulkChange, CancelResult, DashboardCounts, Job, JobSearch, QueueInfo, WorkerRow
 from ._periodic import PeriodicInfo, list_periodic
 from ._state import JobState
 from ._task import check_queue, check_task_name
@@ -33,6 +33,7 @@ from ._task import check_queue, check_task_name
 if TYPE_CHECKING:
     from ._app import App
     from ._driver import Driver
+    from ._task import Task
 
 #: The states :meth:`Admin.retry` names as "already queued" in its refusal.
 _QUEUED = ("pending", "available", "scheduled", "retryable")
@@ -296,6 +297,37 @@ class Admin:
             return result[0]
         assert outer.cancelled_caught
         raise TimeoutError(f"job {job_id} did not finish within {limit:g}s" if limit is not None else "")
+
+    # --- the dashboard's reads: under a time limit and a row cap ---------------------------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs matching *search*, newest first, the statement cut at *time_limit* seconds."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ConfigurationError(f"search_jobs(limit={limit!r}): must be an int from 1 to 10000")
+        if search.queue is not None:
+            check_queue(search.queue, where="search_jobs()")
+        if search.task is not None:
+            check_task_name(search.task, where="search_jobs()")
+        return await self.driver.search_jobs(search, limit=limit, time_limit=time_limit)
+
+    async def dashboard_counts(self, *, queue: str | None = None, cap: int, time_limit: float) -> DashboardCounts:
+        """Counts by queue and state, exact up to *cap* rows each and estimated beyond; see ``DashboardCounts``."""
+        if queue is not None:
+            check_queue(queue, where="dashboard_counts()")
+        return await self.driver.dashboard_counts(queue=queue, cap=cap, time_limit=time_limit)
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs that depend on job *job_id*, by id."""
+        job_id = check_job_id(job_id, "job_dependants")
+        return await self.driver.job_dependants(job_id, limit=limit, time_limit=time_limit)
+
+    async def list_workers(self) -> list[WorkerRow]:
+        """Every registered worker, supervised ones first (by supervisor and slot)."""
+        return await self.driver.list_workers()
+
+    def app_tasks(self) -> Mapping[str, Task[..., Any]]:
+        """The tasks the app registers, by name."""
+        return self._app.tasks
 
     # --- queues -------------------------------------------------------------------------------
 

@@ -25,8 +25,10 @@ from .._models import (
     CancelResult,
     ClaimedAttempt,
     Completion,
+    DashboardCounts,
     Job,
     JobCount,
+    JobSearch,
     JobSelection,
     JobSpec,
     LimitedClaim,
@@ -220,6 +222,18 @@ class Driver(Protocol):
 
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""
+
+    # --- the dashboard's reads (see web/): each under *time_limit* seconds and a row cap ----------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs matching *search*, newest first (ids below ``search.before_id``)."""
+
+    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+        """Counts for the overview (every queue) or one queue's page, each from an index and
+        capped at *cap* rows: exact below the cap, estimated (and marked so) above it."""
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs whose ``depends_on`` names *job_id*, by id."""
 
     # --- periodic jobs (see _periodic.py) -------------------------------------------------------
 

@@ -29,8 +29,10 @@ from ..._models import (
     CancelResult,
     ClaimedAttempt,
     Completion,
+    DashboardCounts,
     Job,
     JobCount,
+    JobSearch,
     JobSelection,
     JobSpec,
     LimitedClaim,
@@ -60,6 +62,7 @@ from .._common import (
     job_errors,
     spec_columns,
 )
+from . import _dashboard
 from ._connection import PostgresConnections
 from ._listener import PostgresListener
 from ._queries import JOB_COLUMNS, Queries
@@ -865,6 +868,36 @@ class PostgresDriver(PostgresConnections):
             )
             for r in rows
         ]
+
+    # --- the dashboard's reads (see _dashboard.py) -----------------------------------------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        query, params = _dashboard.search_query(self._sql.ident, JOB_COLUMNS, search, limit)
+
+        def read(c: psycopg.Connection[Any]) -> list[Any]:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return list(_dashboard.rows(c, query, params))
+
+        return [_job_from_row(r) for r in await self._hop(read)]
+
+    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+        def read(c: psycopg.Connection[Any]) -> DashboardCounts:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return _dashboard.dashboard_counts(c, self._sql.ident, queue=queue, cap=cap)
+
+        return await self._hop(read)
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        query = _dashboard.dependants_query(self._sql.ident, JOB_COLUMNS)
+
+        def read(c: psycopg.Connection[Any]) -> list[Any]:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return list(_dashboard.rows(c, query, {"id": job_id, "limit": limit}))
+
+        return [_job_from_row(r) for r in await self._hop(read)]
 
     def listener(self) -> PostgresListener:
         return PostgresListener(self)

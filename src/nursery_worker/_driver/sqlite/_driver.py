@@ -40,8 +40,10 @@ from ..._models import (
     CancelResult,
     ClaimedAttempt,
     Completion,
+    DashboardCounts,
     Job,
     JobCount,
+    JobSearch,
     JobSelection,
     JobSpec,
     LimitedClaim,
@@ -62,6 +64,7 @@ from ..._models import (
 )
 from ..._state import ACTIVE_STATES, JobState
 from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns
+from . import _dashboard
 from ._connection import SCHEMA_VERSION, SqliteConnections, Tx
 from ._flow import claim_limited, limited_finished, settle
 from ._listener import SqliteListener
@@ -466,6 +469,35 @@ class SqliteDriver(SqliteConnections):
         if not _is_id(job_id):
             return None
         return await self._hop(lambda tx: self._retry_on(tx, job_id))
+
+    # --- the dashboard's reads (see _dashboard.py) -----------------------------------------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        query, params = _dashboard.search_query(self._names, JOB_COLUMNS, search, limit)
+        rows = await self._hop(
+            lambda tx: _dashboard.read(tx.conn, time_limit, lambda c: c.execute(query, params).fetchall()), write=False
+        )
+        return [job_from_row(r) for r in rows]
+
+    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+        return await self._hop(
+            lambda tx: _dashboard.read(
+                tx.conn,
+                time_limit,
+                lambda c: _dashboard.dashboard_counts(c, self._names, SQL_NOW, queue=queue, cap=cap),
+            ),
+            write=False,
+        )
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        query = _dashboard.dependants_query(self._names, JOB_COLUMNS)
+        rows = await self._hop(
+            lambda tx: _dashboard.read(
+                tx.conn, time_limit, lambda c: c.execute(query, {"id": job_id, "limit": limit}).fetchall()
+            ),
+            write=False,
+        )
+        return [job_from_row(r) for r in rows]
 
     async def list_jobs(
         self,
