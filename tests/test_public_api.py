@@ -11,6 +11,7 @@ import nursery_worker
 PUBLIC_NAMES = [
     "App",
     "BreakerInfo",
+    "BulkResult",
     "CallNext",
     "CancelResult",
     "ChildStatus",
@@ -24,6 +25,7 @@ PUBLIC_NAMES = [
     "JobContext",
     "JobError",
     "JobFailed",
+    "JobFilter",
     "JobNotFound",
     "JobOutcome",
     "JobSpec",

@@ -20,6 +20,8 @@ from ._errors import SupervisorError as SupervisorError
 from ._errors import TaskNotFound as TaskNotFound
 from ._flow import BreakerInfo as BreakerInfo
 from ._flow import CircuitBreaker as CircuitBreaker
+from ._jobfilter import BulkResult as BulkResult
+from ._jobfilter import JobFilter as JobFilter
 from ._metrics import serve_metrics as serve_metrics
 from ._models import CancelResult as CancelResult
 from ._models import Job as Job
@@ -48,6 +50,7 @@ from ._worker import open_worker as open_worker
 __all__ = [
     "App",
     "BreakerInfo",
+    "BulkResult",
     "CallNext",
     "CancelResult",
     "ChildStatus",
@@ -61,6 +64,7 @@ __all__ = [
     "JobContext",
     "JobError",
     "JobFailed",
+    "JobFilter",
     "JobNotFound",
     "JobOutcome",
     "JobSpec",

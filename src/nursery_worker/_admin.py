@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import attrs
 
 from . import _insights
 from ._errors import RETRYABLE_ERRORS, ConfigurationError, JobFailed, JobNotFound, JobStateError
 from ._flow import BreakerInfo, check_max_concurrency, parse_rate_limit
 from ._insights import FailureReport, JobGraph, MetricsHistory, PeriodicOverview, WorkerHealth
+from ._jobfilter import BulkAction, BulkResult, JobFilter
 from ._maintenance import Pruner
-from ._models import AuditEntry, CancelResult, Job, QueueInfo
+from ._models import AuditEntry, BulkChange, CancelResult, DashboardCounts, Job, JobSearch, QueueInfo, WorkerRow
 from ._periodic import PeriodicInfo, list_periodic
 from ._state import JobState
 from ._task import check_queue, check_task_name
@@ -34,11 +36,28 @@ from ._task import check_queue, check_task_name
 if TYPE_CHECKING:
     from ._app import App
     from ._driver import Driver
+    from ._task import Task
 
 #: The states :meth:`Admin.retry` names as "already queued" in its refusal.
 _QUEUED = ("pending", "available", "scheduled", "retryable")
 #: The states :meth:`Admin.prune` may delete.
 _FINAL = ("completed", "discarded", "cancelled")
+#: The default and the largest number of jobs a bulk operation changes per transaction.
+DEFAULT_CHUNK = 500
+_MAX_CHUNK = 10_000
+
+#: A bulk operation's progress callback: called after each chunk with how many jobs it examined.
+Progress = Callable[[int], object]
+
+
+def check_filter(job_filter: object, where: str) -> JobFilter:
+    """Return *job_filter* if it is a :class:`JobFilter`, else raise ``TypeError`` naming *where*."""
+    if not isinstance(job_filter, JobFilter):
+        raise TypeError(
+            f"{where}: expected a JobFilter (for example JobFilter(states='available', queue='emails')), "
+            f"got {job_filter!r}"
+        )
+    return job_filter
 
 
 def check_job_id(job_id: object, where: str) -> int:
@@ -135,6 +154,73 @@ class Admin:
             check_job_id(before_id, "list_jobs(before_id=...)")
         return await self.driver.list_jobs(states=states, queue=queue, task=task, limit=limit, before_id=before_id)
 
+    async def count_jobs(self, job_filter: JobFilter) -> int:
+        """How many jobs *job_filter* matches now; see ``App.count_jobs``."""
+        return (await self.driver.count_jobs(check_filter(job_filter, "count_jobs").selection())).count
+
+    async def delete_job(self, job_id: int) -> Job:
+        """Delete one job that is not executing; return it as it was; see ``App.delete_job``."""
+        job = await self.get_job(check_job_id(job_id, "delete_job"))
+        if job.state is JobState.EXECUTING:
+            raise JobStateError(
+                f"job {job_id} is executing and cannot be deleted: a worker is running it; cancel it first "
+                f"(app.cancel({job_id}) or `nursery-worker jobs cancel {job_id}`), then delete it"
+            )
+        deleted = await self.driver.delete_jobs([job.id], states=[job.state.value])
+        if not deleted.changed:
+            current = await self.get_job(job.id)  # moved meanwhile; JobNotFound if deleted by another
+            raise JobStateError(f"job {job_id} moved to {current.state.value} while being deleted; try again")
+        return job
+
+    async def bulk(
+        self,
+        action: BulkAction,
+        job_filter: JobFilter,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        progress: Progress | None = None,
+    ) -> BulkResult:
+        """Cancel, retry or delete every job *job_filter* matches, a chunk per transaction; see
+        ``App.bulk_cancel``."""
+        where = f"bulk_{action}"
+        narrowed = check_filter(job_filter, where).for_action(action)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= _MAX_CHUNK:
+            raise ConfigurationError(f"{where}(chunk_size={chunk_size!r}): must be an int from 1 to {_MAX_CHUNK}")
+        if progress is not None and not callable(progress):
+            raise TypeError(f"{where}(progress={progress!r}): must be a callable taking a count, or None")
+        selection = narrowed.selection()
+        counted = await self.driver.count_jobs(selection)
+        if counted.max_id is None:
+            return BulkResult(action=action, matched=0, changed=0)
+        # Only the jobs counted: one inserted meanwhile has a higher id and is left alone.
+        selection = attrs.evolve(selection, max_id=counted.max_id)
+        states = selection.states or ()
+        changed = requested = 0
+        after = 0
+        while True:
+            ids = await self.driver.select_job_ids(selection, after_id=after, limit=chunk_size)
+            if not ids:
+                break
+            change: BulkChange
+            if action == "cancel":
+                change = await self.driver.cancel_jobs(ids, states=states, error_cap=self._app.error_cap)
+            elif action == "retry":
+                change = await self.driver.retry_jobs(ids, states=states)
+            else:
+                change = await self.driver.delete_jobs(ids, states=states)
+            changed += change.changed
+            requested += change.requested
+            after = ids[-1]
+            if progress is not None:
+                progress(len(ids))
+        return BulkResult(
+            action=action,
+            matched=counted.count,
+            changed=changed,
+            requested=requested,
+            skipped=max(0, counted.count - changed - requested),
+        )
+
     async def prune(self, *, older_than: float | dt.timedelta, states: str | Iterable[str] = _FINAL) -> int:
         """Delete finished jobs older than *older_than*; return how many; see ``App.prune``."""
         if isinstance(older_than, dt.timedelta):
@@ -214,6 +300,37 @@ class Admin:
             return result[0]
         assert outer.cancelled_caught
         raise TimeoutError(f"job {job_id} did not finish within {limit:g}s" if limit is not None else "")
+
+    # --- the dashboard's reads: under a time limit and a row cap ---------------------------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs matching *search*, newest first, the statement cut at *time_limit* seconds."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ConfigurationError(f"search_jobs(limit={limit!r}): must be an int from 1 to 10000")
+        if search.queue is not None:
+            check_queue(search.queue, where="search_jobs()")
+        if search.task is not None:
+            check_task_name(search.task, where="search_jobs()")
+        return await self.driver.search_jobs(search, limit=limit, time_limit=time_limit)
+
+    async def dashboard_counts(self, *, queue: str | None = None, cap: int, time_limit: float) -> DashboardCounts:
+        """Counts by queue and state, exact up to *cap* rows each and estimated beyond; see ``DashboardCounts``."""
+        if queue is not None:
+            check_queue(queue, where="dashboard_counts()")
+        return await self.driver.dashboard_counts(queue=queue, cap=cap, time_limit=time_limit)
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs that depend on job *job_id*, by id."""
+        job_id = check_job_id(job_id, "job_dependants")
+        return await self.driver.job_dependants(job_id, limit=limit, time_limit=time_limit)
+
+    async def list_workers(self) -> list[WorkerRow]:
+        """Every registered worker, supervised ones first (by supervisor and slot)."""
+        return await self.driver.list_workers()
+
+    def app_tasks(self) -> Mapping[str, Task[..., Any]]:
+        """The tasks the app registers, by name."""
+        return self._app.tasks
 
     # --- queues -------------------------------------------------------------------------------
 

@@ -545,3 +545,92 @@ class GraphNode:
     state: JobState
     depends_on: tuple[int, ...]
     depth: int
+
+
+@attrs.frozen(kw_only=True)
+class JobSelection:
+    """Which jobs a bulk operation counts or acts on, as the driver takes it (``JobFilter.selection``).
+
+    Every field given narrows it; ``older_than`` compares ``inserted_at`` with the database's clock.
+    """
+
+    states: tuple[str, ...] | None = None
+    queue: str | None = None
+    task: str | None = None
+    older_than: float | None = None
+    min_id: int | None = None
+    max_id: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BulkChange:
+    """What one chunk of a bulk operation changed: ``changed`` rows moved (cancelled, retried or
+    deleted), ``requested`` executing jobs asked to cancel (bulk cancel only)."""
+
+    changed: int
+    requested: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class JobCount:
+    """How many jobs a selection matches now, and the highest id among them (None when none)."""
+
+    count: int
+    max_id: int | None
+
+
+# --- the dashboard's reads (see web/) --------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class JobSearch:
+    """The dashboard's job list filter, as the driver takes it: every field given narrows it.
+
+    ``args_text`` matches the args' JSON text (case-insensitive substring); ``after``/``before``
+    bound ``inserted_at``; ``before_id`` is the keyset cursor (ids below it, newest first).
+    """
+
+    states: tuple[str, ...] | None = None
+    queue: str | None = None
+    task: str | None = None
+    priority: int | None = None
+    job_id: int | None = None
+    args_text: str | None = None
+    after: dt.datetime | None = None
+    before: dt.datetime | None = None
+    before_id: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StateCount:
+    """How many jobs of *queue* (None: every queue) are in *state*, in the window *window* (seconds
+    back from now, for finished states; None: no window). ``estimated``: the database's planner
+    estimate (PostgreSQL) or a lower bound at the row cap (SQLite), not an exact count."""
+
+    queue: str | None
+    state: str
+    count: int
+    estimated: bool = False
+    window: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DashboardCounts:
+    """What the overview and queue pages count, each count answered from an index under a row cap.
+
+    Attributes:
+        now: the database's clock.
+        waiting: per queue and non-final state (pending, scheduled, available, executing, retryable).
+        finished: per finished state (every queue, or the one asked for), in the last hour and day.
+        totals: per finished state, over all time (an estimate on PostgreSQL).
+        oldest_available: per queue, the ``scheduled_at`` of its oldest available job (the lag).
+        queues: every queue counted, with its pause flag and limits, and the waiting counts
+            (capped) as its ``counts``.
+    """
+
+    now: dt.datetime
+    queues: tuple[QueueInfo, ...] = ()
+    waiting: tuple[StateCount, ...] = ()
+    finished: tuple[StateCount, ...] = ()
+    totals: tuple[StateCount, ...] = ()
+    oldest_available: Mapping[str, dt.datetime] = attrs.field(factory=dict)

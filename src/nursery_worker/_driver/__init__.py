@@ -21,12 +21,17 @@ from .._models import (
     AuditEntry,
     BreakerConfig,
     BreakerInfo,
+    BulkChange,
     CancelRequest,
     CancelResult,
     ClaimedAttempt,
     Completion,
     GraphNode,
+    DashboardCounts,
     Job,
+    JobCount,
+    JobSearch,
+    JobSelection,
     JobSpec,
     LimitedClaim,
     Notification,
@@ -181,6 +186,23 @@ class Driver(Protocol):
     ) -> list[Job]:
         """Jobs matching every filter given, newest first."""
 
+    async def count_jobs(self, selection: JobSelection) -> JobCount:
+        """How many jobs match *selection* now, and the highest id among them."""
+
+    async def select_job_ids(self, selection: JobSelection, *, after_id: int, limit: int) -> list[int]:
+        """Up to *limit* ids of jobs matching *selection* above *after_id*, ascending (a keyset page)."""
+
+    async def cancel_jobs(self, ids: Sequence[int], *, states: Sequence[str], error_cap: int) -> BulkChange:
+        """In one short transaction, cancel those of *ids* still in one of *states*: a waiting job at
+        once, an executing one by a cancel request (as :meth:`cancel_job` does); others are left."""
+
+    async def retry_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        """In one short transaction, retry those of *ids* still in one of *states* (as
+        :meth:`retry_job` does); one whose retry is refused (unique key, failed dependency) is left."""
+
+    async def delete_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        """In one statement, delete those of *ids* still in one of *states*, never an executing one."""
+
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         """Delete up to *limit* jobs finished in *state* over *older_than* seconds ago; return how many."""
 
@@ -204,6 +226,18 @@ class Driver(Protocol):
 
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""
+
+    # --- the dashboard's reads (see web/): each under *time_limit* seconds and a row cap ----------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs matching *search*, newest first (ids below ``search.before_id``)."""
+
+    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+        """Counts for the overview (every queue) or one queue's page, each from an index and
+        capped at *cap* rows: exact below the cap, estimated (and marked so) above it."""
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs whose ``depends_on`` names *job_id*, by id."""
 
     # --- periodic jobs (see _periodic.py) -------------------------------------------------------
 

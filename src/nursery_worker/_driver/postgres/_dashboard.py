@@ -1,111 +1,189 @@
-"""The PostgreSQL statements the dashboard's data layer needs: metric rollups, the audit table,
-recent failures and job graphs (schema version 8).
+"""The dashboard's reads on PostgreSQL: filtered job pages and the counts of the overview and queue
+pages, each in a read-only transaction under ``SET LOCAL statement_timeout``.
 
-Kept apart from ``_queries.py``: none of them is on a worker's hot path except the rollup upsert,
-which each worker runs once per ``rollup_interval``. The reads run under
-:data:`READ_TIMEOUT` (``SET LOCAL statement_timeout``), so one heavy page cannot hold the database.
+No count here walks the jobs table: every count is ``count(*)`` over a subquery with ``LIMIT cap``
+answered from an index (waiting states by queue, finished states by ``(state, finished_at)``),
+exact below the cap; at the cap, the planner's estimate (``EXPLAIN``) is given instead, marked as
+such.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
 from psycopg import sql
 
-from ._queries import JOB_COLUMNS
+from ..._models import DashboardCounts, JobSearch, QueueInfo, RateLimit, StateCount
 
-#: The statement timeout of every dashboard read.
-READ_TIMEOUT = "5s"
-
-_ROLLUP_COLUMNS = "queue, task, error_type, completed, failed, discarded, cancelled, duration_sum, histogram"
-_ROLLUP_UPSERT = (
-    """
-INSERT INTO {s}.__TABLE__ AS r (bucket, """
-    + _ROLLUP_COLUMNS
-    + """)
-SELECT date_trunc('__UNIT__', now()), u.queue, u.task, u.error_type, u.completed, u.failed, u.discarded,
-       u.cancelled, u.duration_sum, u.histogram::bigint[]
-FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(error_types)s::text[], %(completed)s::bigint[],
-            %(failed)s::bigint[], %(discarded)s::bigint[], %(cancelled)s::bigint[], %(durations)s::float8[],
-            %(histograms)s::text[])
-     AS u(queue, task, error_type, completed, failed, discarded, cancelled, duration_sum, histogram)
-ON CONFLICT (bucket, queue, task, error_type) DO UPDATE SET
-    completed = r.completed + excluded.completed,
-    failed = r.failed + excluded.failed,
-    discarded = r.discarded + excluded.discarded,
-    cancelled = r.cancelled + excluded.cancelled,
-    duration_sum = r.duration_sum + excluded.duration_sum,
-    histogram = ARRAY(SELECT h.a + h.b FROM unnest(r.histogram, excluded.histogram) WITH ORDINALITY AS h(a, b, i)
-                      ORDER BY h.i)
-"""
-)
-# Both grains in one statement: the minute rows and the hour rows move together.
-_SQL_WRITE_ROLLUPS = (
-    "WITH minute AS ("
-    + _ROLLUP_UPSERT.replace("__TABLE__", "rollup_minute").replace("__UNIT__", "minute")
-    + ") "
-    + _ROLLUP_UPSERT.replace("__TABLE__", "rollup_hour").replace("__UNIT__", "hour")
-)
-_SQL_READ_ROLLUPS = (
-    "SELECT bucket, "
-    + _ROLLUP_COLUMNS
-    + """
-FROM {s}.__TABLE__
-WHERE bucket >= date_trunc('__UNIT__', now() - %(since)s * interval '1 second')
-  AND (%(task)s::text IS NULL OR task = %(task)s)
-ORDER BY bucket, queue, task, error_type
-"""
-)
-_SQL_PRUNE_ROLLUPS = """
-WITH minute AS (
-    DELETE FROM {s}.rollup_minute WHERE bucket < now() - %(minute_age)s * interval '1 second' RETURNING 1
-), hour AS (
-    DELETE FROM {s}.rollup_hour WHERE bucket < now() - %(hour_age)s * interval '1 second' RETURNING 1
-)
-SELECT (SELECT count(*) FROM minute) + (SELECT count(*) FROM hour)
-"""
-_SQL_RECORD_AUDIT = """
-INSERT INTO {s}.audit (actor, action, target, count) VALUES (%(actor)s, %(action)s, %(target)s::jsonb, %(count)s)
-RETURNING id, at, actor, action, target, count
-"""
-_SQL_LIST_AUDIT = """
-SELECT id, at, actor, action, target, count FROM {s}.audit
-WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
-ORDER BY id DESC LIMIT %(limit)s
-"""
-# Through jobs_finished_idx (state, finished_at) and jobs_due_idx (scheduled_at): never a scan.
-_SQL_RECENT_FAILURES = (
-    "(SELECT "
-    + JOB_COLUMNS
-    + """ FROM {s}.jobs WHERE state = 'discarded' AND finished_at >= now() - %(since)s * interval '1 second'
- ORDER BY finished_at DESC LIMIT %(limit)s)
-UNION ALL
-(SELECT """
-    + JOB_COLUMNS
-    + """ FROM {s}.jobs WHERE state = 'retryable' ORDER BY scheduled_at DESC LIMIT %(limit)s)"""
-)
-_SQL_GRAPH_NODES = "SELECT id, task, queue, state, depends_on FROM {s}.jobs WHERE id = ANY(%(ids)s::bigint[])"
-_SQL_GRAPH_CHILDREN = """
-SELECT id, task, queue, state, depends_on FROM {s}.jobs
-WHERE depends_on IS NOT NULL AND depends_on && %(ids)s::bigint[]
-ORDER BY id LIMIT %(limit)s
-"""
+#: The states a queue's jobs wait or run in (counted per queue, exactly up to the cap).
+WAITING = ("pending", "scheduled", "available", "executing", "retryable")
+#: The finished states (counted per window, and estimated in total).
+FINISHED = ("completed", "discarded", "cancelled")
+#: The windows of the finished counts, in seconds: the last hour and the last day.
+WINDOWS = (3600, 86400)
 
 
-class DashboardQueries:
-    """The statements above, composed for one schema."""
+def begin(conn: psycopg.Connection[Any], timeout: float) -> None:
+    """Make the open transaction read-only with the dashboard's statement timeout."""
+    conn.execute("SET TRANSACTION READ ONLY")
+    conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{max(1, int(timeout * 1000))}ms")))
 
-    def __init__(self, schema: str) -> None:
-        ident = sql.Identifier(schema)
 
-        def q(text: str) -> bytes:
-            return sql.SQL(text).format(s=ident).as_bytes(None)
+def _estimate(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any]) -> int:
+    """The planner's estimate of the rows *query* returns."""
+    row = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + query, params).fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    return int(plan[0]["Plan"]["Plan Rows"])
 
-        self.write_rollups = q(_SQL_WRITE_ROLLUPS)
-        self.read_minutes = q(_SQL_READ_ROLLUPS.replace("__TABLE__", "rollup_minute").replace("__UNIT__", "minute"))
-        self.read_hours = q(_SQL_READ_ROLLUPS.replace("__TABLE__", "rollup_hour").replace("__UNIT__", "hour"))
-        self.prune_rollups = q(_SQL_PRUNE_ROLLUPS)
-        self.record_audit = q(_SQL_RECORD_AUDIT)
-        self.list_audit = q(_SQL_LIST_AUDIT)
-        self.recent_failures = q(_SQL_RECENT_FAILURES)
-        self.graph_nodes = q(_SQL_GRAPH_NODES)
-        self.graph_children = q(_SQL_GRAPH_CHILDREN)
-        self.read_timeout = f"SET LOCAL statement_timeout = '{READ_TIMEOUT}'".encode()
+
+def capped_count(
+    conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any], cap: int
+) -> tuple[int, bool]:
+    """How many rows *query* returns: exact up to *cap*, else the planner's estimate; and whether estimated."""
+    counted = conn.execute(
+        sql.SQL("SELECT count(*) FROM (") + query + sql.SQL(" LIMIT %(cap)s) AS capped"), {**params, "cap": cap + 1}
+    ).fetchone()
+    assert counted is not None
+    if int(counted[0]) <= cap:
+        return int(counted[0]), False
+    return max(cap + 1, _estimate(conn, query, params)), True
+
+
+def search_query(
+    ident: sql.Composable, columns: str, search: JobSearch, limit: int
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The statement and parameters of one page of :class:`JobSearch` results, newest first."""
+    where: list[sql.Composable] = []
+    params: dict[str, Any] = {"limit": limit}
+    if search.states is not None:
+        where.append(sql.SQL("state = ANY(%(states)s::text[])"))
+        params["states"] = list(search.states)
+    for name in ("queue", "task", "priority"):
+        value = getattr(search, name)
+        if value is not None:
+            where.append(sql.SQL("{} = %({})s").format(sql.Identifier(name), sql.SQL(name)))
+            params[name] = value
+    if search.job_id is not None:
+        where.append(sql.SQL("id = %(job_id)s"))
+        params["job_id"] = search.job_id
+    if search.args_text is not None:
+        where.append(sql.SQL("args::text ILIKE %(args_text)s"))
+        escaped = search.args_text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params["args_text"] = f"%{escaped}%"
+    if search.after is not None:
+        where.append(sql.SQL("inserted_at >= %(after)s"))
+        params["after"] = search.after
+    if search.before is not None:
+        where.append(sql.SQL("inserted_at < %(before)s"))
+        params["before"] = search.before
+    if search.before_id is not None:
+        where.append(sql.SQL("id < %(before_id)s"))
+        params["before_id"] = search.before_id
+    query = sql.SQL("SELECT {cols} FROM {s}.jobs {where} ORDER BY id DESC LIMIT %(limit)s").format(
+        cols=sql.SQL(columns),
+        s=ident,
+        where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+    )
+    return query, params
+
+
+def dashboard_counts(
+    conn: psycopg.Connection[Any], ident: sql.Composable, *, queue: str | None, cap: int
+) -> DashboardCounts:
+    """The counts of :class:`DashboardCounts`, in the caller's transaction."""
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    now: dt.datetime = row[0]
+    if queue is None:
+        names_query = sql.SQL(
+            "SELECT name FROM {s}.queues UNION "
+            "SELECT DISTINCT queue FROM {s}.jobs WHERE state = ANY(%(waiting)s::text[])"
+        ).format(s=ident)
+        names = sorted(str(r[0]) for r in conn.execute(names_query, {"waiting": list(WAITING)}))
+    else:
+        names = [queue]
+    waiting: list[StateCount] = []
+    oldest: dict[str, dt.datetime] = {}
+    per_state = sql.SQL("SELECT 1 FROM {s}.jobs WHERE queue = %(queue)s AND state = %(state)s").format(s=ident)
+    first = sql.SQL(
+        "SELECT scheduled_at FROM {s}.jobs WHERE queue = %(queue)s AND state = 'available' "
+        "ORDER BY priority DESC, scheduled_at LIMIT 50"
+    ).format(s=ident)
+    for name in names:
+        for state in WAITING:
+            n, estimated = capped_count(conn, per_state, {"queue": name, "state": state}, cap)
+            waiting.append(StateCount(queue=name, state=state, count=n, estimated=estimated))
+        # The fetch index orders by priority first: the oldest of the first few is the oldest
+        # available job unless priorities differ, which is the lag a worker actually sees.
+        times = [r[0] for r in conn.execute(first, {"queue": name})]
+        if times:
+            oldest[name] = min(times)
+    finished: list[StateCount] = []
+    window_query = sql.SQL(
+        "SELECT 1 FROM {s}.jobs WHERE state = %(state)s AND finished_at > now() - %(window)s"
+    ).format(s=ident)
+    if queue is not None:
+        window_query = window_query + sql.SQL(" AND queue = %(queue)s")
+    for state in FINISHED:
+        for window in WINDOWS:
+            params = {"state": state, "window": dt.timedelta(seconds=window), "queue": queue}
+            n, estimated = capped_count(conn, window_query, params, cap)
+            finished.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
+    totals: list[StateCount] = []
+    total_query = sql.SQL("SELECT 1 FROM {s}.jobs WHERE state = %(state)s").format(s=ident)
+    if queue is not None:
+        total_query = total_query + sql.SQL(" AND queue = %(queue)s")
+    for state in FINISHED:
+        n, estimated = capped_count(conn, total_query, {"state": state, "queue": queue}, cap)
+        totals.append(StateCount(queue=queue, state=state, count=n, estimated=estimated))
+    settings = {
+        str(r[0]): r
+        for r in conn.execute(
+            sql.SQL(
+                "SELECT name, coalesce(paused, false), paused_at, max_concurrency, rate_limit, rate_period "
+                "FROM {s}.queues"
+            ).format(s=ident)
+        )
+    }
+    infos = []
+    for name in names:
+        r = settings.get(name, (name, False, None, None, None, None))
+        infos.append(
+            QueueInfo(
+                name=name,
+                paused=bool(r[1]),
+                paused_at=r[2],
+                counts={c.state: c.count for c in waiting if c.queue == name},
+                oldest_available_at=oldest.get(name),
+                now=now,
+                max_concurrency=r[3],
+                rate_limit=None if r[4] is None else str(RateLimit(count=r[4], period=r[5])),
+            )
+        )
+    return DashboardCounts(
+        now=now,
+        queues=tuple(infos),
+        waiting=tuple(waiting),
+        finished=tuple(finished),
+        totals=tuple(totals),
+        oldest_available=oldest,
+    )
+
+
+def dependants_query(ident: sql.Composable, columns: str) -> sql.Composed:
+    """Jobs naming ``%(id)s`` in ``depends_on``: inserted after it, so the id range bounds the scan."""
+    return sql.SQL(
+        "SELECT {cols} FROM {s}.jobs WHERE id > %(id)s AND depends_on @> ARRAY[%(id)s]::bigint[] "
+        "ORDER BY id LIMIT %(limit)s"
+    ).format(cols=sql.SQL(columns), s=ident)
+
+
+def rows(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, Any]) -> Sequence[Any]:
+    """All rows of *query*."""
+    found: Sequence[Any] = conn.execute(query, params).fetchall()
+    return found

@@ -25,12 +25,17 @@ from ..._models import (
     AuditEntry,
     BreakerConfig,
     BreakerInfo,
+    BulkChange,
     CancelRequest,
     CancelResult,
     ClaimedAttempt,
     Completion,
     GraphNode,
+    DashboardCounts,
     Job,
+    JobCount,
+    JobSearch,
+    JobSelection,
     JobSpec,
     LimitedClaim,
     PeriodicEnqueued,
@@ -63,8 +68,9 @@ from .._common import (
     spec_columns,
     walk_graph,
 )
+from . import _dashboard
 from ._connection import PostgresConnections
-from ._dashboard import DashboardQueries
+from ._insights import DashboardQueries
 from ._listener import PostgresListener
 from ._queries import JOB_COLUMNS, Queries
 
@@ -730,6 +736,97 @@ class PostgresDriver(PostgresConnections):
         rows = await self._hop(lambda c: c.execute(query, params).fetchall())
         return [_job_from_row(r) for r in rows]
 
+    @staticmethod
+    def _selection_where(selection: JobSelection, params: dict[str, Any]) -> list[sql.Composable]:
+        """The WHERE terms of *selection*, its parameters added to *params*."""
+        where: list[sql.Composable] = []
+        if selection.states is not None:
+            where.append(sql.SQL("state = ANY(%(states)s::text[])"))
+            params["states"] = list(selection.states)
+        if selection.queue is not None:
+            where.append(sql.SQL("queue = %(queue)s"))
+            params["queue"] = selection.queue
+        if selection.task is not None:
+            where.append(sql.SQL("task = %(task)s"))
+            params["task"] = selection.task
+        if selection.older_than is not None:
+            where.append(sql.SQL("inserted_at <= now() - %(age)s * interval '1 second'"))
+            params["age"] = selection.older_than
+        if selection.min_id is not None:
+            where.append(sql.SQL("id >= %(min_id)s"))
+            params["min_id"] = selection.min_id
+        if selection.max_id is not None:
+            where.append(sql.SQL("id <= %(max_id)s"))
+            params["max_id"] = selection.max_id
+        return where
+
+    async def count_jobs(self, selection: JobSelection) -> JobCount:
+        params: dict[str, Any] = {}
+        where = self._selection_where(selection, params)
+        query = sql.SQL("SELECT count(*), max(id) FROM {s}.jobs {where}").format(
+            s=self._sql.ident, where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+        )
+        row = await self._hop(lambda c: c.execute(query, params).fetchone())
+        assert row is not None
+        return JobCount(count=int(row[0]), max_id=None if row[1] is None else int(row[1]))
+
+    async def select_job_ids(self, selection: JobSelection, *, after_id: int, limit: int) -> list[int]:
+        params: dict[str, Any] = {"after": after_id, "limit": limit}
+        where = [*self._selection_where(selection, params), sql.SQL("id > %(after)s")]
+        query = sql.SQL("SELECT id FROM {s}.jobs WHERE {where} ORDER BY id LIMIT %(limit)s").format(
+            s=self._sql.ident, where=sql.SQL(" AND ").join(where)
+        )
+        rows = await self._hop(lambda c: c.execute(query, params).fetchall())
+        return [int(r[0]) for r in rows]
+
+    def _lock_in_states(self, c: psycopg.Connection[Any], ids: Sequence[int], states: Sequence[str]) -> list[Any]:
+        """Lock, in id order, the rows of *ids* still in one of *states* (their id and state)."""
+        query = sql.SQL(
+            "SELECT id, state FROM {s}.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = ANY(%(states)s::text[]) "
+            "ORDER BY id FOR UPDATE"
+        ).format(s=self._sql.ident)
+        return c.execute(query, {"ids": list(ids), "states": list(states)}).fetchall()
+
+    async def cancel_jobs(self, ids: Sequence[int], *, states: Sequence[str], error_cap: int) -> BulkChange:
+        def cancel(c: psycopg.Connection[Any]) -> BulkChange:
+            cancelled = requested = 0
+            with c.transaction():
+                # Locked rows cannot move until the commit, so each one takes the single-job
+                # cancel statement of the state it was found in (a guarded write all the same).
+                for job_id, state in self._lock_in_states(c, ids, states):
+                    params = {"id": job_id, "channel": self.channel, "cap": error_cap}
+                    if state == "executing":
+                        requested += c.execute(self._sql.cancel_executing, params).fetchone() is not None
+                    else:
+                        cancelled += c.execute(self._sql.cancel_waiting, params).fetchone() is not None
+            return BulkChange(changed=cancelled, requested=requested)
+
+        return await self._hop(cancel)
+
+    async def retry_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        def retry(c: psycopg.Connection[Any]) -> BulkChange:
+            retried = 0
+            with c.transaction():
+                for job_id, _ in self._lock_in_states(c, ids, states):
+                    try:
+                        with c.transaction():  # a savepoint: a refused retry leaves the others
+                            row = c.execute(self._sql.retry, {"id": job_id, "channel": self.channel}).fetchone()
+                    except psycopg.errors.UniqueViolation:
+                        continue
+                    retried += row is not None
+            return BulkChange(changed=retried)
+
+        return await self._hop(retry)
+
+    async def delete_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        query = sql.SQL(
+            "DELETE FROM {s}.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = ANY(%(states)s::text[]) "
+            "AND state <> 'executing'"
+        ).format(s=self._sql.ident)
+        params = {"ids": list(ids), "states": list(states)}
+        deleted = await self._hop(lambda c: c.execute(query, params).rowcount)
+        return BulkChange(changed=deleted)
+
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         params = {"state": state, "age": older_than, "limit": limit}
         return await self._hop(lambda c: c.execute(self._sql.prune, params).rowcount)
@@ -782,6 +879,36 @@ class PostgresDriver(PostgresConnections):
             )
             for r in rows
         ]
+
+    # --- the dashboard's reads (see _insights.py) ------------------------------------------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        query, params = _dashboard.search_query(self._sql.ident, JOB_COLUMNS, search, limit)
+
+        def read(c: psycopg.Connection[Any]) -> list[Any]:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return list(_dashboard.rows(c, query, params))
+
+        return [_job_from_row(r) for r in await self._hop(read)]
+
+    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+        def read(c: psycopg.Connection[Any]) -> DashboardCounts:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return _dashboard.dashboard_counts(c, self._sql.ident, queue=queue, cap=cap)
+
+        return await self._hop(read)
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        query = _dashboard.dependants_query(self._sql.ident, JOB_COLUMNS)
+
+        def read(c: psycopg.Connection[Any]) -> list[Any]:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return list(_dashboard.rows(c, query, {"id": job_id, "limit": limit}))
+
+        return [_job_from_row(r) for r in await self._hop(read)]
 
     def listener(self) -> PostgresListener:
         return PostgresListener(self)
@@ -871,7 +998,7 @@ class PostgresDriver(PostgresConnections):
 
         return await self._hop(read)
 
-    # --- the dashboard's data (see _dashboard.py) ------------------------------------------------
+    # --- the dashboard's data (see _insights.py) -------------------------------------------------
 
     async def write_rollups(self, rows: Sequence[RollupRow]) -> None:
         if not rows:

@@ -29,7 +29,7 @@ import anyio.to_thread
 
 from ..._errors import ConfigurationError, DatabaseError, SchemaNotReady
 from .._common import Migrations, Observers, check_schema_name, one_line
-from ._dashboard import compose_dashboard
+from ._insights import compose_dashboard
 from ._queries import SQL_NOW, compose
 from ._time import NOW_SQL
 

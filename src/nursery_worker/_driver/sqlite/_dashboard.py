@@ -1,80 +1,179 @@
-"""The embedded engine's statements for the dashboard's data layer: metric rollups, the audit
-table, recent failures and job graphs (schema version 3; PostgreSQL's ``postgres/_dashboard.py``).
+"""The dashboard's reads on the embedded engine: filtered job pages and the counts of the overview
+and queue pages, on the reader connection, under a deadline (a progress handler interrupts a
+statement that runs past it) and a row cap.
 
-Histograms are JSON arrays here: a rollup upsert reads the stored row and writes the sum, in the
-``BEGIN IMMEDIATE`` transaction of the write (the write lock makes the read-then-write safe).
+Every count is ``count(*)`` over a subquery with ``LIMIT cap``, answered from an index where one
+exists; SQLite keeps no planner estimates, so a count at the cap is given as the cap and marked
+estimated (a lower bound: "~cap"), totals of finished states included.
 """
 
 from __future__ import annotations
 
-from ._queries import JOB_COLUMNS
+import datetime as dt
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
-_ROLLUP_COLUMNS = "queue, task, error_type, completed, failed, discarded, cancelled, duration_sum, histogram"
-_SQL_ROLLUP_GET = """
-SELECT completed, failed, discarded, cancelled, duration_sum, histogram FROM {table}
-WHERE bucket = :bucket AND queue = :queue AND task = :task AND error_type = :error_type
-"""
-_SQL_ROLLUP_PUT = (
-    "INSERT OR REPLACE INTO {table} (bucket, "
-    + _ROLLUP_COLUMNS
-    + """)
-VALUES (:bucket, :queue, :task, :error_type, :completed, :failed, :discarded, :cancelled, :duration_sum, :histogram)
-"""
-)
-_SQL_ROLLUP_READ = (
-    "SELECT bucket, "
-    + _ROLLUP_COLUMNS
-    + """ FROM {table}
-WHERE bucket >= :since AND (:task IS NULL OR task = :task)
-ORDER BY bucket, queue, task, error_type
-"""
-)
-_SQL_ROLLUP_PRUNE = "DELETE FROM {table} WHERE bucket < :before"
-_SQL_RECORD_AUDIT = """
-INSERT INTO {audit} (at, actor, action, target, count) VALUES (:now, :actor, :action, :target, :count)
-RETURNING id, at, actor, action, target, count
-"""
-_SQL_LIST_AUDIT = """
-SELECT id, at, actor, action, target, count FROM {audit}
-WHERE (:before IS NULL OR id < :before)
-ORDER BY id DESC LIMIT :limit
-"""
-# Through jobs_finished_idx (state, finished_at) and jobs_due_idx: never a scan of the table.
-_SQL_RECENT_DISCARDED = (
-    "SELECT "
-    + JOB_COLUMNS
-    + """ FROM {jobs} WHERE state = 'discarded' AND finished_at >= :since ORDER BY finished_at DESC LIMIT :limit"""
-)
-_SQL_RECENT_RETRYABLE = (
-    "SELECT " + JOB_COLUMNS + """ FROM {jobs} WHERE state = 'retryable' ORDER BY scheduled_at DESC LIMIT :limit"""
-)
-_SQL_GRAPH_NODES = (
-    "SELECT id, task, queue, state, depends_on FROM {jobs} WHERE id IN (SELECT value FROM json_each(:ids))"
-)
-_SQL_GRAPH_CHILDREN = """
-SELECT id, task, queue, state, depends_on FROM {jobs}
-WHERE depends_on IS NOT NULL
-  AND EXISTS (SELECT 1 FROM json_each(depends_on) AS d WHERE d.value IN (SELECT value FROM json_each(:ids)))
-ORDER BY id LIMIT :limit
-"""
+from ..._models import DashboardCounts, JobSearch, QueueInfo, RateLimit, StateCount
+from ._time import from_us, moment, to_us
+
+WAITING = ("pending", "scheduled", "available", "executing", "retryable")
+FINISHED = ("completed", "discarded", "cancelled")
+WINDOWS = (3600, 86400)
+_US = 1_000_000
 
 
-def compose_dashboard(names: dict[str, str]) -> dict[str, str]:
-    """The statements above with the table names of one schema (*names*, from ``compose``) put in."""
-    minute, hour = names["rollup_minute"], names["rollup_hour"]
-    return {
-        "rollup_get_minute": _SQL_ROLLUP_GET.format(table=minute),
-        "rollup_get_hour": _SQL_ROLLUP_GET.format(table=hour),
-        "rollup_put_minute": _SQL_ROLLUP_PUT.format(table=minute),
-        "rollup_put_hour": _SQL_ROLLUP_PUT.format(table=hour),
-        "rollup_read_minute": _SQL_ROLLUP_READ.format(table=minute),
-        "rollup_read_hour": _SQL_ROLLUP_READ.format(table=hour),
-        "rollup_prune_minute": _SQL_ROLLUP_PRUNE.format(table=minute),
-        "rollup_prune_hour": _SQL_ROLLUP_PRUNE.format(table=hour),
-        "record_audit": _SQL_RECORD_AUDIT.format(audit=names["audit"]),
-        "list_audit": _SQL_LIST_AUDIT.format(audit=names["audit"]),
-        "recent_discarded": _SQL_RECENT_DISCARDED.format(jobs=names["jobs"]),
-        "recent_retryable": _SQL_RECENT_RETRYABLE.format(jobs=names["jobs"]),
-        "graph_nodes": _SQL_GRAPH_NODES.format(jobs=names["jobs"]),
-        "graph_children": _SQL_GRAPH_CHILDREN.format(jobs=names["jobs"]),
+@contextmanager
+def deadline(conn: sqlite3.Connection, timeout: float) -> Iterator[None]:
+    """Interrupt any statement on *conn* that runs past *timeout* seconds from now."""
+    limit = time.monotonic() + timeout
+
+    def check() -> int:
+        return 1 if time.monotonic() > limit else 0
+
+    conn.set_progress_handler(check, 10_000)
+    try:
+        yield
+    finally:
+        conn.set_progress_handler(None, 0)
+
+
+def capped_count(conn: sqlite3.Connection, query: str, params: Mapping[str, Any], cap: int) -> tuple[int, bool]:
+    """How many rows *query* returns, exact up to *cap*; at the cap, the cap marked as estimated."""
+    row = conn.execute(f"SELECT count(*) FROM ({query} LIMIT :cap)", {**params, "cap": cap + 1}).fetchone()
+    n = int(row[0])
+    return (n, False) if n <= cap else (cap, True)
+
+
+def search_query(names: Mapping[str, str], columns: str, search: JobSearch, limit: int) -> tuple[str, dict[str, Any]]:
+    """The statement and parameters of one page of :class:`JobSearch` results, newest first."""
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    if search.states is not None:
+        where.append("state IN (SELECT value FROM json_each(:states))")
+        params["states"] = json.dumps(list(search.states))
+    for name in ("queue", "task", "priority"):
+        value = getattr(search, name)
+        if value is not None:
+            where.append(f"{name} = :{name}")
+            params[name] = value
+    if search.job_id is not None:
+        where.append("id = :job_id")
+        params["job_id"] = search.job_id
+    if search.args_text is not None:
+        where.append("args LIKE :args_text ESCAPE '\\'")
+        escaped = search.args_text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params["args_text"] = f"%{escaped}%"
+    if search.after is not None:
+        where.append("inserted_at >= :after")
+        params["after"] = to_us(search.after)
+    if search.before is not None:
+        where.append("inserted_at < :before")
+        params["before"] = to_us(search.before)
+    if search.before_id is not None:
+        where.append("id < :before_id")
+        params["before_id"] = min(search.before_id, 2**63 - 1)
+    query = f"SELECT {columns} FROM {names['jobs']} " + ("WHERE " + " AND ".join(where) if where else "")
+    return query + " ORDER BY id DESC LIMIT :limit", params
+
+
+def dashboard_counts(
+    conn: sqlite3.Connection, names: Mapping[str, str], now_sql: str, *, queue: str | None, cap: int
+) -> DashboardCounts:
+    """The counts of :class:`DashboardCounts`, on *conn* (one read transaction)."""
+    jobs = names["jobs"]
+    now = int(conn.execute(now_sql).fetchone()[0])
+    if queue is None:
+        marks = ", ".join(f"'{s}'" for s in WAITING)
+        found = conn.execute(
+            f"SELECT name FROM {names['queues']} UNION SELECT DISTINCT queue FROM {jobs} WHERE state IN ({marks})"
+        )
+        queues = sorted(str(r[0]) for r in found)
+    else:
+        queues = [queue]
+    waiting: list[StateCount] = []
+    oldest: dict[str, dt.datetime] = {}
+    for name in queues:
+        for state in WAITING:
+            n, estimated = capped_count(
+                conn,
+                f"SELECT 1 FROM {jobs} WHERE queue = :queue AND state = :state",
+                {"queue": name, "state": state},
+                cap,
+            )
+            waiting.append(StateCount(queue=name, state=state, count=n, estimated=estimated))
+        first = conn.execute(
+            f"SELECT min(scheduled_at) FROM (SELECT scheduled_at FROM {jobs} WHERE queue = :queue "
+            "AND state = 'available' ORDER BY priority DESC, scheduled_at LIMIT 50)",
+            {"queue": name},
+        ).fetchone()[0]
+        if first is not None:
+            at = from_us(int(first))
+            assert at is not None
+            oldest[name] = at
+    finished: list[StateCount] = []
+    totals: list[StateCount] = []
+    by_queue = " AND queue = :queue" if queue is not None else ""
+    for state in FINISHED:
+        for window in WINDOWS:
+            n, estimated = capped_count(
+                conn,
+                f"SELECT 1 FROM {jobs} WHERE state = :state AND finished_at > :since{by_queue}",
+                {"state": state, "since": now - window * _US, "queue": queue},
+                cap,
+            )
+            finished.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
+        n, estimated = capped_count(
+            conn, f"SELECT 1 FROM {jobs} WHERE state = :state{by_queue}", {"state": state, "queue": queue}, cap
+        )
+        totals.append(StateCount(queue=queue, state=state, count=n, estimated=estimated))
+    settings = {
+        str(r[0]): r
+        for r in conn.execute(
+            f"SELECT name, paused, paused_at, max_concurrency, rate_limit, rate_period FROM {names['queues']}"
+        )
     }
+    infos = []
+    for name in queues:
+        r = settings.get(name, (name, 0, None, None, None, None))
+        infos.append(
+            QueueInfo(
+                name=name,
+                paused=bool(r[1]),
+                paused_at=from_us(r[2]),
+                counts={c.state: c.count for c in waiting if c.queue == name},
+                oldest_available_at=oldest.get(name),
+                now=moment(now),
+                max_concurrency=r[3],
+                rate_limit=None if r[4] is None else str(RateLimit(count=r[4], period=r[5])),
+            )
+        )
+    return DashboardCounts(
+        now=moment(now),
+        queues=tuple(infos),
+        waiting=tuple(waiting),
+        finished=tuple(finished),
+        totals=tuple(totals),
+        oldest_available=oldest,
+    )
+
+
+def dependants_query(names: Mapping[str, str], columns: str) -> str:
+    """Jobs naming ``:id`` in ``depends_on``: inserted after it, so the id range bounds the scan."""
+    return (
+        f"SELECT {columns} FROM {names['jobs']} WHERE id > :id "
+        "AND EXISTS (SELECT 1 FROM json_each(depends_on) WHERE value = :id) ORDER BY id LIMIT :limit"
+    )
+
+
+def read(conn: sqlite3.Connection, timeout: float, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    """Run *fn* in one read transaction on *conn* under the deadline."""
+    with deadline(conn, timeout):
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")

@@ -36,12 +36,17 @@ from ..._models import (
     AuditEntry,
     BreakerConfig,
     BreakerInfo,
+    BulkChange,
     CancelRequest,
     CancelResult,
     ClaimedAttempt,
     Completion,
     GraphNode,
+    DashboardCounts,
     Job,
+    JobCount,
+    JobSearch,
+    JobSelection,
     JobSpec,
     LimitedClaim,
     PeriodicEnqueued,
@@ -64,6 +69,7 @@ from ..._models import (
 )
 from ..._state import ACTIVE_STATES, JobState
 from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns, walk_graph
+from . import _dashboard
 from ._connection import SCHEMA_VERSION, SqliteConnections, Tx
 from ._flow import claim_limited, limited_finished, settle
 from ._listener import SqliteListener
@@ -410,64 +416,94 @@ class SqliteDriver(SqliteConnections):
 
     # --- job control --------------------------------------------------------------------------
 
+    @staticmethod
+    def _cancel_on(tx: Tx, job_id: int, error_cap: int) -> CancelResult | None:
+        """Cancel job *job_id* in *tx*'s write transaction: the job cannot move between the steps."""
+        params = {"id": job_id, "now": tx.now, "at": iso(tx.now), "cap": error_cap}
+        row = tx.execute("cancel_waiting", params).fetchone()
+        if row is not None:
+            tx.notify(f"finished:{job_id}")
+            if row[19]:
+                settle(tx, [(job_id, str(row[1]), "cancelled")])
+            return CancelResult(job=job_from_row(row), status="cancelled")
+        row = tx.execute("cancel_executing", {"id": job_id, "now": tx.now}).fetchone()
+        if row is not None:
+            tx.notify(f"cancel:{job_id}")
+            return CancelResult(job=job_from_row(row), status="requested")
+        row = tx.execute("get", {"id": job_id}).fetchone()
+        return None if row is None else CancelResult(job=job_from_row(row), status="already_finished")
+
     async def cancel_job(self, job_id: int, *, error_cap: int) -> CancelResult | None:
         if not _is_id(job_id):
             return None
-
-        def cancel(tx: Tx) -> CancelResult | None:
-            # One transaction: the job cannot move between the steps.
-            params = {"id": job_id, "now": tx.now, "at": iso(tx.now), "cap": error_cap}
-            row = tx.execute("cancel_waiting", params).fetchone()
-            if row is not None:
-                tx.notify(f"finished:{job_id}")
-                if row[19]:
-                    settle(tx, [(job_id, str(row[1]), "cancelled")])
-                return CancelResult(job=job_from_row(row), status="cancelled")
-            row = tx.execute("cancel_executing", {"id": job_id, "now": tx.now}).fetchone()
-            if row is not None:
-                tx.notify(f"cancel:{job_id}")
-                return CancelResult(job=job_from_row(row), status="requested")
-            row = tx.execute("get", {"id": job_id}).fetchone()
-            return None if row is None else CancelResult(job=job_from_row(row), status="already_finished")
-
-        return await self._hop(cancel)
+        return await self._hop(lambda tx: self._cancel_on(tx, job_id, error_cap))
 
     async def cancel_requested(self, *, worker_id: str) -> list[CancelRequest]:
         rows = await self._hop(lambda tx: tx.execute("cancel_requested", {"worker": worker_id}).fetchall(), write=False)
         return [CancelRequest(job_id=int(r[0]), attempt=int(r[1])) for r in rows]
 
+    @staticmethod
+    def _retry_on(tx: Tx, job_id: int) -> Job | None:
+        """Retry job *job_id* in *tx*'s write transaction (see ``retry_job``)."""
+        parents = tx.execute("parents", {"id": job_id}).fetchall()
+        waiting = sum(1 for p in parents if p[2] != "completed")
+        failed = [p for p in parents if p[2] in ("discarded", "cancelled")]
+        params = {"id": job_id, "now": tx.now, "waiting": waiting, "failed": len(failed)}
+        try:
+            row = tx.execute("retry", params).fetchone()
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            raise JobStateError(
+                f"job {job_id} cannot be retried: another job of its task with the same unique key is queued or "
+                "running; cancel that one first, or wait for it to finish"
+            ) from None
+        if row is None:
+            if failed:
+                names = ", ".join(f"{p[0]} ({p[1]}, {p[2]})" for p in failed)
+                raise JobStateError(
+                    f"job {job_id} cannot be retried: it depends on job(s) that did not complete: {names}; "
+                    "retry those first"
+                )
+            return None
+        job = job_from_row(row)
+        if waiting == 0:
+            tx.notify(f"available:{job.queue}")
+        return job
+
     async def retry_job(self, job_id: int) -> Job | None:
         if not _is_id(job_id):
             return None
+        return await self._hop(lambda tx: self._retry_on(tx, job_id))
 
-        def retry(tx: Tx) -> Job | None:
-            parents = tx.execute("parents", {"id": job_id}).fetchall()
-            waiting = sum(1 for p in parents if p[2] != "completed")
-            failed = [p for p in parents if p[2] in ("discarded", "cancelled")]
-            params = {"id": job_id, "now": tx.now, "waiting": waiting, "failed": len(failed)}
-            try:
-                row = tx.execute("retry", params).fetchone()
-            except sqlite3.IntegrityError as exc:
-                if "UNIQUE" not in str(exc):
-                    raise
-                raise JobStateError(
-                    f"job {job_id} cannot be retried: another job of its task with the same unique key is queued or "
-                    "running; cancel that one first, or wait for it to finish"
-                ) from None
-            if row is None:
-                if failed:
-                    names = ", ".join(f"{p[0]} ({p[1]}, {p[2]})" for p in failed)
-                    raise JobStateError(
-                        f"job {job_id} cannot be retried: it depends on job(s) that did not complete: {names}; "
-                        "retry those first"
-                    )
-                return None
-            job = job_from_row(row)
-            if waiting == 0:
-                tx.notify(f"available:{job.queue}")
-            return job
+    # --- the dashboard's reads (see _insights.py) ------------------------------------------------
 
-        return await self._hop(retry)
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        query, params = _dashboard.search_query(self._names, JOB_COLUMNS, search, limit)
+        rows = await self._hop(
+            lambda tx: _dashboard.read(tx.conn, time_limit, lambda c: c.execute(query, params).fetchall()), write=False
+        )
+        return [job_from_row(r) for r in rows]
+
+    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+        return await self._hop(
+            lambda tx: _dashboard.read(
+                tx.conn,
+                time_limit,
+                lambda c: _dashboard.dashboard_counts(c, self._names, SQL_NOW, queue=queue, cap=cap),
+            ),
+            write=False,
+        )
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        query = _dashboard.dependants_query(self._names, JOB_COLUMNS)
+        rows = await self._hop(
+            lambda tx: _dashboard.read(
+                tx.conn, time_limit, lambda c: c.execute(query, {"id": job_id, "limit": limit}).fetchall()
+            ),
+            write=False,
+        )
+        return [job_from_row(r) for r in rows]
 
     async def list_jobs(
         self,
@@ -499,6 +535,93 @@ class SqliteDriver(SqliteConnections):
         )
         rows = await self._hop(lambda tx: tx.conn.execute(query, params).fetchall(), write=False)
         return [job_from_row(r) for r in rows]
+
+    @staticmethod
+    def _selection_where(tx: Tx, selection: JobSelection, params: dict[str, Any]) -> list[str]:
+        """The WHERE terms of *selection*, its parameters added to *params*."""
+        where: list[str] = []
+        if selection.states is not None:
+            where.append("state IN (SELECT value FROM json_each(:states))")
+            params["states"] = json.dumps(list(selection.states))
+        if selection.queue is not None:
+            where.append("queue = :queue")
+            params["queue"] = selection.queue
+        if selection.task is not None:
+            where.append("task = :task")
+            params["task"] = selection.task
+        if selection.older_than is not None:
+            where.append("inserted_at <= :cutoff")
+            params["cutoff"] = tx.now - round(selection.older_than * 1_000_000)
+        if selection.min_id is not None:
+            where.append("id >= :min_id")
+            params["min_id"] = min(selection.min_id, _INT64[1])
+        if selection.max_id is not None:
+            where.append("id <= :max_id")
+            params["max_id"] = min(selection.max_id, _INT64[1])
+        return where
+
+    async def count_jobs(self, selection: JobSelection) -> JobCount:
+        def count(tx: Tx) -> tuple[int, int | None]:
+            params: dict[str, Any] = {}
+            where = self._selection_where(tx, selection, params)
+            query = f"SELECT count(*), max(id) FROM {self._names['jobs']}" + (
+                " WHERE " + " AND ".join(where) if where else ""
+            )
+            row = tx.conn.execute(query, params).fetchone()
+            return int(row[0]), None if row[1] is None else int(row[1])
+
+        found, highest = await self._hop(count, write=False)
+        return JobCount(count=found, max_id=highest)
+
+    async def select_job_ids(self, selection: JobSelection, *, after_id: int, limit: int) -> list[int]:
+        def select(tx: Tx) -> list[int]:
+            params: dict[str, Any] = {"after": min(after_id, _INT64[1]), "limit": limit}
+            where = [*self._selection_where(tx, selection, params), "id > :after"]
+            query = f"SELECT id FROM {self._names['jobs']} WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit"
+            return [int(r[0]) for r in tx.conn.execute(query, params).fetchall()]
+
+        return await self._hop(select, write=False)
+
+    def _in_states(self, tx: Tx, ids: Sequence[int], states: Sequence[str]) -> list[Any]:
+        """The rows of *ids* still in one of *states* (id and state), in id order; the write lock
+        of *tx* keeps them where they are until the commit."""
+        query = (
+            f"SELECT id, state FROM {self._names['jobs']} WHERE id IN (SELECT value FROM json_each(:ids)) "
+            "AND state IN (SELECT value FROM json_each(:states)) ORDER BY id"
+        )
+        return tx.conn.execute(query, {"ids": json.dumps(list(ids)), "states": json.dumps(list(states))}).fetchall()
+
+    async def cancel_jobs(self, ids: Sequence[int], *, states: Sequence[str], error_cap: int) -> BulkChange:
+        def cancel(tx: Tx) -> BulkChange:
+            cancelled = requested = 0
+            for job_id, _ in self._in_states(tx, ids, states):
+                result = self._cancel_on(tx, int(job_id), error_cap)
+                cancelled += result is not None and result.status == "cancelled"
+                requested += result is not None and result.status == "requested"
+            return BulkChange(changed=cancelled, requested=requested)
+
+        return await self._hop(cancel)
+
+    async def retry_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        def retry(tx: Tx) -> BulkChange:
+            retried = 0
+            for job_id, _ in self._in_states(tx, ids, states):
+                try:
+                    retried += self._retry_on(tx, int(job_id)) is not None
+                except JobStateError:  # a unique key held or a dependency failed: left as it is
+                    continue
+            return BulkChange(changed=retried)
+
+        return await self._hop(retry)
+
+    async def delete_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        query = (
+            f"DELETE FROM {self._names['jobs']} WHERE id IN (SELECT value FROM json_each(:ids)) "
+            "AND state IN (SELECT value FROM json_each(:states)) AND state <> 'executing'"
+        )
+        params = {"ids": json.dumps(list(ids)), "states": json.dumps(list(states))}
+        deleted = await self._hop(lambda tx: int(tx.conn.execute(query, params).rowcount))
+        return BulkChange(changed=deleted)
 
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         def prune(tx: Tx) -> int:
@@ -754,7 +877,7 @@ class SqliteDriver(SqliteConnections):
     def listener(self) -> SqliteListener:
         return SqliteListener(self)
 
-    # --- the dashboard's data (see _dashboard.py) ------------------------------------------------
+    # --- the dashboard's data (see _insights.py) -------------------------------------------------
 
     async def write_rollups(self, rows: Sequence[RollupRow]) -> None:
         if not rows:
