@@ -374,22 +374,24 @@ class Admin:
 
     # --- what the dashboard reads (see _insights.py) --------------------------------------------
 
-    async def record_audit(self, *, actor: str, action: str, target: Mapping[str, Any], count: int = 0) -> AuditEntry:
+    async def record_audit(
+        self, *, actor: str, action: str, target: Mapping[str, Any] | str, count: int | None = 0
+    ) -> AuditEntry:
         """Append an action to the audit table, stamped with the database's clock.
 
         Args:
             actor: who did it (the dashboard's user name, ``"cli"``, ...).
             action: what was done (``"retry"``, ``"cancel"``, ``"bulk_retry"``, ``"pause_queue"``, ...).
             target: what it was done to, as a JSON object: ``{"job_id": 7}``, ``{"queue": "mail"}``,
-                or a bulk action's filter.
-            count: how many jobs (or other things) it changed.
+                or a bulk action's filter; a string is stored as ``{"target": string}``.
+            count: how many jobs (or other things) it changed (None: not counted, stored as 0).
 
         Returns:
             The stored :class:`AuditEntry`.
 
         Raises:
             ValueError: an empty or over-long *actor* or *action*, or a negative *count*.
-            TypeError: *target* is not a JSON object.
+            TypeError: *target* is neither a JSON object nor a string.
         """
         return await _insights.record_audit(self._app, actor=actor, action=action, target=target, count=count)
 

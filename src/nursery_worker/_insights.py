@@ -68,13 +68,21 @@ def _check_choice(value: object, choices: Iterable[str], where: str, name: str) 
 # --- the audit trail ----------------------------------------------------------------------------
 
 
-async def record_audit(app: App, *, actor: str, action: str, target: Mapping[str, Any], count: int) -> AuditEntry:
+async def record_audit(
+    app: App, *, actor: str, action: str, target: Mapping[str, Any] | str, count: int | None
+) -> AuditEntry:
     """Write one audit entry; see :meth:`Admin.record_audit`."""
+    if isinstance(target, str):
+        target = {"target": target}
+    if count is None:
+        count = 0
     for name, value in (("actor", actor), ("action", action)):
         if not isinstance(value, str) or not value.strip() or len(value) > 200:
             raise ValueError(f"record_audit({name}={value!r}): must be a non-empty string of at most 200 characters")
     if not isinstance(target, Mapping):
-        raise TypeError(f"record_audit(target={target!r}): must be a mapping (a JSON object), e.g. {{'job_id': 7}}")
+        raise TypeError(
+            f"record_audit(target={target!r}): must be a mapping (a JSON object) such as {{'job_id': 7}}, or a string"
+        )
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"record_audit(count={count!r}): must be an int >= 0")
     check_json(dict(target), "record_audit(target)")

@@ -158,6 +158,8 @@ async def test_a_bad_audit_entry_is_refused_before_anything_is_written(app: App)
         await admin.record_audit(actor="ann", action="retry", target={}, count=-1)
     with pytest.raises(TypeError, match="mapping"):
         await admin.record_audit(actor="ann", action="retry", target=[1], count=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="when"):
+        await admin.record_audit(actor="ann", action="retry", target={"when": object()}, count=1)
     assert await admin.list_audit() == []
 
 
