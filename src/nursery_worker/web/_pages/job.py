@@ -43,7 +43,7 @@ def timeline(job: Job) -> list[dict[str, Any]]:
         if job.attempted_at is not None:
             took = f"attempt took {(job.finished_at - job.attempted_at).total_seconds():.3f}s"
         events.append({"at": job.finished_at, "what": job.state.value, "detail": took})
-    return sorted((e for e in events if e["at"] is not None), key=lambda e: e["at"])
+    return sorted(({"traceback": "", **e} for e in events if e["at"] is not None), key=lambda e: e["at"])
 
 
 async def job_page(req: PageRequest) -> View:
