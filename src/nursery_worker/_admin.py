@@ -1,5 +1,6 @@
 """The inspect and admin operations: jobs, queues and their limits, circuit breakers, periodic
-schedules, and waiting for a job to finish.
+schedules, waiting for a job to finish, and what the dashboard reads (``_insights.py``: process
+health, job graphs, failures, metrics history, the audit trail).
 
 :class:`Admin` is one object over one app's database. ``App``'s methods of the same names are
 one-line delegations to it (they carry the user-facing docstrings); the CLI and the dashboard call
@@ -21,11 +22,13 @@ import anyio
 import anyio.abc
 import attrs
 
+from . import _insights
 from ._errors import RETRYABLE_ERRORS, ConfigurationError, JobFailed, JobNotFound, JobStateError
 from ._flow import BreakerInfo, check_max_concurrency, parse_rate_limit
+from ._insights import FailureReport, JobGraph, MetricsHistory, PeriodicOverview, WorkerHealth
 from ._jobfilter import BulkAction, BulkResult, JobFilter
 from ._maintenance import Pruner
-from ._models import BulkChange, CancelResult, DashboardCounts, Job, JobSearch, QueueInfo, WorkerRow
+from ._models import AuditEntry, BulkChange, CancelResult, DashboardCounts, Job, JobSearch, QueueInfo, WorkerRow
 from ._periodic import PeriodicInfo, list_periodic
 from ._state import JobState
 from ._task import check_queue, check_task_name
@@ -385,3 +388,114 @@ class Admin:
     async def list_periodic(self) -> list[PeriodicInfo]:
         """The database's periodic schedules and the app's own, sorted by name; see ``App.list_periodic``."""
         return await list_periodic(self._app)
+
+    # --- what the dashboard reads (see _insights.py) --------------------------------------------
+
+    async def record_audit(
+        self, *, actor: str, action: str, target: Mapping[str, Any] | str, count: int | None = 0
+    ) -> AuditEntry:
+        """Append an action to the audit table, stamped with the database's clock.
+
+        Args:
+            actor: who did it (the dashboard's user name, ``"cli"``, ...).
+            action: what was done (``"retry"``, ``"cancel"``, ``"bulk_retry"``, ``"pause_queue"``, ...).
+            target: what it was done to, as a JSON object: ``{"job_id": 7}``, ``{"queue": "mail"}``,
+                or a bulk action's filter; a string is stored as ``{"target": string}``.
+            count: how many jobs (or other things) it changed (None: not counted, stored as 0).
+
+        Returns:
+            The stored :class:`AuditEntry`.
+
+        Raises:
+            ValueError: an empty or over-long *actor* or *action*, or a negative *count*.
+            TypeError: *target* is neither a JSON object nor a string.
+        """
+        return await _insights.record_audit(self._app, actor=actor, action=action, target=target, count=count)
+
+    async def list_audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+        """The audit entries, newest first.
+
+        Args:
+            limit: at most this many (1 to 500).
+            before_id: only entries older than this one (the next page).
+
+        Returns:
+            The entries.
+
+        Raises:
+            ValueError: *limit* is out of range. TypeError: *before_id* is not an int.
+        """
+        return await _insights.list_audit(self._app, limit=limit, before_id=before_id)
+
+    async def worker_health(self) -> list[WorkerHealth]:
+        """Every registered worker and supervisor child: pid, host, state, uptime, heartbeat age
+        (and whether it is stale), running jobs, processed/failed, restarts and the last exit
+        reason of its slot. Supervised workers come first, by supervisor and slot.
+
+        Returns:
+            One :class:`~nursery_worker._insights.WorkerHealth` per worker.
+        """
+        return await _insights.worker_health(self._app)
+
+    async def periodic_overview(self, *, runs: int = 5) -> list[PeriodicOverview]:
+        """Every periodic schedule (as :meth:`list_periodic`) with its task's *runs* newest jobs and
+        its completed and failed attempts over the last 24 hours.
+
+        Args:
+            runs: how many recent jobs to show per schedule (0 to 50).
+
+        Returns:
+            One :class:`~nursery_worker._insights.PeriodicOverview` per schedule, by name.
+
+        Raises:
+            ValueError: *runs* is out of range.
+        """
+        return await _insights.periodic_overview(self._app, runs=runs)
+
+    async def job_graph(self, job_id: int) -> JobGraph:
+        """Job *job_id*'s dependency graph: what it depends on and what depends on it, transitively,
+        each job with its state (at most 200 jobs and 25 levels each way).
+
+        Args:
+            job_id: any job of the workflow.
+
+        Returns:
+            The :class:`~nursery_worker._insights.JobGraph`.
+
+        Raises:
+            JobNotFound: there is no such job. TypeError: *job_id* is not an int.
+        """
+        return await _insights.job_graph(self._app, check_job_id(job_id, "job_graph"))
+
+    async def failures(self, *, window: str = "24h", recent: int = 50) -> FailureReport:
+        """Failed and discarded attempts over *window*, grouped by task and by exception type, from
+        the metric rollups, with the newest failed jobs (read through an index).
+
+        Args:
+            window: ``"1h"``, ``"24h"`` or ``"7d"``.
+            recent: how many recent failed jobs to read (1 to 500).
+
+        Returns:
+            The :class:`~nursery_worker._insights.FailureReport`.
+
+        Raises:
+            ValueError: an unknown *window* or an out-of-range *recent*.
+        """
+        return await _insights.failures(self._app, window=window, recent=recent)
+
+    async def metrics_history(self, *, period: str = "24h", task: str | None = None) -> MetricsHistory:
+        """Per-task throughput, failure rate and p50/p95/p99 duration over *period*, one point per
+        step, from the metric rollups the workers write (never from the jobs table).
+
+        Args:
+            period: ``"1h"`` and ``"6h"`` (per-minute rollups), ``"24h"``, ``"7d"`` or ``"30d"``
+                (hourly rollups).
+            task: only this task.
+
+        Returns:
+            The :class:`~nursery_worker._insights.MetricsHistory`.
+
+        Raises:
+            ValueError: an unknown *period*. TypeError: *task* is not a string.
+        """
+        return await _insights.metrics_history(self._app, period=period, task=task)

@@ -175,15 +175,18 @@ class WorkerInfo:
     supervisor_id: str | None = None
     child_index: int | None = None
     restarts: int = 0
+    last_exit: str | None = None
 
 
 @attrs.frozen(kw_only=True)
 class Supervision:
-    """Who started a supervised worker: the supervisor's id, the slot, and the slot's restarts."""
+    """Who started a supervised worker: the supervisor's id, the slot, the slot's restarts, and how
+    the slot's previous process ended (None for the first)."""
 
     supervisor_id: str
     child_index: int
     restarts: int = 0
+    last_exit: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -215,6 +218,7 @@ class WorkerRow:
     child_index: int | None
     restarts: int
     now: dt.datetime
+    last_exit: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -470,6 +474,77 @@ class PeriodicListing:
 
     now: dt.datetime
     rows: tuple[PeriodicRow, ...]
+
+
+# --- the dashboard's records: metric rollups, the audit trail, job graphs ------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RollupRow:
+    """Finished attempts of one (queue, task, error type) that a worker counted in one interval.
+
+    ``error_type`` is "" for completed and cancelled attempts, else the failure's exception type.
+    ``histogram`` has one count per duration bucket (see ``_rollup.py``), always the same length.
+    """
+
+    queue: str
+    task: str
+    error_type: str = ""
+    completed: int = 0
+    failed: int = 0
+    discarded: int = 0
+    cancelled: int = 0
+    duration_sum: float = 0.0
+    histogram: tuple[int, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class RollupBucket:
+    """One stored rollup row: a :class:`RollupRow`'s counts summed over a minute or an hour."""
+
+    at: dt.datetime
+    row: RollupRow
+
+
+@attrs.frozen(kw_only=True)
+class RollupRead:
+    """Rollup rows since some time, and the database's clock when they were read."""
+
+    now: dt.datetime
+    buckets: tuple[RollupBucket, ...]
+
+
+@attrs.frozen(kw_only=True)
+class AuditEntry:
+    """One dashboard or admin action as the audit table keeps it.
+
+    Attributes:
+        id: the entry's id (they grow in the order written).
+        at: when it was written, by the database's clock.
+        actor: who did it (the dashboard's user, or ``"cli"``).
+        action: what was done (``"retry"``, ``"cancel"``, ``"pause_queue"``, ...).
+        target: what it was done to: a job id, a queue, or the filter of a bulk action.
+        count: how many jobs (or other things) it changed.
+    """
+
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    target: Mapping[str, Any]
+    count: int
+
+
+@attrs.frozen(kw_only=True)
+class GraphNode:
+    """One job of a dependency graph: its id, task, state and the ids it depends on."""
+
+    id: int
+    task: str
+    queue: str
+    state: JobState
+    depends_on: tuple[int, ...]
+    depth: int
 
 
 @attrs.frozen(kw_only=True)

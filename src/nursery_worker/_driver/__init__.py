@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._models import (
+    AuditEntry,
     BreakerConfig,
     BreakerInfo,
     BulkChange,
@@ -26,6 +27,7 @@ from .._models import (
     ClaimedAttempt,
     Completion,
     DashboardCounts,
+    GraphNode,
     Job,
     JobCount,
     JobSearch,
@@ -41,6 +43,8 @@ from .._models import (
     QueueInfo,
     RateLimit,
     RescueResult,
+    RollupRead,
+    RollupRow,
     TaskLimits,
     WorkerInfo,
     WorkerLoad,
@@ -259,6 +263,33 @@ class Driver(Protocol):
 
     async def list_periodic(self) -> PeriodicListing:
         """The database's ``now()`` and every schedule's row with the state of its last job, by name."""
+
+    # --- the dashboard's data (see _insights.py) -----------------------------------------------
+
+    async def write_rollups(self, rows: Sequence[RollupRow]) -> None:
+        """Add *rows*' counts and histograms to the current minute's and hour's rollup rows (by
+        the database's clock), creating them as needed, in one statement."""
+
+    async def read_rollups(self, *, since: float, hourly: bool, task: str | None = None) -> RollupRead:
+        """The minute (or with *hourly*, hour) rollup rows of the last *since* seconds (from the
+        start of the bucket holding that time), of *task* only if given, oldest first."""
+
+    async def prune_rollups(self, *, minute_older_than: float, hour_older_than: float) -> int:
+        """Delete minute rows older than *minute_older_than* seconds and hour rows older than
+        *hour_older_than*; return how many."""
+
+    async def record_audit(self, *, actor: str, action: str, target: Mapping[str, Any], count: int) -> AuditEntry:
+        """Append an entry to the audit table (stamped with the database's clock) and return it."""
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        """The newest audit entries first (ids below *before_id* if given), at most *limit*."""
+
+    async def recent_failures(self, *, since: float, limit: int) -> list[Job]:
+        """Up to *limit* jobs discarded in the last *since* seconds (newest first) and up to *limit*
+        retryable jobs (latest scheduled first), each through an index."""
+
+    async def job_graph(self, job_id: int, *, max_depth: int, max_nodes: int) -> list[GraphNode]:
+        """Job *job_id*, what it depends on and what depends on it (see ``_common.walk_graph``)."""
 
 
 def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float) -> Driver:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from ..._errors import ConfigurationError, DatabaseError, JobStateError
 from ..._models import (
+    AuditEntry,
     BreakerConfig,
     BreakerInfo,
     BulkChange,
@@ -30,6 +31,7 @@ from ..._models import (
     ClaimedAttempt,
     Completion,
     DashboardCounts,
+    GraphNode,
     Job,
     JobCount,
     JobSearch,
@@ -46,6 +48,9 @@ from ..._models import (
     QueueInfo,
     RateLimit,
     RescueResult,
+    RollupBucket,
+    RollupRead,
+    RollupRow,
     TaskLimits,
     WorkerInfo,
     WorkerLoad,
@@ -61,9 +66,11 @@ from .._common import (
     insert_graph,
     job_errors,
     spec_columns,
+    walk_graph,
 )
 from . import _dashboard
 from ._connection import PostgresConnections
+from ._insights import DashboardQueries
 from ._listener import PostgresListener
 from ._queries import JOB_COLUMNS, Queries
 
@@ -78,6 +85,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (5, "0005_trace_context.sql"),
     (6, "0006_flow_control.sql"),
     (7, "0007_periodic.sql"),
+    (8, "0008_dashboard.sql"),
 )
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The schema version this code reads and writes; the last entry of MIGRATIONS.
@@ -167,6 +175,7 @@ class PostgresDriver(PostgresConnections):
             connect_timeout=connect_timeout,
         )
         self._sql = Queries(schema)
+        self._dash = DashboardQueries(schema)
 
     def __repr__(self) -> str:
         return f"<PostgresDriver {self._dsn_redacted!r} schema={self.schema!r}>"
@@ -593,6 +602,7 @@ class PostgresDriver(PostgresConnections):
             "supervisor_id": info.supervisor_id,
             "child_index": info.child_index,
             "restarts": info.restarts,
+            "last_exit": info.last_exit,
         }
 
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -843,6 +853,7 @@ class PostgresDriver(PostgresConnections):
                 supervisor_id=r[11],
                 child_index=r[12],
                 restarts=r[13],
+                last_exit=r[15],
                 now=r[14],
             )
             for r in rows
@@ -869,7 +880,7 @@ class PostgresDriver(PostgresConnections):
             for r in rows
         ]
 
-    # --- the dashboard's reads (see _dashboard.py) -----------------------------------------------
+    # --- the dashboard's reads (see _insights.py) ------------------------------------------------
 
     async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
         query, params = _dashboard.search_query(self._sql.ident, JOB_COLUMNS, search, limit)
@@ -991,3 +1002,98 @@ class PostgresDriver(PostgresConnections):
             )
 
         return await self._hop(read)
+
+    # --- the dashboard's data (see _insights.py) -------------------------------------------------
+
+    async def write_rollups(self, rows: Sequence[RollupRow]) -> None:
+        if not rows:
+            return
+        params = {
+            "queues": [r.queue for r in rows],
+            "tasks": [r.task for r in rows],
+            "error_types": [r.error_type for r in rows],
+            "completed": [r.completed for r in rows],
+            "failed": [r.failed for r in rows],
+            "discarded": [r.discarded for r in rows],
+            "cancelled": [r.cancelled for r in rows],
+            "durations": [r.duration_sum for r in rows],
+            "histograms": ["{" + ",".join(map(str, r.histogram)) + "}" for r in rows],
+        }
+        await self._hop(lambda c: c.execute(self._dash.write_rollups, params))
+
+    def _read(self, c: psycopg.Connection[Any], query: bytes, params: Mapping[str, Any]) -> list[Any]:
+        """One dashboard read, under the statement timeout of ``_dashboard.READ_TIMEOUT``."""
+        with c.transaction():
+            c.execute(self._dash.read_timeout)
+            return c.execute(query, params).fetchall()
+
+    async def read_rollups(self, *, since: float, hourly: bool, task: str | None = None) -> RollupRead:
+        query = self._dash.read_hours if hourly else self._dash.read_minutes
+        params = {"since": since, "task": task}
+
+        def read(c: psycopg.Connection[Any]) -> RollupRead:
+            rows = self._read(c, query, params)
+            now = c.execute("SELECT now()").fetchone()
+            assert now is not None
+            return RollupRead(
+                now=now[0],
+                buckets=tuple(
+                    RollupBucket(
+                        at=r[0],
+                        row=RollupRow(
+                            queue=r[1],
+                            task=r[2],
+                            error_type=r[3],
+                            completed=int(r[4]),
+                            failed=int(r[5]),
+                            discarded=int(r[6]),
+                            cancelled=int(r[7]),
+                            duration_sum=float(r[8]),
+                            histogram=tuple(int(n) for n in r[9]),
+                        ),
+                    )
+                    for r in rows
+                ),
+            )
+
+        return await self._hop(read)
+
+    async def prune_rollups(self, *, minute_older_than: float, hour_older_than: float) -> int:
+        params = {"minute_age": minute_older_than, "hour_age": hour_older_than}
+        row = await self._hop(lambda c: c.execute(self._dash.prune_rollups, params).fetchone())
+        return int(row[0]) if row else 0
+
+    async def record_audit(self, *, actor: str, action: str, target: Mapping[str, Any], count: int) -> AuditEntry:
+        params = {"actor": actor, "action": action, "target": json.dumps(target), "count": count}
+        row = await self._hop(lambda c: c.execute(self._dash.record_audit, params).fetchone())
+        assert row is not None
+        return AuditEntry(id=row[0], at=row[1], actor=row[2], action=row[3], target=row[4], count=int(row[5]))
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        params = {"limit": limit, "before": before_id}
+        rows = await self._hop(lambda c: self._read(c, self._dash.list_audit, params))
+        return [AuditEntry(id=r[0], at=r[1], actor=r[2], action=r[3], target=r[4], count=int(r[5])) for r in rows]
+
+    async def recent_failures(self, *, since: float, limit: int) -> list[Job]:
+        params = {"since": since, "limit": limit}
+        rows = await self._hop(lambda c: self._read(c, self._dash.recent_failures, params))
+        return [_job_from_row(r) for r in rows]
+
+    async def job_graph(self, job_id: int, *, max_depth: int, max_nodes: int) -> list[GraphNode]:
+        def rows(found: list[Any]) -> list[tuple[int, str, str, str, tuple[int, ...]]]:
+            return [(int(r[0]), r[1], r[2], r[3], tuple(r[4] or ())) for r in found]
+
+        def walk(c: psycopg.Connection[Any]) -> list[GraphNode]:
+            with c.transaction():
+                c.execute(self._dash.read_timeout)
+                return walk_graph(
+                    job_id,
+                    nodes=lambda ids: rows(c.execute(self._dash.graph_nodes, {"ids": ids}).fetchall()),
+                    children=lambda ids, limit: rows(
+                        c.execute(self._dash.graph_children, {"ids": ids, "limit": limit}).fetchall()
+                    ),
+                    max_depth=max_depth,
+                    max_nodes=max_nodes,
+                )
+
+        return await self._hop(walk)

@@ -299,9 +299,10 @@ DELETE FROM {s}.workers WHERE heartbeat_at <= now() - %(after)s * interval '1 se
 """
 
 _SQL_REGISTER = """
-INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency, state, supervisor_id, child_index, restarts)
+INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency, state, supervisor_id, child_index, restarts,
+                        last_exit)
 VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s, 'starting',
-        %(supervisor_id)s, %(child_index)s, %(restarts)s)
+        %(supervisor_id)s, %(child_index)s, %(restarts)s, %(last_exit)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
 """
 
@@ -314,7 +315,7 @@ WHERE id = %(id)s
 """
 _SQL_LIST_WORKERS = """
 SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at, state, processed, failed, running,
-       supervisor_id, child_index, restarts, now()
+       supervisor_id, child_index, restarts, now(), last_exit
 FROM {s}.workers
 ORDER BY supervisor_id NULLS LAST, child_index NULLS LAST, hostname, pid, id
 """

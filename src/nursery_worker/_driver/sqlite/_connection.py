@@ -29,6 +29,7 @@ import anyio.to_thread
 
 from ..._errors import ConfigurationError, DatabaseError, SchemaNotReady
 from .._common import Migrations, Observers, check_schema_name, one_line
+from ._insights import compose_dashboard
 from ._queries import SQL_NOW, compose
 from ._time import NOW_SQL
 
@@ -37,7 +38,11 @@ logger = logging.getLogger("nursery_worker.driver")
 T = TypeVar("T")
 
 #: The SQLite schema's own versions (not PostgreSQL's): ``migrations/<file>`` of this package.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"), (2, "0002_flow_control.sql"))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, "0001_initial.sql"),
+    (2, "0002_flow_control.sql"),
+    (3, "0003_dashboard.sql"),
+)
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The version this code reads and writes; the last entry of MIGRATIONS.
 SCHEMA_VERSION = _MIGRATIONS.latest
@@ -133,6 +138,7 @@ class SqliteConnections:
         self._synchronous = synchronous
         self._key = (os.path.realpath(self.path), schema)
         self._q, self._names = compose(schema)
+        self._q.update(compose_dashboard(self._names))
         self._open_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None

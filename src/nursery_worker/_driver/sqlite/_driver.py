@@ -33,6 +33,7 @@ import attrs
 
 from ..._errors import ConfigurationError, DatabaseError, JobStateError
 from ..._models import (
+    AuditEntry,
     BreakerConfig,
     BreakerInfo,
     BulkChange,
@@ -41,6 +42,7 @@ from ..._models import (
     ClaimedAttempt,
     Completion,
     DashboardCounts,
+    GraphNode,
     Job,
     JobCount,
     JobSearch,
@@ -57,13 +59,16 @@ from ..._models import (
     QueueInfo,
     RateLimit,
     RescueResult,
+    RollupBucket,
+    RollupRead,
+    RollupRow,
     TaskLimits,
     WorkerInfo,
     WorkerLoad,
     WorkerRow,
 )
 from ..._state import ACTIVE_STATES, JobState
-from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns
+from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns, walk_graph
 from . import _dashboard
 from ._connection import SCHEMA_VERSION, SqliteConnections, Tx
 from ._flow import claim_limited, limited_finished, settle
@@ -350,6 +355,7 @@ class SqliteDriver(SqliteConnections):
             "supervisor_id": info.supervisor_id,
             "child_index": info.child_index,
             "restarts": info.restarts,
+            "last_exit": info.last_exit,
             "now": now,
         }
 
@@ -470,7 +476,7 @@ class SqliteDriver(SqliteConnections):
             return None
         return await self._hop(lambda tx: self._retry_on(tx, job_id))
 
-    # --- the dashboard's reads (see _dashboard.py) -----------------------------------------------
+    # --- the dashboard's reads (see _insights.py) ------------------------------------------------
 
     async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
         query, params = _dashboard.search_query(self._names, JOB_COLUMNS, search, limit)
@@ -661,6 +667,7 @@ class SqliteDriver(SqliteConnections):
                 supervisor_id=r[11],
                 child_index=r[12],
                 restarts=r[13],
+                last_exit=r[15],
                 now=moment(r[14]),
             )
             for r in rows
@@ -884,3 +891,121 @@ class SqliteDriver(SqliteConnections):
 
     def listener(self) -> SqliteListener:
         return SqliteListener(self)
+
+    # --- the dashboard's data (see _insights.py) -------------------------------------------------
+
+    async def write_rollups(self, rows: Sequence[RollupRow]) -> None:
+        if not rows:
+            return
+
+        def write(tx: Tx) -> None:
+            for grain, unit in (("minute", 60_000_000), ("hour", 3_600_000_000)):
+                bucket = tx.now - tx.now % unit
+                for r in rows:
+                    key = {"bucket": bucket, "queue": r.queue, "task": r.task, "error_type": r.error_type}
+                    old = tx.execute(f"rollup_get_{grain}", key).fetchone()
+                    counts = [r.completed, r.failed, r.discarded, r.cancelled]
+                    duration, histogram = r.duration_sum, list(r.histogram)
+                    if old is not None:
+                        counts = [a + int(b) for a, b in zip(counts, old[:4], strict=True)]
+                        duration += float(old[4])
+                        stored = json.loads(old[5])
+                        histogram = [a + int(b) for a, b in zip(histogram, stored, strict=False)]
+                    tx.execute(
+                        f"rollup_put_{grain}",
+                        {
+                            **key,
+                            "completed": counts[0],
+                            "failed": counts[1],
+                            "discarded": counts[2],
+                            "cancelled": counts[3],
+                            "duration_sum": duration,
+                            "histogram": json.dumps(histogram),
+                        },
+                    )
+
+        await self._hop(write)
+
+    async def read_rollups(self, *, since: float, hourly: bool, task: str | None = None) -> RollupRead:
+        grain, unit = ("hour", 3_600_000_000) if hourly else ("minute", 60_000_000)
+
+        def read(tx: Tx) -> tuple[int, list[Any]]:
+            start = tx.now - round(since * 1_000_000)
+            start -= start % unit
+            return tx.now, tx.execute(f"rollup_read_{grain}", {"since": start, "task": task}).fetchall()
+
+        now, rows = await self._hop(read, write=False)
+        return RollupRead(
+            now=moment(now),
+            buckets=tuple(
+                RollupBucket(
+                    at=moment(r[0]),
+                    row=RollupRow(
+                        queue=r[1],
+                        task=r[2],
+                        error_type=r[3],
+                        completed=int(r[4]),
+                        failed=int(r[5]),
+                        discarded=int(r[6]),
+                        cancelled=int(r[7]),
+                        duration_sum=float(r[8]),
+                        histogram=tuple(int(n) for n in json.loads(r[9])),
+                    ),
+                )
+                for r in rows
+            ),
+        )
+
+    async def prune_rollups(self, *, minute_older_than: float, hour_older_than: float) -> int:
+        def prune(tx: Tx) -> int:
+            minute = tx.execute("rollup_prune_minute", {"before": tx.now - round(minute_older_than * 1_000_000)})
+            hour = tx.execute("rollup_prune_hour", {"before": tx.now - round(hour_older_than * 1_000_000)})
+            return int(minute.rowcount) + int(hour.rowcount)
+
+        return await self._hop(prune)
+
+    @staticmethod
+    def _audit_entry(r: Sequence[Any]) -> AuditEntry:
+        return AuditEntry(
+            id=int(r[0]), at=moment(r[1]), actor=r[2], action=r[3], target=json.loads(r[4]), count=int(r[5])
+        )
+
+    async def record_audit(self, *, actor: str, action: str, target: Mapping[str, Any], count: int) -> AuditEntry:
+        def record(tx: Tx) -> Any:
+            params = {"now": tx.now, "actor": actor, "action": action, "target": json.dumps(target), "count": count}
+            return tx.execute("record_audit", params).fetchone()
+
+        return self._audit_entry(await self._hop(record))
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        params = {"limit": limit, "before": before_id}
+        rows = await self._hop(lambda tx: tx.execute("list_audit", params).fetchall(), write=False)
+        return [self._audit_entry(r) for r in rows]
+
+    async def recent_failures(self, *, since: float, limit: int) -> list[Job]:
+        def read(tx: Tx) -> list[Any]:
+            start = tx.now - round(since * 1_000_000)
+            discarded = tx.execute("recent_discarded", {"since": start, "limit": limit}).fetchall()
+            return discarded + tx.execute("recent_retryable", {"limit": limit}).fetchall()
+
+        return [job_from_row(r) for r in await self._hop(read, write=False)]
+
+    async def job_graph(self, job_id: int, *, max_depth: int, max_nodes: int) -> list[GraphNode]:
+        if not _is_id(job_id):
+            return []
+
+        def rows(found: list[Any]) -> list[tuple[int, str, str, str, tuple[int, ...]]]:
+            return [(int(r[0]), r[1], r[2], r[3], tuple(json.loads(r[4]) if r[4] else ())) for r in found]
+
+        def walk(tx: Tx) -> list[GraphNode]:
+            return walk_graph(
+                job_id,
+                nodes=lambda ids: rows(tx.execute("graph_nodes", {"ids": json.dumps(ids)}).fetchall()),
+                children=lambda ids, limit: rows(
+                    tx.execute("graph_children", {"ids": json.dumps(ids), "limit": limit}).fetchall()
+                ),
+                max_depth=max_depth,
+                max_nodes=max_nodes,
+            )
+
+        return await self._hop(walk, write=False)

@@ -169,8 +169,9 @@ _SQL_DELETE_DEAD_WORKERS = "DELETE FROM {workers} WHERE heartbeat_at <= :since"
 
 _SQL_REGISTER = """
 INSERT INTO {workers} (id, hostname, pid, queues, concurrency, state, supervisor_id, child_index, restarts,
-                       started_at, heartbeat_at)
-VALUES (:id, :hostname, :pid, :queues, :concurrency, 'starting', :supervisor_id, :child_index, :restarts, :now, :now)
+                       started_at, heartbeat_at, last_exit)
+VALUES (:id, :hostname, :pid, :queues, :concurrency, 'starting', :supervisor_id, :child_index, :restarts, :now, :now,
+        :last_exit)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now
 """
 _SQL_HEARTBEAT = "UPDATE {workers} SET heartbeat_at = :now WHERE id = :id"
@@ -184,7 +185,7 @@ _SQL_LIST_WORKERS = (
 SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at, state, processed, failed, running,
        supervisor_id, child_index, restarts, """
     + NOW_SQL
-    + """
+    + """, last_exit
 FROM {workers}
 ORDER BY supervisor_id IS NULL, supervisor_id, child_index IS NULL, child_index, hostname, pid, id
 """
@@ -271,7 +272,19 @@ _SQL_EVENT = "INSERT INTO {events} (at, payload) VALUES (:now, :payload)"
 _SQL_EVENTS_AFTER = "SELECT id, payload FROM {events} WHERE id > :after ORDER BY id LIMIT 10000"
 _SQL_LAST_EVENT = "SELECT coalesce(max(id), 0) FROM {events}"
 _SQL_VERSION = "SELECT max(version) FROM {migrations}"
-TABLES = ("jobs", "workers", "queues", "events", "migrations", "rate_limits", "breakers", "periodic")
+TABLES = (
+    "jobs",
+    "workers",
+    "queues",
+    "events",
+    "migrations",
+    "rate_limits",
+    "breakers",
+    "periodic",
+    "rollup_minute",
+    "rollup_hour",
+    "audit",
+)
 
 
 # --- flow control (schema version 2; PostgreSQL's migration 6) --------------------------------
