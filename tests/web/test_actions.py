@@ -193,7 +193,9 @@ async def test_browser_flow_login_then_form_retry(migrated: App, client_for: Cal
         job_page = await c.get(f"/jobs/{job_id}")
         assert f"/jobs/{job_id}/retry" in job_page.text
         response = await c.post(
-            f"/jobs/{job_id}/retry", data={"csrf_token": csrf}, headers={"origin": BASE, "referer": f"{BASE}/jobs/{job_id}"}
+            f"/jobs/{job_id}/retry",
+            data={"csrf_token": csrf},
+            headers={"origin": BASE, "referer": f"{BASE}/jobs/{job_id}"},
         )
     assert response.status_code == 303 and response.headers["location"].startswith(f"/jobs/{job_id}?flash=")
     assert (await migrated.get_job(job_id)).state is JobState.AVAILABLE
@@ -220,3 +222,14 @@ async def test_get_never_changes_anything(migrated: App, writer: httpx.AsyncClie
     job_id = await _failed_job(migrated)
     assert (await writer.get(f"/jobs/{job_id}/retry")).status_code in (404, 405)
     assert (await migrated.get_job(job_id)).state is JobState.DISCARDED
+
+
+async def test_each_action_writes_an_audit_row(migrated: App, writer: httpx.AsyncClient) -> None:
+    """A retry through the dashboard is recorded in the audit table with its action, target and count."""
+    job_id = await _failed_job(migrated)
+    assert (await writer.post(f"/api/jobs/{job_id}/retry")).status_code == 200
+    from nursery_worker._admin import Admin
+
+    (entry,) = await Admin(migrated).list_audit(limit=5)
+    assert (entry.action, entry.count) == ("job.retry", 1)
+    assert f"job {job_id}" in str(entry.target)
