@@ -102,9 +102,15 @@ def dashboard_counts(
     if queue is None:
         names_query = sql.SQL(
             "SELECT name FROM {s}.queues UNION "
-            "SELECT DISTINCT queue FROM {s}.jobs WHERE state = ANY(%(waiting)s::text[])"
+            "SELECT DISTINCT queue FROM {s}.jobs WHERE state = ANY(%(waiting)s::text[]) UNION "
+            # Queues whose jobs all finished lately, from the finished index, capped.
+            "SELECT DISTINCT queue FROM (SELECT queue FROM {s}.jobs WHERE state = ANY(%(finished)s::text[]) "
+            "AND finished_at > now() - interval '1 day' LIMIT %(cap)s) AS recent"
         ).format(s=ident)
-        names = sorted(str(r[0]) for r in conn.execute(names_query, {"waiting": list(WAITING)}))
+        names = sorted(
+            str(r[0])
+            for r in conn.execute(names_query, {"waiting": list(WAITING), "finished": list(FINISHED), "cap": cap})
+        )
     else:
         names = [queue]
     waiting: list[StateCount] = []

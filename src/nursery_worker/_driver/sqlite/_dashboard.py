@@ -89,7 +89,11 @@ def dashboard_counts(
     if queue is None:
         marks = ", ".join(f"'{s}'" for s in WAITING)
         found = conn.execute(
-            f"SELECT name FROM {names['queues']} UNION SELECT DISTINCT queue FROM {jobs} WHERE state IN ({marks})"
+            f"SELECT name FROM {names['queues']} UNION SELECT DISTINCT queue FROM {jobs} WHERE state IN ({marks}) "
+            # Queues whose jobs all finished lately, from the finished index, capped.
+            f"UNION SELECT DISTINCT queue FROM (SELECT queue FROM {jobs} WHERE state IN "
+            "('completed', 'discarded', 'cancelled') AND finished_at > :since LIMIT :cap)",
+            {"since": now - 86400 * _US, "cap": cap},
         )
         queues = sorted(str(r[0]) for r in found)
     else:
