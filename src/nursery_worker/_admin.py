@@ -123,6 +123,23 @@ class Admin:
             "cancelled job can be retried" + (" (it is already queued)" if current.state.value in _QUEUED else "")
         )
 
+    async def run_now(self, job_id: int) -> Job:
+        """Make a scheduled or retryable job available now, skipping the rest of its wait.
+
+        Raises:
+            JobNotFound: there is no such job.
+            JobStateError: the job is not scheduled or retryable (the message says its state).
+        """
+        job_id = check_job_id(job_id, "run_now")
+        job = await self.driver.run_job_now(job_id)
+        if job is not None:
+            return job
+        current = await self.get_job(job_id)
+        raise JobStateError(
+            f"job {job_id} is {current.state.value}: only a scheduled or retryable job can be run now"
+            + (" (it is already available)" if current.state is JobState.AVAILABLE else "")
+        )
+
     async def list_jobs(
         self,
         *,

@@ -26,7 +26,7 @@ async def test_every_page_has_a_json_twin(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/overview")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
-    assert "queues" in response.json()
+    assert "counts" in response.json() and "attention" in response.json()
 
 
 async def test_unknown_page_is_a_404_page_without_traceback(client: httpx.AsyncClient) -> None:

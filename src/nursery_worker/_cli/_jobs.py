@@ -60,18 +60,33 @@ def jobs_list(
 @jobs.command("show")
 @click.argument("job_id")
 @LOOKUP_APP
+@click.option(
+    "--why", is_flag=True, help="Also say why the job is not running (with --app: its tasks are checked too)."
+)
 @JSON_OPTION
 @common_options
-def jobs_show(ctx: CliContext, job_id: str, as_json: bool) -> None:
+def jobs_show(ctx: CliContext, job_id: str, why: bool, as_json: bool) -> None:
     """Show one job in full: arguments, result, and each error with its traceback."""
+    from .._admin import Admin
+    from .._diagnose import diagnose
     from .._status import job_dict, render_job
 
     ident = _job_id(job_id)
-    job = ctx.run(lambda a: a.get_job(ident))
-    if as_json:
-        echo_json(job_dict(job))
+    if why:
+        job, reasons = ctx.run(lambda a: diagnose(Admin(a), ident))
     else:
-        click.echo(render_job(job))
+        job, reasons = ctx.run(lambda a: a.get_job(ident)), []
+    if as_json:
+        data = job_dict(job)
+        if why:
+            data["why"] = [{"code": r.code, "message": r.message, "blocking": r.blocking} for r in reasons]
+        echo_json(data)
+        return
+    click.echo(render_job(job))
+    if why:
+        click.echo("\nwhy is it not running?")
+        for reason in reasons:
+            click.echo(f"  {'-' if reason.blocking else '·'} {reason.message}")
 
 
 @jobs.command("retry")

@@ -232,6 +232,10 @@ class Driver(Protocol):
     async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
         """Up to *limit* jobs matching *search*, newest first (ids below ``search.before_id``)."""
 
+    async def run_job_now(self, job_id: int) -> Job | None:
+        """Make a scheduled or retryable job available now (and notify its queue); None if it is in
+        another state or does not exist."""
+
     async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
         """Counts for the overview (every queue) or one queue's page, each from an index and
         capped at *cap* rows: exact below the cap, estimated (and marked so) above it."""

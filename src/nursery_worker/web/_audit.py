@@ -7,7 +7,6 @@ both engines). An audit write that fails is logged, never hidden: the action its
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from .._errors import RETRYABLE_ERRORS
 from ._page import Done
@@ -29,12 +28,8 @@ def actor(req: PageRequest) -> str:
 
 
 async def write_audit(req: PageRequest, action: str, done: Done) -> None:
-    """Record *action* and its outcome in the audit table, if the schema has one."""
-    record: Any = getattr(req.admin, "record_audit", None)
-    if record is None:
-        logger.info("audit: %s %s by %s: %s", action, done.target, actor(req), done.message)
-        return
+    """Record *action* and its outcome in the audit table."""
     try:
-        await record(actor=actor(req), action=action, target=done.target, count=done.count)
+        await req.admin.record_audit(actor=actor(req), action=action, target=done.target, count=done.count)
     except RETRYABLE_ERRORS as exc:
         logger.error("audit: could not record %s on %s: %s", action, done.target, type(exc).__name__)

@@ -102,9 +102,15 @@ def dashboard_counts(
     if queue is None:
         names_query = sql.SQL(
             "SELECT name FROM {s}.queues UNION "
-            "SELECT DISTINCT queue FROM {s}.jobs WHERE state = ANY(%(waiting)s::text[])"
+            "SELECT DISTINCT queue FROM {s}.jobs WHERE state = ANY(%(waiting)s::text[]) UNION "
+            # Queues whose jobs all finished lately, from the finished index, capped.
+            "SELECT DISTINCT queue FROM (SELECT queue FROM {s}.jobs WHERE state = ANY(%(finished)s::text[]) "
+            "AND finished_at > now() - interval '1 day' LIMIT %(cap)s) AS recent"
         ).format(s=ident)
-        names = sorted(str(r[0]) for r in conn.execute(names_query, {"waiting": list(WAITING)}))
+        names = sorted(
+            str(r[0])
+            for r in conn.execute(names_query, {"waiting": list(WAITING), "finished": list(FINISHED), "cap": cap})
+        )
     else:
         names = [queue]
     waiting: list[StateCount] = []
@@ -187,3 +193,12 @@ def rows(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, A
     """All rows of *query*."""
     found: Sequence[Any] = conn.execute(query, params).fetchall()
     return found
+
+
+def run_now_query(ident: sql.Composable, columns: str) -> sql.Composed:
+    """Make ``%(id)s`` available now if it is scheduled or retryable, notifying its queue."""
+    return sql.SQL(
+        "UPDATE {s}.jobs SET state = 'available', scheduled_at = now() "
+        "WHERE id = %(id)s AND state IN ('scheduled', 'retryable') "
+        "RETURNING {cols}, pg_notify(%(channel)s, 'available:' || queue)"
+    ).format(cols=sql.SQL(columns), s=ident)

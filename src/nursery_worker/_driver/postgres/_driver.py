@@ -892,6 +892,11 @@ class PostgresDriver(PostgresConnections):
 
         return [_job_from_row(r) for r in await self._hop(read)]
 
+    async def run_job_now(self, job_id: int) -> Job | None:
+        query = _dashboard.run_now_query(self._sql.ident, JOB_COLUMNS)
+        rows = await self._hop(lambda c: c.execute(query, {"id": job_id, "channel": self.channel}).fetchall())
+        return _job_from_row(rows[0][:-1]) if rows else None
+
     async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
         def read(c: psycopg.Connection[Any]) -> DashboardCounts:
             with c.transaction():

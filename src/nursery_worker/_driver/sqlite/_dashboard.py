@@ -89,7 +89,11 @@ def dashboard_counts(
     if queue is None:
         marks = ", ".join(f"'{s}'" for s in WAITING)
         found = conn.execute(
-            f"SELECT name FROM {names['queues']} UNION SELECT DISTINCT queue FROM {jobs} WHERE state IN ({marks})"
+            f"SELECT name FROM {names['queues']} UNION SELECT DISTINCT queue FROM {jobs} WHERE state IN ({marks}) "
+            # Queues whose jobs all finished lately, from the finished index, capped.
+            f"UNION SELECT DISTINCT queue FROM (SELECT queue FROM {jobs} WHERE state IN "
+            "('completed', 'discarded', 'cancelled') AND finished_at > :since LIMIT :cap)",
+            {"since": now - 86400 * _US, "cap": cap},
         )
         queues = sorted(str(r[0]) for r in found)
     else:
@@ -177,3 +181,11 @@ def read(conn: sqlite3.Connection, timeout: float, fn: Callable[[sqlite3.Connect
             return fn(conn)
         finally:
             conn.execute("COMMIT")
+
+
+def run_now_query(names: Mapping[str, str], columns: str) -> str:
+    """Make ``:id`` available now if it is scheduled or retryable."""
+    return (
+        f"UPDATE {names['jobs']} SET state = 'available', scheduled_at = :now "
+        f"WHERE id = :id AND state IN ('scheduled', 'retryable') RETURNING {columns}"
+    )

@@ -485,6 +485,21 @@ class SqliteDriver(SqliteConnections):
         )
         return [job_from_row(r) for r in rows]
 
+    async def run_job_now(self, job_id: int) -> Job | None:
+        if not _is_id(job_id):
+            return None
+        query = _dashboard.run_now_query(self._names, JOB_COLUMNS)
+
+        def run(tx: Tx) -> Job | None:
+            row = tx.conn.execute(query, {"id": job_id, "now": tx.now}).fetchone()
+            if row is None:
+                return None
+            job = job_from_row(row)
+            tx.notify(f"available:{job.queue}")
+            return job
+
+        return await self._hop(run)
+
     async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
         return await self._hop(
             lambda tx: _dashboard.read(
