@@ -97,6 +97,9 @@ PAGES = (
     "/",
     "/jobs",
     "/jobs?state=discarded",
+    "/jobs/15",
+    "/queues",
+    "/queues/q0",
     "/workers",
     "/periodic",
     "/workflows?job=15",
@@ -120,12 +123,15 @@ async def time_pages(web: Any, paths: list[str], reps: int) -> list[dict[str, An
     transport = httpx.ASGITransport(app=web)
     async with httpx.AsyncClient(transport=transport, base_url="http://dash.bench", timeout=60) as client:
         for path in paths:
+            started = time.perf_counter()
             first = await client.get(path)
+            warm_ms = (time.perf_counter() - started) * 1000
             if first.status_code == 404:  # a page not built in this version
                 log(f"dashboard: {path} is not served (404): skipped")
                 continue
             samples = []
-            for _ in range(reps):
+            # A page slower than a second gets 3 timed requests, not --reps: the run stays short.
+            for _ in range(reps if warm_ms < 1000 else min(reps, 3)):
                 started = time.perf_counter()
                 response = await client.get(path)
                 samples.append((time.perf_counter() - started) * 1000)
@@ -136,6 +142,7 @@ async def time_pages(web: Any, paths: list[str], reps: int) -> list[dict[str, An
                     "path": path,
                     "status": first.status_code,
                     "bytes": len(first.content),
+                    "reps": len(samples),
                     "median_ms": statistics.median(samples),
                     "worst_ms": max(samples),
                 }
@@ -210,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = [p for page in PAGES for p in (page, _api(page))]
         rows = anyio.run(time_pages, web, paths, args.reps)
         print(f"\n{args.finished:,} finished + {args.waiting:,} waiting jobs, {args.reps} requests each (ms)\n")
-        print("| path | median | worst | under 300 ms |")
-        print("|---|---:|---:|---|")
+        print("| path | median | worst | requests | under 300 ms |")
+        print("|---|---:|---:|---:|---|")
         for r in rows:
             ok = "yes" if r["worst_ms"] < TARGET_MS else ("median only" if r["median_ms"] < TARGET_MS else "NO")
-            print(f"| `{r['path']}` | {r['median_ms']:.1f} | {r['worst_ms']:.1f} | {ok} |")
+            print(f"| `{r['path']}` | {r['median_ms']:.1f} | {r['worst_ms']:.1f} | {r['reps']} | {ok} |")
         if not args.no_throughput:
             closed = throughput(args.dsn, schema, args.jobs, None)
             opened = throughput(args.dsn, schema, args.jobs, web)
