@@ -34,6 +34,7 @@ PUBLIC_NAMES = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "PendingMigration",
     "PeriodicInfo",
     "QueueInfo",
     "Retry",

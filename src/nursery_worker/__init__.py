@@ -27,6 +27,7 @@ from ._models import CancelResult as CancelResult
 from ._models import Job as Job
 from ._models import JobError as JobError
 from ._models import JobSpec as JobSpec
+from ._models import PendingMigration as PendingMigration
 from ._models import QueueInfo as QueueInfo
 from ._outcomes import Discard as Discard
 from ._outcomes import JobOutcome as JobOutcome
@@ -73,6 +74,7 @@ __all__ = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "PendingMigration",
     "PeriodicInfo",
     "QueueInfo",
     "Retry",

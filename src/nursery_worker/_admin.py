@@ -25,7 +25,7 @@ from ._errors import RETRYABLE_ERRORS, ConfigurationError, JobFailed, JobNotFoun
 from ._flow import BreakerInfo, check_max_concurrency, parse_rate_limit
 from ._jobfilter import BulkAction, BulkResult, JobFilter
 from ._maintenance import Pruner
-from ._models import BulkChange, CancelResult, Job, QueueInfo
+from ._models import BulkChange, CancelResult, Job, JobSelection, QueueInfo
 from ._periodic import PeriodicInfo, list_periodic
 from ._state import JobState
 from ._task import check_queue, check_task_name
@@ -217,18 +217,34 @@ class Admin:
             skipped=max(0, counted.count - changed - requested),
         )
 
-    async def prune(self, *, older_than: float | dt.timedelta, states: str | Iterable[str] = _FINAL) -> int:
-        """Delete finished jobs older than *older_than*; return how many; see ``App.prune``."""
+    @staticmethod
+    def _prune_args(older_than: object, states: str | Iterable[str], where: str) -> tuple[float, list[str]]:
         if isinstance(older_than, dt.timedelta):
             older_than = older_than.total_seconds()
         if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
-            raise ConfigurationError(f"prune(older_than={older_than!r}): must be seconds >= 0 or a timedelta")
+            raise ConfigurationError(f"{where}(older_than={older_than!r}): must be seconds >= 0 or a timedelta")
         chosen = [states] if isinstance(states, str) else list(states)
         for state in chosen:
             if state not in _FINAL:
-                raise ConfigurationError(f"prune(states=...): {state!r} is not a final state")
-        pruner = Pruner(self.driver, retention={s: float(older_than) for s in chosen}, max_batches=1_000_000)
+                raise ConfigurationError(f"{where}(states=...): {state!r} is not a final state")
+        return float(older_than), chosen
+
+    async def prune(self, *, older_than: float | dt.timedelta, states: str | Iterable[str] = _FINAL) -> int:
+        """Delete finished jobs older than *older_than*; return how many; see ``App.prune``."""
+        seconds, chosen = self._prune_args(older_than, states, "prune")
+        pruner = Pruner(self.driver, retention=dict.fromkeys(chosen, seconds), max_batches=1_000_000)
         return sum((await pruner.run_once()).values())
+
+    async def count_prunable(
+        self, *, older_than: float | dt.timedelta, states: str | Iterable[str] = _FINAL
+    ) -> dict[str, int]:
+        """How many jobs :meth:`prune` would delete now, by state; see ``App.count_prunable``."""
+        seconds, chosen = self._prune_args(older_than, states, "count_prunable")
+        out: dict[str, int] = {}
+        for state in chosen:
+            selection = JobSelection(states=(state,), finished_older_than=seconds)
+            out[state] = (await self.driver.count_jobs(selection)).count
+        return out
 
     async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job:  # noqa: ASYNC109
         """The job once completed; raises ``JobFailed`` if it ended otherwise; see ``App.wait_for``."""

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
+import anyio.to_thread
 import attrs
 
 from ._admin import DEFAULT_CHUNK, Admin, Progress
@@ -33,7 +34,7 @@ from ._flow import (
 )
 from ._jobfilter import BulkResult, JobFilter
 from ._json import DEFAULT_MAX_ARGS_BYTES
-from ._models import CancelResult, Job, JobSpec, QueueInfo
+from ._models import CancelResult, Job, JobSpec, PendingMigration, QueueInfo
 from ._periodic import DEFAULT_CATCH_UP, PeriodicInfo, Schedule, add_schedule, build_schedule
 from ._retry import RetryPolicy, resolve_retry
 from ._state import JobState
@@ -328,6 +329,30 @@ class App:
             The migration versions applied by this call ([] when already up to date).
         """
         return self.driver.migrate_sync()
+
+    async def pending_migrations(self) -> list[PendingMigration]:
+        """The migrations :meth:`migrate` would apply now, with their SQL, applying nothing.
+
+        Returns:
+            :class:`PendingMigration` records in the order they would run ([] when up to date).
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+            SchemaNotReady: the schema is newer than this version of nursery-worker.
+
+        Example:
+            >>> [m.name for m in await app.pending_migrations()]
+            ['0009_periodic_pause.sql']
+        """
+        return await anyio.to_thread.run_sync(self.driver.pending_migrations_sync)
+
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        """Like :meth:`pending_migrations`, from synchronous code.
+
+        Returns:
+            The pending migrations, in order.
+        """
+        return self.driver.pending_migrations_sync()
 
     async def aclose(self) -> None:
         """Close the connection pool; the app reconnects if used again."""
@@ -994,6 +1019,30 @@ class App:
             ConfigurationError: a negative age or a state that is not a final state.
         """
         return await self._admin.prune(older_than=older_than, states=states)
+
+    async def count_prunable(
+        self,
+        *,
+        older_than: float | dt.timedelta,
+        states: str | Iterable[str] = ("completed", "discarded", "cancelled"),
+    ) -> dict[str, int]:
+        """How many jobs :meth:`prune` with the same arguments would delete now, by state (a dry run).
+
+        Args:
+            older_than: seconds (or a timedelta) since the job finished.
+            states: which final states to count.
+
+        Returns:
+            The count for each state asked for, in the order given.
+
+        Raises:
+            ConfigurationError: a negative age or a state that is not a final state.
+
+        Example:
+            >>> await app.count_prunable(older_than=7 * 86400)
+            {'completed': 1200, 'discarded': 3, 'cancelled': 40}
+        """
+        return await self._admin.count_prunable(older_than=older_than, states=states)
 
     async def count_jobs(self, job_filter: JobFilter) -> int:
         """Count the jobs *job_filter* matches now (what a bulk operation would examine).

@@ -476,7 +476,8 @@ class PeriodicListing:
 class JobSelection:
     """Which jobs a bulk operation counts or acts on, as the driver takes it (``JobFilter.selection``).
 
-    Every field given narrows it; ``older_than`` compares ``inserted_at`` with the database's clock.
+    Every field given narrows it; ``older_than`` compares ``inserted_at`` with the database's clock,
+    ``finished_older_than`` compares ``finished_at`` (as the pruner does).
     """
 
     states: tuple[str, ...] | None = None
@@ -485,6 +486,8 @@ class JobSelection:
     older_than: float | None = None
     min_id: int | None = None
     max_id: int | None = None
+    #: Only jobs finished over this many seconds ago (what ``prune`` deletes), by the database's clock.
+    finished_older_than: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -502,3 +505,18 @@ class JobCount:
 
     count: int
     max_id: int | None
+
+
+@attrs.frozen(kw_only=True)
+class PendingMigration:
+    """A migration the schema has not had yet, as ``app.pending_migrations()`` lists it.
+
+    Attributes:
+        version: the schema version it brings.
+        name: its file's name (``0009_periodic_pause.sql``).
+        sql: the statements it would run, with the schema's name filled in.
+    """
+
+    version: int
+    name: str
+    sql: str

@@ -31,6 +31,7 @@ from .._models import (
     JobSpec,
     LimitedClaim,
     Notification,
+    PendingMigration,
     PeriodicEnqueued,
     PeriodicEntry,
     PeriodicListing,
@@ -87,6 +88,9 @@ class Driver(Protocol):
 
     def migrate_sync(self) -> list[int]:
         """Like :meth:`migrate`, from synchronous code."""
+
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        """The migrations :meth:`migrate` would apply now, in order, without applying (or creating) anything."""
 
     async def drop_schema(self) -> None:
         """Drop the schema and everything in it (the testing helpers' clean-up)."""

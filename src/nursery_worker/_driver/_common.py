@@ -312,8 +312,14 @@ def too_new(where: str, version: int, latest: int) -> SchemaNotReady:
     )
 
 
-def check_version(where: str, version: int | None, latest: int) -> None:
-    """Raise ``SchemaNotReady`` unless the schema's *version* is exactly *latest*."""
+def check_version(where: str, version: int | None, latest: int, *, applied: int | None = None) -> None:
+    """Raise ``SchemaNotReady`` unless the schema's *version* is exactly *latest* with all *applied*
+    (how many versions it has: fewer than *latest* means one below it is missing, merged later)."""
+    if version is not None and version == latest and applied is not None and applied < latest:
+        raise SchemaNotReady(
+            f"{where} is at version {version} but lacks {latest - applied} earlier migration(s): run "
+            "`nursery-worker migrate` (or `await app.migrate()`)"
+        )
     if version is None or version < latest:
         raise SchemaNotReady(
             f"{where} is at version {version or 0}, this nursery-worker needs {latest}: run `nursery-worker "

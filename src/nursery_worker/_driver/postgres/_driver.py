@@ -34,6 +34,7 @@ from ..._models import (
     JobSelection,
     JobSpec,
     LimitedClaim,
+    PendingMigration,
     PeriodicEnqueued,
     PeriodicEntry,
     PeriodicListing,
@@ -201,6 +202,21 @@ class PostgresDriver(PostgresConnections):
             logger.info("migrated schema %r to version %d (applied %s)", self.schema, SCHEMA_VERSION, applied_now)
         return applied_now
 
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        ident = self._sql.ident
+        with self._connect() as conn:
+            try:
+                applied: list[int] = []
+                if conn.execute("SELECT to_regclass(%s)", [f'"{self.schema}".migrations']).fetchone() != (None,):
+                    rows = conn.execute(sql.SQL("SELECT version FROM {}.migrations").format(ident)).fetchall()
+                    applied = [int(r[0]) for r in rows]
+                return [
+                    PendingMigration(version=version, name=name, sql=sql.SQL(text).format(schema=ident).as_string(conn))
+                    for version, name, text in _MIGRATIONS.pending(applied, where=self._where())
+                ]
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+
     async def migrate(self) -> list[int]:
         return await anyio.to_thread.run_sync(self.migrate_sync)
 
@@ -210,7 +226,7 @@ class PostgresDriver(PostgresConnections):
 
     async def check_schema(self) -> None:
         row = await self._hop(lambda c: c.execute(self._sql.version).fetchone())
-        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION)
+        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION, applied=row[1] if row else None)
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -739,6 +755,9 @@ class PostgresDriver(PostgresConnections):
         if selection.older_than is not None:
             where.append(sql.SQL("inserted_at <= now() - %(age)s * interval '1 second'"))
             params["age"] = selection.older_than
+        if selection.finished_older_than is not None:
+            where.append(sql.SQL("finished_at < now() - %(finished_age)s * interval '1 second'"))
+            params["finished_age"] = selection.finished_older_than
         if selection.min_id is not None:
             where.append(sql.SQL("id >= %(min_id)s"))
             params["min_id"] = selection.min_id

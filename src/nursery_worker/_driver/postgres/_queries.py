@@ -325,7 +325,9 @@ SELECT id, attempt, attempted_at FROM {s}.jobs
 WHERE state = 'executing' AND worker_id = %(worker)s
   AND attempted_at < now() - %(older)s * interval '1 second'
 """
-_SQL_VERSION = "SELECT max(version) FROM {s}.migrations"
+# The newest version and how many are applied: versions are numbered 1, 2, ... so fewer rows than
+# the newest version means one merged later (a gap) is still to apply.
+_SQL_VERSION = "SELECT max(version), count(*) FROM {s}.migrations"
 # Queue depth for the metrics: waiting and running jobs only, so the cost does not grow with the
 # finished rows that retention keeps. One arm per partial index (fetch, due, executing): with
 # ``state IN (...)`` the planner scans the whole table (45 ms with 300k finished rows, 0.15 ms so).

@@ -28,6 +28,7 @@ import anyio
 import anyio.to_thread
 
 from ..._errors import ConfigurationError, DatabaseError, SchemaNotReady
+from ..._models import PendingMigration
 from .._common import Migrations, Observers, check_schema_name, one_line
 from ._queries import SQL_NOW, compose
 from ._time import NOW_SQL
@@ -306,6 +307,22 @@ class SqliteConnections:
             applied_now.append(version)
         return applied_now
 
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        """The migrations the first use would apply, in order; a missing file is not created."""
+        applied: list[int] = []
+        if os.path.exists(self.path):
+            conn = self._connect()
+            try:
+                applied = [int(r[0]) for r in conn.execute(f"SELECT version FROM {self._names['migrations']}")]
+            except sqlite3.OperationalError:
+                applied = []  # no migrations table yet
+            finally:
+                conn.close()
+        return [
+            PendingMigration(version=version, name=name, sql=text.replace("{p}", f"{self.schema}_"))
+            for version, name, text in _MIGRATIONS.pending(applied, where=self._where())
+        ]
+
     def _migrate_on(self, conn: sqlite3.Connection) -> list[int]:
         """Apply the pending migrations in one ``BEGIN IMMEDIATE`` transaction (so concurrent
         processes take turns and the second finds nothing to do)."""
@@ -334,7 +351,7 @@ class SqliteConnections:
             row = conn.execute(self._q["version"]).fetchone()
         except sqlite3.OperationalError:
             return False  # no migrations table yet
-        return bool(row is not None and row[0] == SCHEMA_VERSION)
+        return bool(row is not None and row[0] == SCHEMA_VERSION and row[1] == SCHEMA_VERSION)
 
     # --- the caller's own connection (``connection=``) -----------------------------------------
 

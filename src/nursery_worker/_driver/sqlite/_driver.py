@@ -122,7 +122,7 @@ class SqliteDriver(SqliteConnections):
 
     async def check_schema(self) -> None:
         row = await self._hop(lambda tx: tx.execute("version").fetchone(), write=False)
-        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION)
+        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION, applied=row[1] if row else None)
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -514,6 +514,9 @@ class SqliteDriver(SqliteConnections):
         if selection.older_than is not None:
             where.append("inserted_at <= :cutoff")
             params["cutoff"] = tx.now - round(selection.older_than * 1_000_000)
+        if selection.finished_older_than is not None:
+            where.append("finished_at < :finished_cutoff")
+            params["finished_cutoff"] = tx.now - round(selection.finished_older_than * 1_000_000)
         if selection.min_id is not None:
             where.append("id >= :min_id")
             params["min_id"] = min(selection.min_id, _INT64[1])

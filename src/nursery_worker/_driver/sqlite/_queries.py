@@ -270,7 +270,8 @@ _SQL_QUEUE_ROWS = "SELECT name, paused, paused_at, max_concurrency, rate_limit, 
 _SQL_EVENT = "INSERT INTO {events} (at, payload) VALUES (:now, :payload)"
 _SQL_EVENTS_AFTER = "SELECT id, payload FROM {events} WHERE id > :after ORDER BY id LIMIT 10000"
 _SQL_LAST_EVENT = "SELECT coalesce(max(id), 0) FROM {events}"
-_SQL_VERSION = "SELECT max(version) FROM {migrations}"
+# The newest version and how many are applied (fewer rows than the newest version: a gap to fill).
+_SQL_VERSION = "SELECT max(version), count(*) FROM {migrations}"
 TABLES = ("jobs", "workers", "queues", "events", "migrations", "rate_limits", "breakers", "periodic")
 
 
