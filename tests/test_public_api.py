@@ -36,6 +36,7 @@ PUBLIC_NAMES = [
     "NurseryWorkerError",
     "PendingMigration",
     "PeriodicInfo",
+    "PeriodicNotFound",
     "QueueInfo",
     "Retry",
     "RetryPolicy",

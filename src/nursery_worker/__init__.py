@@ -15,6 +15,7 @@ from ._errors import JobFailed as JobFailed
 from ._errors import JobNotFound as JobNotFound
 from ._errors import JobStateError as JobStateError
 from ._errors import NurseryWorkerError as NurseryWorkerError
+from ._errors import PeriodicNotFound as PeriodicNotFound
 from ._errors import SchemaNotReady as SchemaNotReady
 from ._errors import SupervisorError as SupervisorError
 from ._errors import TaskNotFound as TaskNotFound
@@ -76,6 +77,7 @@ __all__ = [
     "NurseryWorkerError",
     "PendingMigration",
     "PeriodicInfo",
+    "PeriodicNotFound",
     "QueueInfo",
     "Retry",
     "RetryPolicy",

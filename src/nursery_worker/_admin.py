@@ -13,6 +13,7 @@ Layering: this module imports records, errors, validators and the maintenance se
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from ._errors import RETRYABLE_ERRORS, ConfigurationError, JobFailed, JobNotFound, JobStateError
+from ._errors import RETRYABLE_ERRORS, ConfigurationError, JobFailed, JobNotFound, JobStateError, PeriodicNotFound
 from ._flow import BreakerInfo, check_max_concurrency, parse_rate_limit
 from ._jobfilter import BulkAction, BulkResult, JobFilter
 from ._maintenance import Pruner
@@ -33,6 +34,8 @@ from ._task import check_queue, check_task_name
 if TYPE_CHECKING:
     from ._app import App
     from ._driver import Driver
+
+logger = logging.getLogger("nursery_worker.periodic")
 
 #: The states :meth:`Admin.retry` names as "already queued" in its refusal.
 _QUEUED = ("pending", "available", "scheduled", "retryable")
@@ -352,3 +355,46 @@ class Admin:
     async def list_periodic(self) -> list[PeriodicInfo]:
         """The database's periodic schedules and the app's own, sorted by name; see ``App.list_periodic``."""
         return await list_periodic(self._app)
+
+    async def _find_periodic(self, name: object, where: str) -> PeriodicInfo:
+        """The schedule called *name* (the database's or the app's); ``PeriodicNotFound`` lists the others."""
+        if not isinstance(name, str):
+            raise TypeError(f"{where}: name must be a schedule's name (a str), got {name!r}")
+        known = await self.list_periodic()
+        for info in known:
+            if info.name == name:
+                return info
+        names = ", ".join(repr(p.name) for p in known) or "none"
+        raise PeriodicNotFound(
+            f"{where}: no periodic schedule named {name!r}; known: {names} (a schedule reaches the database when a "
+            "worker serving its queue starts; with the CLI, pass --app to include the app's own)"
+        )
+
+    async def _set_periodic_paused(self, name: str, *, paused: bool, where: str) -> bool:
+        await self._find_periodic(name, where)
+        changed = await self.driver.set_periodic_paused(name, paused=paused)
+        if changed is None and paused:
+            # Only the app defines it so far: register it as its workers will, then pause the row.
+            await self.driver.register_periodic([self._app.schedules[name].entry()])
+            changed = await self.driver.set_periodic_paused(name, paused=True)
+        return bool(changed)
+
+    async def pause_periodic(self, name: str) -> bool:
+        """Pause schedule *name* for every worker; False if it was already paused; see ``App.pause_periodic``."""
+        return await self._set_periodic_paused(name, paused=True, where="pause_periodic()")
+
+    async def resume_periodic(self, name: str) -> bool:
+        """Resume schedule *name*; False if it was not paused; see ``App.resume_periodic``."""
+        return await self._set_periodic_paused(name, paused=False, where="resume_periodic()")
+
+    async def trigger_periodic(self, name: str) -> Job:
+        """Enqueue one run of schedule *name* now, as its tick would; see ``App.trigger_periodic``."""
+        info = await self._find_periodic(name, "trigger_periodic()")
+        schedule = self._app.schedules.get(name)
+        if schedule is not None:  # the app's own: the very job its ticks enqueue (priority, unique key, ...)
+            spec = schedule.job_for(info.now)
+        else:  # only the database knows it: its task, queue and arguments as registered
+            spec = self._app.job_by_name(info.task, dict(info.args), queue=info.queue)
+        (job,) = await self.driver.insert_jobs([spec])
+        logger.info("periodic %s triggered by hand: job %d (%s) in queue %r", name, job.id, job.task, job.queue)
+        return job

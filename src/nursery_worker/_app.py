@@ -1362,3 +1362,65 @@ class App:
             >>> [(p.name, p.next_tick, p.last_job_state) for p in await app.list_periodic()]
         """
         return await self._admin.list_periodic()
+
+    async def pause_periodic(self, name: str) -> bool:
+        """Pause periodic schedule *name*: no worker enqueues its ticks until :meth:`resume_periodic`.
+
+        The pause is stored in the database (it holds for every worker and survives restarts);
+        :meth:`trigger_periodic` still enqueues a run by hand.
+
+        Args:
+            name: the schedule's name (by default its task's name).
+
+        Returns:
+            True if it was running and is paused now; False if it was already paused.
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.pause_periodic("reports.nightly")
+            True
+        """
+        return await self._admin.pause_periodic(name)
+
+    async def resume_periodic(self, name: str) -> bool:
+        """Resume a paused periodic schedule: its next due tick is enqueued as usual (a tick missed
+        while paused runs at once only if it is within the schedule's ``catch_up``).
+
+        Args:
+            name: the schedule's name.
+
+        Returns:
+            True if it was paused and runs again; False if it was not paused.
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+        """
+        return await self._admin.resume_periodic(name)
+
+    async def trigger_periodic(self, name: str) -> Job:
+        """Enqueue one run of periodic schedule *name* now, paused or not, without touching its ticks.
+
+        The job is the one its ticks enqueue: for a schedule the app defines, the same task, queue,
+        arguments, priority and unique key (``tick_arg`` gets the database's current time); for one
+        only the database knows, the task, queue and arguments it was registered with.
+
+        Args:
+            name: the schedule's name.
+
+        Returns:
+            The job enqueued (or, for a unique task whose key is held, the holder, with
+            ``duplicate`` True).
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> (await app.trigger_periodic("reports.nightly")).id
+            4312
+        """
+        return await self._admin.trigger_periodic(name)

@@ -428,6 +428,8 @@ class PeriodicState:
 
     last_tick: dt.datetime | None
     active_since: dt.datetime
+    #: Paused (``app.pause_periodic``): the scheduler enqueues none of its ticks.
+    paused: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -462,6 +464,7 @@ class PeriodicRow:
     last_job_id: int | None
     last_job_state: str | None
     updated_at: dt.datetime
+    paused_at: dt.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)

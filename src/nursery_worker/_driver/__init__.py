@@ -243,6 +243,9 @@ class Driver(Protocol):
         None when the guard refused (another scheduler enqueued it). When the spec's unique key is
         held by a queued or running job, the tick is consumed without a job (``held``)."""
 
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        """Pause or resume schedule *name*; return whether it changed, or None when it has no row."""
+
     async def list_periodic(self) -> PeriodicListing:
         """The database's ``now()`` and every schedule's row with the state of its last job, by name."""
 

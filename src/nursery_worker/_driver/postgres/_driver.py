@@ -76,6 +76,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (5, "0005_trace_context.sql"),
     (6, "0006_flow_control.sql"),
     (7, "0007_periodic.sql"),
+    # 8 is another change's (merged separately): the runner applies whatever version is missing.
+    (9, "0009_periodic_pause.sql"),
 )
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The schema version this code reads and writes; the last entry of MIGRATIONS.
@@ -226,7 +228,13 @@ class PostgresDriver(PostgresConnections):
 
     async def check_schema(self) -> None:
         row = await self._hop(lambda c: c.execute(self._sql.version).fetchone())
-        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION, applied=row[1] if row else None)
+        check_version(
+            self._where(),
+            row[0] if row else None,
+            SCHEMA_VERSION,
+            applied=row[1] if row else None,
+            known=_MIGRATIONS.count,
+        )
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -907,7 +915,9 @@ class PostgresDriver(PostgresConnections):
     async def periodic_state(self, names: Sequence[str]) -> PeriodicSnapshot:
         query = self._sql.periodic_state
         rows = await self._hop(lambda c: c.execute(query, {"names": list(names)}).fetchall())
-        states = {r[1]: PeriodicState(last_tick=r[2], active_since=r[3]) for r in rows if r[1] is not None}
+        states = {
+            r[1]: PeriodicState(last_tick=r[2], active_since=r[3], paused=bool(r[4])) for r in rows if r[1] is not None
+        }
         return PeriodicSnapshot(now=rows[0][0], states=states)
 
     async def enqueue_periodic(
@@ -944,6 +954,11 @@ class PostgresDriver(PostgresConnections):
 
         return await self._hop(enqueue)
 
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        params = {"name": name, "paused": paused}
+        row = await self._hop(lambda c: c.execute(self._sql.periodic_pause, params).fetchone())
+        return None if row is None else bool(row[0]) != paused
+
     async def list_periodic(self) -> PeriodicListing:
         query = self._sql.periodic_list
 
@@ -966,6 +981,7 @@ class PostgresDriver(PostgresConnections):
                         last_job_id=r[8],
                         last_job_state=r[9],
                         updated_at=r[10],
+                        paused_at=r[11],
                     )
                     for r in rows
                 ),

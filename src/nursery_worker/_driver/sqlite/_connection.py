@@ -38,10 +38,17 @@ logger = logging.getLogger("nursery_worker.driver")
 T = TypeVar("T")
 
 #: The SQLite schema's own versions (not PostgreSQL's): ``migrations/<file>`` of this package.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"), (2, "0002_flow_control.sql"))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, "0001_initial.sql"),
+    (2, "0002_flow_control.sql"),
+    # 3 is another change's (merged separately): the runner applies whatever version is missing.
+    (4, "0004_periodic_pause.sql"),
+)
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The version this code reads and writes; the last entry of MIGRATIONS.
 SCHEMA_VERSION = _MIGRATIONS.latest
+#: How many versions there are (their numbers may have a gap: one merged later).
+MIGRATION_COUNT = _MIGRATIONS.count
 
 #: RETURNING arrived in SQLite 3.35.0 (2021-03).
 MIN_SQLITE_VERSION = (3, 35, 0)
@@ -351,7 +358,7 @@ class SqliteConnections:
             row = conn.execute(self._q["version"]).fetchone()
         except sqlite3.OperationalError:
             return False  # no migrations table yet
-        return bool(row is not None and row[0] == SCHEMA_VERSION and row[1] == SCHEMA_VERSION)
+        return bool(row is not None and row[0] == SCHEMA_VERSION and row[1] == MIGRATION_COUNT)
 
     # --- the caller's own connection (``connection=``) -----------------------------------------
 

@@ -62,7 +62,7 @@ from ..._models import (
 )
 from ..._state import ACTIVE_STATES, JobState
 from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns
-from ._connection import SCHEMA_VERSION, SqliteConnections, Tx
+from ._connection import MIGRATION_COUNT, SCHEMA_VERSION, SqliteConnections, Tx
 from ._flow import claim_limited, limited_finished, settle
 from ._listener import SqliteListener
 from ._queries import JOB_COLUMNS, SQL_NOW, TABLES, job_from_row, new_job
@@ -122,7 +122,13 @@ class SqliteDriver(SqliteConnections):
 
     async def check_schema(self) -> None:
         row = await self._hop(lambda tx: tx.execute("version").fetchone(), write=False)
-        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION, applied=row[1] if row else None)
+        check_version(
+            self._where(),
+            row[0] if row else None,
+            SCHEMA_VERSION,
+            applied=row[1] if row else None,
+            known=MIGRATION_COUNT,
+        )
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -756,7 +762,10 @@ class SqliteDriver(SqliteConnections):
             return now, rows
 
         now, rows = await self._hop(read, write=False)
-        states = {str(r[0]): PeriodicState(last_tick=from_us(r[1]), active_since=moment(r[2])) for r in rows}
+        states = {
+            str(r[0]): PeriodicState(last_tick=from_us(r[1]), active_since=moment(r[2]), paused=bool(r[3]))
+            for r in rows
+        }
         return PeriodicSnapshot(now=moment(now), states=states)
 
     async def enqueue_periodic(
@@ -807,6 +816,16 @@ class SqliteDriver(SqliteConnections):
 
         return await self._hop(enqueue)
 
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        def set_paused(tx: Tx) -> bool | None:
+            row = tx.execute("periodic_paused", {"name": name}).fetchone()
+            if row is None:
+                return None
+            tx.execute("periodic_pause", {"name": name, "paused": int(paused), "now": tx.now})
+            return bool(row[0]) != paused
+
+        return await self._hop(set_paused)
+
     async def list_periodic(self) -> PeriodicListing:
         def read(tx: Tx) -> tuple[int, list[Any]]:
             tx.conn.execute("BEGIN")
@@ -833,6 +852,7 @@ class SqliteDriver(SqliteConnections):
                     last_job_id=r[8],
                     last_job_state=r[9],
                     updated_at=moment(r[10]),
+                    paused_at=from_us(r[11]),
                 )
                 for r in rows
             ),
