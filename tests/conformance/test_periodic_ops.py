@@ -151,3 +151,21 @@ def test_the_cron_commands_trigger_pause_resume_and_list(engine_dsn: str, engine
     argv = [CONSOLE_SCRIPT, "cron", "trigger", "reports.nope", "--app", "cronapp:app"]
     missing = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert missing.returncode == 1 and "known: 'reports.build'" in missing.stderr
+
+
+async def test_the_guarded_enqueue_refuses_a_paused_schedule(app: App) -> None:
+    """A scheduler that read the row before the pause committed still cannot enqueue its tick."""
+    _define(app)
+    scheduler = _scheduler(app)
+    await scheduler.run_once()
+    _age(app)
+    snapshot = await app.driver.periodic_state(["reports.every_second"])
+    schedule = app.schedules["reports.every_second"]
+    tick = schedule.due(snapshot.now, snapshot.states["reports.every_second"])
+    assert tick is not None
+    await app.pause_periodic("reports.every_second")
+    done = await app.driver.enqueue_periodic(
+        name=schedule.name, tick=tick, catch_up=schedule.catch_up, spec=schedule.job_for(tick)
+    )
+    assert done is None
+    assert await app.count_jobs(JobFilter()) == 0
