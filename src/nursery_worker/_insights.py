@@ -188,7 +188,7 @@ async def periodic_overview(app: App, *, runs: int = 5) -> list[PeriodicOverview
     schedules = await list_periodic(app)
     if not schedules:
         return []
-    day = await app.driver.read_rollups(since=86400.0, hourly=True)
+    day = await app.driver.read_rollups(since=86400.0, hourly=True, step=86400.0)
     done: dict[str, int] = {}
     failed: dict[str, int] = {}
     for b in day.buckets:
@@ -307,7 +307,7 @@ async def failures(app: App, *, window: str = "24h", recent: int = 50) -> Failur
     window = _check_choice(window, FAILURE_WINDOWS, "failures()", "window")
     recent = _check_limit(recent, "failures()")
     seconds, hourly = FAILURE_WINDOWS[window]
-    read = await app.driver.read_rollups(since=seconds, hourly=hourly)
+    read = await app.driver.read_rollups(since=seconds, hourly=hourly, step=seconds)
     jobs = await app.driver.recent_failures(since=seconds, limit=recent)
     jobs.sort(key=_failed_at, reverse=True)
     tasks: dict[str, list[int]] = {}
@@ -440,7 +440,7 @@ async def metrics_history(app: App, *, period: str = "24h", task: str | None = N
     if task is not None and not isinstance(task, str):
         raise TypeError(f"metrics_history(task={task!r}): must be a task name or None")
     seconds, step, hourly = METRIC_RANGES[period]
-    read = await app.driver.read_rollups(since=seconds, hourly=hourly, task=task)
+    read = await app.driver.read_rollups(since=seconds, hourly=hourly, step=step, task=task)
     start = _floor(read.now - dt.timedelta(seconds=seconds), step)
     steps = math.ceil(seconds / step) + 1  # the range's steps, and the current one under way
     by_task: dict[str, list[list[RollupRow]]] = {}

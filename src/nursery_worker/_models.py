@@ -479,6 +479,11 @@ class PeriodicListing:
 # --- the dashboard's records: metric rollups, the audit trail, job graphs ------------------------
 
 
+#: How many buckets a rollup's duration histogram has (``_rollup.py`` defines them; both engines'
+#: reads sum each bucket in SQL).
+HISTOGRAM_BUCKETS = 48
+
+
 @attrs.frozen(kw_only=True)
 class RollupRow:
     """Finished attempts of one (queue, task, error type) that a worker counted in one interval.
@@ -500,7 +505,7 @@ class RollupRow:
 
 @attrs.frozen(kw_only=True)
 class RollupBucket:
-    """One stored rollup row: a :class:`RollupRow`'s counts summed over a minute or an hour."""
+    """Rollup counts summed over one step of a read (over every queue: ``row.queue`` is "")."""
 
     at: dt.datetime
     row: RollupRow

@@ -18,10 +18,9 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
+from ._models import HISTOGRAM_BUCKETS as HISTOGRAM_BUCKETS
 from ._models import RollupRow
 
-#: How many buckets a duration histogram has (a test and both engines' rows rely on it).
-HISTOGRAM_BUCKETS = 48
 _FIRST = 0.001  # seconds: the upper bound of bucket 0
 
 

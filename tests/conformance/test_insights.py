@@ -37,13 +37,14 @@ def _row(task: str = "t", error_type: str = "", **counts: int) -> RollupRow:
 
 
 async def test_rollup_writes_add_up_in_the_minute_and_hour_rows(app: App) -> None:
-    """Two writes to the same key sum their counts, durations and histograms at both grains."""
+    """Two writes to the same key sum their counts, durations and histograms at both grains, and a
+    read sums them over queues."""
     one = RollupRow(queue="q", task="t", completed=2, duration_sum=0.5, histogram=_histogram(b3=2))
-    two = RollupRow(queue="q", task="t", completed=1, failed=1, duration_sum=1.5, histogram=_histogram(b3=1, b9=1))
+    two = RollupRow(queue="q2", task="t", completed=1, failed=1, duration_sum=1.5, histogram=_histogram(b3=1, b9=1))
     await app.driver.write_rollups([one])
     await app.driver.write_rollups([two])
     for hourly in (False, True):
-        read = await app.driver.read_rollups(since=3600, hourly=hourly)
+        read = await app.driver.read_rollups(since=3600, hourly=hourly, step=3600)
         (bucket,) = read.buckets
         assert (bucket.row.completed, bucket.row.failed, bucket.row.duration_sum) == (3, 1, 2.0)
         assert bucket.row.histogram == _histogram(b3=3, b9=1)
@@ -55,15 +56,15 @@ async def test_old_minute_rollups_are_pruned_and_hourly_ones_kept_by_their_own_a
     await app.driver.write_rollups([_row(completed=1, histogram=_histogram(b1=1))])
     removed = await app.driver.prune_rollups(minute_older_than=-120.0, hour_older_than=86400.0)
     assert removed == 1
-    assert (await app.driver.read_rollups(since=3600, hourly=False)).buckets == ()
-    assert len((await app.driver.read_rollups(since=3600, hourly=True)).buckets) == 1
+    assert (await app.driver.read_rollups(since=3600, hourly=False, step=60)).buckets == ()
+    assert len((await app.driver.read_rollups(since=3600, hourly=True, step=3600)).buckets) == 1
 
 
 async def test_the_pruner_keeps_rollups_within_their_retention(app: App) -> None:
     """Pruner.run_once with a rollup retention prunes nothing younger than it."""
     await app.driver.write_rollups([_row(completed=1, histogram=_histogram(b1=1))])
     assert await Pruner(app.driver, retention={}, rollup_retention=86400.0).run_once() == {}
-    assert len((await app.driver.read_rollups(since=3600, hourly=False)).buckets) == 1
+    assert len((await app.driver.read_rollups(since=3600, hourly=False, step=60)).buckets) == 1
 
 
 async def test_the_rollup_writer_keeps_counts_a_failed_write_could_not_store(app: App) -> None:
@@ -75,7 +76,7 @@ async def test_the_rollup_writer_keeps_counts_a_failed_write_could_not_store(app
     writer = RollupWriter(app.driver, counter)
     assert await writer.run_once() == 2
     assert await writer.run_once() == 0
-    rows = {b.row.error_type: b.row for b in (await app.driver.read_rollups(since=60, hourly=False)).buckets}
+    rows = {b.row.error_type: b.row for b in (await app.driver.read_rollups(since=60, hourly=False, step=60)).buckets}
     assert (rows[""].completed, rows["ValueError"].discarded) == (1, 1)
 
 

@@ -270,9 +270,11 @@ class Driver(Protocol):
         """Add *rows*' counts and histograms to the current minute's and hour's rollup rows (by
         the database's clock), creating them as needed, in one statement."""
 
-    async def read_rollups(self, *, since: float, hourly: bool, task: str | None = None) -> RollupRead:
+    async def read_rollups(self, *, since: float, hourly: bool, step: float, task: str | None = None) -> RollupRead:
         """The minute (or with *hourly*, hour) rollup rows of the last *since* seconds (from the
-        start of the bucket holding that time), of *task* only if given, oldest first."""
+        start of the bucket holding that time), of *task* only if given, summed in the database
+        over every queue and over steps of *step* seconds (aligned on the epoch: ``at`` is a step's
+        start), by (step, task, error type), oldest first."""
 
     async def prune_rollups(self, *, minute_older_than: float, hour_older_than: float) -> int:
         """Delete minute rows older than *minute_older_than* seconds and hour rows older than

@@ -1027,9 +1027,9 @@ class PostgresDriver(PostgresConnections):
             c.execute(self._dash.read_timeout)
             return c.execute(query, params).fetchall()
 
-    async def read_rollups(self, *, since: float, hourly: bool, task: str | None = None) -> RollupRead:
+    async def read_rollups(self, *, since: float, hourly: bool, step: float, task: str | None = None) -> RollupRead:
         query = self._dash.read_hours if hourly else self._dash.read_minutes
-        params = {"since": since, "task": task}
+        params = {"since": since, "task": task, "step": step}
 
         def read(c: psycopg.Connection[Any]) -> RollupRead:
             rows = self._read(c, query, params)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from ..._models import HISTOGRAM_BUCKETS
 from ._queries import JOB_COLUMNS
 
 #: The statement timeout of every dashboard read.
@@ -44,14 +45,21 @@ _SQL_WRITE_ROLLUPS = (
     + ") "
     + _ROLLUP_UPSERT.replace("__TABLE__", "rollup_hour").replace("__UNIT__", "hour")
 )
+# Summed per step in the database: one row per (step, task, error type) however many minutes and
+# queues it covers, each histogram bucket by its own sum() (no array unnesting).
+_SUM_HISTOGRAM = "ARRAY[" + ", ".join(f"sum(histogram[{i}])::bigint" for i in range(1, HISTOGRAM_BUCKETS + 1)) + "]"
 _SQL_READ_ROLLUPS = (
-    "SELECT bucket, "
-    + _ROLLUP_COLUMNS
+    """
+SELECT to_timestamp(floor(extract(epoch FROM bucket) / %(step)s) * %(step)s) AS at, '', task, error_type,
+       sum(completed)::bigint, sum(failed)::bigint, sum(discarded)::bigint, sum(cancelled)::bigint,
+       sum(duration_sum), """
+    + _SUM_HISTOGRAM
     + """
 FROM {s}.__TABLE__
 WHERE bucket >= date_trunc('__UNIT__', now() - %(since)s * interval '1 second')
   AND (%(task)s::text IS NULL OR task = %(task)s)
-ORDER BY bucket, queue, task, error_type
+GROUP BY 1, task, error_type
+ORDER BY 1, task, error_type
 """
 )
 _SQL_PRUNE_ROLLUPS = """

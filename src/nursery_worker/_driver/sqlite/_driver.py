@@ -926,13 +926,14 @@ class SqliteDriver(SqliteConnections):
 
         await self._hop(write)
 
-    async def read_rollups(self, *, since: float, hourly: bool, task: str | None = None) -> RollupRead:
+    async def read_rollups(self, *, since: float, hourly: bool, step: float, task: str | None = None) -> RollupRead:
         grain, unit = ("hour", 3_600_000_000) if hourly else ("minute", 60_000_000)
 
         def read(tx: Tx) -> tuple[int, list[Any]]:
             start = tx.now - round(since * 1_000_000)
             start -= start % unit
-            return tx.now, tx.execute(f"rollup_read_{grain}", {"since": start, "task": task}).fetchall()
+            params = {"since": start, "task": task, "step": max(1, round(step * 1_000_000))}
+            return tx.now, tx.execute(f"rollup_read_{grain}", params).fetchall()
 
         now, rows = await self._hop(read, write=False)
         return RollupRead(

@@ -7,6 +7,7 @@ Histograms are JSON arrays here: a rollup upsert reads the stored row and writes
 
 from __future__ import annotations
 
+from ..._models import HISTOGRAM_BUCKETS
 from ._queries import JOB_COLUMNS
 
 _ROLLUP_COLUMNS = "queue, task, error_type, completed, failed, discarded, cancelled, duration_sum, histogram"
@@ -21,12 +22,18 @@ _SQL_ROLLUP_PUT = (
 VALUES (:bucket, :queue, :task, :error_type, :completed, :failed, :discarded, :cancelled, :duration_sum, :histogram)
 """
 )
+# Summed per step in the database, as on PostgreSQL: one row per (step, task, error type).
+_SUM_HISTOGRAM = (
+    "json_array(" + ", ".join(f"sum(json_extract(histogram, '$[{i}]'))" for i in range(HISTOGRAM_BUCKETS)) + ")"
+)
 _SQL_ROLLUP_READ = (
-    "SELECT bucket, "
-    + _ROLLUP_COLUMNS
+    """SELECT (bucket / :step) * :step AS at, '', task, error_type, sum(completed), sum(failed), sum(discarded),
+       sum(cancelled), sum(duration_sum), """
+    + _SUM_HISTOGRAM
     + """ FROM {table}
 WHERE bucket >= :since AND (:task IS NULL OR task = :task)
-ORDER BY bucket, queue, task, error_type
+GROUP BY 1, task, error_type
+ORDER BY 1, task, error_type
 """
 )
 _SQL_ROLLUP_PRUNE = "DELETE FROM {table} WHERE bucket < :before"
