@@ -140,7 +140,7 @@ UNION SELECT queue FROM (SELECT queue FROM {s}.jobs
 
 
 def dashboard_counts(
-    conn: psycopg.Connection[Any], ident: sql.Composable, *, queue: str | None, cap: int
+    conn: psycopg.Connection[Any], ident: sql.Composable, *, queue: str | None, cap: int, finished: bool = True
 ) -> DashboardCounts:
     """The counts of :class:`DashboardCounts`, in the caller's transaction."""
     row = conn.execute("SELECT now()").fetchone()
@@ -173,23 +173,26 @@ def dashboard_counts(
         at = conn.execute(first, {"queue": name, "cap": cap}).fetchone()
         if at is not None and at[0] is not None:
             oldest[name] = at[0]
-    finished: list[StateCount] = []
+    ended: list[StateCount] = []
+    totals: list[StateCount] = []
+    # One queue's finished jobs are found through the (state, finished_at) index and filtered by
+    # queue: a smaller cap bounds that walk.
+    finished_cap = cap if queue is None else min(cap, 1000)
     window_query = sql.SQL(
         "SELECT 1 FROM {s}.jobs WHERE state = %(state)s AND finished_at > now() - %(window)s"
     ).format(s=ident)
     if queue is not None:
         window_query = window_query + sql.SQL(" AND queue = %(queue)s")
-    for state in FINISHED:
+    for state in FINISHED if finished else ():
         for window in WINDOWS:
             params = {"state": state, "window": dt.timedelta(seconds=window), "queue": queue}
-            n, estimated = capped_count(conn, window_query, params, cap)
-            finished.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
-    totals: list[StateCount] = []
+            n, estimated = capped_count(conn, window_query, params, finished_cap)
+            ended.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
     total_query = sql.SQL("SELECT 1 FROM {s}.jobs WHERE state = %(state)s").format(s=ident)
     if queue is not None:
         total_query = total_query + sql.SQL(" AND queue = %(queue)s")
-    for state in FINISHED:
-        n, estimated = capped_count(conn, total_query, {"state": state, "queue": queue}, cap)
+    for state in FINISHED if finished else ():
+        n, estimated = capped_count(conn, total_query, {"state": state, "queue": queue}, finished_cap)
         totals.append(StateCount(queue=queue, state=state, count=n, estimated=estimated))
     settings = {
         str(r[0]): r
@@ -219,16 +222,16 @@ def dashboard_counts(
         now=now,
         queues=tuple(infos),
         waiting=tuple(waiting),
-        finished=tuple(finished),
+        finished=tuple(ended),
         totals=tuple(totals),
         oldest_available=oldest,
     )
 
 
 def dependants_query(ident: sql.Composable, columns: str) -> sql.Composed:
-    """Jobs naming ``%(id)s`` in ``depends_on``: inserted after it, so the id range bounds the scan."""
+    """Jobs naming ``%(id)s`` in ``depends_on``, found through the GIN index of ``depends_on``."""
     return sql.SQL(
-        "SELECT {cols} FROM {s}.jobs WHERE id > %(id)s AND depends_on @> ARRAY[%(id)s]::bigint[] "
+        "SELECT {cols} FROM {s}.jobs WHERE depends_on IS NOT NULL AND depends_on @> ARRAY[%(id)s]::bigint[] "
         "ORDER BY id LIMIT %(limit)s"
     ).format(cols=sql.SQL(columns), s=ident)
 

@@ -125,7 +125,13 @@ UNION SELECT queue FROM (SELECT queue FROM {jobs} WHERE state = 'cancelled' AND 
 
 
 def dashboard_counts(
-    conn: sqlite3.Connection, names: Mapping[str, str], now_sql: str, *, queue: str | None, cap: int
+    conn: sqlite3.Connection,
+    names: Mapping[str, str],
+    now_sql: str,
+    *,
+    queue: str | None,
+    cap: int,
+    finished: bool = True,
 ) -> DashboardCounts:
     """The counts of :class:`DashboardCounts`, on *conn* (one read transaction)."""
     jobs = names["jobs"]
@@ -159,20 +165,21 @@ def dashboard_counts(
             at = from_us(int(first))
             assert at is not None
             oldest[name] = at
-    finished: list[StateCount] = []
+    ended: list[StateCount] = []
     totals: list[StateCount] = []
+    finished_cap = cap if queue is None else min(cap, 1000)
     by_queue = " AND queue = :queue" if queue is not None else ""
-    for state in FINISHED:
+    for state in FINISHED if finished else ():
         for window in WINDOWS:
             n, estimated = capped_count(
                 conn,
                 f"SELECT 1 FROM {jobs} WHERE state = :state AND finished_at > :since{by_queue}",
                 {"state": state, "since": now - window * _US, "queue": queue},
-                cap,
+                finished_cap,
             )
-            finished.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
+            ended.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
         n, estimated = capped_count(
-            conn, f"SELECT 1 FROM {jobs} WHERE state = :state{by_queue}", {"state": state, "queue": queue}, cap
+            conn, f"SELECT 1 FROM {jobs} WHERE state = :state{by_queue}", {"state": state, "queue": queue}, finished_cap
         )
         totals.append(StateCount(queue=queue, state=state, count=n, estimated=estimated))
     settings = {
@@ -200,7 +207,7 @@ def dashboard_counts(
         now=moment(now),
         queues=tuple(infos),
         waiting=tuple(waiting),
-        finished=tuple(finished),
+        finished=tuple(ended),
         totals=tuple(totals),
         oldest_available=oldest,
     )
