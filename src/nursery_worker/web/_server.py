@@ -141,7 +141,7 @@ class Dashboard:
             return self.error(req, 400, str(exc), api=api)
         except NurseryWorkerError as exc:
             logger.warning("dashboard: %s", redact_dsn(f"{type(exc).__name__}: {exc}"))
-            return self.error(req, 503, f"the database could not answer: {type(exc).__name__}", api=api)
+            return self.error(req, 503, f"the database could not answer: {exc}", api=api)
         except Exception:
             logger.exception("dashboard: error on %s", req.request.url.path)
             return self.error(req, 500, "internal error (logged on the server)", api=api)
