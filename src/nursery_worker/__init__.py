@@ -15,6 +15,7 @@ from ._errors import JobFailed as JobFailed
 from ._errors import JobNotFound as JobNotFound
 from ._errors import JobStateError as JobStateError
 from ._errors import NurseryWorkerError as NurseryWorkerError
+from ._errors import PeriodicNotFound as PeriodicNotFound
 from ._errors import SchemaNotReady as SchemaNotReady
 from ._errors import SupervisorError as SupervisorError
 from ._errors import TaskNotFound as TaskNotFound
@@ -27,6 +28,7 @@ from ._models import CancelResult as CancelResult
 from ._models import Job as Job
 from ._models import JobError as JobError
 from ._models import JobSpec as JobSpec
+from ._models import PendingMigration as PendingMigration
 from ._models import QueueInfo as QueueInfo
 from ._outcomes import Discard as Discard
 from ._outcomes import JobOutcome as JobOutcome
@@ -73,7 +75,9 @@ __all__ = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "PendingMigration",
     "PeriodicInfo",
+    "PeriodicNotFound",
     "QueueInfo",
     "Retry",
     "RetryPolicy",

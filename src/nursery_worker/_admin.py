@@ -14,6 +14,7 @@ Layering: this module imports records, errors, validators and the maintenance se
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,22 @@ import anyio.abc
 import attrs
 
 from . import _insights
-from ._errors import RETRYABLE_ERRORS, ConfigurationError, JobFailed, JobNotFound, JobStateError
+from ._errors import RETRYABLE_ERRORS, ConfigurationError, JobFailed, JobNotFound, JobStateError, PeriodicNotFound
 from ._flow import BreakerInfo, check_max_concurrency, parse_rate_limit
 from ._insights import FailureReport, JobGraph, MetricsHistory, PeriodicOverview, WorkerHealth
 from ._jobfilter import BulkAction, BulkResult, JobFilter
 from ._maintenance import Pruner
-from ._models import AuditEntry, BulkChange, CancelResult, DashboardCounts, Job, JobSearch, QueueInfo, WorkerRow
+from ._models import (
+    AuditEntry,
+    BulkChange,
+    CancelResult,
+    DashboardCounts,
+    Job,
+    JobSearch,
+    JobSelection,
+    QueueInfo,
+    WorkerRow,
+)
 from ._periodic import PeriodicInfo, list_periodic
 from ._state import JobState
 from ._task import check_queue, check_task_name
@@ -37,6 +48,8 @@ if TYPE_CHECKING:
     from ._app import App
     from ._driver import Driver
     from ._task import Task
+
+logger = logging.getLogger("nursery_worker.periodic")
 
 #: The states :meth:`Admin.retry` names as "already queued" in its refusal.
 _QUEUED = ("pending", "available", "scheduled", "retryable")
@@ -238,18 +251,34 @@ class Admin:
             skipped=max(0, counted.count - changed - requested),
         )
 
-    async def prune(self, *, older_than: float | dt.timedelta, states: str | Iterable[str] = _FINAL) -> int:
-        """Delete finished jobs older than *older_than*; return how many; see ``App.prune``."""
+    @staticmethod
+    def _prune_args(older_than: object, states: str | Iterable[str], where: str) -> tuple[float, list[str]]:
         if isinstance(older_than, dt.timedelta):
             older_than = older_than.total_seconds()
         if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
-            raise ConfigurationError(f"prune(older_than={older_than!r}): must be seconds >= 0 or a timedelta")
+            raise ConfigurationError(f"{where}(older_than={older_than!r}): must be seconds >= 0 or a timedelta")
         chosen = [states] if isinstance(states, str) else list(states)
         for state in chosen:
             if state not in _FINAL:
-                raise ConfigurationError(f"prune(states=...): {state!r} is not a final state")
-        pruner = Pruner(self.driver, retention={s: float(older_than) for s in chosen}, max_batches=1_000_000)
+                raise ConfigurationError(f"{where}(states=...): {state!r} is not a final state")
+        return float(older_than), chosen
+
+    async def prune(self, *, older_than: float | dt.timedelta, states: str | Iterable[str] = _FINAL) -> int:
+        """Delete finished jobs older than *older_than*; return how many; see ``App.prune``."""
+        seconds, chosen = self._prune_args(older_than, states, "prune")
+        pruner = Pruner(self.driver, retention=dict.fromkeys(chosen, seconds), max_batches=1_000_000)
         return sum((await pruner.run_once()).values())
+
+    async def count_prunable(
+        self, *, older_than: float | dt.timedelta, states: str | Iterable[str] = _FINAL
+    ) -> dict[str, int]:
+        """How many jobs :meth:`prune` would delete now, by state; see ``App.count_prunable``."""
+        seconds, chosen = self._prune_args(older_than, states, "count_prunable")
+        out: dict[str, int] = {}
+        for state in chosen:
+            selection = JobSelection(states=(state,), finished_older_than=seconds)
+            out[state] = (await self.driver.count_jobs(selection)).count
+        return out
 
     async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job:  # noqa: ASYNC109
         """The job once completed; raises ``JobFailed`` if it ended otherwise; see ``App.wait_for``."""
@@ -501,3 +530,46 @@ class Admin:
             ValueError: an unknown *period*. TypeError: *task* is not a string.
         """
         return await _insights.metrics_history(self._app, period=period, task=task)
+
+    async def _find_periodic(self, name: object, where: str) -> PeriodicInfo:
+        """The schedule called *name* (the database's or the app's); ``PeriodicNotFound`` lists the others."""
+        if not isinstance(name, str):
+            raise TypeError(f"{where}: name must be a schedule's name (a str), got {name!r}")
+        known = await self.list_periodic()
+        for info in known:
+            if info.name == name:
+                return info
+        names = ", ".join(repr(p.name) for p in known) or "none"
+        raise PeriodicNotFound(
+            f"{where}: no periodic schedule named {name!r}; known: {names} (a schedule reaches the database when a "
+            "worker serving its queue starts; with the CLI, pass --app to include the app's own)"
+        )
+
+    async def _set_periodic_paused(self, name: str, *, paused: bool, where: str) -> bool:
+        await self._find_periodic(name, where)
+        changed = await self.driver.set_periodic_paused(name, paused=paused)
+        if changed is None and paused:
+            # Only the app defines it so far: register it as its workers will, then pause the row.
+            await self.driver.register_periodic([self._app.schedules[name].entry()])
+            changed = await self.driver.set_periodic_paused(name, paused=True)
+        return bool(changed)
+
+    async def pause_periodic(self, name: str) -> bool:
+        """Pause schedule *name* for every worker; False if it was already paused; see ``App.pause_periodic``."""
+        return await self._set_periodic_paused(name, paused=True, where="pause_periodic()")
+
+    async def resume_periodic(self, name: str) -> bool:
+        """Resume schedule *name*; False if it was not paused; see ``App.resume_periodic``."""
+        return await self._set_periodic_paused(name, paused=False, where="resume_periodic()")
+
+    async def trigger_periodic(self, name: str) -> Job:
+        """Enqueue one run of schedule *name* now, as its tick would; see ``App.trigger_periodic``."""
+        info = await self._find_periodic(name, "trigger_periodic()")
+        schedule = self._app.schedules.get(name)
+        if schedule is not None:  # the app's own: the very job its ticks enqueue (priority, unique key, ...)
+            spec = schedule.job_for(info.now)
+        else:  # only the database knows it: its task, queue and arguments as registered
+            spec = self._app.job_by_name(info.task, dict(info.args), queue=info.queue)
+        (job,) = await self.driver.insert_jobs([spec])
+        logger.info("periodic %s triggered by hand: job %d (%s) in queue %r", name, job.id, job.task, job.queue)
+        return job

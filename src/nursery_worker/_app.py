@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
+import anyio.to_thread
 import attrs
 
 from ._admin import DEFAULT_CHUNK, Admin, Progress
@@ -33,7 +34,7 @@ from ._flow import (
 )
 from ._jobfilter import BulkResult, JobFilter
 from ._json import DEFAULT_MAX_ARGS_BYTES
-from ._models import CancelResult, Job, JobSpec, QueueInfo
+from ._models import CancelResult, Job, JobSpec, PendingMigration, QueueInfo
 from ._periodic import DEFAULT_CATCH_UP, PeriodicInfo, Schedule, add_schedule, build_schedule
 from ._retry import RetryPolicy, resolve_retry
 from ._state import JobState
@@ -328,6 +329,30 @@ class App:
             The migration versions applied by this call ([] when already up to date).
         """
         return self.driver.migrate_sync()
+
+    async def pending_migrations(self) -> list[PendingMigration]:
+        """The migrations :meth:`migrate` would apply now, with their SQL, applying nothing.
+
+        Returns:
+            :class:`PendingMigration` records in the order they would run ([] when up to date).
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+            SchemaNotReady: the schema is newer than this version of nursery-worker.
+
+        Example:
+            >>> [m.name for m in await app.pending_migrations()]
+            ['0009_periodic_pause.sql']
+        """
+        return await anyio.to_thread.run_sync(self.driver.pending_migrations_sync)
+
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        """Like :meth:`pending_migrations`, from synchronous code.
+
+        Returns:
+            The pending migrations, in order.
+        """
+        return self.driver.pending_migrations_sync()
 
     async def aclose(self) -> None:
         """Close the connection pool; the app reconnects if used again."""
@@ -995,6 +1020,30 @@ class App:
         """
         return await self._admin.prune(older_than=older_than, states=states)
 
+    async def count_prunable(
+        self,
+        *,
+        older_than: float | dt.timedelta,
+        states: str | Iterable[str] = ("completed", "discarded", "cancelled"),
+    ) -> dict[str, int]:
+        """How many jobs :meth:`prune` with the same arguments would delete now, by state (a dry run).
+
+        Args:
+            older_than: seconds (or a timedelta) since the job finished.
+            states: which final states to count.
+
+        Returns:
+            The count for each state asked for, in the order given.
+
+        Raises:
+            ConfigurationError: a negative age or a state that is not a final state.
+
+        Example:
+            >>> await app.count_prunable(older_than=7 * 86400)
+            {'completed': 1200, 'discarded': 3, 'cancelled': 40}
+        """
+        return await self._admin.count_prunable(older_than=older_than, states=states)
+
     async def count_jobs(self, job_filter: JobFilter) -> int:
         """Count the jobs *job_filter* matches now (what a bulk operation would examine).
 
@@ -1313,3 +1362,65 @@ class App:
             >>> [(p.name, p.next_tick, p.last_job_state) for p in await app.list_periodic()]
         """
         return await self._admin.list_periodic()
+
+    async def pause_periodic(self, name: str) -> bool:
+        """Pause periodic schedule *name*: no worker enqueues its ticks until :meth:`resume_periodic`.
+
+        The pause is stored in the database (it holds for every worker and survives restarts);
+        :meth:`trigger_periodic` still enqueues a run by hand.
+
+        Args:
+            name: the schedule's name (by default its task's name).
+
+        Returns:
+            True if it was running and is paused now; False if it was already paused.
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.pause_periodic("reports.nightly")
+            True
+        """
+        return await self._admin.pause_periodic(name)
+
+    async def resume_periodic(self, name: str) -> bool:
+        """Resume a paused periodic schedule: its next due tick is enqueued as usual (a tick missed
+        while paused runs at once only if it is within the schedule's ``catch_up``).
+
+        Args:
+            name: the schedule's name.
+
+        Returns:
+            True if it was paused and runs again; False if it was not paused.
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+        """
+        return await self._admin.resume_periodic(name)
+
+    async def trigger_periodic(self, name: str) -> Job:
+        """Enqueue one run of periodic schedule *name* now, paused or not, without touching its ticks.
+
+        The job is the one its ticks enqueue: for a schedule the app defines, the same task, queue,
+        arguments, priority and unique key (``tick_arg`` gets the database's current time); for one
+        only the database knows, the task, queue and arguments it was registered with.
+
+        Args:
+            name: the schedule's name.
+
+        Returns:
+            The job enqueued (or, for a unique task whose key is held, the holder, with
+            ``duplicate`` True).
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> (await app.trigger_periodic("reports.nightly")).id
+            4312
+        """
+        return await self._admin.trigger_periodic(name)

@@ -432,6 +432,8 @@ class PeriodicState:
 
     last_tick: dt.datetime | None
     active_since: dt.datetime
+    #: Paused (``app.pause_periodic``): the scheduler enqueues none of its ticks.
+    paused: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -466,6 +468,7 @@ class PeriodicRow:
     last_job_id: int | None
     last_job_state: str | None
     updated_at: dt.datetime
+    paused_at: dt.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -556,7 +559,8 @@ class GraphNode:
 class JobSelection:
     """Which jobs a bulk operation counts or acts on, as the driver takes it (``JobFilter.selection``).
 
-    Every field given narrows it; ``older_than`` compares ``inserted_at`` with the database's clock.
+    Every field given narrows it; ``older_than`` compares ``inserted_at`` with the database's clock,
+    ``finished_older_than`` compares ``finished_at`` (as the pruner does).
     """
 
     states: tuple[str, ...] | None = None
@@ -565,6 +569,8 @@ class JobSelection:
     older_than: float | None = None
     min_id: int | None = None
     max_id: int | None = None
+    #: Only jobs finished over this many seconds ago (what ``prune`` deletes), by the database's clock.
+    finished_older_than: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -639,3 +645,18 @@ class DashboardCounts:
     finished: tuple[StateCount, ...] = ()
     totals: tuple[StateCount, ...] = ()
     oldest_available: Mapping[str, dt.datetime] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class PendingMigration:
+    """A migration the schema has not had yet, as ``app.pending_migrations()`` lists it.
+
+    Attributes:
+        version: the schema version it brings.
+        name: its file's name (``0009_periodic_pause.sql``).
+        sql: the statements it would run, with the schema's name filled in.
+    """
+
+    version: int
+    name: str
+    sql: str

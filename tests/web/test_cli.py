@@ -32,6 +32,7 @@ def test_jobs_show_why_names_a_paused_queue(migrated: App, engine_dsn: str, engi
 
 def test_web_read_write_needs_a_token(engine_dsn: str) -> None:
     """``web --read-write`` without a token exits with a usage error before serving."""
-    runner = CliRunner()
-    result = runner.invoke(cli, ["web", "--read-write", "--dsn", engine_dsn], env={"NURSERY_WORKER_WEB_TOKEN": None})
+    result = CliRunner().invoke(
+        cli, ["web", "--read-write", "--dsn", engine_dsn], env={"NURSERY_WORKER_WEB_TOKEN": None}
+    )
     assert result.exit_code == 2 and "--token" in result.output

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from nursery_worker import App
+from nursery_worker._admin import Admin
 from nursery_worker._models import RollupRow, WorkerInfo
 from nursery_worker._rollup import HISTOGRAM_BUCKETS
 
@@ -79,10 +80,10 @@ async def test_workers_page_says_when_no_worker_runs(client: httpx.AsyncClient) 
 # --- periodic ------------------------------------------------------------------------------------
 
 
-async def test_periodic_page_lists_schedules_with_next_fire_and_says_it_is_read_only(
+async def test_periodic_page_lists_schedules_with_next_fire_and_recent_runs(
     migrated: App, client: httpx.AsyncClient
 ) -> None:
-    """A schedule of the app is shown with its cron and next fire; the page says actions are unavailable."""
+    """A schedule of the app is shown with its cron, its next fire and its task's recent runs."""
 
     @migrated.task
     async def nightly() -> None:
@@ -93,7 +94,6 @@ async def test_periodic_page_lists_schedules_with_next_fire_and_says_it_is_read_
     page = await client.get("/periodic")
     assert page.status_code == 200
     assert "nightly-report" in page.text and "0 3 * * *" in page.text and f"#{job.id}" in page.text
-    assert "Read-only" in page.text
     (schedule,) = (await client.get("/api/periodic")).json()["schedules"]
     assert schedule["name"] == "nightly-report" and schedule["next_tick"] is not None
     assert [r["id"] for r in schedule["recent"]] == [job.id]
@@ -181,3 +181,49 @@ async def test_every_insight_page_is_in_the_nav(client: httpx.AsyncClient) -> No
     page = await client.get("/")
     for path in ("/workers", "/periodic", "/workflows", "/failures", "/metrics"):
         assert f'href="{path}"' in page.text
+
+
+# --- periodic actions ----------------------------------------------------------------------------
+
+
+def _schedule(app: App) -> str:
+    @app.task
+    async def hourly() -> None:
+        return None
+
+    app.periodic(hourly, cron="0 * * * *", name="hourly-sync")
+    return "hourly-sync"
+
+
+async def test_a_schedule_is_triggered_paused_and_resumed_from_the_page(
+    migrated: App, writer: httpx.AsyncClient
+) -> None:
+    """Trigger enqueues a job of the schedule's task; pause shows it paused; resume clears it; each is audited."""
+    name = _schedule(migrated)
+    page = await writer.get("/periodic")
+    assert f'action="/periodic/{name}/trigger"' in page.text and f'action="/periodic/{name}/pause"' in page.text
+    triggered = await writer.post(f"/api/periodic/{name}/trigger")
+    assert triggered.status_code == 200
+    (job,) = await migrated.list_jobs()
+    assert job.task.endswith("hourly")
+    assert (await writer.post(f"/api/periodic/{name}/pause")).status_code == 200
+    (schedule,) = (await writer.get("/api/periodic")).json()["schedules"]
+    assert schedule["paused"] is True
+    assert f'action="/periodic/{name}/resume"' in (await writer.get("/periodic")).text
+    assert (await writer.post(f"/api/periodic/{name}/resume")).status_code == 200
+    (schedule,) = (await writer.get("/api/periodic")).json()["schedules"]
+    assert schedule["paused"] is False
+    actions = [e.action for e in await Admin(migrated).list_audit()]
+    assert actions == ["periodic.resume", "periodic.pause", "periodic.trigger"]
+
+
+async def test_periodic_actions_are_refused_read_only_and_for_unknown_schedules(
+    migrated: App, client: httpx.AsyncClient, writer: httpx.AsyncClient
+) -> None:
+    """A read-only dashboard answers 403 and enqueues nothing; an unknown schedule is a 404."""
+    name = _schedule(migrated)
+    assert (await client.post(f"/api/periodic/{name}/trigger")).status_code == 403
+    assert "Trigger now" not in (await client.get("/periodic")).text
+    assert await migrated.list_jobs() == []
+    missing = await writer.post("/api/periodic/no-such-schedule/pause")
+    assert missing.status_code == 404 and "no-such-schedule" in missing.text

@@ -35,6 +35,7 @@ from .._models import (
     JobSpec,
     LimitedClaim,
     Notification,
+    PendingMigration,
     PeriodicEnqueued,
     PeriodicEntry,
     PeriodicListing,
@@ -93,6 +94,9 @@ class Driver(Protocol):
 
     def migrate_sync(self) -> list[int]:
         """Like :meth:`migrate`, from synchronous code."""
+
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        """The migrations :meth:`migrate` would apply now, in order, without applying (or creating) anything."""
 
     async def drop_schema(self) -> None:
         """Drop the schema and everything in it (the testing helpers' clean-up)."""
@@ -263,6 +267,9 @@ class Driver(Protocol):
         ``active_since``, and it is at most *catch_up* seconds old by the database's clock. Return
         None when the guard refused (another scheduler enqueued it). When the spec's unique key is
         held by a queued or running job, the tick is consumed without a job (``held``)."""
+
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        """Pause or resume schedule *name*; return whether it changed, or None when it has no row."""
 
     async def list_periodic(self) -> PeriodicListing:
         """The database's ``now()`` and every schedule's row with the state of its last job, by name."""

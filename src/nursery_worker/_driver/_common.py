@@ -283,6 +283,11 @@ class Migrations:
     versions: tuple[tuple[int, str], ...]
 
     @property
+    def count(self) -> int:
+        """How many versions there are (the numbers may have gaps: one merged later)."""
+        return len(self.versions)
+
+    @property
     def latest(self) -> int:
         """The version this code reads and writes."""
         return self.versions[-1][0]
@@ -312,8 +317,16 @@ def too_new(where: str, version: int, latest: int) -> SchemaNotReady:
     )
 
 
-def check_version(where: str, version: int | None, latest: int) -> None:
-    """Raise ``SchemaNotReady`` unless the schema's *version* is exactly *latest*."""
+def check_version(
+    where: str, version: int | None, latest: int, *, applied: int | None = None, known: int | None = None
+) -> None:
+    """Raise ``SchemaNotReady`` unless the schema's *version* is exactly *latest*, with as many
+    versions *applied* as this code *known*s (fewer: one below the newest is missing, merged later)."""
+    if version is not None and version == latest and applied is not None and known is not None and applied < known:
+        raise SchemaNotReady(
+            f"{where} is at version {version} but lacks {known - applied} earlier migration(s): run "
+            "`nursery-worker migrate` (or `await app.migrate()`)"
+        )
     if version is None or version < latest:
         raise SchemaNotReady(
             f"{where} is at version {version or 0}, this nursery-worker needs {latest}: run `nursery-worker "

@@ -38,6 +38,7 @@ from ..._models import (
     JobSelection,
     JobSpec,
     LimitedClaim,
+    PendingMigration,
     PeriodicEnqueued,
     PeriodicEntry,
     PeriodicListing,
@@ -86,6 +87,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (6, "0006_flow_control.sql"),
     (7, "0007_periodic.sql"),
     (8, "0008_dashboard.sql"),
+    (9, "0009_periodic_pause.sql"),
 )
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The schema version this code reads and writes; the last entry of MIGRATIONS.
@@ -213,6 +215,21 @@ class PostgresDriver(PostgresConnections):
             logger.info("migrated schema %r to version %d (applied %s)", self.schema, SCHEMA_VERSION, applied_now)
         return applied_now
 
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        ident = self._sql.ident
+        with self._connect() as conn:
+            try:
+                applied: list[int] = []
+                if conn.execute("SELECT to_regclass(%s)", [f'"{self.schema}".migrations']).fetchone() != (None,):
+                    rows = conn.execute(sql.SQL("SELECT version FROM {}.migrations").format(ident)).fetchall()
+                    applied = [int(r[0]) for r in rows]
+                return [
+                    PendingMigration(version=version, name=name, sql=sql.SQL(text).format(schema=ident).as_string(conn))
+                    for version, name, text in _MIGRATIONS.pending(applied, where=self._where())
+                ]
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+
     async def migrate(self) -> list[int]:
         return await anyio.to_thread.run_sync(self.migrate_sync)
 
@@ -222,7 +239,13 @@ class PostgresDriver(PostgresConnections):
 
     async def check_schema(self) -> None:
         row = await self._hop(lambda c: c.execute(self._sql.version).fetchone())
-        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION)
+        check_version(
+            self._where(),
+            row[0] if row else None,
+            SCHEMA_VERSION,
+            applied=row[1] if row else None,
+            known=_MIGRATIONS.count,
+        )
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -752,6 +775,9 @@ class PostgresDriver(PostgresConnections):
         if selection.older_than is not None:
             where.append(sql.SQL("inserted_at <= now() - %(age)s * interval '1 second'"))
             params["age"] = selection.older_than
+        if selection.finished_older_than is not None:
+            where.append(sql.SQL("finished_at < now() - %(finished_age)s * interval '1 second'"))
+            params["finished_age"] = selection.finished_older_than
         if selection.min_id is not None:
             where.append(sql.SQL("id >= %(min_id)s"))
             params["min_id"] = selection.min_id
@@ -939,7 +965,9 @@ class PostgresDriver(PostgresConnections):
     async def periodic_state(self, names: Sequence[str]) -> PeriodicSnapshot:
         query = self._sql.periodic_state
         rows = await self._hop(lambda c: c.execute(query, {"names": list(names)}).fetchall())
-        states = {r[1]: PeriodicState(last_tick=r[2], active_since=r[3]) for r in rows if r[1] is not None}
+        states = {
+            r[1]: PeriodicState(last_tick=r[2], active_since=r[3], paused=bool(r[4])) for r in rows if r[1] is not None
+        }
         return PeriodicSnapshot(now=rows[0][0], states=states)
 
     async def enqueue_periodic(
@@ -976,6 +1004,11 @@ class PostgresDriver(PostgresConnections):
 
         return await self._hop(enqueue)
 
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        params = {"name": name, "paused": paused}
+        row = await self._hop(lambda c: c.execute(self._sql.periodic_pause, params).fetchone())
+        return None if row is None else bool(row[0]) != paused
+
     async def list_periodic(self) -> PeriodicListing:
         query = self._sql.periodic_list
 
@@ -998,6 +1031,7 @@ class PostgresDriver(PostgresConnections):
                         last_job_id=r[8],
                         last_job_state=r[9],
                         updated_at=r[10],
+                        paused_at=r[11],
                     )
                     for r in rows
                 ),

@@ -70,7 +70,7 @@ from ..._models import (
 from ..._state import ACTIVE_STATES, JobState
 from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns, walk_graph
 from . import _dashboard
-from ._connection import SCHEMA_VERSION, SqliteConnections, Tx
+from ._connection import MIGRATION_COUNT, SCHEMA_VERSION, SqliteConnections, Tx
 from ._flow import claim_limited, limited_finished, settle
 from ._listener import SqliteListener
 from ._queries import JOB_COLUMNS, SQL_NOW, TABLES, job_from_row, new_job
@@ -130,7 +130,13 @@ class SqliteDriver(SqliteConnections):
 
     async def check_schema(self) -> None:
         row = await self._hop(lambda tx: tx.execute("version").fetchone(), write=False)
-        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION)
+        check_version(
+            self._where(),
+            row[0] if row else None,
+            SCHEMA_VERSION,
+            applied=row[1] if row else None,
+            known=MIGRATION_COUNT,
+        )
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -569,6 +575,9 @@ class SqliteDriver(SqliteConnections):
         if selection.older_than is not None:
             where.append("inserted_at <= :cutoff")
             params["cutoff"] = tx.now - round(selection.older_than * 1_000_000)
+        if selection.finished_older_than is not None:
+            where.append("finished_at < :finished_cutoff")
+            params["finished_cutoff"] = tx.now - round(selection.finished_older_than * 1_000_000)
         if selection.min_id is not None:
             where.append("id >= :min_id")
             params["min_id"] = min(selection.min_id, _INT64[1])
@@ -809,7 +818,10 @@ class SqliteDriver(SqliteConnections):
             return now, rows
 
         now, rows = await self._hop(read, write=False)
-        states = {str(r[0]): PeriodicState(last_tick=from_us(r[1]), active_since=moment(r[2])) for r in rows}
+        states = {
+            str(r[0]): PeriodicState(last_tick=from_us(r[1]), active_since=moment(r[2]), paused=bool(r[3]))
+            for r in rows
+        }
         return PeriodicSnapshot(now=moment(now), states=states)
 
     async def enqueue_periodic(
@@ -860,6 +872,16 @@ class SqliteDriver(SqliteConnections):
 
         return await self._hop(enqueue)
 
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        def set_paused(tx: Tx) -> bool | None:
+            row = tx.execute("periodic_paused", {"name": name}).fetchone()
+            if row is None:
+                return None
+            tx.execute("periodic_pause", {"name": name, "paused": int(paused), "now": tx.now})
+            return bool(row[0]) != paused
+
+        return await self._hop(set_paused)
+
     async def list_periodic(self) -> PeriodicListing:
         def read(tx: Tx) -> tuple[int, list[Any]]:
             tx.conn.execute("BEGIN")
@@ -886,6 +908,7 @@ class SqliteDriver(SqliteConnections):
                     last_job_id=r[8],
                     last_job_state=r[9],
                     updated_at=moment(r[10]),
+                    paused_at=from_us(r[11]),
                 )
                 for r in rows
             ),
