@@ -13,6 +13,7 @@ Standalone, without a host app: nursery-worker web --app examples.dashboard:app
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import anyio
@@ -20,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from nursery_worker import App, open_worker
+from nursery_worker import App, JobFailed, open_worker
 from nursery_worker.web import create_web_app
 
 app = App(schema="example_dashboard")
@@ -59,9 +60,8 @@ async def main() -> None:
     async with open_worker(app, queues=["emails"]):
         await send.defer(to="ada@example.com", password="s3cret")
         failed = await send.defer(to="nobody", password="s3cret")
-        with anyio.fail_after(30):
-            while (await app.get_job(failed.id)).state.value != "discarded":
-                await anyio.sleep(0.05)
+        with contextlib.suppress(JobFailed):  # it fails, as planned
+            await app.wait_for(failed.id, timeout=30)
     transport = httpx.ASGITransport(app=host)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765") as client:
         overview = await client.get("/queue/api/overview")

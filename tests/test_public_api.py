@@ -74,7 +74,7 @@ def test_the_package_exposes_nothing_public_beyond_all() -> None:
     """Every attribute of the package without a leading underscore is listed in __all__."""
     public = {name for name in dir(nursery_worker) if not name.startswith("_")}
 
-    assert public - {"testing", "web"} == set(PUBLIC_NAMES)  # submodules: the testing helpers, the dashboard
+    assert public - {"testing", "web"} == set(PUBLIC_NAMES)  # the testing helpers and the dashboard are subpackages
 
 
 def test_the_package_has_a_version_string() -> None:

@@ -359,11 +359,13 @@ class Admin:
             check_task_name(search.task, where="search_jobs()")
         return await self.driver.search_jobs(search, limit=limit, time_limit=time_limit)
 
-    async def dashboard_counts(self, *, queue: str | None = None, cap: int, time_limit: float) -> DashboardCounts:
+    async def dashboard_counts(
+        self, *, queue: str | None = None, cap: int, time_limit: float, finished: bool = True
+    ) -> DashboardCounts:
         """Counts by queue and state, exact up to *cap* rows each and estimated beyond; see ``DashboardCounts``."""
         if queue is not None:
             check_queue(queue, where="dashboard_counts()")
-        return await self.driver.dashboard_counts(queue=queue, cap=cap, time_limit=time_limit)
+        return await self.driver.dashboard_counts(queue=queue, cap=cap, time_limit=time_limit, finished=finished)
 
     async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
         """Up to *limit* jobs that depend on job *job_id*, by id."""

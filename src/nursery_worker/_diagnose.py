@@ -178,9 +178,9 @@ async def diagnose(admin: Admin, job_id: int, *, time_limit: float = 5.0) -> tup
         JobNotFound: there is no such job.
     """
     job = await admin.get_job(job_id)
-    queues = await admin.driver.list_queues(job.queue)
-    queue = queues[0] if queues else None
-    now = queue.now if queue is not None else dt.datetime.now(dt.UTC)
+    counts = await admin.dashboard_counts(queue=job.queue, cap=_RUNNING_CAP, time_limit=time_limit, finished=False)
+    queue = counts.queues[0] if counts.queues else None
+    now = counts.now
     dependencies: list[Job | int] = []
     if job.state is JobState.PENDING:
         for dep in job.depends_on[:50]:

@@ -240,9 +240,12 @@ class Driver(Protocol):
         """Make a scheduled or retryable job available now (and notify its queue); None if it is in
         another state or does not exist."""
 
-    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+    async def dashboard_counts(
+        self, *, queue: str | None, cap: int, time_limit: float, finished: bool = True
+    ) -> DashboardCounts:
         """Counts for the overview (every queue) or one queue's page, each from an index and
-        capped at *cap* rows: exact below the cap, estimated (and marked so) above it."""
+        capped at *cap* rows: exact below the cap, estimated (and marked so) above it; the
+        finished counts only with *finished*."""
 
     async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
         """Up to *limit* jobs whose ``depends_on`` names *job_id*, by id."""

@@ -70,7 +70,7 @@ def new_csrf_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _same_origin(request: Request) -> bool:
+def same_origin(request: Request) -> bool:
     """Whether the POST comes from this dashboard's origin (by ``Origin``, else ``Referer``)."""
     host = request.headers.get("host", "")
     source = request.headers.get("origin")
@@ -103,7 +103,7 @@ async def check_write(request: Request, form: dict[str, str], options: WebOption
         raise WebError(
             403, f"{action} refused: the dashboard is read-only (start it with --read-write and a --token to allow it)"
         )
-    if not _same_origin(request):
+    if not same_origin(request):
         raise WebError(403, f"{action} refused: the request comes from another origin")
     bearer = _bearer(request)
     if bearer is None:

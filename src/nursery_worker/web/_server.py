@@ -6,6 +6,7 @@ See the package docstring for the page convention; ``_page.py`` for its records.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import importlib
 import json
 import logging
@@ -31,7 +32,15 @@ from ._live import StreamCounter, change_events
 from ._page import Action, Done, Page, View, WebError
 from ._render import jsonable, make_environment
 from ._request import Authorizer, PageRequest, Redactor, WebOptions
-from ._security import CSRF_COOKIE, CSRF_FIELD, TOKEN_COOKIE, SecurityHeaders, check_write, new_csrf_token
+from ._security import (
+    CSRF_COOKIE,
+    CSRF_FIELD,
+    TOKEN_COOKIE,
+    SecurityHeaders,
+    check_write,
+    new_csrf_token,
+    same_origin,
+)
 
 if TYPE_CHECKING:
     from .._app import App
@@ -132,7 +141,7 @@ class Dashboard:
             return self.error(req, 400, str(exc), api=api)
         except NurseryWorkerError as exc:
             logger.warning("dashboard: %s", redact_dsn(f"{type(exc).__name__}: {exc}"))
-            return self.error(req, 503, f"the database could not answer: {type(exc).__name__}", api=api)
+            return self.error(req, 503, f"the database could not answer: {exc}", api=api)
         except Exception:
             logger.exception("dashboard: error on %s", req.request.url.path)
             return self.error(req, 500, "internal error (logged on the server)", api=api)
@@ -188,10 +197,8 @@ class Dashboard:
             token = self.options.token
             if self.options.read_only or token is None:
                 raise WebError(403, "logging in is for write actions with a token, which are not switched on")
-            if not _same_origin_login(request):
+            if not same_origin(request):
                 raise WebError(403, "log in refused: the request comes from another origin")
-            import hmac
-
             cookie = request.cookies.get(CSRF_COOKIE, "")
             if not cookie or not hmac.compare_digest(cookie.encode(), form.get(CSRF_FIELD, "").encode()):
                 raise WebError(403, "log in refused: missing or wrong CSRF token (reload the page and try again)")
@@ -240,12 +247,6 @@ class Dashboard:
         routes.append(Route("/events", self.events, methods=["GET"]))
         routes.append(Mount("/static", app=StaticFiles(directory=_STATIC), name="static"))
         return routes
-
-
-def _same_origin_login(request: Request) -> bool:
-    from ._security import _same_origin
-
-    return _same_origin(request)
 
 
 def _back(request: Request, root: str) -> str:

@@ -92,60 +92,107 @@ def search_query(
     return query, params
 
 
+#: Each waiting state's jobs of one queue, in the terms of a partial index that answers them
+#: (available jobs sit in two: with and without a limit key).
+_WAITING_SOURCES = {
+    "pending": ("state = 'pending'",),
+    "scheduled": ("state = 'scheduled'",),
+    "available": ("state = 'available' AND limit_key IS NULL", "state = 'available' AND limit_key IS NOT NULL"),
+    "executing": ("state = 'executing'",),
+    "retryable": ("state = 'retryable'",),
+}
+
+# The queues with waiting jobs, each found by a loose index scan (one probe per queue) or a capped
+# read of a small partial index, and the queues of jobs finished in the last hour (capped).
+_QUEUE_NAMES = """
+WITH RECURSIVE
+free(q) AS (
+    (SELECT queue FROM {s}.jobs WHERE state = 'available' AND limit_key IS NULL ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue FROM {s}.jobs WHERE state = 'available' AND limit_key IS NULL AND queue > free.q
+            ORDER BY queue LIMIT 1) FROM free WHERE free.q IS NOT NULL
+),
+keyed(q) AS (
+    (SELECT queue FROM {s}.jobs WHERE state = 'available' AND limit_key IS NOT NULL ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue FROM {s}.jobs WHERE state = 'available' AND limit_key IS NOT NULL AND queue > keyed.q
+            ORDER BY queue LIMIT 1) FROM keyed WHERE keyed.q IS NOT NULL
+),
+waiting(q) AS (
+    (SELECT queue FROM {s}.jobs WHERE state = 'pending' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue FROM {s}.jobs WHERE state = 'pending' AND queue > waiting.q ORDER BY queue LIMIT 1)
+    FROM waiting WHERE waiting.q IS NOT NULL
+)
+SELECT name FROM {s}.queues
+UNION SELECT q FROM free WHERE q IS NOT NULL
+UNION SELECT q FROM keyed WHERE q IS NOT NULL
+UNION SELECT q FROM waiting WHERE q IS NOT NULL
+UNION SELECT queue FROM (SELECT queue FROM {s}.jobs WHERE state IN ('scheduled', 'retryable') LIMIT %(cap)s) AS d
+UNION SELECT queue FROM (SELECT queue FROM {s}.jobs WHERE state = 'executing' LIMIT %(cap)s) AS e
+UNION SELECT queue FROM (SELECT queue FROM {s}.jobs
+                         WHERE state = 'completed' AND finished_at > now() - interval '1 hour' LIMIT %(cap)s) AS c
+UNION SELECT queue FROM (SELECT queue FROM {s}.jobs
+                         WHERE state = 'discarded' AND finished_at > now() - interval '1 hour' LIMIT %(cap)s) AS f
+UNION SELECT queue FROM (SELECT queue FROM {s}.jobs
+                         WHERE state = 'cancelled' AND finished_at > now() - interval '1 hour' LIMIT %(cap)s) AS x
+"""
+
+
 def dashboard_counts(
-    conn: psycopg.Connection[Any], ident: sql.Composable, *, queue: str | None, cap: int
+    conn: psycopg.Connection[Any], ident: sql.Composable, *, queue: str | None, cap: int, finished: bool = True
 ) -> DashboardCounts:
     """The counts of :class:`DashboardCounts`, in the caller's transaction."""
     row = conn.execute("SELECT now()").fetchone()
     assert row is not None
     now: dt.datetime = row[0]
     if queue is None:
-        names_query = sql.SQL(
-            "SELECT name FROM {s}.queues UNION "
-            "SELECT DISTINCT queue FROM {s}.jobs WHERE state = ANY(%(waiting)s::text[]) UNION "
-            # Queues whose jobs all finished lately, from the finished index, capped.
-            "SELECT DISTINCT queue FROM (SELECT queue FROM {s}.jobs WHERE state = ANY(%(finished)s::text[]) "
-            "AND finished_at > now() - interval '1 day' LIMIT %(cap)s) AS recent"
-        ).format(s=ident)
-        names = sorted(
-            str(r[0])
-            for r in conn.execute(names_query, {"waiting": list(WAITING), "finished": list(FINISHED), "cap": cap})
-        )
+        names_query = sql.SQL(_QUEUE_NAMES).format(s=ident)
+        names = sorted(str(r[0]) for r in conn.execute(names_query, {"cap": cap}))
     else:
         names = [queue]
     waiting: list[StateCount] = []
     oldest: dict[str, dt.datetime] = {}
-    per_state = sql.SQL("SELECT 1 FROM {s}.jobs WHERE queue = %(queue)s AND state = %(state)s").format(s=ident)
     first = sql.SQL(
-        "SELECT scheduled_at FROM {s}.jobs WHERE queue = %(queue)s AND state = 'available' "
-        "ORDER BY priority DESC, scheduled_at LIMIT 50"
+        "SELECT min(at) FROM ("
+        "(SELECT scheduled_at AS at FROM {s}.jobs WHERE queue = %(queue)s AND state = 'available' "
+        "AND limit_key IS NULL ORDER BY priority DESC, scheduled_at LIMIT 50) UNION ALL "
+        "(SELECT scheduled_at FROM {s}.jobs WHERE queue = %(queue)s AND state = 'available' "
+        "AND limit_key IS NOT NULL LIMIT %(cap)s)) AS a"
     ).format(s=ident)
     for name in names:
         for state in WAITING:
-            n, estimated = capped_count(conn, per_state, {"queue": name, "state": state}, cap)
-            waiting.append(StateCount(queue=name, state=state, count=n, estimated=estimated))
+            total, estimated = 0, False
+            for where in _WAITING_SOURCES[state]:
+                part = sql.SQL("SELECT 1 FROM {s}.jobs WHERE queue = %(queue)s AND " + where).format(s=ident)
+                n, guessed = capped_count(conn, part, {"queue": name}, cap)
+                total, estimated = total + n, estimated or guessed
+            waiting.append(StateCount(queue=name, state=state, count=total, estimated=estimated))
         # The fetch index orders by priority first: the oldest of the first few is the oldest
         # available job unless priorities differ, which is the lag a worker actually sees.
-        times = [r[0] for r in conn.execute(first, {"queue": name})]
-        if times:
-            oldest[name] = min(times)
-    finished: list[StateCount] = []
+        at = conn.execute(first, {"queue": name, "cap": cap}).fetchone()
+        if at is not None and at[0] is not None:
+            oldest[name] = at[0]
+    ended: list[StateCount] = []
+    totals: list[StateCount] = []
+    # One queue's finished jobs are found through the (state, finished_at) index and filtered by
+    # queue: a smaller cap bounds that walk.
+    finished_cap = cap if queue is None else min(cap, 1000)
     window_query = sql.SQL(
         "SELECT 1 FROM {s}.jobs WHERE state = %(state)s AND finished_at > now() - %(window)s"
     ).format(s=ident)
     if queue is not None:
         window_query = window_query + sql.SQL(" AND queue = %(queue)s")
-    for state in FINISHED:
+    for state in FINISHED if finished else ():
         for window in WINDOWS:
             params = {"state": state, "window": dt.timedelta(seconds=window), "queue": queue}
-            n, estimated = capped_count(conn, window_query, params, cap)
-            finished.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
-    totals: list[StateCount] = []
+            n, estimated = capped_count(conn, window_query, params, finished_cap)
+            ended.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
     total_query = sql.SQL("SELECT 1 FROM {s}.jobs WHERE state = %(state)s").format(s=ident)
     if queue is not None:
         total_query = total_query + sql.SQL(" AND queue = %(queue)s")
-    for state in FINISHED:
-        n, estimated = capped_count(conn, total_query, {"state": state, "queue": queue}, cap)
+    for state in FINISHED if finished else ():
+        n, estimated = capped_count(conn, total_query, {"state": state, "queue": queue}, finished_cap)
         totals.append(StateCount(queue=queue, state=state, count=n, estimated=estimated))
     settings = {
         str(r[0]): r
@@ -175,16 +222,16 @@ def dashboard_counts(
         now=now,
         queues=tuple(infos),
         waiting=tuple(waiting),
-        finished=tuple(finished),
+        finished=tuple(ended),
         totals=tuple(totals),
         oldest_available=oldest,
     )
 
 
 def dependants_query(ident: sql.Composable, columns: str) -> sql.Composed:
-    """Jobs naming ``%(id)s`` in ``depends_on``: inserted after it, so the id range bounds the scan."""
+    """Jobs naming ``%(id)s`` in ``depends_on``, found through the GIN index of ``depends_on``."""
     return sql.SQL(
-        "SELECT {cols} FROM {s}.jobs WHERE id > %(id)s AND depends_on @> ARRAY[%(id)s]::bigint[] "
+        "SELECT {cols} FROM {s}.jobs WHERE depends_on IS NOT NULL AND depends_on @> ARRAY[%(id)s]::bigint[] "
         "ORDER BY id LIMIT %(limit)s"
     ).format(cols=sql.SQL(columns), s=ident)
 

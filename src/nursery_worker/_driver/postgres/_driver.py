@@ -923,11 +923,13 @@ class PostgresDriver(PostgresConnections):
         rows = await self._hop(lambda c: c.execute(query, {"id": job_id, "channel": self.channel}).fetchall())
         return _job_from_row(rows[0][:-1]) if rows else None
 
-    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+    async def dashboard_counts(
+        self, *, queue: str | None, cap: int, time_limit: float, finished: bool = True
+    ) -> DashboardCounts:
         def read(c: psycopg.Connection[Any]) -> DashboardCounts:
             with c.transaction():
                 _dashboard.begin(c, time_limit)
-                return _dashboard.dashboard_counts(c, self._sql.ident, queue=queue, cap=cap)
+                return _dashboard.dashboard_counts(c, self._sql.ident, queue=queue, cap=cap, finished=finished)
 
         return await self._hop(read)
 

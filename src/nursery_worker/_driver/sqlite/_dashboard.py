@@ -80,20 +80,65 @@ def search_query(names: Mapping[str, str], columns: str, search: JobSearch, limi
     return query + " ORDER BY id DESC LIMIT :limit", params
 
 
+#: Each waiting state's jobs of one queue, in the terms of a partial index that answers them
+#: (available jobs sit in two: with and without a limit key).
+_WAITING_SOURCES = {
+    "pending": ("state = 'pending'",),
+    "scheduled": ("state = 'scheduled'",),
+    "available": ("state = 'available' AND limit_key IS NULL", "state = 'available' AND limit_key IS NOT NULL"),
+    "executing": ("state = 'executing'",),
+    "retryable": ("state = 'retryable'",),
+}
+
+# The queues with waiting jobs, each found by a loose index scan (one probe per queue) or a capped
+# read of a small partial index, and the queues of jobs finished in the last hour (capped).
+_QUEUE_NAMES = """
+WITH RECURSIVE
+free(q) AS (
+    SELECT (SELECT queue FROM {jobs} WHERE state = 'available' AND limit_key IS NULL ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue FROM {jobs} WHERE state = 'available' AND limit_key IS NULL AND queue > free.q
+            ORDER BY queue LIMIT 1) FROM free WHERE free.q IS NOT NULL
+),
+keyed(q) AS (
+    SELECT (SELECT queue FROM {jobs} WHERE state = 'available' AND limit_key IS NOT NULL ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue FROM {jobs} WHERE state = 'available' AND limit_key IS NOT NULL AND queue > keyed.q
+            ORDER BY queue LIMIT 1) FROM keyed WHERE keyed.q IS NOT NULL
+),
+waiting(q) AS (
+    SELECT (SELECT queue FROM {jobs} WHERE state = 'pending' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue FROM {jobs} WHERE state = 'pending' AND queue > waiting.q ORDER BY queue LIMIT 1)
+    FROM waiting WHERE waiting.q IS NOT NULL
+)
+SELECT name FROM {queues}
+UNION SELECT q FROM free WHERE q IS NOT NULL
+UNION SELECT q FROM keyed WHERE q IS NOT NULL
+UNION SELECT q FROM waiting WHERE q IS NOT NULL
+UNION SELECT queue FROM (SELECT queue FROM {jobs} WHERE state IN ('scheduled', 'retryable') LIMIT :cap)
+UNION SELECT queue FROM (SELECT queue FROM {jobs} WHERE state = 'executing' LIMIT :cap)
+UNION SELECT queue FROM (SELECT queue FROM {jobs} WHERE state = 'completed' AND finished_at > :since LIMIT :cap)
+UNION SELECT queue FROM (SELECT queue FROM {jobs} WHERE state = 'discarded' AND finished_at > :since LIMIT :cap)
+UNION SELECT queue FROM (SELECT queue FROM {jobs} WHERE state = 'cancelled' AND finished_at > :since LIMIT :cap)
+"""
+
+
 def dashboard_counts(
-    conn: sqlite3.Connection, names: Mapping[str, str], now_sql: str, *, queue: str | None, cap: int
+    conn: sqlite3.Connection,
+    names: Mapping[str, str],
+    now_sql: str,
+    *,
+    queue: str | None,
+    cap: int,
+    finished: bool = True,
 ) -> DashboardCounts:
     """The counts of :class:`DashboardCounts`, on *conn* (one read transaction)."""
     jobs = names["jobs"]
     now = int(conn.execute(now_sql).fetchone()[0])
     if queue is None:
-        marks = ", ".join(f"'{s}'" for s in WAITING)
         found = conn.execute(
-            f"SELECT name FROM {names['queues']} UNION SELECT DISTINCT queue FROM {jobs} WHERE state IN ({marks}) "
-            # Queues whose jobs all finished lately, from the finished index, capped.
-            f"UNION SELECT DISTINCT queue FROM (SELECT queue FROM {jobs} WHERE state IN "
-            "('completed', 'discarded', 'cancelled') AND finished_at > :since LIMIT :cap)",
-            {"since": now - 86400 * _US, "cap": cap},
+            _QUEUE_NAMES.format(jobs=jobs, queues=names["queues"]), {"cap": cap, "since": now - 3600 * _US}
         )
         queues = sorted(str(r[0]) for r in found)
     else:
@@ -102,36 +147,39 @@ def dashboard_counts(
     oldest: dict[str, dt.datetime] = {}
     for name in queues:
         for state in WAITING:
-            n, estimated = capped_count(
-                conn,
-                f"SELECT 1 FROM {jobs} WHERE queue = :queue AND state = :state",
-                {"queue": name, "state": state},
-                cap,
-            )
-            waiting.append(StateCount(queue=name, state=state, count=n, estimated=estimated))
+            total, estimated = 0, False
+            for where in _WAITING_SOURCES[state]:
+                n, guessed = capped_count(
+                    conn, f"SELECT 1 FROM {jobs} WHERE queue = :queue AND {where}", {"queue": name}, cap
+                )
+                total, estimated = total + n, estimated or guessed
+            waiting.append(StateCount(queue=name, state=state, count=total, estimated=estimated))
         first = conn.execute(
-            f"SELECT min(scheduled_at) FROM (SELECT scheduled_at FROM {jobs} WHERE queue = :queue "
-            "AND state = 'available' ORDER BY priority DESC, scheduled_at LIMIT 50)",
-            {"queue": name},
+            f"SELECT min(at) FROM (SELECT * FROM (SELECT scheduled_at AS at FROM {jobs} WHERE queue = :queue "
+            "AND state = 'available' AND limit_key IS NULL ORDER BY priority DESC, scheduled_at LIMIT 50) "
+            f"UNION ALL SELECT * FROM (SELECT scheduled_at FROM {jobs} WHERE queue = :queue "
+            "AND state = 'available' AND limit_key IS NOT NULL LIMIT :cap))",
+            {"queue": name, "cap": cap},
         ).fetchone()[0]
         if first is not None:
             at = from_us(int(first))
             assert at is not None
             oldest[name] = at
-    finished: list[StateCount] = []
+    ended: list[StateCount] = []
     totals: list[StateCount] = []
+    finished_cap = cap if queue is None else min(cap, 1000)
     by_queue = " AND queue = :queue" if queue is not None else ""
-    for state in FINISHED:
+    for state in FINISHED if finished else ():
         for window in WINDOWS:
             n, estimated = capped_count(
                 conn,
                 f"SELECT 1 FROM {jobs} WHERE state = :state AND finished_at > :since{by_queue}",
                 {"state": state, "since": now - window * _US, "queue": queue},
-                cap,
+                finished_cap,
             )
-            finished.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
+            ended.append(StateCount(queue=queue, state=state, count=n, estimated=estimated, window=window))
         n, estimated = capped_count(
-            conn, f"SELECT 1 FROM {jobs} WHERE state = :state{by_queue}", {"state": state, "queue": queue}, cap
+            conn, f"SELECT 1 FROM {jobs} WHERE state = :state{by_queue}", {"state": state, "queue": queue}, finished_cap
         )
         totals.append(StateCount(queue=queue, state=state, count=n, estimated=estimated))
     settings = {
@@ -159,7 +207,7 @@ def dashboard_counts(
         now=moment(now),
         queues=tuple(infos),
         waiting=tuple(waiting),
-        finished=tuple(finished),
+        finished=tuple(ended),
         totals=tuple(totals),
         oldest_available=oldest,
     )

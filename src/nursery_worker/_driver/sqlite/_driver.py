@@ -506,12 +506,14 @@ class SqliteDriver(SqliteConnections):
 
         return await self._hop(run)
 
-    async def dashboard_counts(self, *, queue: str | None, cap: int, time_limit: float) -> DashboardCounts:
+    async def dashboard_counts(
+        self, *, queue: str | None, cap: int, time_limit: float, finished: bool = True
+    ) -> DashboardCounts:
         return await self._hop(
             lambda tx: _dashboard.read(
                 tx.conn,
                 time_limit,
-                lambda c: _dashboard.dashboard_counts(c, self._names, SQL_NOW, queue=queue, cap=cap),
+                lambda c: _dashboard.dashboard_counts(c, self._names, SQL_NOW, queue=queue, cap=cap, finished=finished),
             ),
             write=False,
         )
