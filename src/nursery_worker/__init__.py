@@ -15,16 +15,20 @@ from ._errors import JobFailed as JobFailed
 from ._errors import JobNotFound as JobNotFound
 from ._errors import JobStateError as JobStateError
 from ._errors import NurseryWorkerError as NurseryWorkerError
+from ._errors import PeriodicNotFound as PeriodicNotFound
 from ._errors import SchemaNotReady as SchemaNotReady
 from ._errors import SupervisorError as SupervisorError
 from ._errors import TaskNotFound as TaskNotFound
 from ._flow import BreakerInfo as BreakerInfo
 from ._flow import CircuitBreaker as CircuitBreaker
+from ._jobfilter import BulkResult as BulkResult
+from ._jobfilter import JobFilter as JobFilter
 from ._metrics import serve_metrics as serve_metrics
 from ._models import CancelResult as CancelResult
 from ._models import Job as Job
 from ._models import JobError as JobError
 from ._models import JobSpec as JobSpec
+from ._models import PendingMigration as PendingMigration
 from ._models import QueueInfo as QueueInfo
 from ._outcomes import Discard as Discard
 from ._outcomes import JobOutcome as JobOutcome
@@ -48,6 +52,7 @@ from ._worker import open_worker as open_worker
 __all__ = [
     "App",
     "BreakerInfo",
+    "BulkResult",
     "CallNext",
     "CancelResult",
     "ChildStatus",
@@ -61,6 +66,7 @@ __all__ = [
     "JobContext",
     "JobError",
     "JobFailed",
+    "JobFilter",
     "JobNotFound",
     "JobOutcome",
     "JobSpec",
@@ -69,7 +75,9 @@ __all__ = [
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
+    "PendingMigration",
     "PeriodicInfo",
+    "PeriodicNotFound",
     "QueueInfo",
     "Retry",
     "RetryPolicy",

@@ -4,6 +4,7 @@ names delegate to it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import inspect
 import os
@@ -13,9 +14,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+import anyio
+import anyio.to_thread
 import attrs
 
-from ._admin import Admin
+from ._admin import DEFAULT_CHUNK, Admin, Progress
 from ._context import CallNext, JobContext, Middleware
 from ._driver import Driver, create_driver
 from ._dsn import ENV_VAR, redact, resolve_dsn
@@ -29,8 +32,9 @@ from ._flow import (
     check_max_concurrency,
     parse_rate_limit,
 )
+from ._jobfilter import BulkResult, JobFilter
 from ._json import DEFAULT_MAX_ARGS_BYTES
-from ._models import CancelResult, Job, JobSpec, QueueInfo
+from ._models import CancelResult, Job, JobSpec, PendingMigration, QueueInfo
 from ._periodic import DEFAULT_CATCH_UP, PeriodicInfo, Schedule, add_schedule, build_schedule
 from ._retry import RetryPolicy, resolve_retry
 from ._state import JobState
@@ -57,6 +61,40 @@ DEFAULT_SCHEMA = "nursery_worker"
 P = ParamSpec("P")
 R = TypeVar("R")
 Hook = Callable[[], Awaitable[None]]
+
+
+def _running_loop() -> str | None:
+    """The event loop running in this thread ("asyncio" or "trio"), or None."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return "asyncio"
+    trio = sys.modules.get("trio")  # imported by whoever runs trio; never imported here
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    return None
+
+
+def _blocking(fn: Callable[..., Awaitable[R]], *args: Any) -> R:
+    """Run ``fn(*args)`` on a new event loop: the ``*_sync`` twins of the admin operations.
+
+    Raises:
+        RuntimeError: called from inside an event loop (await the async method there instead).
+    """
+    library = _running_loop()
+    if library is None:
+        return anyio.run(fn, *args)
+    raise RuntimeError(
+        f"a *_sync method was called inside a running {library} event loop, which it would block; await the "
+        "async method of the same name instead"
+    )
 
 
 def _module_name(fn: Callable[..., Any]) -> str:
@@ -291,6 +329,30 @@ class App:
             The migration versions applied by this call ([] when already up to date).
         """
         return self.driver.migrate_sync()
+
+    async def pending_migrations(self) -> list[PendingMigration]:
+        """The migrations :meth:`migrate` would apply now, with their SQL, applying nothing.
+
+        Returns:
+            :class:`PendingMigration` records in the order they would run ([] when up to date).
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+            SchemaNotReady: the schema is newer than this version of nursery-worker.
+
+        Example:
+            >>> [m.name for m in await app.pending_migrations()]
+            ['0009_periodic_pause.sql']
+        """
+        return await anyio.to_thread.run_sync(self.driver.pending_migrations_sync)
+
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        """Like :meth:`pending_migrations`, from synchronous code.
+
+        Returns:
+            The pending migrations, in order.
+        """
+        return self.driver.pending_migrations_sync()
 
     async def aclose(self) -> None:
         """Close the connection pool; the app reconnects if used again."""
@@ -958,6 +1020,203 @@ class App:
         """
         return await self._admin.prune(older_than=older_than, states=states)
 
+    async def count_prunable(
+        self,
+        *,
+        older_than: float | dt.timedelta,
+        states: str | Iterable[str] = ("completed", "discarded", "cancelled"),
+    ) -> dict[str, int]:
+        """How many jobs :meth:`prune` with the same arguments would delete now, by state (a dry run).
+
+        Args:
+            older_than: seconds (or a timedelta) since the job finished.
+            states: which final states to count.
+
+        Returns:
+            The count for each state asked for, in the order given.
+
+        Raises:
+            ConfigurationError: a negative age or a state that is not a final state.
+
+        Example:
+            >>> await app.count_prunable(older_than=7 * 86400)
+            {'completed': 1200, 'discarded': 3, 'cancelled': 40}
+        """
+        return await self._admin.count_prunable(older_than=older_than, states=states)
+
+    async def count_jobs(self, job_filter: JobFilter) -> int:
+        """Count the jobs *job_filter* matches now (what a bulk operation would examine).
+
+        Args:
+            job_filter: which jobs (a :class:`JobFilter`; an empty one matches every job).
+
+        Returns:
+            How many jobs match.
+
+        Raises:
+            TypeError: *job_filter* is not a JobFilter.
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.count_jobs(JobFilter(states="available", queue="emails"))
+            2500
+        """
+        return await self._admin.count_jobs(job_filter)
+
+    def count_jobs_sync(self, job_filter: JobFilter) -> int:
+        """Like :meth:`count_jobs`, from synchronous code (not from inside an event loop).
+
+        Returns:
+            How many jobs match.
+        """
+        return _blocking(self._admin.count_jobs, job_filter)
+
+    async def bulk_cancel(
+        self, job_filter: JobFilter, *, chunk_size: int = DEFAULT_CHUNK, progress: Progress | None = None
+    ) -> BulkResult:
+        """Cancel every job *job_filter* matches, *chunk_size* jobs per short transaction.
+
+        Works as :meth:`cancel` on each job: a waiting one is cancelled at once, an executing one
+        gets a cancel request that its worker acts on (cancelling the job's scope). Without states
+        in the filter it takes every unfinished state. The jobs counted at the start are the ones
+        acted on; each write is guarded by the filter's states, so a job that moved meanwhile (it
+        finished, or started when only waiting states were asked for) is skipped, never clobbered.
+
+        Args:
+            job_filter: which jobs (a :class:`JobFilter`).
+            chunk_size: jobs per transaction (1-10000).
+            progress: called after each chunk with how many jobs it examined (for a progress bar).
+
+        Returns:
+            A :class:`BulkResult`: matched, cancelled (``changed``), ``requested`` and ``skipped``.
+
+        Raises:
+            JobStateError: the filter names a finished state (such a job cannot be cancelled).
+            ConfigurationError: a bad chunk size.
+            TypeError: *job_filter* is not a JobFilter.
+            DatabaseError: the database cannot be reached (chunks already done stay done).
+
+        Example:
+            >>> result = await app.bulk_cancel(JobFilter(states="available", queue="emails"))
+            >>> result.changed
+            2500
+        """
+        return await self._admin.bulk("cancel", job_filter, chunk_size=chunk_size, progress=progress)
+
+    def bulk_cancel_sync(
+        self, job_filter: JobFilter, *, chunk_size: int = DEFAULT_CHUNK, progress: Progress | None = None
+    ) -> BulkResult:
+        """Like :meth:`bulk_cancel`, from synchronous code (not from inside an event loop).
+
+        Returns:
+            A :class:`BulkResult`.
+        """
+        return _blocking(lambda: self._admin.bulk("cancel", job_filter, chunk_size=chunk_size, progress=progress))
+
+    async def bulk_retry(
+        self, job_filter: JobFilter, *, chunk_size: int = DEFAULT_CHUNK, progress: Progress | None = None
+    ) -> BulkResult:
+        """Put every discarded or cancelled job *job_filter* matches back in its queue, in chunks.
+
+        Works as :meth:`retry` on each job. A job whose retry is refused (a unique job holds its
+        key, or a dependency did not complete) or that moved since the count is skipped.
+
+        Args:
+            job_filter: which jobs (states among ``discarded`` and ``cancelled``; both if none).
+            chunk_size: jobs per transaction (1-10000).
+            progress: called after each chunk with how many jobs it examined.
+
+        Returns:
+            A :class:`BulkResult`: matched, retried (``changed``) and ``skipped``.
+
+        Raises:
+            JobStateError: the filter names a state other than discarded or cancelled.
+            ConfigurationError: a bad chunk size.
+            TypeError: *job_filter* is not a JobFilter.
+            DatabaseError: the database cannot be reached (chunks already done stay done).
+
+        Example:
+            >>> await app.bulk_retry(JobFilter(states="discarded", task="emails.send"))
+        """
+        return await self._admin.bulk("retry", job_filter, chunk_size=chunk_size, progress=progress)
+
+    def bulk_retry_sync(
+        self, job_filter: JobFilter, *, chunk_size: int = DEFAULT_CHUNK, progress: Progress | None = None
+    ) -> BulkResult:
+        """Like :meth:`bulk_retry`, from synchronous code (not from inside an event loop).
+
+        Returns:
+            A :class:`BulkResult`.
+        """
+        return _blocking(lambda: self._admin.bulk("retry", job_filter, chunk_size=chunk_size, progress=progress))
+
+    async def bulk_delete(
+        self, job_filter: JobFilter, *, chunk_size: int = DEFAULT_CHUNK, progress: Progress | None = None
+    ) -> BulkResult:
+        """Delete every job *job_filter* matches, except executing ones, in chunks.
+
+        An executing job is never deleted (its worker would record its outcome on a missing row):
+        cancel it first. Without states in the filter every other state is taken; a job that
+        started executing since the count is skipped. Deleting a waiting job that other jobs
+        depend on leaves them pending: cancel it instead.
+
+        Args:
+            job_filter: which jobs (a :class:`JobFilter`).
+            chunk_size: jobs per transaction (1-10000).
+            progress: called after each chunk with how many jobs it examined.
+
+        Returns:
+            A :class:`BulkResult`: matched, deleted (``changed``) and ``skipped``.
+
+        Raises:
+            JobStateError: the filter names the executing state.
+            ConfigurationError: a bad chunk size.
+            TypeError: *job_filter* is not a JobFilter.
+            DatabaseError: the database cannot be reached (chunks already done stay done).
+
+        Example:
+            >>> await app.bulk_delete(JobFilter(states="cancelled", older_than=86400))
+        """
+        return await self._admin.bulk("delete", job_filter, chunk_size=chunk_size, progress=progress)
+
+    def bulk_delete_sync(
+        self, job_filter: JobFilter, *, chunk_size: int = DEFAULT_CHUNK, progress: Progress | None = None
+    ) -> BulkResult:
+        """Like :meth:`bulk_delete`, from synchronous code (not from inside an event loop).
+
+        Returns:
+            A :class:`BulkResult`.
+        """
+        return _blocking(lambda: self._admin.bulk("delete", job_filter, chunk_size=chunk_size, progress=progress))
+
+    async def delete_job(self, job_id: int) -> Job:
+        """Delete one job (and its result) that is not executing.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            The job as it was just before it was deleted.
+
+        Raises:
+            JobNotFound: no such job.
+            JobStateError: the job is executing (cancel it first), or moved while being deleted.
+            TypeError: the id is not an int.
+
+        Example:
+            >>> (await app.delete_job(42)).state
+            <JobState.CANCELLED: 'cancelled'>
+        """
+        return await self._admin.delete_job(job_id)
+
+    def delete_job_sync(self, job_id: int) -> Job:
+        """Like :meth:`delete_job`, from synchronous code (not from inside an event loop).
+
+        Returns:
+            The job as it was just before it was deleted.
+        """
+        return _blocking(self._admin.delete_job, job_id)
+
     async def pause_queue(self, name: str) -> bool:
         """Pause queue *name*: no worker fetches its jobs until :meth:`resume_queue`.
 
@@ -1103,3 +1362,65 @@ class App:
             >>> [(p.name, p.next_tick, p.last_job_state) for p in await app.list_periodic()]
         """
         return await self._admin.list_periodic()
+
+    async def pause_periodic(self, name: str) -> bool:
+        """Pause periodic schedule *name*: no worker enqueues its ticks until :meth:`resume_periodic`.
+
+        The pause is stored in the database (it holds for every worker and survives restarts);
+        :meth:`trigger_periodic` still enqueues a run by hand.
+
+        Args:
+            name: the schedule's name (by default its task's name).
+
+        Returns:
+            True if it was running and is paused now; False if it was already paused.
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.pause_periodic("reports.nightly")
+            True
+        """
+        return await self._admin.pause_periodic(name)
+
+    async def resume_periodic(self, name: str) -> bool:
+        """Resume a paused periodic schedule: its next due tick is enqueued as usual (a tick missed
+        while paused runs at once only if it is within the schedule's ``catch_up``).
+
+        Args:
+            name: the schedule's name.
+
+        Returns:
+            True if it was paused and runs again; False if it was not paused.
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+        """
+        return await self._admin.resume_periodic(name)
+
+    async def trigger_periodic(self, name: str) -> Job:
+        """Enqueue one run of periodic schedule *name* now, paused or not, without touching its ticks.
+
+        The job is the one its ticks enqueue: for a schedule the app defines, the same task, queue,
+        arguments, priority and unique key (``tick_arg`` gets the database's current time); for one
+        only the database knows, the task, queue and arguments it was registered with.
+
+        Args:
+            name: the schedule's name.
+
+        Returns:
+            The job enqueued (or, for a unique task whose key is held, the holder, with
+            ``duplicate`` True).
+
+        Raises:
+            PeriodicNotFound: no schedule has that name (the message lists those that do).
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> (await app.trigger_periodic("reports.nightly")).id
+            4312
+        """
+        return await self._admin.trigger_periodic(name)

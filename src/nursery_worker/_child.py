@@ -158,7 +158,12 @@ class _StartupFailed(Exception):
 
 
 async def _serve(app: App, options: ChildOptions, reporter: Reporter) -> Worker:
-    supervision = Supervision(supervisor_id=options.supervisor_id, child_index=options.index, restarts=options.restarts)
+    supervision = Supervision(
+        supervisor_id=options.supervisor_id,
+        child_index=options.index,
+        restarts=options.restarts,
+        last_exit=options.last_exit,
+    )
     try:
         worker = Worker(app, WorkerConfig(**options.worker), supervision=supervision)
     except Exception as exc:  # no DSN, an invalid option: the child cannot start

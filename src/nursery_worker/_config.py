@@ -30,6 +30,10 @@ from ._task import check_queue
 #: The final states whose jobs the pruner deletes once they are older than their retention.
 FINAL_STATES = ("completed", "discarded", "cancelled")
 
+#: Default retention of the hourly metric rollups: 30 days.
+DEFAULT_ROLLUP_RETENTION = 30 * 86400.0
+#: The per-minute metric rollups are kept for at most this long (the hourly ones serve longer ranges).
+MINUTE_ROLLUP_RETENTION = 2 * 86400.0
 #: Default retention of finished jobs, in seconds, by final state (None: keep forever).
 DEFAULT_RETENTION: dict[str, float | None] = {
     "completed": 24 * 3600.0,
@@ -166,6 +170,22 @@ class WorkerConfig:
         validator=_positive("prune_interval"),
         metadata=_doc("seconds between pruning passes (each deletes in bounded batches)."),
     )
+    rollup_interval: float = attrs.field(
+        default=10.0,
+        validator=_positive("rollup_interval"),
+        metadata=_doc(
+            "seconds between writes of the worker's metric rollups (finished attempts counted by minute, "
+            "queue and task, which the dashboard's history reads)."
+        ),
+    )
+    rollup_retention: float = attrs.field(
+        default=DEFAULT_ROLLUP_RETENTION,
+        validator=_positive("rollup_retention"),
+        metadata=_doc(
+            "seconds to keep the hourly metric rollups (the per-minute ones are kept for at most "
+            "two days), pruned with the finished jobs."
+        ),
+    )
     wait_for_db: float = attrs.field(
         default=0.0,
         metadata=_doc(
@@ -261,6 +281,8 @@ class SupervisedOptions(TypedDict, total=False):
     cancel_grace: float
     retention: Mapping[str, float | dt.timedelta | None] | None
     prune_interval: float
+    rollup_interval: float
+    rollup_retention: float
     wait_for_db: float
     log_args: bool
     max_result_bytes: int

@@ -28,6 +28,10 @@ class TaskNotFound(NurseryWorkerError, LookupError):
     """Raised when a task name is not registered on the app."""
 
 
+class PeriodicNotFound(NurseryWorkerError, LookupError):
+    """Raised when no periodic schedule has that name, in the database or the app (the message lists them)."""
+
+
 class SchemaNotReady(NurseryWorkerError, RuntimeError):
     """Raised when the database schema is missing, older or newer than this version expects."""
 

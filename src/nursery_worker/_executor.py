@@ -32,6 +32,7 @@ from ._logging import set_job_log_context
 from ._models import Completion, Job
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
 from ._retry import policy_from_json
+from ._rollup import RollupCounter
 from ._state import Cancelled, ErrorInfo, Failed, Outcome, Released, Snoozed, Succeeded, Transition, decide
 from ._task import Task, encode_result
 from ._tracing import process_span, tracing_active
@@ -99,7 +100,9 @@ class Executor:
         self._threads_lock = threading.Lock()
         self._threads_alive = 0
         # What each submitted completion counts as, once the completer says it was written.
-        self._unwritten: dict[tuple[int, int, dt.datetime | None], tuple[Job, Outcome]] = {}
+        self._unwritten: dict[tuple[int, int, dt.datetime | None], tuple[Job, Outcome, float]] = {}
+        #: The finished attempts whose outcome took effect, for the metric rollups (``_rollup.py``).
+        self.rollups = RollupCounter()
 
     def start(self, jobs: JobGroup, job: Job) -> None:
         """Run *job* as a task of *jobs*, under a cancel scope of its own."""
@@ -293,7 +296,7 @@ class Executor:
         if backoff is None:
             backoff = task.backoff if task is not None else (lambda attempt: 0.0)
         transition = decide(outcome, attempt=job.attempt, max_attempts=job.max_attempts, backoff=backoff)
-        self._unwritten[job.id, job.attempt, job.attempted_at] = (job, outcome)
+        self._unwritten[job.id, job.attempt, job.attempted_at] = (job, outcome, time.monotonic() - r.started)
         self.completer.submit(
             Completion(
                 job_id=job.id,
@@ -336,11 +339,19 @@ class Executor:
             entry = self._unwritten.pop((c.job_id, c.attempt, c.attempted_at), None)
             if entry is None:
                 continue
-            job, outcome = entry
+            job, outcome, duration = entry
             if applied is not None and applied is not c.transition:
                 # Refused and recorded as failed instead (see _completer.refused_transition).
                 outcome = Failed(error=applied.error or ErrorInfo(type="OutcomeRefused", message=""))
             self.board.count(outcome, applied)
+            if applied is not None:
+                self.rollups.count(
+                    queue=job.queue,
+                    task=job.task,
+                    state=applied.state.value,
+                    error_type=applied.error.type if applied.error is not None else None,
+                    duration=duration,
+                )
             if self.metrics is not None:
                 self.metrics.count(job, outcome, applied)
             ignored += applied is None

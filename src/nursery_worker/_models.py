@@ -175,15 +175,18 @@ class WorkerInfo:
     supervisor_id: str | None = None
     child_index: int | None = None
     restarts: int = 0
+    last_exit: str | None = None
 
 
 @attrs.frozen(kw_only=True)
 class Supervision:
-    """Who started a supervised worker: the supervisor's id, the slot, and the slot's restarts."""
+    """Who started a supervised worker: the supervisor's id, the slot, the slot's restarts, and how
+    the slot's previous process ended (None for the first)."""
 
     supervisor_id: str
     child_index: int
     restarts: int = 0
+    last_exit: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -215,6 +218,7 @@ class WorkerRow:
     child_index: int | None
     restarts: int
     now: dt.datetime
+    last_exit: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -428,6 +432,8 @@ class PeriodicState:
 
     last_tick: dt.datetime | None
     active_since: dt.datetime
+    #: Paused (``app.pause_periodic``): the scheduler enqueues none of its ticks.
+    paused: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -462,6 +468,7 @@ class PeriodicRow:
     last_job_id: int | None
     last_job_state: str | None
     updated_at: dt.datetime
+    paused_at: dt.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -470,3 +477,186 @@ class PeriodicListing:
 
     now: dt.datetime
     rows: tuple[PeriodicRow, ...]
+
+
+# --- the dashboard's records: metric rollups, the audit trail, job graphs ------------------------
+
+
+#: How many buckets a rollup's duration histogram has (``_rollup.py`` defines them; both engines'
+#: reads sum each bucket in SQL).
+HISTOGRAM_BUCKETS = 48
+
+
+@attrs.frozen(kw_only=True)
+class RollupRow:
+    """Finished attempts of one (queue, task, error type) that a worker counted in one interval.
+
+    ``error_type`` is "" for completed and cancelled attempts, else the failure's exception type.
+    ``histogram`` has one count per duration bucket (see ``_rollup.py``), always the same length.
+    """
+
+    queue: str
+    task: str
+    error_type: str = ""
+    completed: int = 0
+    failed: int = 0
+    discarded: int = 0
+    cancelled: int = 0
+    duration_sum: float = 0.0
+    histogram: tuple[int, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class RollupBucket:
+    """Rollup counts summed over one step of a read (over every queue: ``row.queue`` is "")."""
+
+    at: dt.datetime
+    row: RollupRow
+
+
+@attrs.frozen(kw_only=True)
+class RollupRead:
+    """Rollup rows since some time, and the database's clock when they were read."""
+
+    now: dt.datetime
+    buckets: tuple[RollupBucket, ...]
+
+
+@attrs.frozen(kw_only=True)
+class AuditEntry:
+    """One dashboard or admin action as the audit table keeps it.
+
+    Attributes:
+        id: the entry's id (they grow in the order written).
+        at: when it was written, by the database's clock.
+        actor: who did it (the dashboard's user, or ``"cli"``).
+        action: what was done (``"retry"``, ``"cancel"``, ``"pause_queue"``, ...).
+        target: what it was done to: a job id, a queue, or the filter of a bulk action.
+        count: how many jobs (or other things) it changed.
+    """
+
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    target: Mapping[str, Any]
+    count: int
+
+
+@attrs.frozen(kw_only=True)
+class GraphNode:
+    """One job of a dependency graph: its id, task, state and the ids it depends on."""
+
+    id: int
+    task: str
+    queue: str
+    state: JobState
+    depends_on: tuple[int, ...]
+    depth: int
+
+
+@attrs.frozen(kw_only=True)
+class JobSelection:
+    """Which jobs a bulk operation counts or acts on, as the driver takes it (``JobFilter.selection``).
+
+    Every field given narrows it; ``older_than`` compares ``inserted_at`` with the database's clock,
+    ``finished_older_than`` compares ``finished_at`` (as the pruner does).
+    """
+
+    states: tuple[str, ...] | None = None
+    queue: str | None = None
+    task: str | None = None
+    older_than: float | None = None
+    min_id: int | None = None
+    max_id: int | None = None
+    #: Only jobs finished over this many seconds ago (what ``prune`` deletes), by the database's clock.
+    finished_older_than: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BulkChange:
+    """What one chunk of a bulk operation changed: ``changed`` rows moved (cancelled, retried or
+    deleted), ``requested`` executing jobs asked to cancel (bulk cancel only)."""
+
+    changed: int
+    requested: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class JobCount:
+    """How many jobs a selection matches now, and the highest id among them (None when none)."""
+
+    count: int
+    max_id: int | None
+
+
+# --- the dashboard's reads (see web/) --------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class JobSearch:
+    """The dashboard's job list filter, as the driver takes it: every field given narrows it.
+
+    ``args_text`` matches the args' JSON text (case-insensitive substring); ``after``/``before``
+    bound ``inserted_at``; ``before_id`` is the keyset cursor (ids below it, newest first).
+    """
+
+    states: tuple[str, ...] | None = None
+    queue: str | None = None
+    task: str | None = None
+    priority: int | None = None
+    job_id: int | None = None
+    args_text: str | None = None
+    after: dt.datetime | None = None
+    before: dt.datetime | None = None
+    before_id: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StateCount:
+    """How many jobs of *queue* (None: every queue) are in *state*, in the window *window* (seconds
+    back from now, for finished states; None: no window). ``estimated``: the database's planner
+    estimate (PostgreSQL) or a lower bound at the row cap (SQLite), not an exact count."""
+
+    queue: str | None
+    state: str
+    count: int
+    estimated: bool = False
+    window: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DashboardCounts:
+    """What the overview and queue pages count, each count answered from an index under a row cap.
+
+    Attributes:
+        now: the database's clock.
+        waiting: per queue and non-final state (pending, scheduled, available, executing, retryable).
+        finished: per finished state (every queue, or the one asked for), in the last hour and day.
+        totals: per finished state, over all time (an estimate on PostgreSQL).
+        oldest_available: per queue, the ``scheduled_at`` of its oldest available job (the lag).
+        queues: every queue counted, with its pause flag and limits, and the waiting counts
+            (capped) as its ``counts``.
+    """
+
+    now: dt.datetime
+    queues: tuple[QueueInfo, ...] = ()
+    waiting: tuple[StateCount, ...] = ()
+    finished: tuple[StateCount, ...] = ()
+    totals: tuple[StateCount, ...] = ()
+    oldest_available: Mapping[str, dt.datetime] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class PendingMigration:
+    """A migration the schema has not had yet, as ``app.pending_migrations()`` lists it.
+
+    Attributes:
+        version: the schema version it brings.
+        name: its file's name (``0009_periodic_pause.sql``).
+        sql: the statements it would run, with the schema's name filled in.
+    """
+
+    version: int
+    name: str
+    sql: str

@@ -66,6 +66,7 @@ class PeriodicInfo:
         in_app: whether the App it was listed from defines it. False for a schedule only the
             database knows (removed from the code, or another app's): no worker of this app
             enqueues it.
+        paused_at: when it was paused (``app.pause_periodic``), or None while it runs.
         now: the database's clock when it was read.
     """
 
@@ -82,7 +83,13 @@ class PeriodicInfo:
     active_since: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     in_app: bool = True
+    paused_at: dt.datetime | None = None
     now: dt.datetime
+
+    @property
+    def paused(self) -> bool:
+        """Whether it is paused: its ticks are not enqueued until ``app.resume_periodic``."""
+        return self.paused_at is not None
 
     @property
     def next_in(self) -> float | None:
@@ -268,6 +275,7 @@ async def list_periodic(app: App) -> list[PeriodicInfo]:
                 active_since=row.active_since,
                 updated_at=row.updated_at,
                 in_app=row.name in app.schedules,
+                paused_at=row.paused_at,
                 now=now,
             )
         )

@@ -54,6 +54,8 @@ class ChildOptions:
     worker: dict[str, Any]
     #: Serve metrics on an ephemeral loopback port, named in the reports as ``metrics_port``.
     metrics: bool = False
+    #: How the slot's previous process ended (None for the first), stored in the workers table.
+    last_exit: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self))

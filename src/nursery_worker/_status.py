@@ -328,6 +328,8 @@ def periodic_dict(p: PeriodicInfo) -> dict[str, Any]:
         "active_since": _iso(p.active_since),
         "updated_at": _iso(p.updated_at),
         "in_app": p.in_app,
+        "paused": p.paused,
+        "paused_at": _iso(p.paused_at),
     }
 
 
@@ -354,7 +356,9 @@ def render_periodic(items: Sequence[PeriodicInfo], *, app_given: bool = False) -
     for p in items:
         next_in = p.next_in
         next_run = (
-            "never"
+            "paused"
+            if p.paused
+            else "never"
             if p.next_tick is None
             else f"{_local(p.next_tick, p.timezone)} (in {format_duration(next_in or 0)})"
         )

@@ -113,6 +113,8 @@ class SupervisorConfig:
 class _Slot:
     index: int
     restarts: int = 0
+    #: How the slot's last process that was restarted ended, for the workers table (the dashboard).
+    last_exit: str | None = None
     current: _Child | None = None
     candidate: _Child | None = None  # a rolling restart's replacement, until it is RUNNING
     crashes: collections.deque[float] = attrs.field(factory=collections.deque)
@@ -382,6 +384,7 @@ class Supervisor:
             return
         delay = min(self.config.max_restart_delay, self.config.restart_delay * 2 ** (len(slot.crashes) - 1))
         slot.restarts += 1
+        slot.last_exit = reason
         logger.warning("%s %s; restarting it in %.1fs (restart %d)", child.name(), reason, delay, slot.restarts)
         assert self._tg is not None
         self._tg.start_soon(self._respawn, slot, delay)
@@ -411,6 +414,7 @@ class Supervisor:
             index=child.slot.index,
             supervisor_id=self.id,
             restarts=child.restarts,
+            last_exit=child.slot.last_exit,
             report_fd=report_fd,
             report_interval=c.report_interval,
             backend=c.backend,

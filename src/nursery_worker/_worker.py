@@ -59,6 +59,7 @@ from ._maintenance import (
     Promoter,
     Pruner,
     Rescuer,
+    RollupWriter,
     Scheduler,
     serve_periodically,
 )
@@ -148,7 +149,8 @@ class Worker:
             driver, self.id, config.poll_interval, busy=lambda: bool(board.running), cancel=self._executor.cancel
         )
         self._promoter = Promoter(driver)
-        self._pruner = Pruner(driver, retention=dict(config.retention))
+        self._pruner = Pruner(driver, retention=dict(config.retention), rollup_retention=config.rollup_retention)
+        self._rollups = RollupWriter(driver, self._executor.rollups)
         # Periodic jobs: every worker that serves a schedule's queue runs it (not in once-mode,
         # which works off what is there); the database keeps each tick to one job.
         schedules = () if config.once else schedules_for(app, config.queues)
@@ -302,6 +304,10 @@ class Worker:
             )
             if hooks:
                 await self._run_hooks(self.app.shutdown_hooks, reverse=True, strict=False)
+            try:
+                await self._rollups.run_once()  # the last attempts' counts, written by now
+            except RETRYABLE_ERRORS as exc:
+                logger.warning("could not write the metric rollups of worker %s: %s", self.id, exc)
             if deregister:
                 try:
                     await self.app.driver.deregister_worker(self.id)
@@ -404,17 +410,18 @@ class Worker:
         # Jittered widely: many workers started together must not all reap at once.
         services.start_soon(functools.partial(serve_periodically, "reaper", c.reap_interval, self._reap, jitter=0.3))
         services.start_soon(self._cancel_watcher.serve)
-        if any(age is not None for age in c.retention.values()):
-            services.start_soon(
-                functools.partial(
-                    serve_periodically,
-                    "pruner",
-                    c.prune_interval,
-                    self._pruner.run_once,
-                    jitter=0.3,
-                    first_after=c.prune_interval * random.uniform(0.1, 1.0),
-                )
+        services.start_soon(serve_periodically, "rollups", c.rollup_interval, self._rollups.run_once)
+        # Always: with retention=None it still prunes the metric rollups.
+        services.start_soon(
+            functools.partial(
+                serve_periodically,
+                "pruner",
+                c.prune_interval,
+                self._pruner.run_once,
+                jitter=0.3,
+                first_after=c.prune_interval * random.uniform(0.1, 1.0),
             )
+        )
         if not c.once:
             # In once-mode the fetch loop promotes before its last look (Fetcher.promote); a promoter
             # service beside it could hold the due row at that moment, and the last look's promotion

@@ -253,18 +253,21 @@ def test_jobs_show_of_an_unknown_id_is_one_line(app: App, dsn: str, schema: str)
 
 
 def test_jobs_retry_one_and_all_discarded(app: App, db: Conn, dsn: str, schema: str) -> None:
-    """`jobs retry ID` and `jobs retry --state discarded --queue Q` make discarded jobs available and report them."""
+    """`jobs retry ID` and `jobs retry --state discarded --queue Q --yes` requeue discarded jobs and report them."""
     ids = _defer(app, ("default", {"n": 1}), ("mail", {"n": 2}), ("mail", {"n": 3}), ("other", {"n": 4}))
     for job_id in ids:
         _discard(db, job_id)
 
     one = _ok(_cli(["jobs", "retry", str(ids[0])], dsn=dsn, schema=schema))
-    many = _ok(_cli(["jobs", "retry", "--state", "discarded", "--queue", "mail"], dsn=dsn, schema=schema))
-    rest = json.loads(_ok(_cli(["jobs", "retry", "--state", "discarded", "--json"], dsn=dsn, schema=schema)))
+    many = _ok(_cli(["jobs", "retry", "--state", "discarded", "--queue", "mail", "--yes"], dsn=dsn, schema=schema))
+    rest = json.loads(_ok(_cli(["jobs", "retry", "--state", "discarded", "--yes", "--json"], dsn=dsn, schema=schema)))
 
     assert one.strip() == f"job {ids[0]} (record) is available again in queue 'default'"
-    assert many.strip() == "retried 2 discarded job(s)"
-    assert rest == {"retried": [ids[3]], "skipped": []}
+    assert many.splitlines() == [
+        "2 job(s) match (state discarded, queue mail) and would be retried",
+        "retried 2 of 2 job(s)",
+    ]
+    assert (rest["matched"], rest["changed"], rest["skipped"]) == (1, 1, 0)
     assert db.execute("SELECT DISTINCT state FROM jobs").fetchall() == [("available",)]
     _one_line_error(_cli(["jobs", "retry", str(ids[0])], dsn=dsn, schema=schema), "not discarded or cancelled")
 

@@ -271,6 +271,8 @@ def test_a_sigkilled_child_is_replaced_and_its_job_is_rerun_by_a_sibling(
     assert attempt == 2 and [e["type"] for e in errors] == ["WorkerLost"]
     assert {r[0] for r in after} == {0, 1}
     assert sorted(r[3] for r in after) == [0, 1]  # the replaced slot counts one restart
+    exits = db.execute("SELECT restarts, last_exit FROM workers ORDER BY restarts").fetchall()
+    assert exits == [(0, None), (1, "was killed by SIGKILL")]  # the dashboard's last exit reason
     assert {r[1] for r in after} & {r[1] for r in before} == {r[1] for r in before} - {victim}
     assert "was killed by SIGKILL; restarting it" in sup.stderr
     print(

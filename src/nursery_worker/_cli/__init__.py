@@ -25,6 +25,7 @@ from ._queues import queues
 from ._run import run
 from ._schema import migrate, prune
 from ._status import healthcheck, status
+from ._web import web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,7 +34,7 @@ def cli() -> None:
     """nursery-worker: durable background jobs for trio and asyncio, on PostgreSQL."""
 
 
-for _command in (run, migrate, defer, status, healthcheck, jobs, queues, breakers, prune, cron):
+for _command in (run, migrate, defer, status, healthcheck, jobs, queues, breakers, prune, cron, web):
     cli.add_command(_command)
 
 

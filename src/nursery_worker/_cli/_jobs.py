@@ -1,13 +1,19 @@
-"""``nursery-worker jobs``: list, show, retry and cancel jobs."""
+"""``nursery-worker jobs``: list, show, cancel, retry and delete jobs, one by id or in bulk by filter."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
-from .._app import App
-from .._errors import NurseryWorkerError
+from .._jobfilter import BulkAction, BulkResult, JobFilter
 from .._state import JobState
 from ._context import JSON_OPTION, LOOKUP_APP, CliContext, common_options, echo_json
+from ._types import DURATION
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _STATE_CHOICE = click.Choice([s.value for s in JobState])
 
@@ -24,7 +30,7 @@ def _job_id(text: str) -> int:
 
 @click.group()
 def jobs() -> None:
-    """List, show, retry and cancel jobs."""
+    """List, show, cancel, retry and delete jobs: one by ID, or in bulk by filter (previewed first)."""
 
 
 @jobs.command("list")
@@ -60,104 +66,283 @@ def jobs_list(
 @jobs.command("show")
 @click.argument("job_id")
 @LOOKUP_APP
+@click.option(
+    "--why", is_flag=True, help="Also say why the job is not running (with --app: its tasks are checked too)."
+)
 @JSON_OPTION
 @common_options
-def jobs_show(ctx: CliContext, job_id: str, as_json: bool) -> None:
+def jobs_show(ctx: CliContext, job_id: str, why: bool, as_json: bool) -> None:
     """Show one job in full: arguments, result, and each error with its traceback."""
+    from .._admin import Admin
+    from .._diagnose import diagnose
     from .._status import job_dict, render_job
 
     ident = _job_id(job_id)
-    job = ctx.run(lambda a: a.get_job(ident))
-    if as_json:
-        echo_json(job_dict(job))
+    if why:
+        job, reasons = ctx.run(lambda a: diagnose(Admin(a), ident))
     else:
-        click.echo(render_job(job))
+        job, reasons = ctx.run(lambda a: a.get_job(ident)), []
+    if as_json:
+        data = job_dict(job)
+        if why:
+            data["why"] = [{"code": r.code, "message": r.message, "blocking": r.blocking} for r in reasons]
+        echo_json(data)
+        return
+    click.echo(render_job(job))
+    if why:
+        click.echo("\nwhy is it not running?")
+        for reason in reasons:
+            click.echo(f"  {'-' if reason.blocking else '·'} {reason.message}")
+
+
+def _id_range(text: str | None) -> tuple[int | None, int | None]:
+    """``100-200``, ``100-`` (from 100), ``-200`` (up to 200) or ``150`` (just that id)."""
+    if text is None:
+        return None, None
+    low, sep, high = text.strip().partition("-")
+    try:
+        first = int(low) if low.strip() else None
+        last = int(high) if high.strip() else None
+        if not sep:
+            last = first
+    except ValueError:
+        first = last = None
+        sep = "bad"
+    if (first is None and last is None) or any(v is not None and v < 1 for v in (first, last)):
+        raise click.UsageError(
+            f"--id-range {text!r} is not an id range; use FIRST-LAST (100-200), FIRST- (100-), -LAST (-200) or one id"
+        )
+    return first, last
+
+
+def _filter_options(states: tuple[str, ...] | None = None) -> Callable[[F], F]:
+    """The bulk form's options: the filter, --all, --yes and --chunk-size."""
+    choices = click.Choice(list(states) if states else [s.value for s in JobState])
+
+    def decorate(command: F) -> F:
+        options = [
+            click.option("--state", "states", multiple=True, type=choices, help="Only this state (repeatable)."),
+            click.option("--queue", default=None, help="Only this queue."),
+            click.option("--task", default=None, help="Only this task."),
+            click.option(
+                "--older-than",
+                default=None,
+                type=DURATION,
+                help="Only jobs inserted over this long ago (database clock): 90s, 1h30m, 2d.",
+            ),
+            click.option("--id-range", default=None, help="Only these ids: 100-200, 100- or -200."),
+            click.option("--all", "match_all", is_flag=True, help="Without a filter: act on every job it can."),
+            click.option("--yes", "-y", is_flag=True, help="Act without asking (the count is still printed first)."),
+            click.option(
+                "--chunk-size",
+                default=500,
+                show_default=True,
+                type=click.IntRange(1, 10_000),
+                help="Jobs per transaction.",
+            ),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+#: Each action's past participle, imperative and progress label.
+_VERBS = {
+    "cancel": ("cancelled", "cancel", "cancelling"),
+    "retry": ("retried", "retry", "retrying"),
+    "delete": ("deleted", "delete", "deleting"),
+}
+
+
+def _bulk(
+    ctx: CliContext,
+    action: BulkAction,
+    *,
+    states: tuple[str, ...],
+    queue: str | None,
+    task: str | None,
+    older_than: float | None,
+    id_range: str | None,
+    match_all: bool,
+    yes: bool,
+    chunk_size: int,
+    as_json: bool,
+) -> None:
+    """The bulk form: build the filter, print the count, confirm, act in chunks, summarise."""
+    first, last = _id_range(id_range)
+    job_filter = JobFilter(
+        states=states or None, queue=queue, task=task, older_than=older_than, min_id=first, max_id=last
+    )
+    if job_filter.is_empty and not match_all:
+        raise click.UsageError(
+            f"give a job ID, or a filter (--state, --queue, --task, --older-than, --id-range); to {action} every "
+            "job it can, pass --all"
+        )
+    narrowed = job_filter.for_action(action)
+    ctx.app()  # a bad --app is reported before anything is counted
+    count = ctx.run(lambda a: a.count_jobs(narrowed))
+    done, verb, label = _VERBS[action]
+    described = job_filter.describe() if not job_filter.is_empty else "every job"
+    preview = f"{count} job(s) match ({described}) and would be {done}"
+    click.echo(preview, err=as_json)
+    if count == 0:
+        if as_json:
+            echo_json(_result_dict(BulkResult(action=action, matched=0, changed=0), job_filter))
+        return
+    if not yes and not click.confirm(f"{verb.capitalize()} them?", err=True):
+        click.echo(f"nothing was {done}", err=True)
+        sys.exit(1)
+    with click.progressbar(length=count, label=label, file=sys.stderr) as bar:
+        result = ctx.run(
+            lambda a: {"cancel": a.bulk_cancel, "retry": a.bulk_retry, "delete": a.bulk_delete}[action](
+                narrowed, chunk_size=chunk_size, progress=bar.update
+            )
+        )
+    if as_json:
+        echo_json(_result_dict(result, job_filter))
+        return
+    summary = f"{done} {result.changed} of {result.matched} job(s)"
+    if result.requested:
+        summary += f"; asked the workers of {result.requested} executing job(s) to cancel them"
+    if result.skipped:
+        summary += f"; skipped {result.skipped} that changed state meanwhile or could not be {done}"
+    click.echo(summary)
+
+
+def _result_dict(result: BulkResult, job_filter: JobFilter) -> dict[str, Any]:
+    return {
+        "action": result.action,
+        "filter": job_filter.describe(),
+        "matched": result.matched,
+        "changed": result.changed,
+        "requested": result.requested,
+        "skipped": result.skipped,
+    }
+
+
+def _refuse_mixed(ids: tuple[str, ...], **given: object) -> None:
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v not in (None, (), False)]
+    if ids and named:
+        raise click.UsageError(
+            f"the filter options ({', '.join(named)}) select jobs in bulk; give either job IDs or a filter, not both"
+        )
+
+
+@jobs.command("cancel")
+@click.argument("job_ids", nargs=-1)
+@_filter_options()
+@LOOKUP_APP
+@JSON_OPTION
+@common_options
+def jobs_cancel(
+    ctx: CliContext,
+    job_ids: tuple[str, ...],
+    states: tuple[str, ...],
+    queue: str | None,
+    task: str | None,
+    older_than: float | None,
+    id_range: str | None,
+    match_all: bool,
+    yes: bool,
+    chunk_size: int,
+    as_json: bool,
+) -> None:
+    """Cancel jobs: each ID given, or every job the filter matches (count shown, then confirmed).
+
+    A waiting job is cancelled at once; an executing one is asked to cancel, and its worker
+    cancels it. In bulk, only unfinished states are taken (all of them unless --state narrows it).
+    """
+    _refuse_mixed(
+        job_ids, state=states, queue=queue, task=task, older_than=older_than, id_range=id_range, all=match_all
+    )
+    if not job_ids:
+        _bulk(ctx, "cancel", states=states, queue=queue, task=task, older_than=older_than, id_range=id_range,
+              match_all=match_all, yes=yes, chunk_size=chunk_size, as_json=as_json)  # fmt: skip
+        return
+    idents = [_job_id(j) for j in job_ids]
+    results = ctx.run(lambda a: _each(idents, a.cancel))
+    if as_json:
+        out = [{"id": r.job.id, "status": r.status, "state": r.job.state.value, "message": r.message} for r in results]
+        echo_json(out[0] if len(out) == 1 else out)
+    else:
+        for r in results:
+            click.echo(r.message)
+
+
+async def _each(idents: list[int], operation: Callable[[int], Any]) -> list[Any]:
+    """*operation* on each id in turn (the first failure stops it, as one id alone would)."""
+    return [await operation(ident) for ident in idents]
 
 
 @jobs.command("retry")
 @click.argument("job_id", required=False)
-@click.option(
-    "--state",
-    default=None,
-    type=click.Choice(["discarded", "cancelled"]),
-    help="Retry every job in this state (with --queue/--task to narrow it).",
-)
-@click.option("--queue", default=None, help="With --state: only this queue.")
-@click.option("--task", default=None, help="With --state: only this task.")
-@click.option(
-    "--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="With --state: at most."
-)
+@_filter_options(("discarded", "cancelled"))
 @LOOKUP_APP
 @JSON_OPTION
 @common_options
 def jobs_retry(
     ctx: CliContext,
     job_id: str | None,
-    state: str | None,
+    states: tuple[str, ...],
     queue: str | None,
     task: str | None,
-    limit: int,
+    older_than: float | None,
+    id_range: str | None,
+    match_all: bool,
+    yes: bool,
+    chunk_size: int,
     as_json: bool,
 ) -> None:
-    """Put a discarded or cancelled job (ID), or all of them (--state), back in their queue."""
-    if (job_id is None) == (state is None):
-        raise click.UsageError("give either a job ID or --state discarded|cancelled, not both or neither")
-    if job_id is not None and (queue is not None or task is not None):
-        raise click.UsageError("--queue and --task narrow --state; they do not apply to one job ID")
+    """Put a discarded or cancelled job (ID), or every one the filter matches, back in its queue."""
+    ids = () if job_id is None else (job_id,)
+    _refuse_mixed(ids, state=states, queue=queue, task=task, older_than=older_than, id_range=id_range, all=match_all)
+    if job_id is None:
+        _bulk(ctx, "retry", states=states, queue=queue, task=task, older_than=older_than, id_range=id_range,
+              match_all=match_all, yes=yes, chunk_size=chunk_size, as_json=as_json)  # fmt: skip
+        return
     ctx.app()  # a bad --app is reported before a bad job id
-    if job_id is not None:
-        ident = _job_id(job_id)
-        job = ctx.run(lambda a: a.retry(ident))
-        if as_json:
-            echo_json({"retried": [job.id], "skipped": []})
-        else:
-            click.echo(f"job {job.id} ({job.task}) is available again in queue {job.queue!r}")
-        return
-    assert state is not None
-
-    async def retry_all(a: App) -> tuple[list[int], list[tuple[int, str]]]:
-        retried: list[int] = []
-        skipped: list[tuple[int, str]] = []
-        before: int | None = None
-        while len(retried) + len(skipped) < limit:
-            page = await a.list_jobs(
-                state=state,
-                queue=queue,
-                task=task,
-                limit=min(500, limit - len(retried) - len(skipped)),
-                before_id=before,
-            )
-            if not page:
-                break
-            for job in page:
-                try:
-                    retried.append((await a.retry(job.id)).id)
-                except NurseryWorkerError as exc:  # raced with another retry, or a unique key is taken
-                    skipped.append((job.id, str(exc)))
-            before = page[-1].id
-        return retried, skipped
-
-    retried, skipped = ctx.run(retry_all)
+    ident = _job_id(job_id)
+    job = ctx.run(lambda a: a.retry(ident))
     if as_json:
-        echo_json({"retried": retried, "skipped": [{"id": i, "reason": r} for i, r in skipped]})
-        return
-    for ident, reason in skipped:
-        click.echo(f"skipped job {ident}: {reason}", err=True)
-    click.echo(f"retried {len(retried)} {state} job(s)" + (f"; skipped {len(skipped)}" if skipped else ""))
+        echo_json({"retried": [job.id], "skipped": []})
+    else:
+        click.echo(f"job {job.id} ({job.task}) is available again in queue {job.queue!r}")
 
 
-@jobs.command("cancel")
-@click.argument("job_id")
+@jobs.command("delete")
+@click.argument("job_ids", nargs=-1)
+@_filter_options()
 @LOOKUP_APP
 @JSON_OPTION
 @common_options
-def jobs_cancel(ctx: CliContext, job_id: str, as_json: bool) -> None:
-    """Cancel a waiting job at once, or ask the worker running it to cancel it."""
-    ident = _job_id(job_id)
-    result = ctx.run(lambda a: a.cancel(ident))
+def jobs_delete(
+    ctx: CliContext,
+    job_ids: tuple[str, ...],
+    states: tuple[str, ...],
+    queue: str | None,
+    task: str | None,
+    older_than: float | None,
+    id_range: str | None,
+    match_all: bool,
+    yes: bool,
+    chunk_size: int,
+    as_json: bool,
+) -> None:
+    """Delete jobs (and their results): each ID given, or every job the filter matches (count shown,
+    then confirmed). An executing job is never deleted: cancel it first."""
+    _refuse_mixed(
+        job_ids, state=states, queue=queue, task=task, older_than=older_than, id_range=id_range, all=match_all
+    )
+    if not job_ids:
+        _bulk(ctx, "delete", states=states, queue=queue, task=task, older_than=older_than, id_range=id_range,
+              match_all=match_all, yes=yes, chunk_size=chunk_size, as_json=as_json)  # fmt: skip
+        return
+    idents = [_job_id(j) for j in job_ids]
+    deleted = ctx.run(lambda a: _each(idents, a.delete_job))
     if as_json:
-        echo_json(
-            {"id": result.job.id, "status": result.status, "state": result.job.state.value, "message": result.message}
-        )
+        echo_json({"deleted": [j.id for j in deleted]})
     else:
-        click.echo(result.message)
+        for j in deleted:
+            click.echo(f"job {j.id} ({j.task}, {j.state.value}) deleted")

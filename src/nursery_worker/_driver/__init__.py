@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._models import (
+    AuditEntry,
     BreakerConfig,
     BreakerInfo,
+    BulkChange,
     CancelRequest,
     CancelResult,
     ClaimedAttempt,
     Completion,
+    DashboardCounts,
+    GraphNode,
     Job,
+    JobCount,
+    JobSearch,
+    JobSelection,
     JobSpec,
     LimitedClaim,
     Notification,
+    PendingMigration,
     PeriodicEnqueued,
     PeriodicEntry,
     PeriodicListing,
@@ -36,6 +44,8 @@ from .._models import (
     QueueInfo,
     RateLimit,
     RescueResult,
+    RollupRead,
+    RollupRow,
     TaskLimits,
     WorkerInfo,
     WorkerLoad,
@@ -84,6 +94,9 @@ class Driver(Protocol):
 
     def migrate_sync(self) -> list[int]:
         """Like :meth:`migrate`, from synchronous code."""
+
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        """The migrations :meth:`migrate` would apply now, in order, without applying (or creating) anything."""
 
     async def drop_schema(self) -> None:
         """Drop the schema and everything in it (the testing helpers' clean-up)."""
@@ -177,6 +190,23 @@ class Driver(Protocol):
     ) -> list[Job]:
         """Jobs matching every filter given, newest first."""
 
+    async def count_jobs(self, selection: JobSelection) -> JobCount:
+        """How many jobs match *selection* now, and the highest id among them."""
+
+    async def select_job_ids(self, selection: JobSelection, *, after_id: int, limit: int) -> list[int]:
+        """Up to *limit* ids of jobs matching *selection* above *after_id*, ascending (a keyset page)."""
+
+    async def cancel_jobs(self, ids: Sequence[int], *, states: Sequence[str], error_cap: int) -> BulkChange:
+        """In one short transaction, cancel those of *ids* still in one of *states*: a waiting job at
+        once, an executing one by a cancel request (as :meth:`cancel_job` does); others are left."""
+
+    async def retry_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        """In one short transaction, retry those of *ids* still in one of *states* (as
+        :meth:`retry_job` does); one whose retry is refused (unique key, failed dependency) is left."""
+
+    async def delete_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        """In one statement, delete those of *ids* still in one of *states*, never an executing one."""
+
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         """Delete up to *limit* jobs finished in *state* over *older_than* seconds ago; return how many."""
 
@@ -201,6 +231,25 @@ class Driver(Protocol):
     def listener(self) -> Listener:
         """A new, unconnected listener for this schema's channel."""
 
+    # --- the dashboard's reads (see web/): each under *time_limit* seconds and a row cap ----------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs matching *search*, newest first (ids below ``search.before_id``)."""
+
+    async def run_job_now(self, job_id: int) -> Job | None:
+        """Make a scheduled or retryable job available now (and notify its queue); None if it is in
+        another state or does not exist."""
+
+    async def dashboard_counts(
+        self, *, queue: str | None, cap: int, time_limit: float, finished: bool = True
+    ) -> DashboardCounts:
+        """Counts for the overview (every queue) or one queue's page, each from an index and
+        capped at *cap* rows: exact below the cap, estimated (and marked so) above it; the
+        finished counts only with *finished*."""
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        """Up to *limit* jobs whose ``depends_on`` names *job_id*, by id."""
+
     # --- periodic jobs (see _periodic.py) -------------------------------------------------------
 
     async def register_periodic(self, entries: Sequence[PeriodicEntry]) -> None:
@@ -219,8 +268,40 @@ class Driver(Protocol):
         None when the guard refused (another scheduler enqueued it). When the spec's unique key is
         held by a queued or running job, the tick is consumed without a job (``held``)."""
 
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        """Pause or resume schedule *name*; return whether it changed, or None when it has no row."""
+
     async def list_periodic(self) -> PeriodicListing:
         """The database's ``now()`` and every schedule's row with the state of its last job, by name."""
+
+    # --- the dashboard's data (see _insights.py) -----------------------------------------------
+
+    async def write_rollups(self, rows: Sequence[RollupRow]) -> None:
+        """Add *rows*' counts and histograms to the current minute's and hour's rollup rows (by
+        the database's clock), creating them as needed, in one statement."""
+
+    async def read_rollups(self, *, since: float, hourly: bool, step: float, task: str | None = None) -> RollupRead:
+        """The minute (or with *hourly*, hour) rollup rows of the last *since* seconds (from the
+        start of the bucket holding that time), of *task* only if given, summed in the database
+        over every queue and over steps of *step* seconds (aligned on the epoch: ``at`` is a step's
+        start), by (step, task, error type), oldest first."""
+
+    async def prune_rollups(self, *, minute_older_than: float, hour_older_than: float) -> int:
+        """Delete minute rows older than *minute_older_than* seconds and hour rows older than
+        *hour_older_than*; return how many."""
+
+    async def record_audit(self, *, actor: str, action: str, target: Mapping[str, Any], count: int) -> AuditEntry:
+        """Append an entry to the audit table (stamped with the database's clock) and return it."""
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        """The newest audit entries first (ids below *before_id* if given), at most *limit*."""
+
+    async def recent_failures(self, *, since: float, limit: int) -> list[Job]:
+        """Up to *limit* jobs discarded in the last *since* seconds (newest first) and up to *limit*
+        retryable jobs (latest scheduled first), each through an index."""
+
+    async def job_graph(self, job_id: int, *, max_depth: int, max_nodes: int) -> list[GraphNode]:
+        """Job *job_id*, what it depends on and what depends on it (see ``_common.walk_graph``)."""
 
 
 def create_driver(dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float) -> Driver:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import attrs
 
 from .._errors import ConfigurationError, DatabaseError, SchemaNotReady
-from .._models import Job, JobError, JobSpec
-from .._state import ErrorInfo
+from .._models import GraphNode, Job, JobError, JobSpec
+from .._state import ErrorInfo, JobState
 
 if TYPE_CHECKING:
     import sqlite3
@@ -283,6 +283,11 @@ class Migrations:
     versions: tuple[tuple[int, str], ...]
 
     @property
+    def count(self) -> int:
+        """How many versions there are (the numbers may have gaps: one merged later)."""
+        return len(self.versions)
+
+    @property
     def latest(self) -> int:
         """The version this code reads and writes."""
         return self.versions[-1][0]
@@ -312,8 +317,16 @@ def too_new(where: str, version: int, latest: int) -> SchemaNotReady:
     )
 
 
-def check_version(where: str, version: int | None, latest: int) -> None:
-    """Raise ``SchemaNotReady`` unless the schema's *version* is exactly *latest*."""
+def check_version(
+    where: str, version: int | None, latest: int, *, applied: int | None = None, known: int | None = None
+) -> None:
+    """Raise ``SchemaNotReady`` unless the schema's *version* is exactly *latest*, with as many
+    versions *applied* as this code *known*s (fewer: one below the newest is missing, merged later)."""
+    if version is not None and version == latest and applied is not None and known is not None and applied < known:
+        raise SchemaNotReady(
+            f"{where} is at version {version} but lacks {known - applied} earlier migration(s): run "
+            "`nursery-worker migrate` (or `await app.migrate()`)"
+        )
     if version is None or version < latest:
         raise SchemaNotReady(
             f"{where} is at version {version or 0}, this nursery-worker needs {latest}: run `nursery-worker "
@@ -321,3 +334,50 @@ def check_version(where: str, version: int | None, latest: int) -> None:
         )
     if version > latest:
         raise too_new(where, version, latest)
+
+
+#: One job of a graph as the engines read it: id, task, queue, state, the ids it depends on.
+GraphRow: TypeAlias = tuple[int, str, str, str, tuple[int, ...]]
+
+
+def walk_graph(
+    job_id: int,
+    *,
+    nodes: Callable[[list[int]], list[GraphRow]],
+    children: Callable[[list[int], int], list[GraphRow]],
+    max_depth: int,
+    max_nodes: int,
+) -> list[GraphNode]:
+    """The jobs *job_id* depends on (negative depths) and those that depend on it (positive), level
+    by level, at most *max_depth* levels each way and *max_nodes* jobs in all; [] if there is no
+    such job. *nodes* reads jobs by id, *children* the jobs depending on any of some ids (at most
+    a given number), each in the caller's connection: one statement per level."""
+    found: dict[int, GraphNode] = {}
+
+    def add(row: GraphRow, depth: int) -> bool:
+        if row[0] in found or len(found) >= max_nodes:
+            return False
+        found[row[0]] = GraphNode(
+            id=row[0], task=row[1], queue=row[2], state=JobState(row[3]), depends_on=row[4], depth=depth
+        )
+        return True
+
+    root = nodes([job_id])
+    if not root:
+        return []
+    add(root[0], 0)
+    level = [job_id]
+    for depth in range(1, max_depth + 1):  # ancestors
+        wanted = sorted({p for i in level for p in found[i].depends_on if p not in found})
+        rows = nodes(wanted) if wanted else []
+        level = [r[0] for r in sorted(rows) if add(r, -depth)]
+        if not level:
+            break
+    level = [job_id]
+    for depth in range(1, max_depth + 1):  # dependants
+        room = max_nodes - len(found)
+        rows = children(level, room) if room > 0 else []
+        level = [r[0] for r in rows if add(r, depth)]
+        if not level:
+            break
+    return sorted(found.values(), key=lambda n: (n.depth, n.id))

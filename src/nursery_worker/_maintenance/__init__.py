@@ -9,6 +9,7 @@ service's own ``serve()`` where its timing is its own):
   worker's own claims whose fetch result never arrived;
 - ``promoter``: :class:`Promoter` makes due scheduled and retryable jobs available;
 - ``pruner``: :class:`Pruner` deletes finished jobs past their retention;
+- ``rollups``: :class:`RollupWriter` adds the counted finished attempts to the metric rollups;
 - ``scheduler``: :class:`Scheduler` enqueues the due ticks of periodic schedules;
 - ``cancels``: :class:`CancelWatcher` relays cancel requests whose notification was lost;
 - ``loop``: :func:`serve_periodically`, the jittered loop with backoff on database errors.
@@ -21,5 +22,6 @@ from .promoter import Promoter as Promoter
 from .pruner import Pruner as Pruner
 from .rescuer import LostClaims as LostClaims
 from .rescuer import Rescuer as Rescuer
+from .rollups import RollupWriter as RollupWriter
 from .scheduler import Scheduler as Scheduler
 from .scheduler import SchedulerResult as SchedulerResult

@@ -1,4 +1,5 @@
-"""The pruner: deletes finished jobs once they are older than their state's retention."""
+"""The pruner: deletes finished jobs once they are older than their state's retention, and metric
+rollups older than theirs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 
 import attrs
 
-from .._config import DEFAULT_RETENTION
+from .._config import DEFAULT_RETENTION, MINUTE_ROLLUP_RETENTION
 from .._driver import Driver
 
 logger = logging.getLogger("nursery_worker.maintenance")
@@ -17,15 +18,19 @@ class Pruner:
     """Deletes finished jobs older than their state's retention, in bounded batches.
 
     Results and errors go with their jobs. A retention of None keeps that state's jobs forever.
+    With *rollup_retention* (seconds), hourly metric rollups older than that go too, and minute
+    rollups older than the lesser of it and ``MINUTE_ROLLUP_RETENTION``.
     """
 
     driver: Driver
     retention: dict[str, float | None] = attrs.field(factory=lambda: dict(DEFAULT_RETENTION))
     batch: int = 1000
     max_batches: int = 20  # per run: one pass never holds the reaper for long
+    rollup_retention: float | None = None
 
     async def run_once(self) -> dict[str, int]:
-        """Prune every state once (at most ``max_batches`` batches each); return the counts by state."""
+        """Prune every state once (at most ``max_batches`` batches each), then the rollups; return the
+        counts by state (and ``"rollups"``: rollup rows deleted), leaving out zeros."""
         counts: dict[str, int] = {}
         for state, age in self.retention.items():
             if age is None:
@@ -38,6 +43,13 @@ class Pruner:
                     break
             if total:
                 counts[state] = total
+        if self.rollup_retention is not None:
+            minute_age = min(self.rollup_retention, MINUTE_ROLLUP_RETENTION)
+            removed = await self.driver.prune_rollups(
+                minute_older_than=minute_age, hour_older_than=self.rollup_retention
+            )
+            if removed:
+                counts["rollups"] = removed
         if counts:
             logger.info("pruned finished jobs: %s", counts)
         return counts

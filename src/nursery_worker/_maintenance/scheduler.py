@@ -70,7 +70,7 @@ class Scheduler:
         enqueued = held = missed = 0
         for schedule in self.schedules:
             state = states.get(schedule.name)
-            tick = None if state is None else schedule.due(now, state)
+            tick = None if state is None or state.paused else schedule.due(now, state)
             if tick is None:
                 continue
             late = (now - tick).total_seconds()

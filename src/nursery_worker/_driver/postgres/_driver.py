@@ -22,15 +22,23 @@ from psycopg import sql
 
 from ..._errors import ConfigurationError, DatabaseError, JobStateError
 from ..._models import (
+    AuditEntry,
     BreakerConfig,
     BreakerInfo,
+    BulkChange,
     CancelRequest,
     CancelResult,
     ClaimedAttempt,
     Completion,
+    DashboardCounts,
+    GraphNode,
     Job,
+    JobCount,
+    JobSearch,
+    JobSelection,
     JobSpec,
     LimitedClaim,
+    PendingMigration,
     PeriodicEnqueued,
     PeriodicEntry,
     PeriodicListing,
@@ -41,6 +49,9 @@ from ..._models import (
     QueueInfo,
     RateLimit,
     RescueResult,
+    RollupBucket,
+    RollupRead,
+    RollupRow,
     TaskLimits,
     WorkerInfo,
     WorkerLoad,
@@ -56,8 +67,11 @@ from .._common import (
     insert_graph,
     job_errors,
     spec_columns,
+    walk_graph,
 )
+from . import _dashboard
 from ._connection import PostgresConnections
+from ._insights import DashboardQueries
 from ._listener import PostgresListener
 from ._queries import JOB_COLUMNS, Queries
 
@@ -72,6 +86,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (5, "0005_trace_context.sql"),
     (6, "0006_flow_control.sql"),
     (7, "0007_periodic.sql"),
+    (8, "0008_dashboard.sql"),
+    (9, "0009_periodic_pause.sql"),
 )
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The schema version this code reads and writes; the last entry of MIGRATIONS.
@@ -161,6 +177,7 @@ class PostgresDriver(PostgresConnections):
             connect_timeout=connect_timeout,
         )
         self._sql = Queries(schema)
+        self._dash = DashboardQueries(schema)
 
     def __repr__(self) -> str:
         return f"<PostgresDriver {self._dsn_redacted!r} schema={self.schema!r}>"
@@ -198,6 +215,21 @@ class PostgresDriver(PostgresConnections):
             logger.info("migrated schema %r to version %d (applied %s)", self.schema, SCHEMA_VERSION, applied_now)
         return applied_now
 
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        ident = self._sql.ident
+        with self._connect() as conn:
+            try:
+                applied: list[int] = []
+                if conn.execute("SELECT to_regclass(%s)", [f'"{self.schema}".migrations']).fetchone() != (None,):
+                    rows = conn.execute(sql.SQL("SELECT version FROM {}.migrations").format(ident)).fetchall()
+                    applied = [int(r[0]) for r in rows]
+                return [
+                    PendingMigration(version=version, name=name, sql=sql.SQL(text).format(schema=ident).as_string(conn))
+                    for version, name, text in _MIGRATIONS.pending(applied, where=self._where())
+                ]
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+
     async def migrate(self) -> list[int]:
         return await anyio.to_thread.run_sync(self.migrate_sync)
 
@@ -207,7 +239,13 @@ class PostgresDriver(PostgresConnections):
 
     async def check_schema(self) -> None:
         row = await self._hop(lambda c: c.execute(self._sql.version).fetchone())
-        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION)
+        check_version(
+            self._where(),
+            row[0] if row else None,
+            SCHEMA_VERSION,
+            applied=row[1] if row else None,
+            known=_MIGRATIONS.count,
+        )
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -587,6 +625,7 @@ class PostgresDriver(PostgresConnections):
             "supervisor_id": info.supervisor_id,
             "child_index": info.child_index,
             "restarts": info.restarts,
+            "last_exit": info.last_exit,
         }
 
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -720,6 +759,100 @@ class PostgresDriver(PostgresConnections):
         rows = await self._hop(lambda c: c.execute(query, params).fetchall())
         return [_job_from_row(r) for r in rows]
 
+    @staticmethod
+    def _selection_where(selection: JobSelection, params: dict[str, Any]) -> list[sql.Composable]:
+        """The WHERE terms of *selection*, its parameters added to *params*."""
+        where: list[sql.Composable] = []
+        if selection.states is not None:
+            where.append(sql.SQL("state = ANY(%(states)s::text[])"))
+            params["states"] = list(selection.states)
+        if selection.queue is not None:
+            where.append(sql.SQL("queue = %(queue)s"))
+            params["queue"] = selection.queue
+        if selection.task is not None:
+            where.append(sql.SQL("task = %(task)s"))
+            params["task"] = selection.task
+        if selection.older_than is not None:
+            where.append(sql.SQL("inserted_at <= now() - %(age)s * interval '1 second'"))
+            params["age"] = selection.older_than
+        if selection.finished_older_than is not None:
+            where.append(sql.SQL("finished_at < now() - %(finished_age)s * interval '1 second'"))
+            params["finished_age"] = selection.finished_older_than
+        if selection.min_id is not None:
+            where.append(sql.SQL("id >= %(min_id)s"))
+            params["min_id"] = selection.min_id
+        if selection.max_id is not None:
+            where.append(sql.SQL("id <= %(max_id)s"))
+            params["max_id"] = selection.max_id
+        return where
+
+    async def count_jobs(self, selection: JobSelection) -> JobCount:
+        params: dict[str, Any] = {}
+        where = self._selection_where(selection, params)
+        query = sql.SQL("SELECT count(*), max(id) FROM {s}.jobs {where}").format(
+            s=self._sql.ident, where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+        )
+        row = await self._hop(lambda c: c.execute(query, params).fetchone())
+        assert row is not None
+        return JobCount(count=int(row[0]), max_id=None if row[1] is None else int(row[1]))
+
+    async def select_job_ids(self, selection: JobSelection, *, after_id: int, limit: int) -> list[int]:
+        params: dict[str, Any] = {"after": after_id, "limit": limit}
+        where = [*self._selection_where(selection, params), sql.SQL("id > %(after)s")]
+        query = sql.SQL("SELECT id FROM {s}.jobs WHERE {where} ORDER BY id LIMIT %(limit)s").format(
+            s=self._sql.ident, where=sql.SQL(" AND ").join(where)
+        )
+        rows = await self._hop(lambda c: c.execute(query, params).fetchall())
+        return [int(r[0]) for r in rows]
+
+    def _lock_in_states(self, c: psycopg.Connection[Any], ids: Sequence[int], states: Sequence[str]) -> list[Any]:
+        """Lock, in id order, the rows of *ids* still in one of *states* (their id and state)."""
+        query = sql.SQL(
+            "SELECT id, state FROM {s}.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = ANY(%(states)s::text[]) "
+            "ORDER BY id FOR UPDATE"
+        ).format(s=self._sql.ident)
+        return c.execute(query, {"ids": list(ids), "states": list(states)}).fetchall()
+
+    async def cancel_jobs(self, ids: Sequence[int], *, states: Sequence[str], error_cap: int) -> BulkChange:
+        def cancel(c: psycopg.Connection[Any]) -> BulkChange:
+            cancelled = requested = 0
+            with c.transaction():
+                # Locked rows cannot move until the commit, so each one takes the single-job
+                # cancel statement of the state it was found in (a guarded write all the same).
+                for job_id, state in self._lock_in_states(c, ids, states):
+                    params = {"id": job_id, "channel": self.channel, "cap": error_cap}
+                    if state == "executing":
+                        requested += c.execute(self._sql.cancel_executing, params).fetchone() is not None
+                    else:
+                        cancelled += c.execute(self._sql.cancel_waiting, params).fetchone() is not None
+            return BulkChange(changed=cancelled, requested=requested)
+
+        return await self._hop(cancel)
+
+    async def retry_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        def retry(c: psycopg.Connection[Any]) -> BulkChange:
+            retried = 0
+            with c.transaction():
+                for job_id, _ in self._lock_in_states(c, ids, states):
+                    try:
+                        with c.transaction():  # a savepoint: a refused retry leaves the others
+                            row = c.execute(self._sql.retry, {"id": job_id, "channel": self.channel}).fetchone()
+                    except psycopg.errors.UniqueViolation:
+                        continue
+                    retried += row is not None
+            return BulkChange(changed=retried)
+
+        return await self._hop(retry)
+
+    async def delete_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        query = sql.SQL(
+            "DELETE FROM {s}.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = ANY(%(states)s::text[]) "
+            "AND state <> 'executing'"
+        ).format(s=self._sql.ident)
+        params = {"ids": list(ids), "states": list(states)}
+        deleted = await self._hop(lambda c: c.execute(query, params).rowcount)
+        return BulkChange(changed=deleted)
+
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         params = {"state": state, "age": older_than, "limit": limit}
         return await self._hop(lambda c: c.execute(self._sql.prune, params).rowcount)
@@ -746,6 +879,7 @@ class PostgresDriver(PostgresConnections):
                 supervisor_id=r[11],
                 child_index=r[12],
                 restarts=r[13],
+                last_exit=r[15],
                 now=r[14],
             )
             for r in rows
@@ -772,6 +906,43 @@ class PostgresDriver(PostgresConnections):
             for r in rows
         ]
 
+    # --- the dashboard's reads (see _insights.py) ------------------------------------------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        query, params = _dashboard.search_query(self._sql.ident, JOB_COLUMNS, search, limit)
+
+        def read(c: psycopg.Connection[Any]) -> list[Any]:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return list(_dashboard.rows(c, query, params))
+
+        return [_job_from_row(r) for r in await self._hop(read)]
+
+    async def run_job_now(self, job_id: int) -> Job | None:
+        query = _dashboard.run_now_query(self._sql.ident, JOB_COLUMNS)
+        rows = await self._hop(lambda c: c.execute(query, {"id": job_id, "channel": self.channel}).fetchall())
+        return _job_from_row(rows[0][:-1]) if rows else None
+
+    async def dashboard_counts(
+        self, *, queue: str | None, cap: int, time_limit: float, finished: bool = True
+    ) -> DashboardCounts:
+        def read(c: psycopg.Connection[Any]) -> DashboardCounts:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return _dashboard.dashboard_counts(c, self._sql.ident, queue=queue, cap=cap, finished=finished)
+
+        return await self._hop(read)
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        query = _dashboard.dependants_query(self._sql.ident, JOB_COLUMNS)
+
+        def read(c: psycopg.Connection[Any]) -> list[Any]:
+            with c.transaction():
+                _dashboard.begin(c, time_limit)
+                return list(_dashboard.rows(c, query, {"id": job_id, "limit": limit}))
+
+        return [_job_from_row(r) for r in await self._hop(read)]
+
     def listener(self) -> PostgresListener:
         return PostgresListener(self)
 
@@ -794,7 +965,9 @@ class PostgresDriver(PostgresConnections):
     async def periodic_state(self, names: Sequence[str]) -> PeriodicSnapshot:
         query = self._sql.periodic_state
         rows = await self._hop(lambda c: c.execute(query, {"names": list(names)}).fetchall())
-        states = {r[1]: PeriodicState(last_tick=r[2], active_since=r[3]) for r in rows if r[1] is not None}
+        states = {
+            r[1]: PeriodicState(last_tick=r[2], active_since=r[3], paused=bool(r[4])) for r in rows if r[1] is not None
+        }
         return PeriodicSnapshot(now=rows[0][0], states=states)
 
     async def enqueue_periodic(
@@ -831,6 +1004,11 @@ class PostgresDriver(PostgresConnections):
 
         return await self._hop(enqueue)
 
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        params = {"name": name, "paused": paused}
+        row = await self._hop(lambda c: c.execute(self._sql.periodic_pause, params).fetchone())
+        return None if row is None else bool(row[0]) != paused
+
     async def list_periodic(self) -> PeriodicListing:
         query = self._sql.periodic_list
 
@@ -853,9 +1031,105 @@ class PostgresDriver(PostgresConnections):
                         last_job_id=r[8],
                         last_job_state=r[9],
                         updated_at=r[10],
+                        paused_at=r[11],
                     )
                     for r in rows
                 ),
             )
 
         return await self._hop(read)
+
+    # --- the dashboard's data (see _insights.py) -------------------------------------------------
+
+    async def write_rollups(self, rows: Sequence[RollupRow]) -> None:
+        if not rows:
+            return
+        params = {
+            "queues": [r.queue for r in rows],
+            "tasks": [r.task for r in rows],
+            "error_types": [r.error_type for r in rows],
+            "completed": [r.completed for r in rows],
+            "failed": [r.failed for r in rows],
+            "discarded": [r.discarded for r in rows],
+            "cancelled": [r.cancelled for r in rows],
+            "durations": [r.duration_sum for r in rows],
+            "histograms": ["{" + ",".join(map(str, r.histogram)) + "}" for r in rows],
+        }
+        await self._hop(lambda c: c.execute(self._dash.write_rollups, params))
+
+    def _read(self, c: psycopg.Connection[Any], query: bytes, params: Mapping[str, Any]) -> list[Any]:
+        """One dashboard read, under the statement timeout of ``_dashboard.READ_TIMEOUT``."""
+        with c.transaction():
+            c.execute(self._dash.read_timeout)
+            return c.execute(query, params).fetchall()
+
+    async def read_rollups(self, *, since: float, hourly: bool, step: float, task: str | None = None) -> RollupRead:
+        query = self._dash.read_hours if hourly else self._dash.read_minutes
+        params = {"since": since, "task": task, "step": step}
+
+        def read(c: psycopg.Connection[Any]) -> RollupRead:
+            rows = self._read(c, query, params)
+            now = c.execute("SELECT now()").fetchone()
+            assert now is not None
+            return RollupRead(
+                now=now[0],
+                buckets=tuple(
+                    RollupBucket(
+                        at=r[0],
+                        row=RollupRow(
+                            queue=r[1],
+                            task=r[2],
+                            error_type=r[3],
+                            completed=int(r[4]),
+                            failed=int(r[5]),
+                            discarded=int(r[6]),
+                            cancelled=int(r[7]),
+                            duration_sum=float(r[8]),
+                            histogram=tuple(int(n) for n in r[9]),
+                        ),
+                    )
+                    for r in rows
+                ),
+            )
+
+        return await self._hop(read)
+
+    async def prune_rollups(self, *, minute_older_than: float, hour_older_than: float) -> int:
+        params = {"minute_age": minute_older_than, "hour_age": hour_older_than}
+        row = await self._hop(lambda c: c.execute(self._dash.prune_rollups, params).fetchone())
+        return int(row[0]) if row else 0
+
+    async def record_audit(self, *, actor: str, action: str, target: Mapping[str, Any], count: int) -> AuditEntry:
+        params = {"actor": actor, "action": action, "target": json.dumps(target), "count": count}
+        row = await self._hop(lambda c: c.execute(self._dash.record_audit, params).fetchone())
+        assert row is not None
+        return AuditEntry(id=row[0], at=row[1], actor=row[2], action=row[3], target=row[4], count=int(row[5]))
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        params = {"limit": limit, "before": before_id}
+        rows = await self._hop(lambda c: self._read(c, self._dash.list_audit, params))
+        return [AuditEntry(id=r[0], at=r[1], actor=r[2], action=r[3], target=r[4], count=int(r[5])) for r in rows]
+
+    async def recent_failures(self, *, since: float, limit: int) -> list[Job]:
+        params = {"since": since, "limit": limit}
+        rows = await self._hop(lambda c: self._read(c, self._dash.recent_failures, params))
+        return [_job_from_row(r) for r in rows]
+
+    async def job_graph(self, job_id: int, *, max_depth: int, max_nodes: int) -> list[GraphNode]:
+        def rows(found: list[Any]) -> list[tuple[int, str, str, str, tuple[int, ...]]]:
+            return [(int(r[0]), r[1], r[2], r[3], tuple(r[4] or ())) for r in found]
+
+        def walk(c: psycopg.Connection[Any]) -> list[GraphNode]:
+            with c.transaction():
+                c.execute(self._dash.read_timeout)
+                return walk_graph(
+                    job_id,
+                    nodes=lambda ids: rows(c.execute(self._dash.graph_nodes, {"ids": ids}).fetchall()),
+                    children=lambda ids, limit: rows(
+                        c.execute(self._dash.graph_children, {"ids": ids, "limit": limit}).fetchall()
+                    ),
+                    max_depth=max_depth,
+                    max_nodes=max_nodes,
+                )
+
+        return await self._hop(walk)

@@ -299,9 +299,10 @@ DELETE FROM {s}.workers WHERE heartbeat_at <= now() - %(after)s * interval '1 se
 """
 
 _SQL_REGISTER = """
-INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency, state, supervisor_id, child_index, restarts)
+INSERT INTO {s}.workers (id, hostname, pid, queues, concurrency, state, supervisor_id, child_index, restarts,
+                        last_exit)
 VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s, 'starting',
-        %(supervisor_id)s, %(child_index)s, %(restarts)s)
+        %(supervisor_id)s, %(child_index)s, %(restarts)s, %(last_exit)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
 """
 
@@ -314,7 +315,7 @@ WHERE id = %(id)s
 """
 _SQL_LIST_WORKERS = """
 SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at, state, processed, failed, running,
-       supervisor_id, child_index, restarts, now()
+       supervisor_id, child_index, restarts, now(), last_exit
 FROM {s}.workers
 ORDER BY supervisor_id NULLS LAST, child_index NULLS LAST, hostname, pid, id
 """
@@ -325,7 +326,9 @@ SELECT id, attempt, attempted_at FROM {s}.jobs
 WHERE state = 'executing' AND worker_id = %(worker)s
   AND attempted_at < now() - %(older)s * interval '1 second'
 """
-_SQL_VERSION = "SELECT max(version) FROM {s}.migrations"
+# The newest version and how many are applied: fewer rows than the code's versions means one
+# merged later (a gap below the newest) is still to apply.
+_SQL_VERSION = "SELECT max(version), count(*) FROM {s}.migrations"
 # Queue depth for the metrics: waiting and running jobs only, so the cost does not grow with the
 # finished rows that retention keeps. One arm per partial index (fetch, due, executing): with
 # ``state IN (...)`` the planner scans the whole table (45 ms with 300k finished rows, 0.15 ms so).
@@ -485,7 +488,7 @@ SET active_since = CASE WHEN (p.cron, p.timezone) IS DISTINCT FROM (excluded.cro
 """
 # One row at least (now() with NULLs when none of the names has a row).
 _SQL_PERIODIC_STATE = """
-SELECT now(), p.name, p.last_tick, p.active_since
+SELECT now(), p.name, p.last_tick, p.active_since, p.paused_at IS NOT NULL
 FROM (SELECT 1) AS one LEFT JOIN {s}.periodic AS p ON p.name = ANY(%(names)s::text[])
 """
 # Exactly once per tick. The guarded UPDATE claims the tick on the schedule's row; under READ
@@ -506,6 +509,7 @@ WITH holder AS (
     SET last_tick = %(tick)s::timestamptz,
         last_job_id = coalesce((SELECT id FROM holder), nextval(pg_get_serial_sequence(%(table)s::text, 'id')))
     WHERE p.name = %(name)s::text
+      AND p.paused_at IS NULL
       AND (p.last_tick IS NULL OR p.last_tick < %(tick)s::timestamptz)
       AND p.active_since <= %(tick)s::timestamptz
       AND %(tick)s::timestamptz <= now()
@@ -526,9 +530,18 @@ WITH holder AS (
 SELECT c.last_job_id, c.held, (SELECT count(*) FROM notified)
 FROM claimed AS c
 """
+# Pause or resume a schedule (migration 9); the row's previous flag tells whether it changed.
+_SQL_PERIODIC_PAUSE = """
+WITH old AS (SELECT name, paused_at IS NOT NULL AS was FROM {s}.periodic WHERE name = %(name)s FOR UPDATE)
+UPDATE {s}.periodic AS p
+SET paused_at = CASE WHEN %(paused)s THEN coalesce(p.paused_at, now()) END
+FROM old
+WHERE p.name = old.name
+RETURNING old.was
+"""
 _SQL_PERIODIC_LIST = """
 SELECT p.name, p.cron, p.timezone, p.task, p.queue, p.args, p.active_since, p.last_tick, p.last_job_id, j.state,
-       p.updated_at
+       p.updated_at, p.paused_at
 FROM {s}.periodic AS p LEFT JOIN {s}.jobs AS j ON j.id = p.last_job_id
 ORDER BY p.name
 """
@@ -604,3 +617,4 @@ class Queries:
         self.periodic_state = q(_SQL_PERIODIC_STATE)
         self.periodic_enqueue = q(_SQL_PERIODIC_ENQUEUE)
         self.periodic_list = q(_SQL_PERIODIC_LIST)
+        self.periodic_pause = q(_SQL_PERIODIC_PAUSE)

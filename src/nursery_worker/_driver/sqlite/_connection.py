@@ -28,7 +28,9 @@ import anyio
 import anyio.to_thread
 
 from ..._errors import ConfigurationError, DatabaseError, SchemaNotReady
+from ..._models import PendingMigration
 from .._common import Migrations, Observers, check_schema_name, one_line
+from ._insights import compose_dashboard
 from ._queries import SQL_NOW, compose
 from ._time import NOW_SQL
 
@@ -37,10 +39,17 @@ logger = logging.getLogger("nursery_worker.driver")
 T = TypeVar("T")
 
 #: The SQLite schema's own versions (not PostgreSQL's): ``migrations/<file>`` of this package.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_initial.sql"), (2, "0002_flow_control.sql"))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, "0001_initial.sql"),
+    (2, "0002_flow_control.sql"),
+    (3, "0003_dashboard.sql"),
+    (4, "0004_periodic_pause.sql"),
+)
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The version this code reads and writes; the last entry of MIGRATIONS.
 SCHEMA_VERSION = _MIGRATIONS.latest
+#: How many versions there are (their numbers may have a gap: one merged later).
+MIGRATION_COUNT = _MIGRATIONS.count
 
 #: RETURNING arrived in SQLite 3.35.0 (2021-03).
 MIN_SQLITE_VERSION = (3, 35, 0)
@@ -133,6 +142,7 @@ class SqliteConnections:
         self._synchronous = synchronous
         self._key = (os.path.realpath(self.path), schema)
         self._q, self._names = compose(schema)
+        self._q.update(compose_dashboard(self._names))
         self._open_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -306,6 +316,22 @@ class SqliteConnections:
             applied_now.append(version)
         return applied_now
 
+    def pending_migrations_sync(self) -> list[PendingMigration]:
+        """The migrations the first use would apply, in order; a missing file is not created."""
+        applied: list[int] = []
+        if os.path.exists(self.path):
+            conn = self._connect()
+            try:
+                applied = [int(r[0]) for r in conn.execute(f"SELECT version FROM {self._names['migrations']}")]
+            except sqlite3.OperationalError:
+                applied = []  # no migrations table yet
+            finally:
+                conn.close()
+        return [
+            PendingMigration(version=version, name=name, sql=text.replace("{p}", f"{self.schema}_"))
+            for version, name, text in _MIGRATIONS.pending(applied, where=self._where())
+        ]
+
     def _migrate_on(self, conn: sqlite3.Connection) -> list[int]:
         """Apply the pending migrations in one ``BEGIN IMMEDIATE`` transaction (so concurrent
         processes take turns and the second finds nothing to do)."""
@@ -334,7 +360,7 @@ class SqliteConnections:
             row = conn.execute(self._q["version"]).fetchone()
         except sqlite3.OperationalError:
             return False  # no migrations table yet
-        return bool(row is not None and row[0] == SCHEMA_VERSION)
+        return bool(row is not None and row[0] == SCHEMA_VERSION and row[1] == MIGRATION_COUNT)
 
     # --- the caller's own connection (``connection=``) -----------------------------------------
 

@@ -33,13 +33,20 @@ import attrs
 
 from ..._errors import ConfigurationError, DatabaseError, JobStateError
 from ..._models import (
+    AuditEntry,
     BreakerConfig,
     BreakerInfo,
+    BulkChange,
     CancelRequest,
     CancelResult,
     ClaimedAttempt,
     Completion,
+    DashboardCounts,
+    GraphNode,
     Job,
+    JobCount,
+    JobSearch,
+    JobSelection,
     JobSpec,
     LimitedClaim,
     PeriodicEnqueued,
@@ -52,14 +59,18 @@ from ..._models import (
     QueueInfo,
     RateLimit,
     RescueResult,
+    RollupBucket,
+    RollupRead,
+    RollupRow,
     TaskLimits,
     WorkerInfo,
     WorkerLoad,
     WorkerRow,
 )
 from ..._state import ACTIVE_STATES, JobState
-from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns
-from ._connection import SCHEMA_VERSION, SqliteConnections, Tx
+from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns, walk_graph
+from . import _dashboard
+from ._connection import MIGRATION_COUNT, SCHEMA_VERSION, SqliteConnections, Tx
 from ._flow import claim_limited, limited_finished, settle
 from ._listener import SqliteListener
 from ._queries import JOB_COLUMNS, SQL_NOW, TABLES, job_from_row, new_job
@@ -119,7 +130,13 @@ class SqliteDriver(SqliteConnections):
 
     async def check_schema(self) -> None:
         row = await self._hop(lambda tx: tx.execute("version").fetchone(), write=False)
-        check_version(self._where(), row[0] if row else None, SCHEMA_VERSION)
+        check_version(
+            self._where(),
+            row[0] if row else None,
+            SCHEMA_VERSION,
+            applied=row[1] if row else None,
+            known=MIGRATION_COUNT,
+        )
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -344,6 +361,7 @@ class SqliteDriver(SqliteConnections):
             "supervisor_id": info.supervisor_id,
             "child_index": info.child_index,
             "restarts": info.restarts,
+            "last_exit": info.last_exit,
             "now": now,
         }
 
@@ -404,64 +422,111 @@ class SqliteDriver(SqliteConnections):
 
     # --- job control --------------------------------------------------------------------------
 
+    @staticmethod
+    def _cancel_on(tx: Tx, job_id: int, error_cap: int) -> CancelResult | None:
+        """Cancel job *job_id* in *tx*'s write transaction: the job cannot move between the steps."""
+        params = {"id": job_id, "now": tx.now, "at": iso(tx.now), "cap": error_cap}
+        row = tx.execute("cancel_waiting", params).fetchone()
+        if row is not None:
+            tx.notify(f"finished:{job_id}")
+            if row[19]:
+                settle(tx, [(job_id, str(row[1]), "cancelled")])
+            return CancelResult(job=job_from_row(row), status="cancelled")
+        row = tx.execute("cancel_executing", {"id": job_id, "now": tx.now}).fetchone()
+        if row is not None:
+            tx.notify(f"cancel:{job_id}")
+            return CancelResult(job=job_from_row(row), status="requested")
+        row = tx.execute("get", {"id": job_id}).fetchone()
+        return None if row is None else CancelResult(job=job_from_row(row), status="already_finished")
+
     async def cancel_job(self, job_id: int, *, error_cap: int) -> CancelResult | None:
         if not _is_id(job_id):
             return None
-
-        def cancel(tx: Tx) -> CancelResult | None:
-            # One transaction: the job cannot move between the steps.
-            params = {"id": job_id, "now": tx.now, "at": iso(tx.now), "cap": error_cap}
-            row = tx.execute("cancel_waiting", params).fetchone()
-            if row is not None:
-                tx.notify(f"finished:{job_id}")
-                if row[19]:
-                    settle(tx, [(job_id, str(row[1]), "cancelled")])
-                return CancelResult(job=job_from_row(row), status="cancelled")
-            row = tx.execute("cancel_executing", {"id": job_id, "now": tx.now}).fetchone()
-            if row is not None:
-                tx.notify(f"cancel:{job_id}")
-                return CancelResult(job=job_from_row(row), status="requested")
-            row = tx.execute("get", {"id": job_id}).fetchone()
-            return None if row is None else CancelResult(job=job_from_row(row), status="already_finished")
-
-        return await self._hop(cancel)
+        return await self._hop(lambda tx: self._cancel_on(tx, job_id, error_cap))
 
     async def cancel_requested(self, *, worker_id: str) -> list[CancelRequest]:
         rows = await self._hop(lambda tx: tx.execute("cancel_requested", {"worker": worker_id}).fetchall(), write=False)
         return [CancelRequest(job_id=int(r[0]), attempt=int(r[1])) for r in rows]
 
+    @staticmethod
+    def _retry_on(tx: Tx, job_id: int) -> Job | None:
+        """Retry job *job_id* in *tx*'s write transaction (see ``retry_job``)."""
+        parents = tx.execute("parents", {"id": job_id}).fetchall()
+        waiting = sum(1 for p in parents if p[2] != "completed")
+        failed = [p for p in parents if p[2] in ("discarded", "cancelled")]
+        params = {"id": job_id, "now": tx.now, "waiting": waiting, "failed": len(failed)}
+        try:
+            row = tx.execute("retry", params).fetchone()
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            raise JobStateError(
+                f"job {job_id} cannot be retried: another job of its task with the same unique key is queued or "
+                "running; cancel that one first, or wait for it to finish"
+            ) from None
+        if row is None:
+            if failed:
+                names = ", ".join(f"{p[0]} ({p[1]}, {p[2]})" for p in failed)
+                raise JobStateError(
+                    f"job {job_id} cannot be retried: it depends on job(s) that did not complete: {names}; "
+                    "retry those first"
+                )
+            return None
+        job = job_from_row(row)
+        if waiting == 0:
+            tx.notify(f"available:{job.queue}")
+        return job
+
     async def retry_job(self, job_id: int) -> Job | None:
         if not _is_id(job_id):
             return None
+        return await self._hop(lambda tx: self._retry_on(tx, job_id))
 
-        def retry(tx: Tx) -> Job | None:
-            parents = tx.execute("parents", {"id": job_id}).fetchall()
-            waiting = sum(1 for p in parents if p[2] != "completed")
-            failed = [p for p in parents if p[2] in ("discarded", "cancelled")]
-            params = {"id": job_id, "now": tx.now, "waiting": waiting, "failed": len(failed)}
-            try:
-                row = tx.execute("retry", params).fetchone()
-            except sqlite3.IntegrityError as exc:
-                if "UNIQUE" not in str(exc):
-                    raise
-                raise JobStateError(
-                    f"job {job_id} cannot be retried: another job of its task with the same unique key is queued or "
-                    "running; cancel that one first, or wait for it to finish"
-                ) from None
+    # --- the dashboard's reads (see _insights.py) ------------------------------------------------
+
+    async def search_jobs(self, search: JobSearch, *, limit: int, time_limit: float) -> list[Job]:
+        query, params = _dashboard.search_query(self._names, JOB_COLUMNS, search, limit)
+        rows = await self._hop(
+            lambda tx: _dashboard.read(tx.conn, time_limit, lambda c: c.execute(query, params).fetchall()), write=False
+        )
+        return [job_from_row(r) for r in rows]
+
+    async def run_job_now(self, job_id: int) -> Job | None:
+        if not _is_id(job_id):
+            return None
+        query = _dashboard.run_now_query(self._names, JOB_COLUMNS)
+
+        def run(tx: Tx) -> Job | None:
+            row = tx.conn.execute(query, {"id": job_id, "now": tx.now}).fetchone()
             if row is None:
-                if failed:
-                    names = ", ".join(f"{p[0]} ({p[1]}, {p[2]})" for p in failed)
-                    raise JobStateError(
-                        f"job {job_id} cannot be retried: it depends on job(s) that did not complete: {names}; "
-                        "retry those first"
-                    )
                 return None
             job = job_from_row(row)
-            if waiting == 0:
-                tx.notify(f"available:{job.queue}")
+            tx.notify(f"available:{job.queue}")
             return job
 
-        return await self._hop(retry)
+        return await self._hop(run)
+
+    async def dashboard_counts(
+        self, *, queue: str | None, cap: int, time_limit: float, finished: bool = True
+    ) -> DashboardCounts:
+        return await self._hop(
+            lambda tx: _dashboard.read(
+                tx.conn,
+                time_limit,
+                lambda c: _dashboard.dashboard_counts(c, self._names, SQL_NOW, queue=queue, cap=cap, finished=finished),
+            ),
+            write=False,
+        )
+
+    async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
+        query = _dashboard.dependants_query(self._names, JOB_COLUMNS)
+        rows = await self._hop(
+            lambda tx: _dashboard.read(
+                tx.conn, time_limit, lambda c: c.execute(query, {"id": job_id, "limit": limit}).fetchall()
+            ),
+            write=False,
+        )
+        return [job_from_row(r) for r in rows]
 
     async def list_jobs(
         self,
@@ -494,6 +559,96 @@ class SqliteDriver(SqliteConnections):
         rows = await self._hop(lambda tx: tx.conn.execute(query, params).fetchall(), write=False)
         return [job_from_row(r) for r in rows]
 
+    @staticmethod
+    def _selection_where(tx: Tx, selection: JobSelection, params: dict[str, Any]) -> list[str]:
+        """The WHERE terms of *selection*, its parameters added to *params*."""
+        where: list[str] = []
+        if selection.states is not None:
+            where.append("state IN (SELECT value FROM json_each(:states))")
+            params["states"] = json.dumps(list(selection.states))
+        if selection.queue is not None:
+            where.append("queue = :queue")
+            params["queue"] = selection.queue
+        if selection.task is not None:
+            where.append("task = :task")
+            params["task"] = selection.task
+        if selection.older_than is not None:
+            where.append("inserted_at <= :cutoff")
+            params["cutoff"] = tx.now - round(selection.older_than * 1_000_000)
+        if selection.finished_older_than is not None:
+            where.append("finished_at < :finished_cutoff")
+            params["finished_cutoff"] = tx.now - round(selection.finished_older_than * 1_000_000)
+        if selection.min_id is not None:
+            where.append("id >= :min_id")
+            params["min_id"] = min(selection.min_id, _INT64[1])
+        if selection.max_id is not None:
+            where.append("id <= :max_id")
+            params["max_id"] = min(selection.max_id, _INT64[1])
+        return where
+
+    async def count_jobs(self, selection: JobSelection) -> JobCount:
+        def count(tx: Tx) -> tuple[int, int | None]:
+            params: dict[str, Any] = {}
+            where = self._selection_where(tx, selection, params)
+            query = f"SELECT count(*), max(id) FROM {self._names['jobs']}" + (
+                " WHERE " + " AND ".join(where) if where else ""
+            )
+            row = tx.conn.execute(query, params).fetchone()
+            return int(row[0]), None if row[1] is None else int(row[1])
+
+        found, highest = await self._hop(count, write=False)
+        return JobCount(count=found, max_id=highest)
+
+    async def select_job_ids(self, selection: JobSelection, *, after_id: int, limit: int) -> list[int]:
+        def select(tx: Tx) -> list[int]:
+            params: dict[str, Any] = {"after": min(after_id, _INT64[1]), "limit": limit}
+            where = [*self._selection_where(tx, selection, params), "id > :after"]
+            query = f"SELECT id FROM {self._names['jobs']} WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit"
+            return [int(r[0]) for r in tx.conn.execute(query, params).fetchall()]
+
+        return await self._hop(select, write=False)
+
+    def _in_states(self, tx: Tx, ids: Sequence[int], states: Sequence[str]) -> list[Any]:
+        """The rows of *ids* still in one of *states* (id and state), in id order; the write lock
+        of *tx* keeps them where they are until the commit."""
+        query = (
+            f"SELECT id, state FROM {self._names['jobs']} WHERE id IN (SELECT value FROM json_each(:ids)) "
+            "AND state IN (SELECT value FROM json_each(:states)) ORDER BY id"
+        )
+        return tx.conn.execute(query, {"ids": json.dumps(list(ids)), "states": json.dumps(list(states))}).fetchall()
+
+    async def cancel_jobs(self, ids: Sequence[int], *, states: Sequence[str], error_cap: int) -> BulkChange:
+        def cancel(tx: Tx) -> BulkChange:
+            cancelled = requested = 0
+            for job_id, _ in self._in_states(tx, ids, states):
+                result = self._cancel_on(tx, int(job_id), error_cap)
+                cancelled += result is not None and result.status == "cancelled"
+                requested += result is not None and result.status == "requested"
+            return BulkChange(changed=cancelled, requested=requested)
+
+        return await self._hop(cancel)
+
+    async def retry_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        def retry(tx: Tx) -> BulkChange:
+            retried = 0
+            for job_id, _ in self._in_states(tx, ids, states):
+                try:
+                    retried += self._retry_on(tx, int(job_id)) is not None
+                except JobStateError:  # a unique key held or a dependency failed: left as it is
+                    continue
+            return BulkChange(changed=retried)
+
+        return await self._hop(retry)
+
+    async def delete_jobs(self, ids: Sequence[int], *, states: Sequence[str]) -> BulkChange:
+        query = (
+            f"DELETE FROM {self._names['jobs']} WHERE id IN (SELECT value FROM json_each(:ids)) "
+            "AND state IN (SELECT value FROM json_each(:states)) AND state <> 'executing'"
+        )
+        params = {"ids": json.dumps(list(ids)), "states": json.dumps(list(states))}
+        deleted = await self._hop(lambda tx: int(tx.conn.execute(query, params).rowcount))
+        return BulkChange(changed=deleted)
+
     async def prune_jobs(self, *, state: str, older_than: float, limit: int) -> int:
         def prune(tx: Tx) -> int:
             before = tx.now - round(older_than * 1_000_000)
@@ -523,6 +678,7 @@ class SqliteDriver(SqliteConnections):
                 supervisor_id=r[11],
                 child_index=r[12],
                 restarts=r[13],
+                last_exit=r[15],
                 now=moment(r[14]),
             )
             for r in rows
@@ -662,7 +818,10 @@ class SqliteDriver(SqliteConnections):
             return now, rows
 
         now, rows = await self._hop(read, write=False)
-        states = {str(r[0]): PeriodicState(last_tick=from_us(r[1]), active_since=moment(r[2])) for r in rows}
+        states = {
+            str(r[0]): PeriodicState(last_tick=from_us(r[1]), active_since=moment(r[2]), paused=bool(r[3]))
+            for r in rows
+        }
         return PeriodicSnapshot(now=moment(now), states=states)
 
     async def enqueue_periodic(
@@ -713,6 +872,16 @@ class SqliteDriver(SqliteConnections):
 
         return await self._hop(enqueue)
 
+    async def set_periodic_paused(self, name: str, *, paused: bool) -> bool | None:
+        def set_paused(tx: Tx) -> bool | None:
+            row = tx.execute("periodic_paused", {"name": name}).fetchone()
+            if row is None:
+                return None
+            tx.execute("periodic_pause", {"name": name, "paused": int(paused), "now": tx.now})
+            return bool(row[0]) != paused
+
+        return await self._hop(set_paused)
+
     async def list_periodic(self) -> PeriodicListing:
         def read(tx: Tx) -> tuple[int, list[Any]]:
             tx.conn.execute("BEGIN")
@@ -739,6 +908,7 @@ class SqliteDriver(SqliteConnections):
                     last_job_id=r[8],
                     last_job_state=r[9],
                     updated_at=moment(r[10]),
+                    paused_at=from_us(r[11]),
                 )
                 for r in rows
             ),
@@ -746,3 +916,122 @@ class SqliteDriver(SqliteConnections):
 
     def listener(self) -> SqliteListener:
         return SqliteListener(self)
+
+    # --- the dashboard's data (see _insights.py) -------------------------------------------------
+
+    async def write_rollups(self, rows: Sequence[RollupRow]) -> None:
+        if not rows:
+            return
+
+        def write(tx: Tx) -> None:
+            for grain, unit in (("minute", 60_000_000), ("hour", 3_600_000_000)):
+                bucket = tx.now - tx.now % unit
+                for r in rows:
+                    key = {"bucket": bucket, "queue": r.queue, "task": r.task, "error_type": r.error_type}
+                    old = tx.execute(f"rollup_get_{grain}", key).fetchone()
+                    counts = [r.completed, r.failed, r.discarded, r.cancelled]
+                    duration, histogram = r.duration_sum, list(r.histogram)
+                    if old is not None:
+                        counts = [a + int(b) for a, b in zip(counts, old[:4], strict=True)]
+                        duration += float(old[4])
+                        stored = json.loads(old[5])
+                        histogram = [a + int(b) for a, b in zip(histogram, stored, strict=False)]
+                    tx.execute(
+                        f"rollup_put_{grain}",
+                        {
+                            **key,
+                            "completed": counts[0],
+                            "failed": counts[1],
+                            "discarded": counts[2],
+                            "cancelled": counts[3],
+                            "duration_sum": duration,
+                            "histogram": json.dumps(histogram),
+                        },
+                    )
+
+        await self._hop(write)
+
+    async def read_rollups(self, *, since: float, hourly: bool, step: float, task: str | None = None) -> RollupRead:
+        grain, unit = ("hour", 3_600_000_000) if hourly else ("minute", 60_000_000)
+
+        def read(tx: Tx) -> tuple[int, list[Any]]:
+            start = tx.now - round(since * 1_000_000)
+            start -= start % unit
+            params = {"since": start, "task": task, "step": max(1, round(step * 1_000_000))}
+            return tx.now, tx.execute(f"rollup_read_{grain}", params).fetchall()
+
+        now, rows = await self._hop(read, write=False)
+        return RollupRead(
+            now=moment(now),
+            buckets=tuple(
+                RollupBucket(
+                    at=moment(r[0]),
+                    row=RollupRow(
+                        queue=r[1],
+                        task=r[2],
+                        error_type=r[3],
+                        completed=int(r[4]),
+                        failed=int(r[5]),
+                        discarded=int(r[6]),
+                        cancelled=int(r[7]),
+                        duration_sum=float(r[8]),
+                        histogram=tuple(int(n) for n in json.loads(r[9])),
+                    ),
+                )
+                for r in rows
+            ),
+        )
+
+    async def prune_rollups(self, *, minute_older_than: float, hour_older_than: float) -> int:
+        def prune(tx: Tx) -> int:
+            minute = tx.execute("rollup_prune_minute", {"before": tx.now - round(minute_older_than * 1_000_000)})
+            hour = tx.execute("rollup_prune_hour", {"before": tx.now - round(hour_older_than * 1_000_000)})
+            return int(minute.rowcount) + int(hour.rowcount)
+
+        return await self._hop(prune)
+
+    @staticmethod
+    def _audit_entry(r: Sequence[Any]) -> AuditEntry:
+        return AuditEntry(
+            id=int(r[0]), at=moment(r[1]), actor=r[2], action=r[3], target=json.loads(r[4]), count=int(r[5])
+        )
+
+    async def record_audit(self, *, actor: str, action: str, target: Mapping[str, Any], count: int) -> AuditEntry:
+        def record(tx: Tx) -> Any:
+            params = {"now": tx.now, "actor": actor, "action": action, "target": json.dumps(target), "count": count}
+            return tx.execute("record_audit", params).fetchone()
+
+        return self._audit_entry(await self._hop(record))
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        params = {"limit": limit, "before": before_id}
+        rows = await self._hop(lambda tx: tx.execute("list_audit", params).fetchall(), write=False)
+        return [self._audit_entry(r) for r in rows]
+
+    async def recent_failures(self, *, since: float, limit: int) -> list[Job]:
+        def read(tx: Tx) -> list[Any]:
+            start = tx.now - round(since * 1_000_000)
+            discarded = tx.execute("recent_discarded", {"since": start, "limit": limit}).fetchall()
+            return discarded + tx.execute("recent_retryable", {"limit": limit}).fetchall()
+
+        return [job_from_row(r) for r in await self._hop(read, write=False)]
+
+    async def job_graph(self, job_id: int, *, max_depth: int, max_nodes: int) -> list[GraphNode]:
+        if not _is_id(job_id):
+            return []
+
+        def rows(found: list[Any]) -> list[tuple[int, str, str, str, tuple[int, ...]]]:
+            return [(int(r[0]), r[1], r[2], r[3], tuple(json.loads(r[4]) if r[4] else ())) for r in found]
+
+        def walk(tx: Tx) -> list[GraphNode]:
+            return walk_graph(
+                job_id,
+                nodes=lambda ids: rows(tx.execute("graph_nodes", {"ids": json.dumps(ids)}).fetchall()),
+                children=lambda ids, limit: rows(
+                    tx.execute("graph_children", {"ids": json.dumps(ids), "limit": limit}).fetchall()
+                ),
+                max_depth=max_depth,
+                max_nodes=max_nodes,
+            )
+
+        return await self._hop(walk, write=False)

@@ -169,8 +169,9 @@ _SQL_DELETE_DEAD_WORKERS = "DELETE FROM {workers} WHERE heartbeat_at <= :since"
 
 _SQL_REGISTER = """
 INSERT INTO {workers} (id, hostname, pid, queues, concurrency, state, supervisor_id, child_index, restarts,
-                       started_at, heartbeat_at)
-VALUES (:id, :hostname, :pid, :queues, :concurrency, 'starting', :supervisor_id, :child_index, :restarts, :now, :now)
+                       started_at, heartbeat_at, last_exit)
+VALUES (:id, :hostname, :pid, :queues, :concurrency, 'starting', :supervisor_id, :child_index, :restarts, :now, :now,
+        :last_exit)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now
 """
 _SQL_HEARTBEAT = "UPDATE {workers} SET heartbeat_at = :now WHERE id = :id"
@@ -184,7 +185,7 @@ _SQL_LIST_WORKERS = (
 SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at, state, processed, failed, running,
        supervisor_id, child_index, restarts, """
     + NOW_SQL
-    + """
+    + """, last_exit
 FROM {workers}
 ORDER BY supervisor_id IS NULL, supervisor_id, child_index IS NULL, child_index, hostname, pid, id
 """
@@ -270,8 +271,21 @@ _SQL_QUEUE_ROWS = "SELECT name, paused, paused_at, max_concurrency, rate_limit, 
 _SQL_EVENT = "INSERT INTO {events} (at, payload) VALUES (:now, :payload)"
 _SQL_EVENTS_AFTER = "SELECT id, payload FROM {events} WHERE id > :after ORDER BY id LIMIT 10000"
 _SQL_LAST_EVENT = "SELECT coalesce(max(id), 0) FROM {events}"
-_SQL_VERSION = "SELECT max(version) FROM {migrations}"
-TABLES = ("jobs", "workers", "queues", "events", "migrations", "rate_limits", "breakers", "periodic")
+# The newest version and how many are applied (fewer rows than the code's versions: a gap to fill).
+_SQL_VERSION = "SELECT max(version), count(*) FROM {migrations}"
+TABLES = (
+    "jobs",
+    "workers",
+    "queues",
+    "events",
+    "migrations",
+    "rate_limits",
+    "breakers",
+    "periodic",
+    "rollup_minute",
+    "rollup_hour",
+    "audit",
+)
 
 
 # --- flow control (schema version 2; PostgreSQL's migration 6) --------------------------------
@@ -426,7 +440,8 @@ SET active_since = CASE WHEN cron IS NOT excluded.cron OR timezone IS NOT exclud
     args = excluded.args, updated_at = :now
 """
 _SQL_PERIODIC_STATE = """
-SELECT name, last_tick, active_since FROM {periodic} WHERE name IN (SELECT value FROM json_each(:names))
+SELECT name, last_tick, active_since, paused_at IS NOT NULL FROM {periodic}
+WHERE name IN (SELECT value FROM json_each(:names))
 """
 # The job holding the spec's unique key in its scope of states (the newest).
 _SQL_PERIODIC_HOLDER = """
@@ -442,6 +457,7 @@ _SQL_PERIODIC_CLAIM = """
 UPDATE {periodic}
 SET last_tick = :tick, last_job_id = :holder
 WHERE name = :name
+  AND paused_at IS NULL
   AND (last_tick IS NULL OR last_tick < :tick)
   AND active_since <= :tick
   AND :tick <= :now
@@ -456,9 +472,14 @@ VALUES (:task, :queue, :args, :priority, :max_attempts, :tick, :now, 'available'
 RETURNING id
 """
 _SQL_PERIODIC_JOB = "UPDATE {periodic} SET last_job_id = :id WHERE name = :name"
+# Pause or resume a schedule (PostgreSQL's migration 9), under the write lock: read, then write.
+_SQL_PERIODIC_PAUSED = "SELECT paused_at IS NOT NULL FROM {periodic} WHERE name = :name"
+_SQL_PERIODIC_PAUSE = """
+UPDATE {periodic} SET paused_at = CASE WHEN :paused THEN coalesce(paused_at, :now) END WHERE name = :name
+"""
 _SQL_PERIODIC_LIST = """
 SELECT p.name, p.cron, p.timezone, p.task, p.queue, p.args, p.active_since, p.last_tick, p.last_job_id, j.state,
-       p.updated_at
+       p.updated_at, p.paused_at
 FROM {periodic} AS p LEFT JOIN {jobs} AS j ON j.id = p.last_job_id
 ORDER BY p.name
 """
@@ -525,6 +546,8 @@ def compose(schema: str) -> tuple[dict[str, str], dict[str, str]]:
         "periodic_insert": _SQL_PERIODIC_INSERT,
         "periodic_job": _SQL_PERIODIC_JOB,
         "periodic_list": _SQL_PERIODIC_LIST,
+        "periodic_paused": _SQL_PERIODIC_PAUSED,
+        "periodic_pause": _SQL_PERIODIC_PAUSE,
         "prune": _SQL_PRUNE,
         "paused": _SQL_PAUSED,
         "set_paused": _SQL_SET_PAUSED,
