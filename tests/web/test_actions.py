@@ -233,3 +233,23 @@ async def test_each_action_writes_an_audit_row(migrated: App, writer: httpx.Asyn
     (entry,) = await Admin(migrated).list_audit(limit=5)
     assert (entry.action, entry.count) == ("job.retry", 1)
     assert f"job {job_id}" in str(entry.target)
+
+
+async def test_bulk_from_htmx_reports_progress_by_ticket(migrated: App, writer: httpx.AsyncClient) -> None:
+    """A bulk post from the confirmation page (htmx) answers a fragment, and its ticket's progress counts the jobs."""
+    for _ in range(3):
+        await _waiting_job(migrated)
+    preview = await writer.get("/jobs/bulk", params={"action": "cancel", "state": "available"})
+    assert 'name="ticket"' in preview.text and "hx-post" in preview.text
+    response = await writer.post(
+        "/jobs/bulk/cancel", data={"state": "available", "ticket": "t-123"}, headers={"hx-request": "true"}
+    )
+    assert response.status_code == 200 and response.text.startswith('<p class="flash"')
+    assert "cancelled 3 of 3" in response.text
+    progress = await writer.get("/api/jobs/bulk/progress", params={"ticket": "t-123"})
+    assert progress.json() == {"ticket": "t-123", "examined": 3}
+
+
+async def test_unknown_progress_ticket_is_a_404(client: httpx.AsyncClient) -> None:
+    """The progress of a ticket that never started answers 404."""
+    assert (await client.get("/jobs/bulk/progress", params={"ticket": "nope"})).status_code == 404

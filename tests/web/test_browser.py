@@ -139,6 +139,13 @@ def test_browser_retries_a_failed_job_and_sees_it_complete_live(schema: str) -> 
             for path, name in (("/jobs", "jobs"), ("/queues", "queues"), ("/queues/reports", "queue")):
                 page.goto(base + path)
                 page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+            # A bulk action: the count preview, the confirmation (a dialog), the result in place.
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(f"{base}/jobs/bulk?action=cancel&queue=reports")
+            assert "2 jobs match" in page.inner_text("#bulk-preview")
+            page.click("#bulk-confirm button")
+            page.wait_for_selector("#bulk-result .flash:has-text('cancelled 2 of 2')")
+            page.screenshot(path=str(SHOTS / "bulk.png"), full_page=True)
             others = page.eval_on_selector_all("header nav a", "links => links.map(a => a.getAttribute('href'))")
             for href in others:
                 name = href.strip("/").replace("/", "-") or "overview"

@@ -60,6 +60,8 @@ class PageRequest:
     options: WebOptions
     root: str
     form: Mapping[str, str] = attrs.field(factory=dict)
+    #: The progress of running bulk actions, by ticket: jobs examined so far (shared by requests).
+    progress: dict[str, int] = attrs.field(factory=dict)
 
     @property
     def can_write(self) -> bool:

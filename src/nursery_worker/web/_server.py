@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import html
 import importlib
 import json
 import logging
@@ -85,13 +86,20 @@ class Dashboard:
         self.pages = discover_pages()
         self.env = make_environment()
         self.streams = StreamCounter(options.live_connections)
+        self.progress: dict[str, int] = {}
 
     # --- helpers --------------------------------------------------------------------------------
 
     def page_request(self, request: Request, form: dict[str, str] | None = None) -> PageRequest:
         root = request.scope.get("root_path", "")
         return PageRequest(
-            request=request, app=self.app, admin=self.admin, options=self.options, root=root, form=form or {}
+            request=request,
+            app=self.app,
+            admin=self.admin,
+            options=self.options,
+            root=root,
+            form=form or {},
+            progress=self.progress,
         )
 
     def render(self, req: PageRequest, template: str, context: dict[str, Any], *, status: int = 200) -> Response:
@@ -178,6 +186,9 @@ class Dashboard:
                     return JSONResponse(
                         {"ok": True, "message": done.message, "count": done.count, **jsonable(done.data)}
                     )
+                if request.headers.get("hx-request") == "true":
+                    # An htmx post (the bulk confirmation) swaps this in place of a redirect.
+                    return HTMLResponse(f'<p class="flash" role="status">{html.escape(done.message)}</p>')
                 target = done.redirect or _back(request, req.root)
                 sep = "&" if "?" in target else "?"
                 return RedirectResponse(target + sep + urlencode({"flash": done.message}), status_code=303)

@@ -3,6 +3,8 @@ would act on, and the form that confirms it (which posts to the jobs page's bulk
 
 from __future__ import annotations
 
+import secrets
+
 from ..._jobfilter import BulkAction
 from .._page import Page, View, WebError
 from .._request import PageRequest
@@ -31,6 +33,7 @@ async def bulk_preview(req: PageRequest) -> View:
             "query": shown.query(),
             "count": count,
             "what": narrowed.describe(),
+            "ticket": secrets.token_urlsafe(12),
         },
         data={"action": action, "filter": shown.query(), "count": count, "describe": narrowed.describe()},
         title=f"Bulk {action}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 
 from ..._jobfilter import BulkAction
-from .._page import Action, Done, Page, View
+from .._page import Action, Done, Page, View, WebError
 from .._request import PageRequest
 from ._common import STATES, job_filter, read_filter
 
@@ -14,6 +14,8 @@ from ._common import STATES, job_filter, read_filter
 PAGE_SIZE = 50
 #: Jobs changed per transaction by a bulk action.
 CHUNK = 500
+#: The most bulk actions whose progress is remembered.
+MAX_TICKETS = 100
 BULK: tuple[BulkAction, ...] = ("cancel", "retry", "delete")
 
 
@@ -53,7 +55,20 @@ def _bulk(action: BulkAction) -> Action:
         shown, _ = read_filter(req)
         chosen = job_filter(shown)
         chunks: list[int] = []
-        result = await req.admin.bulk(action, chosen, chunk_size=CHUNK, progress=chunks.append)
+        ticket = req.param("ticket")
+        if ticket is not None and (len(ticket) > 64 or not ticket.replace("-", "").replace("_", "").isalnum()):
+            raise WebError(400, f"ticket={ticket!r} is not a progress ticket")
+
+        def advance(examined: int) -> None:
+            chunks.append(examined)
+            if ticket is not None:
+                req.progress[ticket] = sum(chunks)
+
+        if ticket is not None:
+            while len(req.progress) >= MAX_TICKETS:  # the oldest bulk actions' progress is forgotten
+                del req.progress[next(iter(req.progress))]
+            req.progress[ticket] = 0
+        result = await req.admin.bulk(action, chosen, chunk_size=CHUNK, progress=advance)
         verb = {"cancel": "cancelled", "retry": "retried", "delete": "deleted"}[action]
         extra = f", {result.requested} executing asked to stop" if result.requested else ""
         message = (
