@@ -45,6 +45,16 @@ def check_job_id(job_id: object, where: str) -> int:
     return job_id
 
 
+def retry_refusal(job_id: int, state: JobState) -> str:
+    """Why job *job_id*, in *state*, cannot be retried: its state, what that means, and what can be."""
+    why = {
+        "completed": "",
+        "executing": " (it is running now)",
+        "retryable": " (it will run again by itself)",
+    }.get(state.value, " (it is already queued)" if state.value in _QUEUED else "")
+    return f"job {job_id} is {state.value}{why}: only a failed (discarded) or cancelled job can be retried"
+
+
 class Admin:
     """The inspect and admin operations on *app*'s database.
 
@@ -96,10 +106,7 @@ class Admin:
         if job is not None:
             return job
         current = await self.get_job(job_id)
-        raise JobStateError(
-            f"job {job_id} is {current.state.value}, not discarded or cancelled: only a finished, failed or "
-            "cancelled job can be retried" + (" (it is already queued)" if current.state.value in _QUEUED else "")
-        )
+        raise JobStateError(retry_refusal(job_id, current.state))
 
     async def list_jobs(
         self,
