@@ -456,6 +456,22 @@ class App:
             return register(func)
         return register  # type: ignore[return-value]  # mypy cannot match a generic def to a Protocol
 
+    def queue_names(self) -> tuple[str, ...]:
+        """The queues this app names: ``default``, and each queue of a registered task or periodic schedule.
+
+        A worker started without ``queues=`` serves these.
+
+        Returns:
+            The names, sorted, ``default`` among them.
+
+        Example:
+            >>> app.queue_names()
+            ('default', 'emails')
+        """
+        names = {"default", *(task.queue for task in self.tasks.values())}
+        names.update(schedule.spec.queue for schedule in self.schedules.values())
+        return tuple(sorted(names))
+
     def get_task(self, name: str) -> Task[..., Any]:
         """Return the registered task called *name*.
 

@@ -90,3 +90,112 @@ async def test_retry_of_an_available_job_says_it_is_already_queued(app: App) -> 
     job = await waiting.defer()
     with pytest.raises(JobStateError, match=rf"job {job.id} is available \(it is already queued\): only a failed"):
         await app.retry(job.id)
+
+
+# --- which queues a worker serves -------------------------------------------------------------
+
+
+def test_the_app_names_default_and_the_queues_of_its_tasks_and_schedules(tmp_path: Path) -> None:
+    """App.queue_names is default plus each queue a registered task or periodic schedule names, sorted."""
+    app = App(dsn=f"sqlite:///{tmp_path / 'unused.sqlite3'}")
+
+    @app.task(queue="emails")
+    def send() -> None: ...
+
+    @app.periodic(cron="0 * * * *", queue="reports")
+    @app.task
+    def report() -> None: ...
+
+    assert app.queue_names() == ("default", "emails", "reports")
+
+
+@pytest.mark.anyio
+async def test_a_worker_without_queues_serves_every_queue_its_app_names(app: App) -> None:
+    """open_worker(app) with no queues= runs jobs of a task on its own queue, and lists the app's queues."""
+
+    @app.task(queue="emails")
+    async def send() -> str:
+        return "sent"
+
+    job = await send.defer()
+    async with open_worker(app, **fast(once=True)) as worker:
+        assert worker.config.queues == ("default", "emails")
+        await worker.wait_stopped()
+    assert (await app.get_job(job.id)).result == "sent"
+
+
+@pytest.mark.anyio
+async def test_a_worker_narrowed_by_queues_warns_of_each_task_it_does_not_serve(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """open_worker(queues=...) leaving out a task's queue logs one WARNING naming the task, the queue and the fix."""
+
+    @app.task(name="mail.send", queue="emails")
+    async def send() -> None: ...
+
+    @app.task(name="plain")
+    async def plain() -> None: ...
+
+    job = await send.defer()
+    with caplog.at_level("WARNING", logger="nursery_worker.worker"):
+        async with open_worker(app, **fast(once=True, queues=["default"])) as worker:
+            await worker.wait_stopped()
+    warnings = [r.getMessage() for r in caplog.records if "does not serve" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'mail.send'" in warnings[0] and "'emails'" in warnings[0] and "--queues" in warnings[0]
+    assert (await app.get_job(job.id)).state is JobState.AVAILABLE
+
+
+@pytest.mark.slow
+def test_run_without_queues_serves_the_apps_queues_and_the_environment_narrows_them(
+    app_dir: Path, engine_dsn: str
+) -> None:
+    """`run --once` works a task's own queue by default; NURSERY_WORKER_QUEUES=default narrows it, with a warning."""
+
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return _cli(args, cwd=app_dir, dsn=engine_dsn, env=env)
+
+    _ok(cli("migrate", "--app", "opapp:app"))
+    _ok(cli("defer", "mail.send", "--app", "opapp:app", "--args", '{"to": "a"}'))
+    narrowed = cli("run", "--app", "opapp:app", "--once", env={"NURSERY_WORKER_QUEUES": "default"})
+    assert "processed 0 job(s)" in _ok(narrowed)
+    assert "task 'mail.send' goes to queue 'emails', which this worker does not serve" in narrowed.stderr
+    assert "processed 1 job(s)" in _ok(cli("run", "--app", "opapp:app", "--once"))
+
+
+# --- run's options from the environment -------------------------------------------------------
+
+
+def test_every_run_option_names_its_environment_variable_in_help() -> None:
+    """`run --help` shows NURSERY_WORKER_<OPTION> for each worker and supervisor option."""
+    from click.testing import CliRunner
+
+    from nursery_worker._cli import cli
+    from nursery_worker._config import worker_options
+
+    shown = CliRunner().invoke(cli, ["run", "--help"], terminal_width=1000).output
+    names = [o.name for o in worker_options() if o.name != "retention"]
+    names += ["processes", "health_timeout", "max_restarts", "restart_window", "restart_delay", "status_interval"]
+    for name in [*names, "app", "backend", "metrics_port", "metrics_host"]:
+        assert f"NURSERY_WORKER_{name.upper()}" in shown, name
+
+
+def test_run_options_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NURSERY_WORKER_SHUTDOWN_TIMEOUT=1m, _CONCURRENCY, _QUEUES and _PROCESSES set run's options."""
+    from nursery_worker._cli import run
+
+    monkeypatch.setenv("NURSERY_WORKER_SHUTDOWN_TIMEOUT", "1m")
+    monkeypatch.setenv("NURSERY_WORKER_CONCURRENCY", "3")
+    monkeypatch.setenv("NURSERY_WORKER_QUEUES", "a,b")
+    monkeypatch.setenv("NURSERY_WORKER_PROCESSES", "2")
+    params = run.make_context("run", ["--app", "x:app"]).params
+
+    assert (params["shutdown_timeout"], params["concurrency"], params["queues"]) == (60.0, 3, "a,b")
+    assert params["processes"] == 2
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    """An invalid NURSERY_WORKER_PROCESSES is one error line naming the option and the variable."""
+    result = _cli(["run", "--app", "x:app"], cwd=tmp_path, dsn=None, env={"NURSERY_WORKER_PROCESSES": "0"})
+    assert result.returncode == 2
+    assert "Invalid value for '--processes' (env var: 'NURSERY_WORKER_PROCESSES'): 0" in result.stderr

@@ -35,9 +35,12 @@ logger = logging.getLogger("nursery_worker.cli")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (for scripts).")
 
 
-def app_option(help: str, *, required: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """``--app`` (into ``app_path``): each command declares it where its help lists it, with its own help."""
-    return click.option("--app", "app_path", required=required, default=None, help=help)
+def app_option(help: str, *, required: bool = False, **extra: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """``--app`` (into ``app_path``): each command declares it where its help lists it, with its own help.
+
+    *extra* goes to ``click.option`` (``run`` reads ``$NURSERY_WORKER_APP`` too).
+    """
+    return click.option("--app", "app_path", required=required, default=None, help=help, **extra)
 
 
 #: ``--app`` of the commands that only read the DSN and schema from it.

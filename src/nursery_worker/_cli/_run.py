@@ -38,15 +38,34 @@ def _worker_option(info: OptionInfo) -> Callable[[Callable[..., T]], Callable[..
     """
     flag = "--" + info.name.replace("_", "-")
     text = info.help[0].upper() + info.help[1:]
+    env = _env(info.name)
     if isinstance(info.default, bool):
         if info.default:  # on by default: --listen/--no-listen
-            return click.option(f"{flag}/--no-{flag[2:]}", default=True, show_default=True, help=text)
-        return click.option(flag, is_flag=True, help=text)
-    if isinstance(info.default, tuple):  # queues: the comma-separated form
-        return click.option(flag, default=",".join(info.default), show_default=True, help=text)
+            return click.option(f"{flag}/--no-{flag[2:]}", default=True, show_default=True, help=text, **env)
+        return click.option(flag, is_flag=True, help=text, **env)
+    if info.name == "queues":  # the comma-separated form; unset: the app's queues
+        text = (
+            "The queues to work, comma-separated. Default: 'default' and every queue the app's tasks and "
+            "periodic schedules name; a task whose queue is left out is warned of at start."
+        )
+        return click.option(flag, default=None, help=text, **env)
     # Every float option is a number of seconds, so it takes the compound forms too (1h30m, 500ms).
     kind: click.ParamType[Any] = click.INT if info.type.startswith("int") else DURATION
-    return click.option(flag, default=info.default, type=kind, show_default=info.default is not None, help=text)
+    return click.option(flag, default=info.default, type=kind, show_default=info.default is not None, help=text, **env)
+
+
+class _EnvOption(click.Option):
+    """An option settable by its environment variable, which an error names only if the value came from it."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        if ctx is not None and ctx.get_parameter_source(self.name or "") is click.core.ParameterSource.ENVIRONMENT:
+            return super().get_error_hint(ctx)
+        return click.Parameter.get_error_hint(self, ctx)
+
+
+def _env(name: str) -> dict[str, Any]:
+    """``envvar=`` of the ``run`` option *name*: ``NURSERY_WORKER_<NAME>``, shown in ``--help``."""
+    return {"envvar": f"NURSERY_WORKER_{name.upper()}", "show_envvar": True, "cls": _EnvOption}
 
 
 def _worker_options(func: Callable[..., T]) -> Callable[..., T]:
@@ -80,6 +99,7 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
     options = [
         click.option(
             "--processes",
+            **_env("processes"),
             default=1,
             show_default=True,
             type=click.IntRange(min=1),
@@ -87,6 +107,7 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
         ),
         click.option(
             "--health-timeout",
+            **_env("health_timeout"),
             default=10.0,
             show_default=True,
             type=POSITIVE_DURATION,
@@ -94,14 +115,23 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
         ),
         click.option(
             "--max-restarts",
+            **_env("max_restarts"),
             default=5,
             show_default=True,
             type=click.IntRange(min=0),
             help="Restarts of one child within --restart-window before the supervisor gives up.",
         ),
-        click.option("--restart-window", default=60.0, show_default=True, type=POSITIVE_DURATION, help="Seconds."),
+        click.option(
+            "--restart-window",
+            **_env("restart_window"),
+            default=60.0,
+            show_default=True,
+            type=POSITIVE_DURATION,
+            help="Seconds.",
+        ),
         click.option(
             "--restart-delay",
+            **_env("restart_delay"),
             default=1.0,
             show_default=True,
             type=POSITIVE_DURATION,
@@ -109,6 +139,7 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
         ),
         click.option(
             "--status-interval",
+            **_env("status_interval"),
             default=60.0,
             show_default=True,
             type=POSITIVE_DURATION,
@@ -160,24 +191,27 @@ class _ExitWatchdog:
 
 
 @click.command()
-@app_option("The App to run, as 'package.module:app'.", required=True)
+@app_option("The App to run, as 'package.module:app'.", required=True, **_env("app"))
 @_worker_options
 @click.option(
     "--backend",
-    default=lambda: os.environ.get("NURSERY_WORKER_BACKEND", "asyncio"),
+    default="asyncio",
     type=click.Choice(["asyncio", "trio"]),
-    show_default="asyncio, or $NURSERY_WORKER_BACKEND",
+    show_default=True,
+    **_env("backend"),
     help="The event loop your tasks are written for.",
 )
 @click.option(
     "--metrics-port",
     default=None,
+    **_env("metrics_port"),
     type=click.IntRange(min=0, max=65535),
     help="Serve Prometheus /metrics, /healthz and /readyz on this port (needs nursery-worker[metrics]).",
 )
 @click.option(
     "--metrics-host",
     default="127.0.0.1",
+    **_env("metrics_host"),
     show_default=True,
     help="The address the metrics endpoint binds; 0.0.0.0 for every interface.",
 )
@@ -197,7 +231,7 @@ def run(ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: s
     if supervisor["processes"] > 1:
         set_title(f"nursery-worker: supervisor [app={ctx.app_path} processes={supervisor['processes']}]")
     else:
-        queues = ",".join(q.strip() for q in settings["queues"].split(",") if q.strip())
+        queues = ",".join(q.strip() for q in (settings["queues"] or "").split(",") if q.strip()) or "the app's"
         set_title(f"nursery-worker: worker [app={ctx.app_path} queues={queues}]")
     if backend == "trio":
         try:
