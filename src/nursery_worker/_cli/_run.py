@@ -246,6 +246,8 @@ def run(ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: s
         except NurseryWorkerError as exc:
             raise click.UsageError(f"--metrics-port: {exc}") from None
     app = ctx.app()
+    if supervisor["processes"] == 1 and not settings["queues"]:  # now that the app names its queues
+        set_title(f"nursery-worker: worker [app={ctx.app_path} queues={','.join(app.queue_names())}]")
     if supervisor["processes"] > 1:
         if settings.pop("once"):
             app.close()
