@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import attrs
 
-from ._admin import Admin
+from ._admin import UNCHANGED, Admin, Unchanged
 from ._context import CallNext, JobContext, Middleware
 from ._driver import Driver, create_driver
 from ._dsn import ENV_VAR, redact, resolve_dsn
@@ -1036,21 +1036,22 @@ class App:
         self,
         name: str,
         *,
-        max_concurrency: int | None = None,
-        rate_limit: str | tuple[int, float | dt.timedelta] | None = None,
+        max_concurrency: int | Unchanged | None = UNCHANGED,
+        rate_limit: str | tuple[int, float | dt.timedelta] | Unchanged | None = UNCHANGED,
     ) -> QueueInfo:
         """Limit queue *name* across every worker and host: jobs running at once, and starts per window.
 
         The limits are stored in the database (with the queue's pause flag), so every worker
-        honours them, including workers started later; call again with None to lift one. Jobs held
-        back by a limit stay available and use no attempt. Task limits (``@app.task(max_concurrency=...)``)
-        apply on top.
+        honours them, including workers started later. Only what is given changes: a limit left
+        out keeps its stored value, and None lifts it. Jobs held back by a limit stay available and
+        use no attempt. Task limits (``@app.task(max_concurrency=...)``) apply on top.
 
         Args:
             name: the queue.
-            max_concurrency: at most this many of its jobs executing at once, or None for no limit.
+            max_concurrency: at most this many of its jobs executing at once; None lifts the limit;
+                left out, it stays as it is.
             rate_limit: at most this many starts in any sliding window (``"100/m"``, ``"10/s"``,
-                ``(count, seconds)``), or None for no limit.
+                ``(count, seconds)``); None lifts the limit; left out, it stays as it is.
 
         Returns:
             The queue as it is now.
@@ -1061,6 +1062,7 @@ class App:
 
         Example:
             >>> await app.set_queue_limits("emails", max_concurrency=5, rate_limit="100/m")
+            >>> await app.set_queue_limits("emails", rate_limit=None)  # keeps max_concurrency=5
         """
         return await self._admin.set_queue_limits(name, max_concurrency=max_concurrency, rate_limit=rate_limit)
 

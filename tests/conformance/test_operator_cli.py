@@ -199,3 +199,69 @@ def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> 
     result = _cli(["run", "--app", "x:app"], cwd=tmp_path, dsn=None, env={"NURSERY_WORKER_PROCESSES": "0"})
     assert result.returncode == 2
     assert "Invalid value for '--processes' (env var: 'NURSERY_WORKER_PROCESSES'): 0" in result.stderr
+
+
+# --- queue names nothing knows, and limits that keep what they were not given -----------------
+
+
+@pytest.mark.anyio
+async def test_a_queue_nothing_names_is_refused_naming_the_known_queues_and_the_closest(app: App) -> None:
+    """Admin.pause_queue(create=False) of a likely typo raises naming it, the known queues, the match and --create."""
+    from nursery_worker import ConfigurationError
+    from nursery_worker._admin import Admin
+
+    @app.task(queue="emails")
+    async def send() -> None: ...
+
+    with pytest.raises(ConfigurationError) as caught:
+        await Admin(app).pause_queue("emials", create=False)
+    message = str(caught.value)
+    assert "queue 'emials' is unknown" in message and "known queues: default, emails" in message
+    assert "did you mean 'emails'?" in message and "--create" in message
+    assert [q.name for q in await app.list_queues()] == []
+
+
+@pytest.mark.anyio
+async def test_a_queue_named_by_a_job_or_a_worker_is_known_and_create_allows_any(app: App) -> None:
+    """A queue with a job, one a running worker serves, and (with create=True) a new one can be paused."""
+    from nursery_worker._admin import Admin
+
+    admin = Admin(app)
+    await app.defer_many([app.job_by_name("elsewhere.task", {}, queue="reports")])
+    assert await admin.pause_queue("reports", create=False)
+    async with open_worker(app, **fast(queues=["served"])):
+        assert await admin.set_queue_limits("served", max_concurrency=2, create=False)
+    assert await admin.resume_queue("reports", create=False) and await admin.pause_queue("brand.new", create=True)
+
+
+@pytest.mark.anyio
+async def test_set_queue_limits_changes_only_what_is_given(app: App) -> None:
+    """A rate limit set after a concurrency limit keeps it; None lifts only the limit it is given for."""
+    await app.set_queue_limits("emails", max_concurrency=3)
+    both = await app.set_queue_limits("emails", rate_limit="10/s")
+    assert (both.max_concurrency, both.rate_limit) == (3, "10/1s")
+    rate_only = await app.set_queue_limits("emails", max_concurrency=None)
+    assert (rate_only.max_concurrency, rate_only.rate_limit) == (None, "10/1s")
+    concurrency_only = await app.set_queue_limits("emails", max_concurrency=5, rate_limit=None)
+    assert (concurrency_only.max_concurrency, concurrency_only.rate_limit) == (5, None)
+
+
+@pytest.mark.slow
+def test_queues_commands_refuse_a_typo_and_limit_changes_only_what_is_given(app_dir: Path, engine_dsn: str) -> None:
+    """`queues pause emials` is refused naming 'emails' and --create; `queues limit` flags change one limit each."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return _cli([*args, "--app", "opapp:app"], cwd=app_dir, dsn=engine_dsn)
+
+    _ok(cli("migrate"))
+    typo = cli("queues", "pause", "emials")
+    assert typo.returncode == 1 and "did you mean 'emails'?" in typo.stderr and "--create" in typo.stderr
+    assert "paused" in _ok(cli("queues", "pause", "emials", "--create"))
+    assert "at most 2 running" in _ok(cli("queues", "limit", "emails", "--max-concurrency", "2"))
+    assert "at most 2 running, at most 5/1s starts" in _ok(cli("queues", "limit", "emails", "--rate-limit", "5/s"))
+    assert (
+        _ok(cli("queues", "limit", "emails", "--no-concurrency-limit")).strip() == "queue 'emails': at most 5/1s starts"
+    )
+    assert _ok(cli("queues", "limit", "emails", "--no-rate-limit")).strip() == "queue 'emails': no limits"
+    both = cli("queues", "limit", "emails", "--max-concurrency", "2", "--no-concurrency-limit")
+    assert both.returncode == 2 and "not both" in both.stderr
