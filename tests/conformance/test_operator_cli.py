@@ -4,6 +4,7 @@ their app's queues, and the command line's notices."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -265,3 +266,20 @@ def test_queues_commands_refuse_a_typo_and_limit_changes_only_what_is_given(app_
     assert _ok(cli("queues", "limit", "emails", "--no-rate-limit")).strip() == "queue 'emails': no limits"
     both = cli("queues", "limit", "emails", "--max-concurrency", "2", "--no-concurrency-limit")
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+# --- defer without the app -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_defer_without_app_says_which_queue_it_used_and_that_nothing_was_checked(
+    app_dir: Path, engine_dsn: str, engine_schema: str
+) -> None:
+    """`defer mail.send` without --app notes on stderr the queue it used and the unchecked name; --app uses 'emails'."""
+    _ok(_cli(["migrate", "--app", "opapp:app"], cwd=app_dir, dsn=engine_dsn))
+    blind = _cli(["defer", "mail.send", "--schema", engine_schema], cwd=app_dir, dsn=engine_dsn)
+    assert json.loads(_ok(blind))["queue"] == "default"
+    assert "went to queue 'default'" in blind.stderr and "could not be checked" in blind.stderr
+    checked = _cli(["defer", "mail.send", "--app", "opapp:app", "--args", '{"to": "a"}'], cwd=app_dir, dsn=engine_dsn)
+    assert json.loads(_ok(checked))["queue"] == "emails"
+    assert "note:" not in checked.stderr

@@ -95,7 +95,11 @@ def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) 
     help="Show progress on stderr while deferring a file (default: when stderr is a terminal).",
 )
 @app_option("Optional App, to check the arguments against the task.")
-@click.option("--queue", default=None, help="Queue (default: the task's, else 'default').")
+@click.option(
+    "--queue",
+    default=None,
+    help="Queue (default: the task's with --app; without --app 'default', and a note says so on stderr).",
+)
 @click.option("--priority", default=None, type=int, help="Priority (higher runs first).")
 @click.option("--max-attempts", default=None, type=click.IntRange(min=1))
 @click.option(
@@ -150,6 +154,16 @@ def defer(
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     (job,) = app.defer_many_sync([spec])
+    if not ctx.app_path:
+        # Without the app, the task's own queue and signature are unknown: say what was assumed.
+        where = f"to queue {job.queue!r}" + (
+            "" if queue is not None else " (the default: the task's own queue is unknown)"
+        )
+        click.echo(
+            f"note: no --app, so job {job.id} went {where}, and the task name {task!r} and its arguments "
+            "could not be checked; give --app to check them and use the task's queue",
+            err=True,
+        )
     click.echo(json.dumps({"id": job.id, "task": job.task, "queue": job.queue, "state": job.state.value}))
 
 
@@ -176,4 +190,10 @@ def _defer_file(ctx: CliContext, jobs_file: Any, batch_size: int, progress: bool
         if done:
             raise click.ClickException(f"{redact(str(exc))} (after {done} job(s) were deferred)") from None
         raise
+    if not ctx.app_path and done:
+        click.echo(
+            "note: no --app, so the task names and arguments could not be checked, and a line without "
+            "\"queue\" went to queue 'default'; give --app to check them and use each task's queue",
+            err=True,
+        )
     click.echo(f"deferred {done} job(s) from {name}")
