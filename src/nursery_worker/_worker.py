@@ -47,6 +47,7 @@ from ._backoff import ServiceBackoff
 from ._board import JobBoard, JobGroup
 from ._completer import Completer, Written
 from ._config import WorkerConfig, WorkerOptions, WorkerStats, document_options
+from ._dsn import embedded_fallback, warn_embedded_worker
 from ._errors import RETRYABLE_ERRORS
 from ._executor import Executor
 from ._fetcher import Fetcher
@@ -133,6 +134,8 @@ class Worker:
         self.config = config
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         _warn_unserved(app, config.queues)
+        if (embedded := embedded_fallback(app._settings.dsn)) is not None:
+            warn_embedded_worker(embedded)
         self.info = WorkerInfo(
             id=self.id,
             hostname=socket.gethostname(),

@@ -283,3 +283,36 @@ def test_defer_without_app_says_which_queue_it_used_and_that_nothing_was_checked
     checked = _cli(["defer", "mail.send", "--app", "opapp:app", "--args", '{"to": "a"}'], cwd=app_dir, dsn=engine_dsn)
     assert json.loads(_ok(checked))["queue"] == "emails"
     assert "note:" not in checked.stderr
+
+
+# --- the embedded engine's notice ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_worker_on_the_embedded_file_by_default_warns_once_naming_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """open_worker on an App with no DSN anywhere logs one WARNING with the file's path and 'only ... this host'."""
+    monkeypatch.delenv("NURSERY_WORKER_DSN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO", logger="nursery_worker")
+    app = App(schema=f"t_{tmp_path.name[-8:]}")
+    try:
+        async with open_worker(app, **fast(once=True)) as worker:
+            await worker.wait_stopped()
+    finally:
+        await app.aclose()
+    notices = [r for r in caplog.records if "embedded SQLite file" in r.getMessage()]
+    (warning,) = notices
+    assert warning.levelname == "WARNING"
+    assert str(tmp_path / "nursery-worker.sqlite3") in warning.getMessage()
+    assert "only processes on this host see" in warning.getMessage()
+
+
+@pytest.mark.slow
+def test_cli_commands_on_the_embedded_file_print_one_short_line(tmp_path: Path) -> None:
+    """`queues list` with no DSN anywhere prints one short notice naming the file, on stderr."""
+    result = _cli(["queues", "list"], cwd=tmp_path, dsn=None)
+    _ok(result)
+    (line,) = [line for line in result.stderr.splitlines() if "embedded" in line]
+    assert str(tmp_path / "nursery-worker.sqlite3") in line and len(line.replace(str(tmp_path), "")) < 170
