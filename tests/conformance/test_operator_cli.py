@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -316,3 +318,72 @@ def test_cli_commands_on_the_embedded_file_print_one_short_line(tmp_path: Path) 
     _ok(result)
     (line,) = [line for line in result.stderr.splitlines() if "embedded" in line]
     assert str(tmp_path / "nursery-worker.sqlite3") in line and len(line.replace(str(tmp_path), "")) < 170
+
+
+# --- run --reload ------------------------------------------------------------------------------------
+
+RELOAD_APP = """\
+from pathlib import Path
+
+from nursery_worker import App
+
+app = App(schema={schema!r})
+
+
+@app.on_startup
+async def mark() -> None:
+    Path(__file__).with_name("marker.txt").write_text({version!r})
+"""
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, proc: subprocess.Popen[str], within: float = 30.0) -> None:
+    """Poll *predicate* until it holds; fail naming *what* if the process exits or *within* passes."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert proc.poll() is None, f"the reloader exited ({proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {within}s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_run_reload_restarts_the_worker_with_the_new_code(tmp_path: Path, engine_dsn: str, engine_schema: str) -> None:
+    """`run --reload` runs the startup hook; once the module changes the new code's hook runs; SIGTERM exits 0."""
+    module = tmp_path / "reloadapp.py"
+    marker = tmp_path / "marker.txt"
+    module.write_text(RELOAD_APP.format(schema=engine_schema, version="v1"))
+    _ok(_cli(["migrate", "--app", "reloadapp:app"], cwd=tmp_path, dsn=engine_dsn))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NURSERY_WORKER_")}
+    env["NURSERY_WORKER_DSN"] = engine_dsn
+    argv = [CONSOLE_SCRIPT, "run", "--app", "reloadapp:app", "--reload", "--shutdown-timeout", "5"]
+    log = (tmp_path / "reloader.log").open("w")
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: marker.exists() and marker.read_text() == "v1", "first worker", proc)
+        written = time.monotonic()
+        module.write_text(RELOAD_APP.format(schema=engine_schema, version="v2"))
+
+        def restarted() -> bool:
+            nonlocal written
+            if time.monotonic() - written > 5:  # the watcher was not up yet when the file changed: change it again
+                module.write_text(RELOAD_APP.format(schema=engine_schema, version="v2") + "\n")
+                written = time.monotonic()
+            return marker.read_text() == "v2"
+
+        _wait_for(restarted, "restart with the new code", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    output = (tmp_path / "reloader.log").read_text()
+    assert "reloadapp.py changed; stopping the worker to restart it" in output, output
+    assert "Traceback" not in output, output
+
+
+def test_run_reload_refuses_several_processes(tmp_path: Path) -> None:
+    """`run --reload --processes 2` is one usage error naming both options."""
+    result = _cli(["run", "--app", "x:app", "--reload", "--processes", "2"], cwd=tmp_path, dsn=None)
+    assert result.returncode == 2
+    assert "--reload restarts one worker process: drop --processes or --reload" in result.stderr

@@ -216,15 +216,28 @@ class _ExitWatchdog:
     help="The address the metrics endpoint binds; 0.0.0.0 for every interface.",
 )
 @_supervisor_options
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Development: restart the worker (gracefully) when a .py file of the app's package changes "
+    "(needs nursery-worker[reload]).",
+    **_env("reload"),
+)
 @common_options
-def run(ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: str, **options: Any) -> None:
+def run(
+    ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: str, reload: bool, **options: Any
+) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once).
 
     With --processes N above 1, run a supervisor of N worker processes instead: SIGTERM/SIGINT stop
-    them all gracefully (again: at once), SIGHUP restarts them one at a time.
+    them all gracefully (again: at once), SIGHUP restarts them one at a time. With --reload, run the
+    worker as a child process and restart it when the app's source files change.
     """
     settings = _worker_settings(options)
     supervisor = options  # what is left: the supervisor's options
+    if reload:
+        _run_reloading(ctx, backend, settings, supervisor)
+        return
     # --dsn may hold a password, and /proc/PID/cmdline is readable by every user: replace the command
     # line with a title naming the app (setproctitle overwrites argv in place), before the app is
     # imported or anything connects. $NURSERY_WORKER_DSN never shows there at all.
@@ -317,6 +330,28 @@ async def _relay_signals(
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         await relay_signals(signals, worker, during_startup, on_signal=on_signal)
+
+
+def _run_reloading(ctx: CliContext, backend: str, settings: dict[str, Any], supervisor: dict[str, Any]) -> None:
+    """``run --reload``: the reloader in this process (which never imports the app), the worker in a child."""
+    from . import _reload
+
+    if supervisor["processes"] > 1:
+        raise click.UsageError("--reload restarts one worker process: drop --processes or --reload")
+    if settings["once"]:
+        raise click.UsageError("--reload restarts a long-running worker: drop --once or --reload")
+    if backend == "trio":
+        try:
+            import trio  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--backend trio needs trio: pip install 'nursery-worker[trio]'") from None
+    _reload.check_available()
+    assert ctx.app_path is not None  # --app is required
+    root = _reload.source_root(ctx.app_path)
+    set_title(f"nursery-worker: reloader [app={ctx.app_path}]")
+    status = _run_loop(lambda: _reload.reload(sys.argv[1:], root), backend)
+    if status:
+        sys.exit(status if status > 0 else 128 - status)
 
 
 def _run_supervised(
