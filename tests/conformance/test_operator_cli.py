@@ -5,6 +5,7 @@ their app's queues, and the command line's notices."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -345,9 +346,24 @@ def _wait_for(predicate: Callable[[], bool], what: str, proc: subprocess.Popen[s
         time.sleep(0.05)
 
 
+def _change_until(module: Path, source: str, done: Callable[[], bool], what: str, proc: subprocess.Popen[str]) -> None:
+    """Write *source* to *module* until *done* holds (rewritten every 5 s: a watcher that was not up yet
+    when the file changed sees the next change)."""
+    written = -math.inf
+
+    def check() -> bool:
+        nonlocal written
+        if time.monotonic() - written > 5:
+            module.write_text(source + ("\n" if written > -math.inf else ""))
+            written = time.monotonic()
+        return done()
+
+    _wait_for(check, what, proc)
+
+
 @pytest.mark.slow
 def test_run_reload_restarts_the_worker_with_the_new_code(tmp_path: Path, engine_dsn: str, engine_schema: str) -> None:
-    """`run --reload` runs the startup hook; once the module changes the new code's hook runs; SIGTERM exits 0."""
+    """`run --reload` restarts on a change with the new code, and after code that fails, at the next change."""
     module = tmp_path / "reloadapp.py"
     marker = tmp_path / "marker.txt"
     module.write_text(RELOAD_APP.format(schema=engine_schema, version="v1"))
@@ -355,31 +371,28 @@ def test_run_reload_restarts_the_worker_with_the_new_code(tmp_path: Path, engine
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURSERY_WORKER_")}
     env["NURSERY_WORKER_DSN"] = engine_dsn
     argv = [CONSOLE_SCRIPT, "run", "--app", "reloadapp:app", "--reload", "--shutdown-timeout", "5"]
-    log = (tmp_path / "reloader.log").open("w")
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_for(lambda: marker.exists() and marker.read_text() == "v1", "first worker", proc)
-        written = time.monotonic()
-        module.write_text(RELOAD_APP.format(schema=engine_schema, version="v2"))
+    log_path = tmp_path / "reloader.log"
 
-        def restarted() -> bool:
-            nonlocal written
-            if time.monotonic() - written > 5:  # the watcher was not up yet when the file changed: change it again
-                module.write_text(RELOAD_APP.format(schema=engine_schema, version="v2") + "\n")
-                written = time.monotonic()
-            return marker.read_text() == "v2"
+    def has_marker(version: str) -> Callable[[], bool]:
+        return lambda: marker.exists() and marker.read_text() == version
 
-        _wait_for(restarted, "restart with the new code", proc)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-    output = (tmp_path / "reloader.log").read_text()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for(has_marker("v1"), "first worker", proc)
+            _change_until(module, RELOAD_APP.format(schema=engine_schema, version="v2"), has_marker("v2"), "v2", proc)
+            broken = 'raise RuntimeError("half-edited")\n'
+            _change_until(module, broken, lambda: "it restarts when a .py file" in log_path.read_text(), "exit", proc)
+            _change_until(module, RELOAD_APP.format(schema=engine_schema, version="v3"), has_marker("v3"), "v3", proc)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=TIMEOUT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = log_path.read_text()
     assert "reloadapp.py changed; stopping the worker to restart it" in output, output
-    assert "Traceback" not in output, output
+    assert "RuntimeError: half-edited" in output, output
 
 
 def test_run_reload_refuses_several_processes(tmp_path: Path) -> None:
