@@ -180,7 +180,7 @@ def test_every_run_option_names_its_environment_variable_in_help() -> None:
     shown = CliRunner().invoke(cli, ["run", "--help"], terminal_width=1000).output
     names = [o.name for o in worker_options() if o.name != "retention"]
     names += ["processes", "health_timeout", "max_restarts", "restart_window", "restart_delay", "status_interval"]
-    for name in [*names, "app", "backend", "metrics_port", "metrics_host"]:
+    for name in [*names, "app", "backend", "metrics_port", "metrics_host", "reload", "log_level", "log_format"]:
         assert f"NURSERY_WORKER_{name.upper()}" in shown, name
 
 

@@ -20,7 +20,7 @@ from .._errors import ConfigurationError, NurseryWorkerError
 from .._process import set_title
 from .._signals import relay_signals, single_error
 from .._worker import Worker, open_worker
-from ._context import CliContext, app_option, common_options, fail
+from ._context import CliContext, EnvOption, app_option, common_options, fail
 from ._types import DURATION, POSITIVE_DURATION
 
 T = TypeVar("T")
@@ -54,18 +54,9 @@ def _worker_option(info: OptionInfo) -> Callable[[Callable[..., T]], Callable[..
     return click.option(flag, default=info.default, type=kind, show_default=info.default is not None, help=text, **env)
 
 
-class _EnvOption(click.Option):
-    """An option settable by its environment variable, which an error names only if the value came from it."""
-
-    def get_error_hint(self, ctx: click.Context | None) -> str:
-        if ctx is not None and ctx.get_parameter_source(self.name or "") is click.core.ParameterSource.ENVIRONMENT:
-            return super().get_error_hint(ctx)
-        return click.Parameter.get_error_hint(self, ctx)
-
-
 def _env(name: str) -> dict[str, Any]:
     """``envvar=`` of the ``run`` option *name*: ``NURSERY_WORKER_<NAME>``, shown in ``--help``."""
-    return {"envvar": f"NURSERY_WORKER_{name.upper()}", "show_envvar": True, "cls": _EnvOption}
+    return {"envvar": f"NURSERY_WORKER_{name.upper()}", "show_envvar": True, "cls": EnvOption}
 
 
 def _worker_options(func: Callable[..., T]) -> Callable[..., T]:
