@@ -307,6 +307,11 @@ class Admin:
         """
         where = f"set_queue_limits({name!r})"
         queue = check_queue(name, where=where)
+        if max_concurrency is UNCHANGED and rate_limit is UNCHANGED:
+            raise ConfigurationError(
+                f"{where}: give max_concurrency= or rate_limit= (a value sets a limit, None lifts it; a limit "
+                "left out stays as it is)"
+            )
         concurrency = None if max_concurrency is UNCHANGED else check_max_concurrency(max_concurrency, where=where)
         rate = None if rate_limit is UNCHANGED else parse_rate_limit(rate_limit, where=where)
         if not create:

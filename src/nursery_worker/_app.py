@@ -1057,7 +1057,7 @@ class App:
             The queue as it is now.
 
         Raises:
-            ConfigurationError: the name or a limit is invalid.
+            ConfigurationError: the name or a limit is invalid, or neither limit is given.
             DatabaseError: the database cannot be reached.
 
         Example:

@@ -250,6 +250,16 @@ async def test_set_queue_limits_changes_only_what_is_given(app: App) -> None:
     assert (concurrency_only.max_concurrency, concurrency_only.rate_limit) == (5, None)
 
 
+@pytest.mark.anyio
+async def test_set_queue_limits_with_neither_limit_is_refused(app: App) -> None:
+    """set_queue_limits(name) alone changes nothing and says to give a limit (None lifts one)."""
+    from nursery_worker import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"give max_concurrency= or rate_limit= \(a value sets a limit, None"):
+        await app.set_queue_limits("emails")
+    assert await app.list_queues() == []
+
+
 @pytest.mark.slow
 def test_queues_commands_refuse_a_typo_and_limit_changes_only_what_is_given(app_dir: Path, engine_dsn: str) -> None:
     """`queues pause emials` is refused naming 'emails' and --create; `queues limit` flags change one limit each."""
