@@ -30,10 +30,13 @@ def _unknown_task(app: App, task: str) -> str | None:
     return f"no task named {task!r} is registered in the --app (registered: {known}){hint}"
 
 
-def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) -> list[JobSpec]:
+def _read_specs(
+    app: App, stream: Any, name: str, *, check_known: bool = False, no_queue: list[int] | None = None
+) -> list[JobSpec]:
     """Every job of a JSON-lines stream, validated before anything is inserted.
 
-    *check_known* (``--app`` given): a task name the app does not register is an error.
+    *check_known* (``--app`` given): a task name the app does not register is an error. The line
+    numbers without a ``"queue"`` are appended to *no_queue*, when given.
     """
     specs: list[JobSpec] = []
     for number, line in enumerate(stream, start=1):
@@ -60,6 +63,8 @@ def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) 
         args = item.get("args", {})
         if not isinstance(args, dict):
             raise click.ClickException(f"{where}: 'args' must be a JSON object; nothing was deferred")
+        if no_queue is not None and item.get("queue") is None:
+            no_queue.append(number)
         if check_known and (problem := _unknown_task(app, task)):
             raise click.ClickException(f"{where}: {problem}; nothing was deferred")
         try:
@@ -172,7 +177,16 @@ def _defer_file(ctx: CliContext, jobs_file: Any, batch_size: int, progress: bool
     name = "stdin" if jobs_file.name == "<stdin>" else jobs_file.name
     done = 0
     try:
-        specs = _read_specs(app, jobs_file, name, check_known=bool(ctx.app_path))
+        no_queue: list[int] = []
+        specs = _read_specs(app, jobs_file, name, check_known=bool(ctx.app_path), no_queue=no_queue)
+        if not ctx.app_path and specs:
+            # Said before the progress lines: the last lines of stderr stay the count.
+            default = f", and the {len(no_queue)} line(s) without \"queue\" go to queue 'default'" if no_queue else ""
+            click.echo(
+                f"note: no --app, so the task names and arguments could not be checked{default}; give --app to "
+                "check them and use each task's queue",
+                err=True,
+            )
         interactive = sys.stderr.isatty()
         show = interactive if progress is None else progress
         batches = [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]
@@ -190,10 +204,4 @@ def _defer_file(ctx: CliContext, jobs_file: Any, batch_size: int, progress: bool
         if done:
             raise click.ClickException(f"{redact(str(exc))} (after {done} job(s) were deferred)") from None
         raise
-    if not ctx.app_path and done:
-        click.echo(
-            "note: no --app, so the task names and arguments could not be checked, and a line without "
-            "\"queue\" went to queue 'default'; give --app to check them and use each task's queue",
-            err=True,
-        )
     click.echo(f"deferred {done} job(s) from {name}")
