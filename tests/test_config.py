@@ -64,11 +64,11 @@ def test_the_docstrings_of_open_worker_and_run_supervisor_list_every_option_they
 
 
 def test_options_doc_shows_each_default_once() -> None:
-    """options_doc renders the defaults from the declaration (retention in days, queues as a list)."""
+    """options_doc renders the defaults from the declaration (retention in days, queues as None: the app's)."""
     doc = options_doc(indent=0, width=1000)
 
     assert "concurrency: the most jobs running at once. Default: ``10``." in doc
-    assert "Default: ``['default']``" in doc
+    assert "periodic schedules name (``App.queue_names()``). Default: ``None``." in doc
     assert "completed 1 day, discarded 7 days, cancelled 7 days" in doc
     assert DEFAULT_RETENTION["completed"] == 86400.0
 
@@ -81,6 +81,14 @@ def test_to_options_rebuilds_the_same_config() -> None:
 
     assert options["queues"] == ["a", "b"]
     assert WorkerConfig(**options) == config
+
+
+def test_a_config_of_the_apps_queues_rebuilds_as_none() -> None:
+    """The default queues (every queue the app names) travel to a child as None and rebuild the same."""
+    config = WorkerConfig()
+
+    assert config.queues == () and config.to_options()["queues"] is None
+    assert WorkerConfig(**config.to_options()) == config
 
 
 @pytest.mark.parametrize(("where", "name"), [("open_worker", "concurency"), ("run_supervisor", "once")])

@@ -14,10 +14,12 @@ Layering: this module imports records, errors, validators and the maintenance se
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import enum
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -73,11 +75,34 @@ def check_filter(job_filter: object, where: str) -> JobFilter:
     return job_filter
 
 
+class Unchanged(enum.Enum):
+    """The type of :data:`UNCHANGED`."""
+
+    UNCHANGED = "UNCHANGED"
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+#: ``set_queue_limits``'s default for a limit it leaves as it is (None lifts a limit instead).
+UNCHANGED: Final = Unchanged.UNCHANGED
+
+
 def check_job_id(job_id: object, where: str) -> int:
     """Return *job_id* if it is an int (a bool is not), else raise ``TypeError`` naming *where*."""
     if isinstance(job_id, bool) or not isinstance(job_id, int):
         raise TypeError(f"{where}: job_id must be an int, got {job_id!r}")
     return job_id
+
+
+def retry_refusal(job_id: int, state: JobState) -> str:
+    """Why job *job_id*, in *state*, cannot be retried: its state, what that means, and what can be."""
+    why = {
+        "completed": "",
+        "executing": " (it is running now)",
+        "retryable": " (it will run again by itself)",
+    }.get(state.value, " (it is already queued)" if state.value in _QUEUED else "")
+    return f"job {job_id} is {state.value}{why}: only a failed (discarded) or cancelled job can be retried"
 
 
 class Admin:
@@ -131,10 +156,7 @@ class Admin:
         if job is not None:
             return job
         current = await self.get_job(job_id)
-        raise JobStateError(
-            f"job {job_id} is {current.state.value}, not discarded or cancelled: only a finished, failed or "
-            "cancelled job can be retried" + (" (it is already queued)" if current.state.value in _QUEUED else "")
-        )
+        raise JobStateError(retry_refusal(job_id, current.state))
 
     async def run_now(self, job_id: int) -> Job:
         """Make a scheduled or retryable job available now, skipping the rest of its wait.
@@ -382,13 +404,57 @@ class Admin:
 
     # --- queues -------------------------------------------------------------------------------
 
-    async def pause_queue(self, name: str) -> bool:
-        """Pause queue *name* for every worker; False if it was already paused; see ``App.pause_queue``."""
-        return await self.driver.set_queue_paused(check_queue(name, where="pause_queue()"), paused=True)
+    async def known_queues(self) -> list[str]:
+        """Every queue something names, sorted: a job or a stored pause/limit, a registered task or
+        periodic schedule of the app (and ``default``), a periodic schedule in the database, or a
+        registered worker."""
+        names = {q.name for q in await self.driver.list_queues()}
+        names.update(self._app.queue_names())
+        names.update(row.queue for row in (await self.driver.list_periodic()).rows)
+        for worker in await self.driver.list_workers():
+            names.update(worker.queues)
+        return sorted(names)
 
-    async def resume_queue(self, name: str) -> bool:
-        """Resume queue *name*; False if it was not paused; see ``App.resume_queue``."""
-        return await self.driver.set_queue_paused(check_queue(name, where="resume_queue()"), paused=False)
+    async def check_known_queue(self, name: str, *, action: str) -> None:
+        """Raise ``ConfigurationError`` if nothing names queue *name* (see :meth:`known_queues`).
+
+        A pause or a limit stored for a queue nothing uses is most likely a typo, and it would hold
+        nothing back: the message names the known queues, the closest match, and ``--create``.
+
+        Args:
+            name: the queue.
+            action: what was asked (``"pause"``, ``"limit"``), for the message.
+        """
+        known = await self.known_queues()
+        if name in known:
+            return
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigurationError(
+            f"queue {name!r} is unknown: no job, registered task, periodic schedule or worker names it "
+            f"(known queues: {', '.join(known)}){hint} Nothing was changed; to {action} it anyway "
+            "(a queue nothing uses yet), pass --create"
+        )
+
+    async def pause_queue(self, name: str, *, create: bool = True) -> bool:
+        """Pause queue *name* for every worker; False if it was already paused; see ``App.pause_queue``.
+
+        With ``create=False``, a queue nothing names is refused (:meth:`check_known_queue`).
+        """
+        queue = check_queue(name, where="pause_queue()")
+        if not create:
+            await self.check_known_queue(queue, action="pause")
+        return await self.driver.set_queue_paused(queue, paused=True)
+
+    async def resume_queue(self, name: str, *, create: bool = True) -> bool:
+        """Resume queue *name*; False if it was not paused; see ``App.resume_queue``.
+
+        With ``create=False``, a queue nothing names is refused (:meth:`check_known_queue`).
+        """
+        queue = check_queue(name, where="resume_queue()")
+        if not create:
+            await self.check_known_queue(queue, action="resume")
+        return await self.driver.set_queue_paused(queue, paused=False)
 
     async def list_queues(self) -> list[QueueInfo]:
         """Every queue with jobs or a stored pause flag or limit, sorted by name; see ``App.list_queues``."""
@@ -398,14 +464,34 @@ class Admin:
         self,
         name: str,
         *,
-        max_concurrency: int | None = None,
-        rate_limit: str | tuple[int, float | dt.timedelta] | None = None,
+        max_concurrency: int | Unchanged | None = UNCHANGED,
+        rate_limit: str | tuple[int, float | dt.timedelta] | Unchanged | None = UNCHANGED,
+        create: bool = True,
     ) -> QueueInfo:
-        """Store queue *name*'s limits (None lifts one) and return the queue; see ``App.set_queue_limits``."""
+        """Change queue *name*'s limits and return the queue; see ``App.set_queue_limits``.
+
+        A limit left at :data:`UNCHANGED` keeps its stored value; None lifts it. With
+        ``create=False``, a queue nothing names is refused (:meth:`check_known_queue`).
+        """
         where = f"set_queue_limits({name!r})"
         queue = check_queue(name, where=where)
-        concurrency = check_max_concurrency(max_concurrency, where=where)
-        rate = parse_rate_limit(rate_limit, where=where)
+        if max_concurrency is UNCHANGED and rate_limit is UNCHANGED:
+            raise ConfigurationError(
+                f"{where}: give max_concurrency= or rate_limit= (a value sets a limit, None lifts it; a limit "
+                "left out stays as it is)"
+            )
+        concurrency = None if max_concurrency is UNCHANGED else check_max_concurrency(max_concurrency, where=where)
+        rate = None if rate_limit is UNCHANGED else parse_rate_limit(rate_limit, where=where)
+        if not create:
+            await self.check_known_queue(queue, action="limit")
+        if max_concurrency is UNCHANGED or rate_limit is UNCHANGED:
+            # Read-then-write: two admins changing different limits of one queue at the same instant
+            # may each keep the other's old value; an operator's command, not a hot path.
+            stored = await self.driver.list_queues(queue)
+            if max_concurrency is UNCHANGED:
+                concurrency = stored[0].max_concurrency if stored else None
+            if rate_limit is UNCHANGED and stored and stored[0].rate_limit is not None:
+                rate = parse_rate_limit(stored[0].rate_limit, where=where)
         await self.driver.set_queue_limits(queue, max_concurrency=concurrency, rate=rate)
         (info,) = await self.driver.list_queues(queue)
         return info

@@ -18,7 +18,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._admin import DEFAULT_CHUNK, Admin, Progress
+from ._admin import DEFAULT_CHUNK, UNCHANGED, Admin, Progress, Unchanged
 from ._context import CallNext, JobContext, Middleware
 from ._driver import Driver, create_driver
 from ._dsn import ENV_VAR, redact, resolve_dsn
@@ -517,6 +517,22 @@ class App:
         if func is not None:
             return register(func)
         return register  # type: ignore[return-value]  # mypy cannot match a generic def to a Protocol
+
+    def queue_names(self) -> tuple[str, ...]:
+        """The queues this app names: ``default``, and each queue of a registered task or periodic schedule.
+
+        A worker started without ``queues=`` serves these.
+
+        Returns:
+            The names, sorted, ``default`` among them.
+
+        Example:
+            >>> app.queue_names()
+            ('default', 'emails')
+        """
+        names = {"default", *(task.queue for task in self.tasks.values())}
+        names.update(schedule.spec.queue for schedule in self.schedules.values())
+        return tuple(sorted(names))
 
     def get_task(self, name: str) -> Task[..., Any]:
         """Return the registered task called *name*.
@@ -1279,31 +1295,33 @@ class App:
         self,
         name: str,
         *,
-        max_concurrency: int | None = None,
-        rate_limit: str | tuple[int, float | dt.timedelta] | None = None,
+        max_concurrency: int | Unchanged | None = UNCHANGED,
+        rate_limit: str | tuple[int, float | dt.timedelta] | Unchanged | None = UNCHANGED,
     ) -> QueueInfo:
         """Limit queue *name* across every worker and host: jobs running at once, and starts per window.
 
         The limits are stored in the database (with the queue's pause flag), so every worker
-        honours them, including workers started later; call again with None to lift one. Jobs held
-        back by a limit stay available and use no attempt. Task limits (``@app.task(max_concurrency=...)``)
-        apply on top.
+        honours them, including workers started later. Only what is given changes: a limit left
+        out keeps its stored value, and None lifts it. Jobs held back by a limit stay available and
+        use no attempt. Task limits (``@app.task(max_concurrency=...)``) apply on top.
 
         Args:
             name: the queue.
-            max_concurrency: at most this many of its jobs executing at once, or None for no limit.
+            max_concurrency: at most this many of its jobs executing at once; None lifts the limit;
+                left out, it stays as it is.
             rate_limit: at most this many starts in any sliding window (``"100/m"``, ``"10/s"``,
-                ``(count, seconds)``), or None for no limit.
+                ``(count, seconds)``); None lifts the limit; left out, it stays as it is.
 
         Returns:
             The queue as it is now.
 
         Raises:
-            ConfigurationError: the name or a limit is invalid.
+            ConfigurationError: the name or a limit is invalid, or neither limit is given.
             DatabaseError: the database cannot be reached.
 
         Example:
             >>> await app.set_queue_limits("emails", max_concurrency=5, rate_limit="100/m")
+            >>> await app.set_queue_limits("emails", rate_limit=None)  # keeps max_concurrency=5
         """
         return await self._admin.set_queue_limits(name, max_concurrency=max_concurrency, rate_limit=rate_limit)
 

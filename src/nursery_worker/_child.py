@@ -69,7 +69,7 @@ class Reporter:
         self.fd = options.report_fd
         os.set_blocking(self.fd, False)
         self.broken = False
-        self.queues = ",".join(options.worker.get("queues", ("default",)))
+        self.queues = ",".join(options.worker.get("queues") or ["the app's"])
         self._title = ""
         self.metrics_port: int | None = None
 
@@ -168,6 +168,7 @@ async def _serve(app: App, options: ChildOptions, reporter: Reporter) -> Worker:
         worker = Worker(app, WorkerConfig(**options.worker), supervision=supervision)
     except Exception as exc:  # no DSN, an invalid option: the child cannot start
         raise _StartupFailed from exc
+    reporter.queues = ",".join(worker.config.queues)  # resolved from the app when not given
     started = False
     with anyio.open_signal_receiver(signal.SIGTERM, HARD_STOP_SIGNAL) as signals:
         async with anyio.create_task_group() as tg:

@@ -53,12 +53,18 @@ def _positive(name: str) -> Callable[[object, object, float], None]:
     return check
 
 
-def _queues(value: Sequence[str] | str) -> tuple[str, ...]:
+def _queues(value: Sequence[str] | str | None) -> tuple[str, ...]:
+    # None (the default) is the empty tuple: the worker serves every queue its app names.
+    if value is None:
+        return ()
     if isinstance(value, str):
         value = [q.strip() for q in value.split(",") if q.strip()]
     queues = tuple(dict.fromkeys(check_queue(q, where="open_worker(queues=...)") for q in value))
     if not queues:
-        raise ConfigurationError("open_worker(queues=...): give at least one queue name, such as ('default',)")
+        raise ConfigurationError(
+            "open_worker(queues=...): give at least one queue name, such as ('default',), or None for every "
+            "queue the app's tasks and periodic schedules name"
+        )
     return queues
 
 
@@ -100,9 +106,12 @@ class WorkerConfig:
     """The options of :func:`open_worker`, validated."""
 
     queues: tuple[str, ...] = attrs.field(
-        default=("default",),
+        default=None,
         converter=_queues,
-        metadata=_doc("the queues to work (a sequence, or a comma-separated string)."),
+        metadata=_doc(
+            "the queues to work (a sequence, or a comma-separated string); None: ``default`` and every queue "
+            "the app's tasks and periodic schedules name (``App.queue_names()``)."
+        ),
     )
     concurrency: int = attrs.field(default=10, metadata=_doc("the most jobs running at once."))
     shutdown_timeout: float = attrs.field(
@@ -257,7 +266,7 @@ class WorkerConfig:
     def to_options(self) -> dict[str, Any]:
         """Every option as JSON-ready keyword arguments that rebuild this config (what a child gets)."""
         options = attrs.asdict(self)
-        options["queues"] = list(self.queues)
+        options["queues"] = list(self.queues) or None
         return options
 
 
@@ -267,7 +276,7 @@ class SupervisedOptions(TypedDict, total=False):
     The same names and accepted types as :class:`WorkerConfig` (a test says so), except ``once``.
     """
 
-    queues: Sequence[str] | str
+    queues: Sequence[str] | str | None
     concurrency: int
     shutdown_timeout: float
     poll_interval: float
@@ -332,7 +341,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {_seconds(v)}" for k, v in value.items())
     if isinstance(value, tuple):
-        return repr(list(value))
+        return repr(list(value)) if value else "None"
     return repr(value)
 
 

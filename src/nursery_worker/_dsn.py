@@ -22,6 +22,7 @@ DEFAULT_SQLITE_FILE = "nursery-worker.sqlite3"
 
 logger = logging.getLogger("nursery_worker")
 _announced: set[str] = set()
+_warned: set[tuple[str, str]] = set()
 _announced_lock = threading.Lock()
 
 #: Where a DSN may start in a text: a URL's scheme, or a key/value password keyword (also as the
@@ -263,14 +264,35 @@ def resolve_dsn(dsn: str | None) -> str:
 
 
 def _announce(path: str) -> None:
+    # One short line per file and process: every CLI command resolves the DSN.
     with _announced_lock:
         if path in _announced:
             return
         _announced.add(path)
-    logger.info(
-        "no database configured (dsn=None, $%s unset): using the embedded SQLite engine, file %s (one host; "
-        "tables created on first use). For PostgreSQL, set %s=postgresql://user@host/db (or --dsn, "
-        "App(dsn=...)) and run `nursery-worker migrate --dsn postgresql://user@host/db`",
+    logger.info("no DSN given: using the embedded SQLite file %s (set $%s for PostgreSQL)", path, ENV_VAR)
+
+
+def embedded_fallback(dsn: str | None) -> str | None:
+    """The embedded file's absolute path if an App given *dsn* (None: not given) falls back to it, else None."""
+    if dsn is None and os.environ.get(ENV_VAR) is None:
+        return os.path.abspath(DEFAULT_SQLITE_FILE)
+    return None
+
+
+def warn_embedded_worker(path: str) -> None:
+    """Log, once per process and file, a WARNING that a worker uses the embedded file *path* by default.
+
+    A worker that silently works a local file while its producers write elsewhere is the surprise
+    this prevents; the INFO line of :func:`resolve_dsn` is then not repeated.
+    """
+    with _announced_lock:
+        if ("worker", path) in _warned:
+            return
+        _warned.add(("worker", path))
+        _announced.add(path)
+    logger.warning(
+        "no DSN given (dsn=, --dsn, $%s): this worker uses the embedded SQLite file %s, which only processes "
+        "on this host see; set %s=postgresql://user@host/db to share jobs across hosts",
         ENV_VAR,
         path,
         ENV_VAR,

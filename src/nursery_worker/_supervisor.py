@@ -640,7 +640,7 @@ class Supervisor:
             self.id,
             c.processes,
             c.app_path,
-            ",".join(c.worker.queues),
+            ",".join(c.worker.queues) or "every queue the app names",
             c.backend,
         )
         try:

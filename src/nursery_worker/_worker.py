@@ -47,6 +47,7 @@ from ._backoff import ServiceBackoff
 from ._board import JobBoard, JobGroup
 from ._completer import Completer, Written
 from ._config import WorkerConfig, WorkerOptions, WorkerStats, document_options
+from ._dsn import embedded_fallback, warn_embedded_worker
 from ._errors import RETRYABLE_ERRORS
 from ._executor import Executor
 from ._fetcher import Fetcher
@@ -101,6 +102,22 @@ def _trio_running() -> bool:
     return trio is not None and bool(trio.lowlevel.in_trio_run())
 
 
+def _warn_unserved(app: App, queues: Sequence[str]) -> None:
+    """Log a WARNING for each registered task whose queue *queues* leaves out: its jobs would wait silently."""
+    served = set(queues)
+    for task in sorted(app.tasks.values(), key=lambda t: t.name):
+        if task.queue not in served:
+            logger.warning(
+                "task %r goes to queue %r, which this worker does not serve (queues=%s): its jobs wait for "
+                "a worker that does. Add %r to --queues (queues=), leave --queues out to serve every queue "
+                "the app names, or run another worker for it",
+                task.name,
+                task.queue,
+                ",".join(queues),
+                task.queue,
+            )
+
+
 class Worker:
     """A running worker, as yielded by :func:`open_worker`.
 
@@ -113,8 +130,13 @@ class Worker:
 
     def __init__(self, app: App, config: WorkerConfig, *, supervision: Supervision | None = None) -> None:
         self.app = app
+        if not config.queues:  # queues=None: every queue the app names, resolved now that its tasks are known
+            config = attrs.evolve(config, queues=app.queue_names())
         self.config = config
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        _warn_unserved(app, config.queues)
+        if (embedded := embedded_fallback(app._settings.dsn)) is not None:
+            warn_embedded_worker(embedded)
         self.info = WorkerInfo(
             id=self.id,
             hostname=socket.gethostname(),

@@ -74,7 +74,7 @@ def test_no_dsn_means_the_embedded_file_announced_once(
     message = record.getMessage()
     assert record.name == "nursery_worker"
     assert str(tmp_path / "nursery-worker.sqlite3") in message
-    assert "NURSERY_WORKER_DSN=postgresql://" in message and "nursery-worker migrate --dsn" in message
+    assert "$NURSERY_WORKER_DSN" in message and len(message.replace(str(tmp_path), "")) < 120
 
 
 def test_the_environment_variable_wins_over_the_default_and_dsn_over_both(

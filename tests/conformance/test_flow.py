@@ -326,7 +326,7 @@ async def test_queue_limits_are_stored_listed_and_enforced_for_every_worker(app:
         for job in jobs:
             await wait_for_state(app, job.id, JobState.COMPLETED, within=30)
     assert ledger.max_overlap() == 1
-    lifted = await app.set_queue_limits("reports")
+    lifted = await app.set_queue_limits("reports", max_concurrency=None, rate_limit=None)
     assert lifted.max_concurrency is None and lifted.rate_limit is None
 
 

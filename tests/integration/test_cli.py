@@ -500,13 +500,13 @@ def test_run_bad_queue_name(tmp_path: Path, dsn: str, schema: str, app: App) -> 
 
 
 def test_run_without_any_dsn_uses_the_embedded_file_and_says_how_to_switch(tmp_path: Path, schema: str) -> None:
-    """`run` with neither --dsn nor $NURSERY_WORKER_DSN runs on ./nursery-worker.sqlite3, named in one log line."""
+    """`run` with neither --dsn nor $NURSERY_WORKER_DSN runs on ./nursery-worker.sqlite3, named in one WARNING."""
     _write_app(tmp_path, schema)
     result = _cli(["run", "--app", "myjobs:app", "--once"], cwd=tmp_path, dsn=None)
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "embedded SQLite" in line]
-    assert str(tmp_path / "nursery-worker.sqlite3") in line
-    assert "NURSERY_WORKER_DSN" in line and "nursery-worker migrate --dsn" in line
+    assert str(tmp_path / "nursery-worker.sqlite3") in line and "WARNING" in line
+    assert "NURSERY_WORKER_DSN=postgresql://" in line and "only processes on this host" in line
 
 
 def test_migrate_without_any_dsn_creates_the_embedded_file(tmp_path: Path, schema: str) -> None:

@@ -26,7 +26,11 @@ def _cli(args: Sequence[str], *, dsn: str, schema: str) -> subprocess.CompletedP
 
 def test_queues_limit_sets_and_lifts_a_queue_limit(app: App, dsn: str, schema: str) -> None:
     """`queues limit` stores the limits, `queues list` shows them, and `--clear` lifts them."""
-    out = _cli(["queues", "limit", "emails", "--max-concurrency", "3", "--rate-limit", "100/m"], dsn=dsn, schema=schema)
+    out = _cli(
+        ["queues", "limit", "emails", "--max-concurrency", "3", "--rate-limit", "100/m", "--create"],
+        dsn=dsn,
+        schema=schema,
+    )
     assert out.returncode == 0, out.stderr
     assert "at most 3 running" in out.stdout and "100/60s" in out.stdout
     listed = _cli(["queues", "list", "--json"], dsn=dsn, schema=schema)

@@ -269,7 +269,10 @@ def test_jobs_retry_one_and_all_discarded(app: App, db: Conn, dsn: str, schema: 
     ]
     assert (rest["matched"], rest["changed"], rest["skipped"]) == (1, 1, 0)
     assert db.execute("SELECT DISTINCT state FROM jobs").fetchall() == [("available",)]
-    _one_line_error(_cli(["jobs", "retry", str(ids[0])], dsn=dsn, schema=schema), "not discarded or cancelled")
+    _one_line_error(
+        _cli(["jobs", "retry", str(ids[0])], dsn=dsn, schema=schema),
+        "only a failed (discarded) or cancelled job can be retried",
+    )
 
 
 def test_jobs_cancel_prints_what_happened(app: App, dsn: str, schema: str) -> None:

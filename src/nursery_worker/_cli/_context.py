@@ -35,9 +35,21 @@ logger = logging.getLogger("nursery_worker.cli")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (for scripts).")
 
 
-def app_option(help: str, *, required: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """``--app`` (into ``app_path``): each command declares it where its help lists it, with its own help."""
-    return click.option("--app", "app_path", required=required, default=None, help=help)
+class EnvOption(click.Option):
+    """An option settable by its environment variable, which an error names only if the value came from it."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        if ctx is not None and ctx.get_parameter_source(self.name or "") is click.core.ParameterSource.ENVIRONMENT:
+            return super().get_error_hint(ctx)
+        return click.Parameter.get_error_hint(self, ctx)
+
+
+def app_option(help: str, *, required: bool = False, **extra: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """``--app`` (into ``app_path``): each command declares it where its help lists it, with its own help.
+
+    *extra* goes to ``click.option`` (``run`` reads ``$NURSERY_WORKER_APP`` too).
+    """
+    return click.option("--app", "app_path", required=required, default=None, help=help, **extra)
 
 
 #: ``--app`` of the commands that only read the DSN and schema from it.
@@ -157,6 +169,8 @@ def common_options(command: Callable[..., T]) -> Callable[..., T]:
             "--log-format",
             default="console",
             envvar="NURSERY_WORKER_LOG_FORMAT",
+            show_envvar=True,
+            cls=EnvOption,
             type=click.Choice(LOG_FORMATS),
             show_default=True,
             help="console: human lines; json: one object per line. Job lines carry job id, task, queue, "
@@ -165,6 +179,9 @@ def common_options(command: Callable[..., T]) -> Callable[..., T]:
         click.option(
             "--log-level",
             default="info",
+            envvar="NURSERY_WORKER_LOG_LEVEL",
+            show_envvar=True,
+            cls=EnvOption,
             type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
             show_default=True,
         ),

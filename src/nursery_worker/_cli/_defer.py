@@ -30,10 +30,13 @@ def _unknown_task(app: App, task: str) -> str | None:
     return f"no task named {task!r} is registered in the --app (registered: {known}){hint}"
 
 
-def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) -> list[JobSpec]:
+def _read_specs(
+    app: App, stream: Any, name: str, *, check_known: bool = False, no_queue: list[int] | None = None
+) -> list[JobSpec]:
     """Every job of a JSON-lines stream, validated before anything is inserted.
 
-    *check_known* (``--app`` given): a task name the app does not register is an error.
+    *check_known* (``--app`` given): a task name the app does not register is an error. The line
+    numbers without a ``"queue"`` are appended to *no_queue*, when given.
     """
     specs: list[JobSpec] = []
     for number, line in enumerate(stream, start=1):
@@ -60,6 +63,8 @@ def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) 
         args = item.get("args", {})
         if not isinstance(args, dict):
             raise click.ClickException(f"{where}: 'args' must be a JSON object; nothing was deferred")
+        if no_queue is not None and item.get("queue") is None:
+            no_queue.append(number)
         if check_known and (problem := _unknown_task(app, task)):
             raise click.ClickException(f"{where}: {problem}; nothing was deferred")
         try:
@@ -95,7 +100,11 @@ def _read_specs(app: App, stream: Any, name: str, *, check_known: bool = False) 
     help="Show progress on stderr while deferring a file (default: when stderr is a terminal).",
 )
 @app_option("Optional App, to check the arguments against the task.")
-@click.option("--queue", default=None, help="Queue (default: the task's, else 'default').")
+@click.option(
+    "--queue",
+    default=None,
+    help="Queue (default: the task's with --app; without --app 'default', and a note says so on stderr).",
+)
 @click.option("--priority", default=None, type=int, help="Priority (higher runs first).")
 @click.option("--max-attempts", default=None, type=click.IntRange(min=1))
 @click.option(
@@ -150,6 +159,16 @@ def defer(
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     (job,) = app.defer_many_sync([spec])
+    if not ctx.app_path:
+        # Without the app, the task's own queue and signature are unknown: say what was assumed.
+        where = f"to queue {job.queue!r}" + (
+            "" if queue is not None else " (the default: the task's own queue is unknown)"
+        )
+        click.echo(
+            f"note: no --app, so job {job.id} went {where}, and the task name {task!r} and its arguments "
+            "could not be checked; give --app to check them and use the task's queue",
+            err=True,
+        )
     click.echo(json.dumps({"id": job.id, "task": job.task, "queue": job.queue, "state": job.state.value}))
 
 
@@ -158,7 +177,16 @@ def _defer_file(ctx: CliContext, jobs_file: Any, batch_size: int, progress: bool
     name = "stdin" if jobs_file.name == "<stdin>" else jobs_file.name
     done = 0
     try:
-        specs = _read_specs(app, jobs_file, name, check_known=bool(ctx.app_path))
+        no_queue: list[int] = []
+        specs = _read_specs(app, jobs_file, name, check_known=bool(ctx.app_path), no_queue=no_queue)
+        if not ctx.app_path and specs:
+            # Said before the progress lines: the last lines of stderr stay the count.
+            default = f", and the {len(no_queue)} line(s) without \"queue\" go to queue 'default'" if no_queue else ""
+            click.echo(
+                f"note: no --app, so the task names and arguments could not be checked{default}; give --app to "
+                "check them and use each task's queue",
+                err=True,
+            )
         interactive = sys.stderr.isatty()
         show = interactive if progress is None else progress
         batches = [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from .._admin import UNCHANGED, Admin
 from ._context import JSON_OPTION, LOOKUP_APP, CliContext, common_options, echo_json
+
+#: ``--create``: act on a queue nothing names yet (otherwise refused as a likely typo).
+CREATE_OPTION = click.option(
+    "--create",
+    is_flag=True,
+    help="Act on NAME even if no job, task, periodic schedule or worker names it (else refused as a likely typo).",
+)
 
 
 @click.group()
@@ -27,8 +37,13 @@ def queues_list(ctx: CliContext, as_json: bool) -> None:
         click.echo(render_queues(found))
 
 
-def _set_paused(ctx: CliContext, name: str, paused: bool, as_json: bool) -> None:
-    changed = ctx.run(lambda a: a.pause_queue(name) if paused else a.resume_queue(name))
+def _set_paused(ctx: CliContext, name: str, paused: bool, as_json: bool, create: bool) -> None:
+    def change(admin: Admin) -> Any:
+        if paused:
+            return admin.pause_queue(name, create=create)
+        return admin.resume_queue(name, create=create)
+
+    changed = ctx.run(lambda a: change(Admin(a)))
     if as_json:
         echo_json({"queue": name, "paused": paused, "changed": changed})
     elif paused:
@@ -43,33 +58,57 @@ def _set_paused(ctx: CliContext, name: str, paused: bool, as_json: bool) -> None
 
 @queues.command("pause")
 @click.argument("name")
+@CREATE_OPTION
 @LOOKUP_APP
 @JSON_OPTION
 @common_options
-def queues_pause(ctx: CliContext, name: str, as_json: bool) -> None:
+def queues_pause(ctx: CliContext, name: str, create: bool, as_json: bool) -> None:
     """Stop every worker from fetching NAME's jobs (running jobs finish; deferring still works)."""
-    _set_paused(ctx, name, True, as_json)
+    _set_paused(ctx, name, True, as_json, create)
 
 
 @queues.command("limit")
 @click.argument("name")
 @click.option("--max-concurrency", type=click.IntRange(min=1), default=None, help="Jobs of NAME running at once.")
 @click.option("--rate-limit", default=None, help="Starts of NAME's jobs per window: '100/m', '10/s', '30/10s'.")
+@click.option("--no-concurrency-limit", is_flag=True, help="Lift NAME's --max-concurrency limit.")
+@click.option("--no-rate-limit", is_flag=True, help="Lift NAME's --rate-limit limit.")
 @click.option("--clear", is_flag=True, help="Lift both limits.")
+@CREATE_OPTION
 @LOOKUP_APP
 @JSON_OPTION
 @common_options
 def queues_limit(
-    ctx: CliContext, name: str, max_concurrency: int | None, rate_limit: str | None, clear: bool, as_json: bool
+    ctx: CliContext,
+    name: str,
+    max_concurrency: int | None,
+    rate_limit: str | None,
+    no_concurrency_limit: bool,
+    no_rate_limit: bool,
+    clear: bool,
+    create: bool,
+    as_json: bool,
 ) -> None:
-    """Set NAME's limits across every worker and host; each call sets both (an omitted one is lifted)."""
+    """Change NAME's limits across every worker and host; a limit not named keeps its value."""
     from .._status import queue_dict
 
-    if clear and (max_concurrency is not None or rate_limit is not None):
-        raise click.UsageError("--clear lifts both limits; do not combine it with --max-concurrency or --rate-limit")
-    if not clear and max_concurrency is None and rate_limit is None:
-        raise click.UsageError("give --max-concurrency, --rate-limit, or --clear to lift both")
-    info = ctx.run(lambda a: a.set_queue_limits(name, max_concurrency=max_concurrency, rate_limit=rate_limit))
+    if clear and (max_concurrency is not None or rate_limit is not None or no_concurrency_limit or no_rate_limit):
+        raise click.UsageError("--clear lifts both limits; give it alone")
+    if max_concurrency is not None and no_concurrency_limit:
+        raise click.UsageError("give --max-concurrency N or --no-concurrency-limit, not both")
+    if rate_limit is not None and no_rate_limit:
+        raise click.UsageError("give --rate-limit R or --no-rate-limit, not both")
+    concurrency: Any = (
+        None if clear or no_concurrency_limit else (UNCHANGED if max_concurrency is None else max_concurrency)
+    )
+    rate: Any = None if clear or no_rate_limit else (UNCHANGED if rate_limit is None else rate_limit)
+    if concurrency is UNCHANGED and rate is UNCHANGED:
+        raise click.UsageError(
+            "give --max-concurrency, --rate-limit, --no-concurrency-limit, --no-rate-limit, or --clear to lift both"
+        )
+    info = ctx.run(
+        lambda a: Admin(a).set_queue_limits(name, max_concurrency=concurrency, rate_limit=rate, create=create)
+    )
     if as_json:
         echo_json(queue_dict(info))
     else:
@@ -80,9 +119,10 @@ def queues_limit(
 
 @queues.command("resume")
 @click.argument("name")
+@CREATE_OPTION
 @LOOKUP_APP
 @JSON_OPTION
 @common_options
-def queues_resume(ctx: CliContext, name: str, as_json: bool) -> None:
+def queues_resume(ctx: CliContext, name: str, create: bool, as_json: bool) -> None:
     """Let workers fetch NAME's jobs again; they are notified at once."""
-    _set_paused(ctx, name, False, as_json)
+    _set_paused(ctx, name, False, as_json, create)

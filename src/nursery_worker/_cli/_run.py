@@ -20,7 +20,7 @@ from .._errors import ConfigurationError, NurseryWorkerError
 from .._process import set_title
 from .._signals import relay_signals, single_error
 from .._worker import Worker, open_worker
-from ._context import CliContext, app_option, common_options, fail
+from ._context import CliContext, EnvOption, app_option, common_options, fail
 from ._types import DURATION, POSITIVE_DURATION
 
 T = TypeVar("T")
@@ -38,15 +38,25 @@ def _worker_option(info: OptionInfo) -> Callable[[Callable[..., T]], Callable[..
     """
     flag = "--" + info.name.replace("_", "-")
     text = info.help[0].upper() + info.help[1:]
+    env = _env(info.name)
     if isinstance(info.default, bool):
         if info.default:  # on by default: --listen/--no-listen
-            return click.option(f"{flag}/--no-{flag[2:]}", default=True, show_default=True, help=text)
-        return click.option(flag, is_flag=True, help=text)
-    if isinstance(info.default, tuple):  # queues: the comma-separated form
-        return click.option(flag, default=",".join(info.default), show_default=True, help=text)
+            return click.option(f"{flag}/--no-{flag[2:]}", default=True, show_default=True, help=text, **env)
+        return click.option(flag, is_flag=True, help=text, **env)
+    if info.name == "queues":  # the comma-separated form; unset: the app's queues
+        text = (
+            "The queues to work, comma-separated. Default: 'default' and every queue the app's tasks and "
+            "periodic schedules name; a task whose queue is left out is warned of at start."
+        )
+        return click.option(flag, default=None, help=text, **env)
     # Every float option is a number of seconds, so it takes the compound forms too (1h30m, 500ms).
     kind: click.ParamType[Any] = click.INT if info.type.startswith("int") else DURATION
-    return click.option(flag, default=info.default, type=kind, show_default=info.default is not None, help=text)
+    return click.option(flag, default=info.default, type=kind, show_default=info.default is not None, help=text, **env)
+
+
+def _env(name: str) -> dict[str, Any]:
+    """``envvar=`` of the ``run`` option *name*: ``NURSERY_WORKER_<NAME>``, shown in ``--help``."""
+    return {"envvar": f"NURSERY_WORKER_{name.upper()}", "show_envvar": True, "cls": EnvOption}
 
 
 def _worker_options(func: Callable[..., T]) -> Callable[..., T]:
@@ -80,6 +90,7 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
     options = [
         click.option(
             "--processes",
+            **_env("processes"),
             default=1,
             show_default=True,
             type=click.IntRange(min=1),
@@ -87,6 +98,7 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
         ),
         click.option(
             "--health-timeout",
+            **_env("health_timeout"),
             default=10.0,
             show_default=True,
             type=POSITIVE_DURATION,
@@ -94,14 +106,23 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
         ),
         click.option(
             "--max-restarts",
+            **_env("max_restarts"),
             default=5,
             show_default=True,
             type=click.IntRange(min=0),
             help="Restarts of one child within --restart-window before the supervisor gives up.",
         ),
-        click.option("--restart-window", default=60.0, show_default=True, type=POSITIVE_DURATION, help="Seconds."),
+        click.option(
+            "--restart-window",
+            **_env("restart_window"),
+            default=60.0,
+            show_default=True,
+            type=POSITIVE_DURATION,
+            help="Seconds.",
+        ),
         click.option(
             "--restart-delay",
+            **_env("restart_delay"),
             default=1.0,
             show_default=True,
             type=POSITIVE_DURATION,
@@ -109,6 +130,7 @@ def _supervisor_options(func: Callable[..., T]) -> Callable[..., T]:
         ),
         click.option(
             "--status-interval",
+            **_env("status_interval"),
             default=60.0,
             show_default=True,
             type=POSITIVE_DURATION,
@@ -160,44 +182,60 @@ class _ExitWatchdog:
 
 
 @click.command()
-@app_option("The App to run, as 'package.module:app'.", required=True)
+@app_option("The App to run, as 'package.module:app'.", required=True, **_env("app"))
 @_worker_options
 @click.option(
     "--backend",
-    default=lambda: os.environ.get("NURSERY_WORKER_BACKEND", "asyncio"),
+    default="asyncio",
     type=click.Choice(["asyncio", "trio"]),
-    show_default="asyncio, or $NURSERY_WORKER_BACKEND",
+    show_default=True,
+    **_env("backend"),
     help="The event loop your tasks are written for.",
 )
 @click.option(
     "--metrics-port",
     default=None,
+    **_env("metrics_port"),
     type=click.IntRange(min=0, max=65535),
     help="Serve Prometheus /metrics, /healthz and /readyz on this port (needs nursery-worker[metrics]).",
 )
 @click.option(
     "--metrics-host",
     default="127.0.0.1",
+    **_env("metrics_host"),
     show_default=True,
     help="The address the metrics endpoint binds; 0.0.0.0 for every interface.",
 )
 @_supervisor_options
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Development: restart the worker (gracefully) when a .py file of the app's package changes "
+    "(needs nursery-worker[reload]).",
+    **_env("reload"),
+)
 @common_options
-def run(ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: str, **options: Any) -> None:
+def run(
+    ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: str, reload: bool, **options: Any
+) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once).
 
     With --processes N above 1, run a supervisor of N worker processes instead: SIGTERM/SIGINT stop
-    them all gracefully (again: at once), SIGHUP restarts them one at a time.
+    them all gracefully (again: at once), SIGHUP restarts them one at a time. With --reload, run the
+    worker as a child process and restart it when the app's source files change.
     """
     settings = _worker_settings(options)
     supervisor = options  # what is left: the supervisor's options
+    if reload:
+        _run_reloading(ctx, backend, settings, supervisor)
+        return
     # --dsn may hold a password, and /proc/PID/cmdline is readable by every user: replace the command
     # line with a title naming the app (setproctitle overwrites argv in place), before the app is
     # imported or anything connects. $NURSERY_WORKER_DSN never shows there at all.
     if supervisor["processes"] > 1:
         set_title(f"nursery-worker: supervisor [app={ctx.app_path} processes={supervisor['processes']}]")
     else:
-        queues = ",".join(q.strip() for q in settings["queues"].split(",") if q.strip())
+        queues = ",".join(q.strip() for q in (settings["queues"] or "").split(",") if q.strip()) or "the app's"
         set_title(f"nursery-worker: worker [app={ctx.app_path} queues={queues}]")
     if backend == "trio":
         try:
@@ -212,6 +250,8 @@ def run(ctx: CliContext, backend: str, metrics_port: int | None, metrics_host: s
         except NurseryWorkerError as exc:
             raise click.UsageError(f"--metrics-port: {exc}") from None
     app = ctx.app()
+    if supervisor["processes"] == 1 and not settings["queues"]:  # now that the app names its queues
+        set_title(f"nursery-worker: worker [app={ctx.app_path} queues={','.join(app.queue_names())}]")
     if supervisor["processes"] > 1:
         if settings.pop("once"):
             app.close()
@@ -281,6 +321,28 @@ async def _relay_signals(
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         await relay_signals(signals, worker, during_startup, on_signal=on_signal)
+
+
+def _run_reloading(ctx: CliContext, backend: str, settings: dict[str, Any], supervisor: dict[str, Any]) -> None:
+    """``run --reload``: the reloader in this process (which never imports the app), the worker in a child."""
+    from . import _reload
+
+    if supervisor["processes"] > 1:
+        raise click.UsageError("--reload restarts one worker process: drop --processes or --reload")
+    if settings["once"]:
+        raise click.UsageError("--reload restarts a long-running worker: drop --once or --reload")
+    if backend == "trio":
+        try:
+            import trio  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--backend trio needs trio: pip install 'nursery-worker[trio]'") from None
+    _reload.check_available()
+    assert ctx.app_path is not None  # --app is required
+    root = _reload.source_root(ctx.app_path)
+    set_title(f"nursery-worker: reloader [app={ctx.app_path}]")
+    status = _run_loop(lambda: _reload.reload(sys.argv[1:], root), backend)
+    if status:
+        sys.exit(status if status > 0 else 128 - status)
 
 
 def _run_supervised(
