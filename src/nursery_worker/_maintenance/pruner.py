@@ -39,5 +39,9 @@ class Pruner:
             if total:
                 counts[state] = total
         if counts:
-            logger.info("pruned finished jobs: %s", counts)
+            logger.info(
+                "pruned finished jobs: %s",
+                ", ".join(f"{n} {state}" for state, n in counts.items()),
+                extra={f"pruned_{state}": n for state, n in counts.items()},
+            )
         return counts
