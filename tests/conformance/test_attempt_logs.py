@@ -11,7 +11,7 @@ import pytest
 from nursery_worker import App, Discard, JobState, Snooze, open_worker
 from nursery_worker._logging import ConsoleFormatter, JobContextFilter, JsonFormatter
 
-from ..integration.helpers import fast, wait_for_state
+from ..integration.helpers import fast, wait_for_state, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -173,3 +173,24 @@ def test_run_has_a_log_attempts_switch_generated_from_the_config() -> None:
     line = next(line for line in result.output.splitlines() if "--log-attempts" in line)
     assert "--no-log-attempts" in line
     assert "[default: log-attempts]" in " ".join(result.output.split())
+
+
+async def test_the_pruner_line_in_json_has_a_count_per_state(app: App, collected: _Collect) -> None:
+    """The pruner's line carries each state's count as its own JSON key, and its message reads as a sentence."""
+    from nursery_worker._maintenance import Pruner
+
+    for job in await app.defer_many([app.job_by_name("noop", {"n": n}) for n in range(2)]):
+        await app.cancel(job.id)
+    pruner = Pruner(app.driver, retention={"cancelled": 0.0})
+    pruned: list[int] = []
+
+    async def all_pruned() -> bool:
+        # A job finished in the very same clock tick is not yet older than 0 s: it goes on the next pass.
+        pruned.append((await pruner.run_once()).get("cancelled", 0))
+        return sum(pruned) == 2
+
+    await wait_until(all_pruned)
+    entries = [json.loads(JsonFormatter().format(r)) for r in collected.of("nursery_worker.maintenance")]
+    assert [(e["message"], e["pruned_cancelled"]) for e in entries] == [
+        (f"pruned finished jobs: {n} cancelled", n) for n in pruned if n
+    ]
