@@ -113,6 +113,12 @@ async def test_the_readme_promql_gives_the_true_figures_over_two_children(
             )
             port = supervisor.metrics_port
             assert port is not None
+
+            async def ready() -> bool:
+                # Every child's endpoint is up (a child reports its port a moment after RUNNING).
+                return (await http_get("127.0.0.1", port, "/readyz"))[0] == 200
+
+            await wait_until(ready, within=30)
             done = await app.defer_many(
                 [app.job_by_name("work_a", {"n": n}, queue="a") for n in range(5)]
                 + [app.job_by_name("work_b", {"n": n}, queue="b") for n in range(3)]
