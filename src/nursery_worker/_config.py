@@ -209,6 +209,13 @@ class WorkerConfig:
             "hold personal data)."
         ),
     )
+    log_attempts: bool = attrs.field(
+        default=True,
+        metadata=_doc(
+            "log one INFO line per finished attempt (task, job id, queue, attempt, duration, outcome) on the "
+            "``nursery_worker.attempts`` logger."
+        ),
+    )
     max_result_bytes: int = attrs.field(
         default=DEFAULT_MAX_RESULT_BYTES,
         metadata=_doc(
@@ -294,6 +301,7 @@ class SupervisedOptions(TypedDict, total=False):
     rollup_retention: float
     wait_for_db: float
     log_args: bool
+    log_attempts: bool
     max_result_bytes: int
 
 

@@ -45,6 +45,21 @@ if TYPE_CHECKING:
 
 # The worker's own log lines: the executor is a part of it.
 logger = logging.getLogger("nursery_worker.worker")
+#: One INFO line per finished attempt (``log_attempts``), on a logger of its own so that it can be
+#: routed or silenced apart from the worker's other lines.
+attempts_logger = logging.getLogger("nursery_worker.attempts")
+
+# What each written outcome is called: the JSON ``outcome`` field (the names of the WorkerStats and
+# Prometheus counters, so that the lines add up with them) and the words of the console line.
+_OUTCOME_WORDS = {
+    "completed": "completed",
+    "retried": "failed, retry scheduled",
+    "discarded": "failed, discarded",
+    "snoozed": "snoozed",
+    "cancelled": "cancelled",
+    "released": "released (handed back at shutdown)",
+    "ignored": "outcome ignored (the job was no longer this attempt's)",
+}
 
 _MESSAGE_CAP = 2_000
 _TRACEBACK_CAP = 8_000
@@ -100,6 +115,7 @@ class Executor:
         self._threads_lock = threading.Lock()
         self._threads_alive = 0
         # What each submitted completion counts as, once the completer says it was written.
+        # (job, outcome, seconds the attempt ran)
         self._unwritten: dict[tuple[int, int, dt.datetime | None], tuple[Job, Outcome, float]] = {}
         #: The finished attempts whose outcome took effect, for the metric rollups (``_rollup.py``).
         self.rollups = RollupCounter()
@@ -296,7 +312,8 @@ class Executor:
         if backoff is None:
             backoff = task.backoff if task is not None else (lambda attempt: 0.0)
         transition = decide(outcome, attempt=job.attempt, max_attempts=job.max_attempts, backoff=backoff)
-        self._unwritten[job.id, job.attempt, job.attempted_at] = (job, outcome, time.monotonic() - r.started)
+        duration = time.monotonic() - r.started
+        self._unwritten[job.id, job.attempt, job.attempted_at] = (job, outcome, duration)
         self.completer.submit(
             Completion(
                 job_id=job.id,
@@ -311,7 +328,7 @@ class Executor:
         if self.on_outcome is not None:
             self.on_outcome(job, outcome, transition)
         if self.metrics is not None:
-            self.metrics.observe(job, outcome, time.monotonic() - r.started)
+            self.metrics.observe(job, outcome, duration)
         if not isinstance(outcome, (Released, Succeeded, Snoozed)):
             if isinstance(outcome, Cancelled):
                 logger.warning("job %d (%s) attempt %d: %s", job.id, job.task, job.attempt, outcome.reason)
@@ -335,6 +352,7 @@ class Executor:
         """Count the outcomes the completer wrote: by outcome where the write took effect, as
         ``ignored`` where the database refused a late one (the job was no longer this attempt's)."""
         ignored = 0
+        log = self.config.log_attempts and attempts_logger.isEnabledFor(logging.INFO)
         for c, applied in results:
             entry = self._unwritten.pop((c.job_id, c.attempt, c.attempted_at), None)
             if entry is None:
@@ -354,6 +372,8 @@ class Executor:
                 )
             if self.metrics is not None:
                 self.metrics.count(job, outcome, applied)
+            if log:
+                self._log_attempt(job, outcome, applied, duration)
             ignored += applied is None
         if ignored:
             logger.warning(
@@ -361,6 +381,43 @@ class Executor:
                 "lapsed heartbeat, or handed back)",
                 ignored,
             )
+
+    def _log_attempt(self, job: Job, outcome: Outcome, applied: Transition | None, duration: float) -> None:
+        """The attempt's INFO line: each figure a field of the record (top-level keys in JSON logs)."""
+        if applied is None:
+            name = "ignored"
+        elif isinstance(outcome, Succeeded):
+            name = "completed"
+        elif isinstance(outcome, Snoozed):
+            name = "snoozed"
+        elif isinstance(outcome, Cancelled):
+            name = "cancelled"
+        elif isinstance(outcome, Released):
+            name = "released"
+        else:
+            name = "retried" if applied.state == "retryable" else "discarded"
+        fields: dict[str, Any] = {
+            "job_id": job.id,
+            "task": job.task,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "worker_id": self.worker_id,
+            "max_attempts": job.max_attempts,
+            "duration": round(duration, 6),
+            "outcome": name,
+        }
+        if isinstance(outcome, Failed):
+            fields["error"] = outcome.error.type
+        # The message is formatted only if a handler emits it (lazy %-arguments).
+        attempts_logger.info(
+            "%s attempt %d/%d %s in %.3fs",
+            job.task,
+            job.attempt,
+            job.max_attempts,
+            _OUTCOME_WORDS[name],
+            duration,
+            extra=fields,
+        )
 
     def cancel(self, job_id: int, attempt: int | None = None) -> None:
         """Cancel the scope of a running job whose cancel was requested (no-op if not ours)."""

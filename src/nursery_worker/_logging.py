@@ -24,6 +24,16 @@ from ._dsn import redact
 #: The fields of a job's context, in the order they are printed.
 FIELDS = ("job_id", "task", "queue", "attempt", "worker_id")
 
+# The attributes every LogRecord has: anything else on a record came from ``extra=`` (a figure of
+# the line, such as an attempt's duration or a stop's counters) and is a top-level key in JSON.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "job_args",
+    *FIELDS,
+}
+
 _job_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "nursery_worker_job_context", default=None
 )
@@ -103,7 +113,9 @@ class ConsoleFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message, the job's fields, exc; passwords redacted."""
+    """One JSON object per line: ts, level, logger, message, the job's fields, every ``extra=`` field
+    of the record as a key of its own (figures are never folded into the message), exc; passwords
+    redacted."""
 
     def __init__(self, static: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -124,6 +136,9 @@ class JsonFormatter(logging.Formatter):
         job_args = getattr(record, "job_args", None)
         if job_args is not None:
             entry["args"] = json.loads(redact(json.dumps(job_args, default=str)))
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_ATTRIBUTES and name not in entry and not name.startswith("_"):
+                entry[name] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:

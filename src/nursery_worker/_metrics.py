@@ -16,7 +16,11 @@ Counters live on a :class:`WorkerMetrics` attached to the worker (``worker.metri
 observes each attempt as it ends and counts its outcome once the write took effect (a late write
 the database ignored counts as ``jobs_ignored``). It is None (nothing recorded) unless metrics are
 served. Under the supervisor each child serves its metrics on an ephemeral loopback port named in its
-reports, and the supervisor's endpoint merges the children's families with a ``worker`` label.
+reports, and the supervisor's endpoint merges the children's per-process families with a ``worker``
+label. The global gauges (:data:`GLOBAL_FAMILIES`: the queue depth, the same database-wide figures in
+every child) are asked of one elected child only, the lowest slot whose endpoint is up (the next one
+while it restarts), and reported once without a ``worker`` label: summing over ``worker`` then gives
+the true number for counters and gauges alike.
 """
 
 from __future__ import annotations
@@ -75,6 +79,10 @@ DEFAULT_HOST = "127.0.0.1"
 #: Latency buckets in seconds, from a fast job (5 ms) to a long one (an hour).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Families whose values are database-wide, the same in every process: reported once under the supervisor.
+GLOBAL_FAMILIES = frozenset({"nursery_worker_queue_depth"})
+#: The query string a worker's ``/metrics`` takes to leave the global families out (and skip their query).
+_NO_GLOBAL = "global=0"
 _REQUEST_TIMEOUT = 10.0
 _MAX_REQUEST = 16_384
 
@@ -110,6 +118,7 @@ class WorkerMetrics:
         self._depth: list[QueueDepth] = []
         self._depth_at = -float("inf")
         self._depth_interval = depth_interval
+        self._with_global = True  # render() sets it for the duration of one synchronous collection
         labels = ("queue", "task")
         r = self.registry
 
@@ -220,9 +229,13 @@ class WorkerMetrics:
             except RETRYABLE_ERRORS as exc:
                 logger.debug("queue depth: %s", exc)
 
-    def render(self) -> bytes:
-        """The exposition text of every metric."""
-        data: bytes = _prometheus().generate_latest(self.registry)
+    def render(self, *, with_global: bool = True) -> bytes:
+        """The exposition text of every metric (without :data:`GLOBAL_FAMILIES` unless *with_global*)."""
+        self._with_global = with_global
+        try:
+            data: bytes = _prometheus().generate_latest(self.registry)
+        finally:
+            self._with_global = True
         return data
 
 
@@ -246,6 +259,8 @@ class _LiveCollector:
         yield GaugeMetricFamily(
             "nursery_worker_ready", "1 when /readyz answers 200.", value=0.0 if self.metrics.not_ready() else 1.0
         )
+        if not self.metrics._with_global:
+            return
         depth = GaugeMetricFamily(
             "nursery_worker_queue_depth",
             "Jobs in each non-final state by queue (all workers' queues, as the database sees them).",
@@ -258,7 +273,7 @@ class _LiveCollector:
 
 # --- HTTP ------------------------------------------------------------------------------------------
 
-#: A route answers (status, content type, body).
+#: A route answers (status, content type, body); it is given the request target (path and query).
 Response = tuple[int, str, bytes]
 Routes = Callable[[str], Awaitable[Response]]
 
@@ -285,7 +300,7 @@ async def _handle(stream: anyio.abc.ByteStream, *, routes: Routes) -> None:
                 elif parts[0] not in ("GET", "HEAD"):
                     status, ctype, body = _text(405, "only GET")
                 else:
-                    status, ctype, body = await routes(parts[1].split("?", 1)[0])
+                    status, ctype, body = await routes(parts[1])
                 head = (
                     f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
                     f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -335,10 +350,14 @@ async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
 
 
 def _worker_routes(metrics: WorkerMetrics) -> Routes:
-    async def route(path: str) -> Response:
+    async def route(target: str) -> Response:
+        path, _, query = target.partition("?")
         if path == "/metrics":
-            await metrics.refresh_queue_depth()
-            return 200, _CONTENT_TYPE, metrics.render()
+            # The supervisor asks all but one child to leave the global gauges (and their query) out.
+            with_global = _NO_GLOBAL not in query.split("&")
+            if with_global:
+                await metrics.refresh_queue_depth()
+            return 200, _CONTENT_TYPE, metrics.render(with_global=with_global)
         if path == "/healthz":
             return _text(200, "ok")
         if path == "/readyz":
@@ -402,10 +421,13 @@ async def serve_metrics(
 
 
 def merge_expositions(texts: Sequence[tuple[str, str]]) -> bytes:
-    """Merge Prometheus exposition texts into one, adding a ``worker`` label to every sample.
+    """Merge Prometheus exposition texts into one, adding a ``worker`` label to every per-process sample.
+
+    A family of :data:`GLOBAL_FAMILIES` is taken from the first text that has it, unlabelled: its
+    values are database-wide, so one copy is the true figure (and a sum over ``worker`` stays right).
 
     Args:
-        texts: ``(worker label, exposition text)`` pairs, one per child.
+        texts: ``(worker label, exposition text)`` pairs, one per child, the elected child first.
     """
     pc = _prometheus()
     from prometheus_client.metrics_core import Metric
@@ -414,11 +436,15 @@ def merge_expositions(texts: Sequence[tuple[str, str]]) -> bytes:
     merged: dict[str, Any] = {}
     for label, text in texts:
         for family in text_string_to_metric_families(text):
+            is_global = family.name in GLOBAL_FAMILIES
             into = merged.get(family.name)
             if into is None:
                 into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            elif is_global:
+                continue  # reported once: the first child's copy
             for s in family.samples:
-                into.add_sample(s.name, {"worker": label, **s.labels}, s.value, s.timestamp, s.exemplar)
+                labels = s.labels if is_global else {"worker": label, **s.labels}
+                into.add_sample(s.name, labels, s.value, s.timestamp, s.exemplar)
 
     class _Merged:
         def collect(self) -> Iterable[Any]:
@@ -431,26 +457,38 @@ def merge_expositions(texts: Sequence[tuple[str, str]]) -> bytes:
 
 
 def _supervisor_routes(supervisor: Supervisor) -> Routes:
-    async def scrape(index: int, port: int, out: list[tuple[str, str]]) -> None:
+    async def scrape(index: int, port: int, with_global: bool, out: dict[int, str]) -> None:
+        path = "/metrics" if with_global else f"/metrics?{_NO_GLOBAL}"
         try:
-            status, body = await http_get(DEFAULT_HOST, port, "/metrics")
+            status, body = await http_get(DEFAULT_HOST, port, path)
         except (OSError, TimeoutError) as exc:
             logger.warning("child %d: cannot scrape its metrics on port %d: %r", index, port, exc)
             return
         if status == 200:
-            out.append((str(index), body.decode()))
+            out[index] = body.decode()
         else:
             logger.warning("child %d: its metrics endpoint answered %d", index, status)
 
-    async def route(path: str) -> Response:
-        children = supervisor.metrics_ports()
+    async def route(target: str) -> Response:
+        path = target.partition("?")[0]
+        children = sorted(supervisor.metrics_ports())
         if path == "/metrics":
-            texts: list[tuple[str, str]] = []
+            # The elected child (the lowest slot up; the next while it restarts) alone reports the
+            # global gauges: every child would report the same database-wide figures.
+            texts: dict[int, str] = {}
             async with anyio.create_task_group() as tg:
-                for index, port in children:
-                    tg.start_soon(scrape, index, port, texts)
-            texts.sort(key=lambda t: int(t[0]))
-            return 200, _CONTENT_TYPE, merge_expositions(texts)
+                for n, (index, port) in enumerate(children):
+                    tg.start_soon(scrape, index, port, n == 0, texts)
+            elected = children[0][0] if children else None
+            if elected is not None and elected not in texts:
+                # It did not answer: ask the next child that did for its full text instead.
+                for index, port in children[1:]:
+                    if index in texts:
+                        await scrape(index, port, True, texts)
+                        elected = index
+                        break
+            order = sorted(texts, key=lambda i: (i != elected, i))
+            return 200, _CONTENT_TYPE, merge_expositions([(str(i), texts[i]) for i in order])
         if path == "/healthz":
             return _text(200, "ok")
         if path == "/readyz":

@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import textwrap
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import attrs
 
 from ._durations import format_duration
 from ._flow import BreakerInfo
 from ._models import Job, JobError, QueueInfo, WorkerRow
 from ._periodic import PeriodicInfo
-
-_COLUMNS = (
-    "SUPERVISOR",
-    "CHILD",
-    "PID",
-    "HOST",
-    "STATE",
-    "UPTIME",
-    "RESTARTS",
-    "PROCESSED",
-    "FAILED",
-    "RUNNING",
-    "HEARTBEAT",
-    "QUEUES",
-)
 
 
 def as_dict(row: WorkerRow) -> dict[str, Any]:
@@ -67,6 +55,178 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     cells = [tuple(header), *(tuple(r) for r in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+# --- fitting a table to the terminal -----------------------------------------------------------
+
+#: A column's ``keep`` at which it is never dropped (the row's name).
+ALWAYS = 99
+_EMPTY_CELLS = frozenset({"", "-", "0"})
+
+
+@attrs.frozen
+class Column:
+    """A column of a table that narrows to fit a width.
+
+    ``short`` is its header in a narrow layout; columns are dropped lowest ``keep`` first (a column
+    with nothing to show, every cell empty, before any other); a ``flexible`` column's cells are
+    shortened with an ellipsis when dropping is not enough.
+    """
+
+    header: str
+    short: str
+    keep: int
+    flexible: bool = False
+
+
+def wrap_lines(text: str, width: int) -> str:
+    """*text* with each line wrapped to *width* (0: as it is)."""
+    if width <= 0:
+        return text
+    return "\n".join(
+        "\n".join(textwrap.wrap(line, width, break_long_words=True, break_on_hyphens=False) or [""])
+        for line in text.splitlines()
+    )
+
+
+def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int = 0) -> str:
+    """An aligned table no line of which is wider than *width* (0: unlimited, every column, long headers).
+
+    Narrow layouts are deliberate rather than cut at the edge: short headers first, then columns
+    dropped from the least useful up (empty ones first), then the flexible columns (names, queue
+    lists) shortened with "…" (a very long one first, to a third of the width); a last line names the
+    columns left out.
+    """
+    full = table([c.header for c in columns], rows)
+    if width <= 0 or max(len(line) for line in full.splitlines()) <= width:
+        return full
+    shown = list(range(len(columns)))
+    empty = {i for i in shown if rows and all(r[i] in _EMPTY_CELLS for r in rows)}
+    droppable = sorted((i for i in shown if columns[i].keep < ALWAYS), key=lambda i: (i not in empty, columns[i].keep))
+
+    def render(keep: Sequence[int], cells: Sequence[Sequence[str]]) -> str:
+        return table([columns[i].short for i in keep], [[r[i] for i in keep] for r in cells])
+
+    def widest(text: str) -> int:
+        return max(len(line) for line in text.splitlines())
+
+    # A very long name (a queue, a host) is shortened before it pushes useful columns out.
+    cap = max(12, width // 3)
+    cells = [[_short(c, cap) if columns[i].flexible else c for i, c in enumerate(r)] for r in rows]
+    text = render(shown, cells)
+    while widest(text) > width and droppable:
+        shown.remove(droppable.pop(0))
+        text = render(shown, cells)
+    for i in sorted((i for i in shown if columns[i].flexible), key=lambda i: -max(len(r[i]) for r in cells)):
+        excess = widest(text) - width
+        if excess <= 0:
+            break
+        longest = max(len(r[i]) for r in cells)
+        room = max(len(columns[i].short), 4, longest - excess)
+        for r in cells:
+            r[i] = _short(r[i], room)
+        text = render(shown, cells)
+    hidden = [columns[i].short for i in range(len(columns)) if i not in shown]
+    if hidden:
+        text += "\n" + wrap_lines(f"(hidden: {', '.join(hidden)}; --width 0 shows all)", width)
+    return "\n".join(line[:width].rstrip() for line in text.splitlines())
+
+
+def terminal_width(requested: int | None, *, isatty: bool, environ: Mapping[str, str]) -> int:
+    """The width ``status`` fits its tables to: *requested* (``--width``; 0 is unlimited), else the
+    terminal's (``$COLUMNS`` first) when there is one, else unlimited: piped output is never cut
+    unless asked."""
+    import shutil
+
+    if requested is not None:
+        return max(0, requested)
+    if isatty or environ.get("COLUMNS", "").strip().isdigit():
+        return shutil.get_terminal_size().columns
+    return 0
+
+
+# --- rates (``status --watch``) ------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Snapshot:
+    """The counters one redraw of ``status --watch`` saw, to turn the next one's into rates.
+
+    Attributes:
+        at: when it was taken (monotonic seconds).
+        completed: jobs in state ``completed`` by queue.
+        workers: (processed, failed) attempts by worker id, from their heartbeats.
+    """
+
+    at: float
+    completed: dict[str, int]
+    workers: dict[str, tuple[int, int]]
+
+    @classmethod
+    def take(cls, at: float, queues: Sequence[QueueInfo], workers: Sequence[WorkerRow]) -> Snapshot:
+        """The snapshot of one redraw's queues and workers."""
+        return cls(
+            at=at,
+            completed={q.name: q.counts.get("completed", 0) for q in queues},
+            workers={w.id: (w.processed, w.failed) for w in workers},
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Rates:
+    """Jobs per second between two snapshots of ``status --watch``.
+
+    Attributes:
+        seconds: the time between them.
+        completed: jobs completed per second, all queues (from the queues' completed counts).
+        failed: failed attempts per second, all workers (retried or discarded; from their heartbeats).
+        by_queue: jobs completed per second by queue.
+        by_worker: (attempts processed, failed) per second by worker id.
+    """
+
+    seconds: float
+    completed: float
+    failed: float
+    by_queue: dict[str, float]
+    by_worker: dict[str, tuple[float, float]]
+
+    @classmethod
+    def between(cls, before: Snapshot, after: Snapshot) -> Rates:
+        """The rates from *before* to *after*; a counter that went down (pruned jobs, a restarted
+        worker) counts as no change, and a worker or queue in one snapshot only is left out."""
+        seconds = max(after.at - before.at, 1e-9)
+        by_queue = {
+            q: max(0, n - before.completed[q]) / seconds for q, n in after.completed.items() if q in before.completed
+        }
+        by_worker = {
+            w: (max(0, p - before.workers[w][0]) / seconds, max(0, f - before.workers[w][1]) / seconds)
+            for w, (p, f) in after.workers.items()
+            if w in before.workers
+        }
+        return cls(
+            seconds=seconds,
+            completed=sum(by_queue.values()),
+            failed=sum(f for _, f in by_worker.values()),
+            by_queue=by_queue,
+            by_worker=by_worker,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``seconds``, ``completed_per_second``, ``failed_per_second``."""
+        return {
+            "seconds": round(self.seconds, 3),
+            "completed_per_second": round(self.completed, 3),
+            "failed_per_second": round(self.failed, 3),
+        }
+
+    def summary(self) -> str:
+        """``12.5 jobs/s completed, 0.5 jobs/s failed (last 2.0s)``."""
+        done, failed = _rate(self.completed), _rate(self.failed)
+        return f"{done} jobs/s completed, {failed} jobs/s failed (last {self.seconds:.1f}s)"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
 def _time(value: dt.datetime | None) -> str:
@@ -106,22 +266,37 @@ def _limits(q: QueueInfo) -> str:
     return ", ".join(parts) or "-"
 
 
-def render_queues(queues: Sequence[QueueInfo]) -> str:
-    """The queues table: pause state, jobs by state, how long the oldest available job has waited."""
+def render_queues(queues: Sequence[QueueInfo], *, width: int = 0, rates: Rates | None = None) -> str:
+    """The queues table: pause state, jobs by state, how long the oldest available job has waited,
+    limits, and (with *rates*) the jobs completed per second; fitted to *width* (0: unlimited)."""
     if not queues:
-        return "no queues: no jobs have been deferred and no queue was paused"
-    header = ("QUEUE", "STATE", *(s.upper() for s in _STATES), "OLDEST AVAILABLE", "LIMITS")
-    rows = [
-        (
+        return wrap_lines("no queues: no jobs have been deferred and no queue was paused", width)
+    keeps = {"pending": 4, "available": 9, "scheduled": 6, "executing": 8, "retryable": 7}
+    shorts = {"available": "AVAIL", "scheduled": "SCHED", "executing": "EXEC", "retryable": "RETRY"}
+    shorts |= {"pending": "PEND", "completed": "DONE", "discarded": "DISC", "cancelled": "CANC"}
+    keeps |= {"completed": 5, "discarded": 6, "cancelled": 3}
+    columns = [
+        Column("QUEUE", "QUEUE", ALWAYS, flexible=True),
+        Column("STATE", "STATE", 8),
+        *(Column(s.upper(), shorts[s], keeps[s]) for s in _STATES),
+        Column("OLDEST AVAILABLE", "OLDEST", 7),
+        Column("LIMITS", "LIMITS", 5, flexible=True),
+    ]
+    if rates is not None:
+        columns.append(Column("DONE/S", "DONE/S", 8))
+    rows = []
+    for q in queues:
+        row = [
             q.name,
             "paused" if q.paused else "running",
             *(str(q.counts.get(s, 0)) for s in _STATES),
             "-" if q.oldest_available_age is None else format_duration(q.oldest_available_age),
             _limits(q),
-        )
-        for q in queues
-    ]
-    return table(header, rows)
+        ]
+        if rates is not None:
+            row.append(_rate(rates.by_queue[q.name]) if q.name in rates.by_queue else "-")
+        rows.append(row)
+    return fit_table(columns, rows, width)
 
 
 def render_status(
@@ -130,13 +305,18 @@ def render_status(
     *,
     schema: str,
     breakers: Sequence[BreakerInfo] = (),
+    width: int = 0,
+    rates: Rates | None = None,
 ) -> str:
-    """``nursery-worker status``: the queues table (when there are queues), the circuit breakers
-    (when there are any), then the workers table."""
-    parts = [render_queues(queues)] if queues else []
+    """``nursery-worker status``: the rates (when watching), the queues table (when there are
+    queues), the circuit breakers (when there are any), then the workers table; no line wider
+    than *width* (0: unlimited)."""
+    parts = [wrap_lines(rates.summary(), width)] if rates is not None else []
+    if queues:
+        parts.append(render_queues(queues, width=width, rates=rates))
     if breakers:
-        parts.append(render_breakers(breakers))
-    parts.append(render_table(workers, schema=schema))
+        parts.append(render_breakers(breakers, width=width))
+    parts.append(render_table(workers, schema=schema, width=width, rates=rates))
     return "\n\n".join(parts)
 
 
@@ -146,14 +326,19 @@ def status_dict(
     *,
     schema: str,
     breakers: Sequence[BreakerInfo] = (),
+    rates: Rates | None = None,
 ) -> dict[str, Any]:
-    """``nursery-worker status --json``: ``{"schema", "queues", "breakers", "workers"}``."""
-    return {
+    """``nursery-worker status --json``: ``{"schema", "queues", "breakers", "workers"}``, and
+    ``"rates"`` (:meth:`Rates.as_dict`) from the second redraw of ``--watch`` on."""
+    data: dict[str, Any] = {
         "schema": schema,
         "queues": [queue_dict(q) for q in queues],
         "breakers": [breaker_dict(b) for b in breakers],
         "workers": [as_dict(w) for w in workers],
     }
+    if rates is not None:
+        data["rates"] = rates.as_dict()
+    return data
 
 
 # --- circuit breakers --------------------------------------------------------------------------
@@ -173,10 +358,11 @@ def breaker_dict(b: BreakerInfo) -> dict[str, Any]:
     }
 
 
-def render_breakers(breakers: Sequence[BreakerInfo]) -> str:
-    """The circuit breakers table: state, consecutive failures, and when an open one lets a probe through."""
+def render_breakers(breakers: Sequence[BreakerInfo], *, width: int = 0) -> str:
+    """The circuit breakers table: state, consecutive failures, and when an open one lets a probe
+    through; fitted to *width* (0: unlimited)."""
     if not breakers:
-        return "no circuit breakers: no task with circuit_breaker= has run yet"
+        return wrap_lines("no circuit breakers: no task with circuit_breaker= has run yet", width)
     rows = []
     for b in breakers:
         if b.state == "open" and b.reopens_at is not None:
@@ -187,7 +373,14 @@ def render_breakers(breakers: Sequence[BreakerInfo]) -> str:
         else:
             note = "-"
         rows.append((b.task, b.state, f"{b.failures}/{b.threshold}", f"{b.cooldown:g}s", note))
-    return table(("BREAKER", "STATE", "FAILURES", "COOLDOWN", "NEXT"), rows)
+    columns = (
+        Column("BREAKER", "BREAKER", ALWAYS, flexible=True),
+        Column("STATE", "STATE", 9),
+        Column("FAILURES", "FAILS", 7),
+        Column("COOLDOWN", "COOL", 3),
+        Column("NEXT", "NEXT", 6, flexible=True),
+    )
+    return fit_table(columns, rows, width)
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -282,12 +475,30 @@ def render_job(job: Job) -> str:
     return "\n".join(lines)
 
 
-def render_table(rows: Sequence[WorkerRow], *, schema: str) -> str:
-    """The workers as an aligned text table, or a sentence when there are none."""
+def render_table(rows: Sequence[WorkerRow], *, schema: str, width: int = 0, rates: Rates | None = None) -> str:
+    """The workers as an aligned text table fitted to *width* (0: unlimited), with their attempts
+    processed and failed per second when *rates* are given; a sentence when there are none."""
     if not rows:
-        return f"no workers are registered in schema {schema!r}"
-    cells = [_COLUMNS] + [
-        (
+        return wrap_lines(f"no workers are registered in schema {schema!r}", width)
+    columns = [
+        Column("SUPERVISOR", "SUPERVISOR", 1, flexible=True),
+        Column("CHILD", "CHILD", 3),
+        Column("PID", "PID", ALWAYS),
+        Column("HOST", "HOST", 6, flexible=True),
+        Column("STATE", "STATE", 9),
+        Column("UPTIME", "UP", 5),
+        Column("RESTARTS", "RST", 2),
+        Column("PROCESSED", "PROC", 7),
+        Column("FAILED", "FAIL", 6),
+        Column("RUNNING", "RUN", 8),
+        Column("HEARTBEAT", "BEAT", 8),
+        Column("QUEUES", "QUEUES", 4, flexible=True),
+    ]
+    if rates is not None:
+        columns += [Column("PROC/S", "PROC/S", 8), Column("FAIL/S", "FAIL/S", 8)]
+    cells = []
+    for r in rows:
+        row = [
             r.supervisor_id or "-",
             "-" if r.child_index is None else str(r.child_index),
             str(r.pid),
@@ -300,11 +511,12 @@ def render_table(rows: Sequence[WorkerRow], *, schema: str) -> str:
             f"{r.running}/{r.concurrency}",
             f"{max(0.0, (r.now - r.heartbeat_at).total_seconds()):.1f}s ago",
             ",".join(r.queues),
-        )
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+        ]
+        if rates is not None:
+            processed, failed = rates.by_worker.get(r.id, (None, None))
+            row += ["-" if processed is None else _rate(processed), "-" if failed is None else _rate(failed)]
+        cells.append(row)
+    return fit_table(columns, cells, width)
 
 
 # --- periodic schedules (`nursery-worker cron list`) --------------------------------------------

@@ -629,6 +629,18 @@ class Supervisor:
                     s.running,
                     f" ignored={s.ignored}" if s.ignored else "",
                     f" breakers_open={','.join(s.breakers_open)}" if s.breakers_open else "",
+                    extra={
+                        "child": s.index,
+                        "child_pid": s.pid,
+                        "child_state": s.state,
+                        "uptime_seconds": s.uptime,
+                        "restarts": s.restarts,
+                        "processed": s.processed,
+                        "failed": s.failed,
+                        "running": s.running,
+                        "ignored": s.ignored,
+                        "breakers_open": list(s.breakers_open),
+                    },
                 )
 
     async def _serve(

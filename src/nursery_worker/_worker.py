@@ -415,7 +415,23 @@ class Worker:
             if not failed:
                 self._set_state(WorkerState.STOPPED)
             self._stopped.set()
-            logger.info("worker %s stopped: %s", self.id, self._board.counts)
+            counts = self._board.counts
+            # Each figure is a field of the record (a key of its own in JSON logs), the message a sentence.
+            logger.info(
+                "worker %s stopped: %d processed (%d completed, %d failed: %d retried, %d discarded; %d snoozed, "
+                "%d cancelled), %d released, %d ignored",
+                self.id,
+                counts["processed"],
+                counts["completed"],
+                counts["failed"],
+                counts["retried"],
+                counts["discarded"],
+                counts["snoozed"],
+                counts["cancelled"],
+                counts["released"],
+                counts["ignored"],
+                extra={"worker_id": self.id, **counts},
+            )
 
     async def _start_services(self, services: anyio.abc.TaskGroup) -> None:
         c = self.config

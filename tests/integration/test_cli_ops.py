@@ -87,7 +87,7 @@ def test_status_shows_queue_counts_oldest_wait_and_workers(app: App, db: Conn, d
     db.execute("UPDATE jobs SET scheduled_at = now() - interval '125 seconds' WHERE id = %s", (ids[0],))
     _register_worker(db, "w-1")
 
-    out = _ok(_cli(["status"], dsn=dsn, schema=schema))
+    out = _ok(_cli(["status", "--width", "0"], dsn=dsn, schema=schema))  # xdist sets COLUMNS=80
     took = time.monotonic() - started
 
     queues, workers = out.strip().split("\n\n")

@@ -533,7 +533,7 @@ def test_status_shows_each_child_with_its_counters(
         sup,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURSERY_WORKER_")}
-    cli = [sys.executable, "-m", "nursery_worker", "status", "--dsn", dsn, "--schema", schema]
+    cli = [sys.executable, "-m", "nursery_worker", "status", "--dsn", dsn, "--schema", schema, "--width", "0"]
     table = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     as_json = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 

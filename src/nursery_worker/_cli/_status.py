@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import socket
 import sys
@@ -34,31 +35,44 @@ _DEFAULT_HEALTH_AGE = 10.0
     flag_value=2.0,
     default=None,
     metavar="[SECONDS]",
-    help="Redraw every SECONDS (default 2) until Ctrl-C.",
+    help="Redraw every SECONDS (default 2) until Ctrl-C, with jobs/s completed and failed since the last redraw.",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Fit the tables to N columns (0: unlimited). Default: the terminal's ($COLUMNS first); unlimited when piped.",
 )
 @common_options
-def status(ctx: CliContext, as_json: bool, watch: float | None) -> None:
+def status(ctx: CliContext, as_json: bool, watch: float | None, width: int | None) -> None:
     """Show each queue (paused?, jobs by state, oldest available job's age, limits), the circuit
     breakers, and every worker.
 
     Workers: pid, host, state, uptime, restarts, counters, and the age of the last heartbeat, all by
-    the database's clock.
+    the database's clock. Narrow terminals get short headers and drop the least useful columns
+    (named on a last line); ``--watch`` adds the rates since the previous redraw.
     """
-    from .._status import render_status, status_dict
+    from .._status import Rates, Snapshot, render_status, status_dict, terminal_width, wrap_lines
 
     schema = ctx.app().schema
+    columns = terminal_width(width, isatty=sys.stdout.isatty(), environ=os.environ)
+    last: list[Snapshot] = []
 
     def draw(queues: Any, workers: Any, breakers: Any) -> None:
+        now = Snapshot.take(time.monotonic(), queues, workers)
+        rates = Rates.between(last[0], now) if last else None
+        last[:] = [now]
         if as_json:
-            data = status_dict(queues, workers, schema=schema, breakers=breakers)
+            data = status_dict(queues, workers, schema=schema, breakers=breakers, rates=rates)
             click.echo(json.dumps(data) if watch is not None else json.dumps(data, indent=2))
         else:
-            text = render_status(queues, workers, schema=schema, breakers=breakers)
+            text = render_status(queues, workers, schema=schema, breakers=breakers, width=columns, rates=rates)
             if watch is not None:
                 if sys.stdout.isatty():
                     click.clear()
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                head = f"nursery-worker status: schema {schema!r} at {stamp} (every {watch:g}s; Ctrl-C stops)"
+                head = wrap_lines(f"nursery-worker status: schema {schema!r} at {stamp} (every {watch:g}s)", columns)
                 text = f"{head}\n\n{text}\n"
             click.echo(text)
         sys.stdout.flush()

@@ -51,5 +51,9 @@ class Pruner:
             if removed:
                 counts["rollups"] = removed
         if counts:
-            logger.info("pruned finished jobs: %s", counts)
+            logger.info(
+                "pruned finished jobs: %s",
+                ", ".join(f"{n} {state}" for state, n in counts.items()),
+                extra={f"pruned_{state}": n for state, n in counts.items()},
+            )
         return counts

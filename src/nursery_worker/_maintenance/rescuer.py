@@ -48,6 +48,12 @@ class Rescuer:
                 total.retryable,
                 total.discarded,
                 total.cancelled,
+                extra={
+                    "rescued": total.rescued,
+                    "rescued_retryable": total.retryable,
+                    "rescued_discarded": total.discarded,
+                    "rescued_cancelled": total.cancelled,
+                },
             )
         return total
 
