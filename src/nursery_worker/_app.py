@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 import attrs
 
@@ -56,6 +56,7 @@ SCHEMA_ENV_VAR = "NURSERY_WORKER_SCHEMA"
 DEFAULT_SCHEMA = "nursery_worker"
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 Hook = Callable[[], Awaitable[None]]
 
 
@@ -73,6 +74,10 @@ def _module_name(fn: Callable[..., Any]) -> str:
 class TaskDecorator(Protocol):
     """What ``@app.task(...)`` with options returns: it turns a function into a :class:`Task`."""
 
+    @overload
+    def __call__(self, func: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
+
+    @overload
     def __call__(self, func: Callable[P, R], /) -> Task[P, R]: ...
 
 
@@ -318,6 +323,10 @@ class App:
 
     # --- tasks --------------------------------------------------------------------------------
 
+    # A first parameter that takes the JobContext is the worker's to pass: it is left out of P.
+    @overload
+    def task(self, func: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
+
     @overload
     def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
 
@@ -342,7 +351,7 @@ class App:
 
     def task(
         self,
-        func: Callable[P, R] | None = None,
+        func: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
@@ -357,7 +366,7 @@ class App:
         rate_limit: str | tuple[int, float | dt.timedelta] | None = None,
         limit_by: LimitBy = None,
         circuit_breaker: CircuitBreaker | None = None,
-    ) -> Task[P, R] | TaskDecorator:
+    ) -> Task[Any, Any] | TaskDecorator:
         """Register a function as a task, with or without options.
 
         ``async def`` functions run on the worker's event loop; plain ``def`` functions run in a
@@ -389,7 +398,9 @@ class App:
                 hold the task's jobs back for ``cooldown`` seconds, then run one probe.
 
         A parameter annotated :class:`JobContext` receives the running job's context instead of
-        an argument from the job.
+        an argument from the job. For type checkers the task is a ``Task[P, R]`` with the
+        function's parameters and return type, so ``defer``'s arguments are checked; make the
+        context parameter the first one so that ``P`` leaves it out.
 
         Returns:
             The :class:`Task` (or a decorator that makes one).
@@ -403,7 +414,7 @@ class App:
             ... async def send_email(to: str) -> None: ...
         """
 
-        def register(fn: Callable[P, R]) -> Task[P, R]:
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(fn) or inspect.isclass(fn):
                 raise TypeError(f"@app.task needs a function, got {fn!r}")
             if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
@@ -454,7 +465,7 @@ class App:
 
         if func is not None:
             return register(func)
-        return register  # type: ignore[return-value]  # mypy cannot match a generic def to a Protocol
+        return register
 
     def get_task(self, name: str) -> Task[..., Any]:
         """Return the registered task called *name*.
@@ -1061,14 +1072,27 @@ class App:
         """
         return await self._admin.list_breakers()
 
-    async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job:  # noqa: ASYNC109
+    @overload
+    async def wait_for(self, job_id: Job[T], *, timeout: float | None = None, poll_interval: float = 1.0) -> Job[T]: ...  # noqa: ASYNC109
+
+    @overload
+    async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job[Any]: ...  # noqa: ASYNC109
+
+    async def wait_for(
+        self,
+        job_id: Job[Any] | int,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        poll_interval: float = 1.0,
+    ) -> Job[Any]:
         """Wait until a job finishes and return it (with its ``result`` once completed).
 
         Woken by the workers' NOTIFY when jobs finish, with polling every *poll_interval* seconds
         as the fallback (each call holds one listening connection while it waits).
 
         Args:
-            job_id: the job's id.
+            job_id: the job's id, or the :class:`Job` that ``defer`` returned: then the result
+                is typed as the task's return type (``Job[int]`` for a task returning ``int``).
             timeout: seconds to wait at most (None: no limit).
             poll_interval: seconds between checks when no notification arrives.
 
@@ -1085,6 +1109,8 @@ class App:
             >>> (await app.wait_for(job.id, timeout=10)).result
             3
         """
+        if isinstance(job_id, Job):
+            job_id = job_id.id
         return await self._admin.wait_for(job_id, timeout=timeout, poll_interval=poll_interval)
 
     async def list_periodic(self) -> list[PeriodicInfo]:
