@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import keyword
 import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
@@ -61,14 +63,43 @@ Hook = Callable[[], Awaitable[None]]
 
 
 def _module_name(fn: Callable[..., Any]) -> str:
-    """The importable module name of *fn*: ``python -m pkg.mod`` runs it as ``__main__``, but a
-    worker that imports ``pkg.mod`` must find the same task name."""
+    """The importable module name of *fn*, which a worker that imports it finds the same task under.
+
+    A function of the program's main module has ``__module__ == "__main__"``. Run with
+    ``python -m pkg.mod``, the module's spec names it ``pkg.mod``. Run as ``python path/script.py``,
+    its name is the file's stem, prefixed by the packages (directories with ``__init__.py``) that
+    hold it: ``script`` or ``pkg.script``, what ``import`` calls it. Without a file (``python -c``,
+    a REPL, a notebook) nothing can import it, so only a worker in the same process runs its jobs,
+    and the name stays ``__main__``.
+
+    Raises:
+        ConfigurationError: the script's file name is not a module name (``my-jobs.py``); the
+            message asks for ``@app.task(name=...)``.
+    """
     module = fn.__module__
-    if module == "__main__":
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        if spec is not None and spec.name:
-            return str(spec.name)
-    return module
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return str(spec.name)
+    file = getattr(main, "__file__", None)
+    if not isinstance(file, str) or not file:
+        return module
+    path = Path(file).resolve()
+    if path.suffix != ".py" or not path.stem.isidentifier() or keyword.iskeyword(path.stem):
+        raise ConfigurationError(
+            f"@app.task on {fn.__qualname__!r}: it is defined in the script {file!r}, which a worker cannot "
+            f"import ({path.name!r} is not a module name), so its jobs would never run there; pass "
+            f"@app.task(name=...), for example name={fn.__qualname__!r}, so the script and the worker agree on "
+            "the name, or rename the file to a valid module name"
+        )
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return ".".join(parts)
 
 
 class TaskDecorator(Protocol):
@@ -373,7 +404,9 @@ class App:
         worker thread (at most ``open_worker(sync_threads=...)`` at once).
 
         Args:
-            name: the name jobs refer to; default ``module.qualname``.
+            name: the name jobs refer to; default ``module.qualname``. A function of a script run
+                as ``python script.py`` (module ``__main__``) is named by the module a worker
+                imports: ``script.qualname``.
             queue: the default queue of its jobs.
             priority: the default priority (higher runs first).
             max_attempts: attempts before a failing job is discarded (>= 1).
@@ -406,7 +439,8 @@ class App:
             The :class:`Task` (or a decorator that makes one).
 
         Raises:
-            ConfigurationError: an option is invalid or the name is taken by another function.
+            ConfigurationError: an option is invalid, the name is taken by another function, or
+                the function is in a script whose file name is not a module name and has no ``name=``.
             TypeError: the target is not a function.
 
         Example:
