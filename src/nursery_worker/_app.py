@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
+import anyio
 import attrs
 
 from ._admin import Admin
@@ -328,6 +329,35 @@ class App:
         """
         return self.driver.migrate_sync()
 
+    async def open(self) -> None:
+        """Open the engine now rather than on first use, so a wrong DSN fails here, not at the first defer.
+
+        PostgreSQL: one direct connection (it fails within ``connect_timeout`` with the server's
+        reason), then the connection pool, which fills in the background. The embedded engine:
+        the SQLite file and its connections, creating or upgrading its tables as on first use.
+        Opening an open app does nothing; after :meth:`aclose` the app can be opened again.
+        ``async with app:`` calls it on entry and :meth:`aclose` on exit.
+
+        Raises:
+            DatabaseError: the database cannot be reached (the message names the host, never
+                the password).
+            ConfigurationError: an invalid DSN or schema name.
+
+        Example:
+            >>> async with App(dsn="postgresql://app@db.internal/app") as app:
+            ...     await send_email.defer(to="ada@example.com")
+        """
+        await self.driver.open()
+
+    def open_sync(self) -> None:
+        """Like :meth:`open`, from synchronous code (blocks the calling thread); ``with app:`` calls it.
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+            ConfigurationError: an invalid DSN or schema name.
+        """
+        self.driver.open_sync()
+
     async def aclose(self) -> None:
         """Close the connection pool; the app reconnects if used again."""
         if self._driver is not None:
@@ -341,12 +371,25 @@ class App:
         self._engine_open = False
 
     async def __aenter__(self) -> App:
+        """Open the engine (:meth:`open`); leaving the block closes it (:meth:`aclose`)."""
+        try:
+            await self.open()
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # the block never ran: release what opened
+                await self.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def __enter__(self) -> App:
+        """Open the engine (:meth:`open_sync`); leaving the block closes it (:meth:`close`)."""
+        try:
+            self.open_sync()
+        except BaseException:
+            self.close()  # the block never ran: release what opened
+            raise
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
