@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "typing"
+EXAMPLE = ROOT / "examples" / "typed_tasks.py"
 PYRIGHT_CONFIG = CASES / "pyrightconfig.json"
 pytestmark = pytest.mark.slow
 
@@ -46,14 +47,14 @@ def pyright(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_typing_cases_pass_mypy(tmp_path: Path) -> None:
-    """mypy (strict, unused ignores are errors) accepts tests/typing: every expected error is there."""
-    result = mypy(CASES, cache=tmp_path / "cache")
+    """mypy (strict, unused ignores are errors) accepts tests/typing and the example, expected errors included."""
+    result = mypy(CASES, EXAMPLE, cache=tmp_path / "cache")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_typing_cases_pass_pyright() -> None:
-    """basedpyright (unnecessary ignores are errors) accepts tests/typing: every expected error is there."""
-    result = pyright(CASES)
+    """basedpyright (unnecessary ignores are errors) accepts tests/typing and the example, expected errors included."""
+    result = pyright(CASES, EXAMPLE)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 errors" in result.stdout
 
