@@ -327,7 +327,8 @@ class Task(Generic[P, R]):
     checkers (mypy, pyright) check the arguments of ``defer``, ``defer_sync``, ``job``,
     ``configure(...).defer`` and of the direct call against the function's signature, and type
     the returned :class:`Job` by the result (``Job[int]`` for ``async def f() -> int`` too). A
-    ``JobContext`` first parameter is left out of ``P``: the worker passes it, not the caller.
+    ``JobContext`` first parameter is left out of ``P``: the worker passes it, not the caller (to
+    call such a task directly, use ``nursery_worker.testing.run_task``, which passes one).
 
     Attributes:
         name: the registered name (default ``module.qualname``).
