@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, final, overload
 
 import anyio
 import attrs
@@ -103,8 +103,21 @@ def _module_name(fn: Callable[..., Any]) -> str:
     return ".".join(parts)
 
 
+@final
+class _Loose:
+    """A type that no annotation but ``Any`` and ``object`` accepts (never instantiated).
+
+    The first overloads of ``App.task`` match a function whose first parameter takes it, which a
+    checker would otherwise take for the ``JobContext`` and leave out of ``defer``'s arguments:
+    such a task is a ``Task[..., R]``, its arguments unchecked rather than wrongly refused.
+    """
+
+
 class TaskDecorator(Protocol):
     """What ``@app.task(...)`` with options returns: it turns a function into a :class:`Task`."""
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[_Loose, P], R], /) -> Task[..., R]: ...
 
     @overload
     def __call__(self, func: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
@@ -397,7 +410,11 @@ class App:
 
     # --- tasks --------------------------------------------------------------------------------
 
-    # A first parameter that takes the JobContext is the worker's to pass: it is left out of P.
+    # A first parameter that takes the JobContext is the worker's to pass: it is left out of P. One
+    # that takes anything (Any, object) would match too: _Loose sends it to Task[..., R] first.
+    @overload
+    def task(self, func: Callable[Concatenate[_Loose, P], R], /) -> Task[..., R]: ...
+
     @overload
     def task(self, func: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
 

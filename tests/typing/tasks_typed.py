@@ -35,6 +35,22 @@ def double(x: int) -> int:
 
 
 @app.task
+def loose(payload: Any, tries: int = 1) -> int:
+    """A first parameter typed Any (or object) is not taken for the context: arguments unchecked."""
+    return tries
+
+
+@app.task(queue="loose")
+def loose_object(payload: object) -> str:
+    return str(payload)
+
+
+@app.task
+async def optional_context(context: JobContext | None, name: str) -> str:
+    return name
+
+
+@app.task
 async def no_args() -> dict[str, list[int]]:
     return {}
 
@@ -49,6 +65,10 @@ async def async_side() -> None:
     assert_type(await render.defer(name="x", pages=2), Job[str])
     assert_type(await greet.defer(name="ada"), Job[None])
     assert_type(await no_args.defer(), Job[dict[str, list[int]]])
+    loose_job: Job[int] = await loose.defer(payload={"a": 1}, tries=2, anything="unchecked")  # mypy: Job[Any]
+    object_job: Job[str] = await loose_object.defer(payload=[1])
+    del loose_job, object_job
+    assert_type(await optional_context.defer(name="ada"), Job[str])
     assert_type(await add.configure(priority=5).defer(a=1), Job[int])
     assert_type((await app.wait_for(job)).result, int)
     assert_type(await app.wait_for(job.id), Job[Any])
@@ -62,6 +82,7 @@ async def async_side() -> None:
     await render.defer(name="x")  # type: ignore[call-arg]
     await render.defer("x", 2)  # type: ignore[call-arg]
     await greet.defer(name="ada", context=None)  # type: ignore[call-overload]
+    await optional_context.defer(name=1)  # type: ignore[call-overload]
     add.job(a=None)  # type: ignore[arg-type]
     add.configure().job(b=1)  # type: ignore[call-arg]
     wrong: Job[str] = await add.defer(a=1)  # type: ignore[assignment]
