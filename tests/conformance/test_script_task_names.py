@@ -97,3 +97,12 @@ def test_a_script_whose_file_name_is_not_a_module_is_refused(
     assert result.returncode == 1
     assert "ConfigurationError" in result.stderr
     assert "'my-jobs.py' is not a module name" in result.stderr and "@app.task(name=...)" in result.stderr
+
+
+def test_a_module_run_with_dash_m_keeps_its_module_name(tmp_path: Path, engine_dsn: str, engine_schema: str) -> None:
+    """``python -m pkg.jobs_script`` names its task ``pkg.jobs_script.shout``, as an import of it does."""
+    write_script(tmp_path / "pkg", "jobs_script.py")
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    enqueued = run([sys.executable, "-m", "pkg.jobs_script"], cwd=tmp_path, dsn=engine_dsn, schema=engine_schema)
+    assert enqueued.returncode == 0, enqueued.stderr
+    assert enqueued.stdout.split()[0] == "pkg.jobs_script.shout"
