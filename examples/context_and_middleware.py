@@ -37,8 +37,8 @@ async def audit(context: JobContext, result: Any, error: BaseException | None) -
 
 
 @app.task(timeout=5)
-async def greet(name: str, context: JobContext) -> str:
-    """The context is not an argument of the job: defer(name=...) only."""
+async def greet(context: JobContext, name: str) -> str:
+    """The context is not an argument of the job: defer(name=...) only (first, type checkers leave it out too)."""
     assert context.deadline is not None
     return f"hello {name} from job {context.job_id} on queue {context.queue}"
 

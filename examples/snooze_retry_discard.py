@@ -13,7 +13,7 @@ app = App(schema="example_steer")
 
 
 @app.task
-async def wait_for_export(export_id: str, context: JobContext) -> str:
+async def wait_for_export(context: JobContext, export_id: str) -> str:
     """Polls something that is not ready yet: snoozing does not use up attempts."""
     if not await _export_ready(context):
         raise Snooze(0.3)
@@ -29,7 +29,7 @@ async def _export_ready(context: JobContext) -> bool:
 
 
 @app.task(max_attempts=5, retry=LinearBackoff(base=0.1, step=0.1))
-async def call_api(endpoint: str, context: JobContext) -> str:
+async def call_api(context: JobContext, endpoint: str) -> str:
     """Rate limited on the first attempt: it chooses when to retry, instead of its policy."""
     if context.attempt == 1:
         raise Retry(after=0.3, reason="429 Too Many Requests; Retry-After: 0.3")

@@ -50,6 +50,7 @@ def drop(schema: str) -> None:
         ("embedded_sqlite", "example_embedded_sqlite", "receipts sent for orders [1]: 'receipt #1'"),
         ("dashboard", "example_dashboard", "job page: 200 True False"),
         ("bulk_operations", "example_bulk_ops", "deleted 2400 cancelled job(s) and job"),
+        ("typed_tasks", "example_typed", "add(2, b=3) -> 5; word_count -> [('be', 2),"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
+import keyword
 import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, final, overload
 
 import anyio
 import anyio.to_thread
@@ -60,6 +62,7 @@ SCHEMA_ENV_VAR = "NURSERY_WORKER_SCHEMA"
 DEFAULT_SCHEMA = "nursery_worker"
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 Hook = Callable[[], Awaitable[None]]
 
 
@@ -98,19 +101,65 @@ def _blocking(fn: Callable[..., Awaitable[R]], *args: Any) -> R:
 
 
 def _module_name(fn: Callable[..., Any]) -> str:
-    """The importable module name of *fn*: ``python -m pkg.mod`` runs it as ``__main__``, but a
-    worker that imports ``pkg.mod`` must find the same task name."""
+    """The importable module name of *fn*, which a worker that imports it finds the same task under.
+
+    A function of the program's main module has ``__module__ == "__main__"``. Run with
+    ``python -m pkg.mod``, the module's spec names it ``pkg.mod``. Run as ``python path/script.py``,
+    its name is the file's stem, prefixed by the packages (directories with ``__init__.py``) that
+    hold it: ``script`` or ``pkg.script``, what ``import`` calls it. Without a file (``python -c``,
+    a REPL, a notebook) nothing can import it, so only a worker in the same process runs its jobs,
+    and the name stays ``__main__``.
+
+    Raises:
+        ConfigurationError: the script's file name is not a module name (``my-jobs.py``); the
+            message asks for ``@app.task(name=...)``.
+    """
     module = fn.__module__
-    if module == "__main__":
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        if spec is not None and spec.name:
-            return str(spec.name)
-    return module
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return str(spec.name)
+    file = getattr(main, "__file__", None)
+    if not isinstance(file, str) or not file:
+        return module
+    path = Path(file).resolve()
+    if path.suffix != ".py" or not path.stem.isidentifier() or keyword.iskeyword(path.stem):
+        raise ConfigurationError(
+            f"@app.task on {fn.__qualname__!r}: it is defined in the script {file!r}, which a worker cannot "
+            f"import ({path.name!r} is not a module name), so its jobs would never run there; pass "
+            f"@app.task(name=...), for example name={fn.__qualname__!r}, so the script and the worker agree on "
+            "the name, or rename the file to a valid module name"
+        )
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return ".".join(parts)
+
+
+@final
+class _Loose:
+    """A type that no annotation but ``Any`` and ``object`` accepts (never instantiated).
+
+    The first overloads of ``App.task`` match a function whose first parameter takes it, which a
+    checker would otherwise take for the ``JobContext`` and leave out of ``defer``'s arguments:
+    such a task is a ``Task[..., R]``, its arguments unchecked rather than wrongly refused.
+    """
 
 
 class TaskDecorator(Protocol):
     """What ``@app.task(...)`` with options returns: it turns a function into a :class:`Task`."""
 
+    @overload
+    def __call__(self, func: Callable[Concatenate[_Loose, P], R], /) -> Task[..., R]: ...
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
+
+    @overload
     def __call__(self, func: Callable[P, R], /) -> Task[P, R]: ...
 
 
@@ -354,6 +403,35 @@ class App:
         """
         return self.driver.pending_migrations_sync()
 
+    async def open(self) -> None:
+        """Open the engine now rather than on first use, so a wrong DSN fails here, not at the first defer.
+
+        PostgreSQL: one direct connection (it fails within ``connect_timeout`` with the server's
+        reason), then the connection pool, which fills in the background. The embedded engine:
+        the SQLite file and its connections, creating or upgrading its tables as on first use.
+        Opening an open app does nothing; after :meth:`aclose` the app can be opened again.
+        ``async with app:`` calls it on entry and :meth:`aclose` on exit.
+
+        Raises:
+            DatabaseError: the database cannot be reached (the message names the host, never
+                the password).
+            ConfigurationError: an invalid DSN or schema name.
+
+        Example:
+            >>> async with App(dsn="postgresql://app@db.internal/app") as app:
+            ...     await send_email.defer(to="ada@example.com")
+        """
+        await self.driver.open()
+
+    def open_sync(self) -> None:
+        """Like :meth:`open`, from synchronous code (blocks the calling thread); ``with app:`` calls it.
+
+        Raises:
+            DatabaseError: the database cannot be reached.
+            ConfigurationError: an invalid DSN or schema name.
+        """
+        self.driver.open_sync()
+
     async def aclose(self) -> None:
         """Close the connection pool; the app reconnects if used again."""
         if self._driver is not None:
@@ -367,18 +445,39 @@ class App:
         self._engine_open = False
 
     async def __aenter__(self) -> App:
+        """Open the engine (:meth:`open`); leaving the block closes it (:meth:`aclose`)."""
+        try:
+            await self.open()
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # the block never ran: release what opened
+                await self.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def __enter__(self) -> App:
+        """Open the engine (:meth:`open_sync`); leaving the block closes it (:meth:`close`)."""
+        try:
+            self.open_sync()
+        except BaseException:
+            self.close()  # the block never ran: release what opened
+            raise
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     # --- tasks --------------------------------------------------------------------------------
+
+    # A first parameter that takes the JobContext is the worker's to pass: it is left out of P. One
+    # that takes anything (Any, object) would match too: _Loose sends it to Task[..., R] first.
+    @overload
+    def task(self, func: Callable[Concatenate[_Loose, P], R], /) -> Task[..., R]: ...
+
+    @overload
+    def task(self, func: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
 
     @overload
     def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
@@ -404,7 +503,7 @@ class App:
 
     def task(
         self,
-        func: Callable[P, R] | None = None,
+        func: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
@@ -419,14 +518,16 @@ class App:
         rate_limit: str | tuple[int, float | dt.timedelta] | None = None,
         limit_by: LimitBy = None,
         circuit_breaker: CircuitBreaker | None = None,
-    ) -> Task[P, R] | TaskDecorator:
+    ) -> Task[Any, Any] | TaskDecorator:
         """Register a function as a task, with or without options.
 
         ``async def`` functions run on the worker's event loop; plain ``def`` functions run in a
         worker thread (at most ``open_worker(sync_threads=...)`` at once).
 
         Args:
-            name: the name jobs refer to; default ``module.qualname``.
+            name: the name jobs refer to; default ``module.qualname``. A function of a script run
+                as ``python script.py`` (module ``__main__``) is named by the module a worker
+                imports: ``script.qualname``.
             queue: the default queue of its jobs.
             priority: the default priority (higher runs first).
             max_attempts: attempts before a failing job is discarded (>= 1).
@@ -451,13 +552,16 @@ class App:
                 hold the task's jobs back for ``cooldown`` seconds, then run one probe.
 
         A parameter annotated :class:`JobContext` receives the running job's context instead of
-        an argument from the job.
+        an argument from the job. For type checkers the task is a ``Task[P, R]`` with the
+        function's parameters and return type, so ``defer``'s arguments are checked; make the
+        context parameter the first one so that ``P`` leaves it out.
 
         Returns:
             The :class:`Task` (or a decorator that makes one).
 
         Raises:
-            ConfigurationError: an option is invalid or the name is taken by another function.
+            ConfigurationError: an option is invalid, the name is taken by another function, or
+                the function is in a script whose file name is not a module name and has no ``name=``.
             TypeError: the target is not a function.
 
         Example:
@@ -465,7 +569,7 @@ class App:
             ... async def send_email(to: str) -> None: ...
         """
 
-        def register(fn: Callable[P, R]) -> Task[P, R]:
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(fn) or inspect.isclass(fn):
                 raise TypeError(f"@app.task needs a function, got {fn!r}")
             if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
@@ -516,7 +620,7 @@ class App:
 
         if func is not None:
             return register(func)
-        return register  # type: ignore[return-value]  # mypy cannot match a generic def to a Protocol
+        return register
 
     def queue_names(self) -> tuple[str, ...]:
         """The queues this app names: ``default``, and each queue of a registered task or periodic schedule.
@@ -1338,14 +1442,27 @@ class App:
         """
         return await self._admin.list_breakers()
 
-    async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job:  # noqa: ASYNC109
+    @overload
+    async def wait_for(self, job_id: Job[T], *, timeout: float | None = None, poll_interval: float = 1.0) -> Job[T]: ...  # noqa: ASYNC109
+
+    @overload
+    async def wait_for(self, job_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> Job[Any]: ...  # noqa: ASYNC109
+
+    async def wait_for(
+        self,
+        job_id: Job[Any] | int,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        poll_interval: float = 1.0,
+    ) -> Job[Any]:
         """Wait until a job finishes and return it (with its ``result`` once completed).
 
         Woken by the workers' NOTIFY when jobs finish, with polling every *poll_interval* seconds
         as the fallback (each call holds one listening connection while it waits).
 
         Args:
-            job_id: the job's id.
+            job_id: the job's id, or the :class:`Job` that ``defer`` returned: then the result
+                is typed as the task's return type (``Job[int]`` for a task returning ``int``).
             timeout: seconds to wait at most (None: no limit).
             poll_interval: seconds between checks when no notification arrives.
 
@@ -1362,6 +1479,8 @@ class App:
             >>> (await app.wait_for(job.id, timeout=10)).result
             3
         """
+        if isinstance(job_id, Job):
+            job_id = job_id.id
         return await self._admin.wait_for(job_id, timeout=timeout, poll_interval=poll_interval)
 
     async def list_periodic(self) -> list[PeriodicInfo]:

@@ -32,7 +32,7 @@ class JobContext:
 
     Example:
         >>> @app.task
-        ... async def import_file(path: str, context: JobContext) -> None:
+        ... async def import_file(context: JobContext, path: str) -> None:
         ...     log.info("job %d attempt %d on %s", context.job_id, context.attempt, context.worker_id)
     """
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic
 
 import attrs
+from typing_extensions import TypeVar
 
 from ._state import JobState, Transition
+
+#: The type of a job's result: ``Job[int]`` for a task returning ``int`` (``Job`` alone: ``Job[Any]``).
+ResultT = TypeVar("ResultT", covariant=True, default=Any)
 
 
 @attrs.frozen(kw_only=True)
@@ -35,8 +39,12 @@ class JobError:
 
 
 @attrs.frozen(kw_only=True)
-class Job:
+class Job(Generic[ResultT]):
     """A snapshot of one job row. It does not change when the row does: call ``app.get_job`` again.
+
+    Generic in the task's return type for type checkers: ``await add.defer(a=1, b=2)`` is a
+    ``Job[int]`` when ``add`` returns ``int`` (``async def`` tasks: the awaited type), and
+    ``app.wait_for(job)`` returns the same ``Job[int]``. A job read by id is ``Job[Any]``.
 
     Attributes:
         id: the job's id (a PostgreSQL bigint).
@@ -53,7 +61,8 @@ class Job:
         finished_at: when it reached a terminal state, or None.
         errors: the recorded failures, oldest first (capped to the most recent ones).
         worker_id: the worker running it while ``state`` is executing, else None.
-        result: the task's return value (JSON) once completed, else None.
+        result: the task's return value (JSON) once completed, else None. Typed as the task's
+            return type; it holds what JSON gave back (a tuple comes back as a list).
         cancel_requested_at: when a cancel was requested while it was executing, or None.
         unique_key: the key that keeps it unique among its task's jobs, or None.
         retry_policy: a per-job retry policy (as stored, JSON), or None for the task's.
@@ -79,7 +88,7 @@ class Job:
     finished_at: dt.datetime | None = None
     errors: tuple[JobError, ...] = ()
     worker_id: str | None = None
-    result: Any = None
+    result: ResultT = attrs.field(default=None)
     cancel_requested_at: dt.datetime | None = None
     unique_key: str | None = None
     retry_policy: Mapping[str, Any] | None = None

@@ -9,8 +9,8 @@ import json
 import math
 import re
 import typing
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     from ._app import App
 
 P = ParamSpec("P")
-R = TypeVar("R")
+#: The function's return type (a coroutine for ``async def``); covariant so a checker can match
+#: ``Task[P, Coroutine[Any, Any, T]]`` and give ``defer`` the awaited type.
+R = TypeVar("R", covariant=True)
+T = TypeVar("T")
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,99}")
 _TASK_NAME = re.compile(r"[^\s\x00-\x1f\x7f\ud800-\udfff]{1,255}")
@@ -320,6 +323,13 @@ class Task(Generic[P, R]):
 
     Calling the task object itself calls the function directly (handy in tests).
 
+    ``Task[P, R]`` is generic in the function's parameters ``P`` and return type ``R``, so type
+    checkers (mypy, pyright) check the arguments of ``defer``, ``defer_sync``, ``job``,
+    ``configure(...).defer`` and of the direct call against the function's signature, and type
+    the returned :class:`Job` by the result (``Job[int]`` for ``async def f() -> int`` too). A
+    ``JobContext`` first parameter is left out of ``P``: the worker passes it, not the caller (to
+    call such a task directly, use ``nursery_worker.testing.run_task``, which passes one).
+
     Attributes:
         name: the registered name (default ``module.qualname``).
         func: the decorated function.
@@ -370,7 +380,10 @@ class Task(Generic[P, R]):
         self._required = frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
         self._any_keyword = inspect.Parameter.VAR_KEYWORD in kinds
         self._simple = not kinds & {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY}
-        self._plain_call: TaskCall | None = None
+        self._positional = tuple(
+            p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
+        self._plain_call: TaskCall[P, R] | None = None
         functools.update_wrapper(self, func)
 
     def __repr__(self) -> str:
@@ -383,6 +396,45 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
+
+    def keywords(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, where: str) -> dict[str, Any]:
+        """The job's keyword arguments from a call's positional and keyword arguments.
+
+        Jobs store their arguments by name, so ``f.defer(1, b=2)`` for ``def f(a, b)`` stores
+        ``{"a": 1, "b": 2}`` (the types of ``defer`` allow what a direct call allows).
+
+        Args:
+            args: the positional arguments of the call.
+            kwargs: its keyword arguments.
+            where: the method, for the message.
+
+        Returns:
+            *kwargs* itself when there are no positional arguments, else a new dict with both.
+
+        Raises:
+            TypeError: too many positional arguments, one that lands on a positional-only
+                parameter, or a parameter given twice.
+        """
+        if not args:
+            return kwargs
+        signature = f"{self.func.__name__}{self.signature}"
+        if len(args) > len(self._positional):
+            raise TypeError(
+                f"{self.name}.{where}(): takes {len(self._positional)} positional argument(s) but {len(args)} were "
+                f"given; pass the others by keyword (signature: {signature})"
+            )
+        merged: dict[str, Any] = {}
+        for param, value in zip(self._positional, args, strict=False):
+            if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                raise TypeError(
+                    f"{self.name}.{where}(): parameter {param.name!r} is positional-only and jobs pass arguments by "
+                    f"keyword; remove the '/' from the signature (signature: {signature})"
+                )
+            if param.name in kwargs:
+                raise TypeError(f"{self.name}.{where}(): got multiple values for argument {param.name!r}")
+            merged[param.name] = value
+        merged.update(kwargs)
+        return merged
 
     def fits(self, kwargs: Mapping[str, Any]) -> bool:
         """True if *kwargs* surely fit the function (False: ask ``signature.bind`` to be sure)."""
@@ -404,7 +456,7 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             raise TypeError(f"{self.name}.defer(): {exc} (signature: {self.func.__name__}{self.signature})") from None
 
-    def _plain(self) -> TaskCall:
+    def _plain(self) -> TaskCall[P, R]:
         """``configure()`` with no options, made once."""
         if self._plain_call is None:
             self._plain_call = self.configure()
@@ -423,7 +475,7 @@ class Task(Generic[P, R]):
         unique_states: typing.Iterable[str] | None = None,
         retry: Any = None,
         depends_on: typing.Iterable[Job | JobSpec | int] | Job | JobSpec | int | None = None,
-    ) -> TaskCall:
+    ) -> TaskCall[P, R]:
         """Return a deferrer with per-job options.
 
         Args:
@@ -486,10 +538,11 @@ class Task(Generic[P, R]):
             depends_on=check_depends_on(depends_on, where=where),
         )
 
-    def job(self, **kwargs: Any) -> JobSpec:
+    def job(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec:
         """Validate arguments into a :class:`JobSpec` for ``app.defer_many``, writing nothing.
 
         Args:
+            *args: the function's arguments by position (stored by name).
             **kwargs: the function's keyword arguments (JSON values).
 
         Returns:
@@ -499,12 +552,19 @@ class Task(Generic[P, R]):
             TypeError: the arguments do not fit the function or are not JSON.
             ValueError: NaN/Infinity, a NUL character, or arguments that are too large.
         """
-        return self._plain().job(**kwargs)
+        return self._plain().job(*args, **kwargs)
 
-    async def defer(self, **kwargs: Any) -> Job:
-        """Enqueue one job with these keyword arguments.
+    @overload
+    async def defer(self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+
+    @overload
+    async def defer(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+
+    async def defer(self, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Enqueue one job with these arguments.
 
         Args:
+            *args: the function's arguments by position (stored by name).
             **kwargs: the function's keyword arguments (JSON values).
 
         Returns:
@@ -516,25 +576,32 @@ class Task(Generic[P, R]):
             DatabaseError: the database cannot be reached.
             SchemaNotReady: the schema is not migrated.
         """
-        return await self._plain().defer(**kwargs)
+        return await self._plain().defer(*args, **kwargs)
 
-    def defer_sync(self, **kwargs: Any) -> Job:
+    @overload
+    def defer_sync(self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+
+    @overload
+    def defer_sync(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+
+    def defer_sync(self, *args: Any, **kwargs: Any) -> Job[Any]:
         """Like :meth:`defer`, for synchronous code (blocks the calling thread).
 
         Args:
+            *args: the function's arguments by position (stored by name).
             **kwargs: the function's keyword arguments (JSON values).
 
         Returns:
             The inserted :class:`Job`.
         """
-        return self._plain().defer_sync(**kwargs)
+        return self._plain().defer_sync(*args, **kwargs)
 
 
 @attrs.frozen(kw_only=True)
-class TaskCall:
-    """A task with per-job options, from ``task.configure(...)``."""
+class TaskCall(Generic[P, R]):
+    """A task with per-job options, from ``task.configure(...)``; typed like its :class:`Task`."""
 
-    task: Task[..., Any]
+    task: Task[P, R]
     queue: str
     priority: int
     max_attempts: int
@@ -546,10 +613,11 @@ class TaskCall:
     retry_policy: dict[str, Any] | None = None
     depends_on: tuple[int | JobSpec, ...] = ()
 
-    def job(self, **kwargs: Any) -> JobSpec:
+    def job(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec:
         """Validate arguments into a :class:`JobSpec`, writing nothing.
 
         Args:
+            *args: the function's arguments by position (stored by name).
             **kwargs: the function's keyword arguments (JSON values).
 
         Returns:
@@ -559,16 +627,17 @@ class TaskCall:
             TypeError: the arguments do not fit the function or are not JSON.
             ValueError: NaN/Infinity, a NUL character, or arguments above ``App(max_args_bytes=...)``.
         """
+        named = self.task.keywords(args, kwargs, where="defer")
         depends_on = self.depends_on
-        if "depends_on" in kwargs and "depends_on" not in self.task._names:
+        if "depends_on" in named and "depends_on" not in self.task._names:
             # A job option, unless the function itself takes a parameter of that name.
-            extra = check_depends_on(kwargs.pop("depends_on"), where=f"{self.task.name}.job()")
+            extra = check_depends_on(named.pop("depends_on"), where=f"{self.task.name}.job()")
             depends_on = depends_on + tuple(d for d in extra if not any(d is e for e in depends_on))
-        self.task.check_args(kwargs)
+        self.task.check_args(named)
         spec = build_spec(
             retry_policy=self.retry_policy,
             task=self.task.name,
-            kwargs=kwargs,
+            kwargs=named,
             max_bytes=self.task.app.max_args_bytes,
             queue=self.queue,
             priority=self.priority,
@@ -598,30 +667,44 @@ class TaskCall:
         key = resolve_unique_key(self.unique_key, key_args, where=f"{self.task.name}.job()")
         return attrs.evolve(spec, unique_key=key, unique_states=self.unique_states)
 
-    async def defer(self, **kwargs: Any) -> Job:
+    @overload
+    async def defer(self: TaskCall[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+
+    @overload
+    async def defer(self: TaskCall[P, T], *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+
+    async def defer(self, *args: Any, **kwargs: Any) -> Job[Any]:
         """Enqueue one job with these options; see :meth:`Task.defer` for what it raises.
 
         Args:
+            *args: the function's arguments by position (stored by name).
             **kwargs: the function's keyword arguments (JSON values).
 
         Returns:
             The inserted :class:`Job`.
         """
-        with defer_span([self.job(**kwargs)]) as deferring:
+        with defer_span([self.job(*args, **kwargs)]) as deferring:
             (job,) = await self.task.app.driver.insert_jobs(deferring.specs, connection=self.connection)
             deferring.inserted([job])
         return job
 
-    def defer_sync(self, **kwargs: Any) -> Job:
+    @overload
+    def defer_sync(self: TaskCall[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+
+    @overload
+    def defer_sync(self: TaskCall[P, T], *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+
+    def defer_sync(self, *args: Any, **kwargs: Any) -> Job[Any]:
         """Enqueue one job from synchronous code; see :meth:`Task.defer` for what it raises.
 
         Args:
+            *args: the function's arguments by position (stored by name).
             **kwargs: the function's keyword arguments (JSON values).
 
         Returns:
             The inserted :class:`Job`.
         """
-        with defer_span([self.job(**kwargs)]) as deferring:
+        with defer_span([self.job(*args, **kwargs)]) as deferring:
             (job,) = self.task.app.driver.insert_jobs_sync(deferring.specs, connection=self.connection)
             deferring.inserted([job])
         return job

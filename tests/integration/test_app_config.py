@@ -3,6 +3,7 @@ what happens when it is missing, malformed or unreachable, and that a password n
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ def test_repr_of_app_never_shows_the_password(secret_dsn: str) -> None:
 
 async def test_unreachable_database_raises_database_error_without_the_password(schema: str) -> None:
     """defer against a closed port raises DatabaseError within seconds, naming the host but not the password."""
-    async with App(dsn=UNREACHABLE, schema=schema, connect_timeout=2) as app:
+    # aclosing, not ``async with app``: that opens the engine on entry; these test the first call.
+    async with contextlib.aclosing(App(dsn=UNREACHABLE, schema=schema, connect_timeout=2)) as app:
 
         @app.task
         async def send(to: str) -> None: ...
@@ -169,7 +171,8 @@ async def test_unreachable_database_raises_database_error_without_the_password(s
 
 async def test_unreachable_database_makes_migrate_raise_database_error_without_the_password(schema: str) -> None:
     """app.migrate against a closed port raises DatabaseError without the password."""
-    async with App(dsn=UNREACHABLE, schema=schema, connect_timeout=2) as app:
+    # aclosing, not ``async with app``: that opens the engine on entry; these test the first call.
+    async with contextlib.aclosing(App(dsn=UNREACHABLE, schema=schema, connect_timeout=2)) as app:
         with anyio.fail_after(10), pytest.raises(DatabaseError) as info:
             await app.migrate()
 
@@ -179,7 +182,8 @@ async def test_unreachable_database_makes_migrate_raise_database_error_without_t
 
 async def test_unreachable_database_makes_get_job_raise_database_error(schema: str) -> None:
     """app.get_job against a closed port raises DatabaseError without the password."""
-    async with App(dsn=UNREACHABLE, schema=schema, connect_timeout=2) as app:
+    # aclosing, not ``async with app``: that opens the engine on entry; these test the first call.
+    async with contextlib.aclosing(App(dsn=UNREACHABLE, schema=schema, connect_timeout=2)) as app:
         with anyio.fail_after(10), pytest.raises(DatabaseError) as info:
             await app.get_job(1)
 
@@ -189,8 +193,8 @@ async def test_unreachable_database_makes_get_job_raise_database_error(schema: s
 
 async def test_a_missing_database_raises_database_error_naming_it(schema: str) -> None:
     """A DSN naming a database that does not exist makes defer raise DatabaseError that says so."""
-    async with App(
-        dsn=f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/no_such_db_nw", schema=schema, connect_timeout=2
+    async with contextlib.aclosing(
+        App(dsn=f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/no_such_db_nw", schema=schema, connect_timeout=2)
     ) as app:
 
         @app.task

@@ -83,6 +83,9 @@ class Driver(Protocol):
     async def open(self) -> None:
         """Connect (or verify the engine is reachable); raise ``DatabaseError`` within seconds if not."""
 
+    def open_sync(self) -> None:
+        """Like :meth:`open`, from synchronous code (blocks the calling thread)."""
+
     async def aclose(self) -> None:
         """Release every connection."""
 

@@ -269,6 +269,9 @@ class PostgresConnections:
     async def open(self) -> None:
         await anyio.to_thread.run_sync(self._get_pool)
 
+    def open_sync(self) -> None:
+        self._get_pool()
+
     def close_sync(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None

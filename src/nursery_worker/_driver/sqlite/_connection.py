@@ -281,6 +281,9 @@ class SqliteConnections:
     async def open(self) -> None:
         await anyio.to_thread.run_sync(self._connections)
 
+    def open_sync(self) -> None:
+        self._connections()
+
     def close_sync(self) -> None:
         with self._open_lock:
             with self._writer_lock:
