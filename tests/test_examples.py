@@ -49,6 +49,7 @@ def drop(schema: str) -> None:
         ("periodic", "example_periodic", "job(s): each tick enqueued once"),
         ("embedded_sqlite", "example_embedded_sqlite", "receipts sent for orders [1]: 'receipt #1'"),
         ("fastapi_app", "example_fastapi", "completed: welcome mail sent to ada@example.com"),
+        ("django_project", "example_django", "receipts sent: ['tea']"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:
