@@ -124,14 +124,23 @@ async def test_worker_runs_the_job_enqueued_in_the_transaction(jobs: App) -> Non
     assert await orm(order_items, receipt_sent=True) == ["tea"]
 
 
+#: The two ways to start the worker: the plain CLI on the app module that sets Django up, and the
+#: management command.
+WORKER_COMMANDS = {
+    "cli": ["-m", "nursery_worker", "run"],
+    "manage.py": ["examples/django_project/manage.py", "nursery_worker", "run"],
+}
+
+
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_plain_cli_runs_the_job_with_the_app_module_that_sets_django_up(django_schema: str) -> None:
-    """`nursery-worker run --app examples.django_project.jobs:app` (no manage.py) runs the ORM task."""
+@pytest.mark.parametrize("how", sorted(WORKER_COMMANDS))
+async def test_worker_started_from_the_command_line_runs_the_orm_task(django_schema: str, how: str) -> None:
+    """`nursery-worker run` and `manage.py nursery_worker run` on examples.django_project.jobs:app run the job."""
     from examples.django_project.shop.models import Order
     from examples.django_project.shop.tasks import app, place_order
 
-    # The CLI takes the app's schema from the settings: the jobs go where the Django tables are.
+    # The command line takes the app's schema from the settings: the jobs go where the Django tables are.
     assert app.schema == django_schema
     await orm(lambda: Order.objects.all().delete())
     try:
@@ -141,7 +150,7 @@ async def test_plain_cli_runs_the_job_with_the_app_module_that_sets_django_up(dj
         await app.aclose()
     env = {**os.environ, "NURSERY_WORKER_DSN": TEST_DSN, "NURSERY_WORKER_SCHEMA": django_schema}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    command = [sys.executable, "-m", "nursery_worker", "run", "--app", "examples.django_project.jobs:app"]
+    command = [sys.executable, *WORKER_COMMANDS[how], "--app", "examples.django_project.jobs:app"]
     done = await anyio.run_process([*command, "--queues", "receipts", "--once"], cwd=ROOT, env=env, check=False)
     assert done.returncode == 0, done.stderr.decode()
     assert "processed 1 job(s): 1 completed" in done.stdout.decode()
