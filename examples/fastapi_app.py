@@ -83,7 +83,7 @@ async def main() -> None:
     import httpx
     from asgi_lifespan import LifespanManager
 
-    async with LifespanManager(api) as manager:
+    async with LifespanManager(api, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             created = (await client.post("/signups", params={"email": "ada@example.com"})).json()

@@ -17,7 +17,7 @@ from nursery_worker.testing import drain
 async def client(engine_dsn: str, engine_schema: str) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the example's app, its lifespan running, its jobs on the test's database."""
     fastapi_app.jobs.configure_database(dsn=engine_dsn, schema=engine_schema)
-    async with LifespanManager(fastapi_app.api) as manager:
+    async with LifespanManager(fastapi_app.api, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
             yield http
@@ -40,7 +40,7 @@ async def test_without_the_embedded_worker_jobs_wait_for_a_separate_worker(
     """With NURSERY_WORKER_EMBEDDED=0 the web app only enqueues; a worker of its own runs the job."""
     monkeypatch.setenv("NURSERY_WORKER_EMBEDDED", "0")
     fastapi_app.jobs.configure_database(dsn=engine_dsn, schema=engine_schema)
-    async with LifespanManager(fastapi_app.api) as manager:
+    async with LifespanManager(fastapi_app.api, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
             job_id = (await http.post("/signups", params={"email": "bob@example.com"})).json()["job_id"]
