@@ -32,6 +32,8 @@ def drop(schema: str) -> None:
     ("module", "schema", "expected"),
     [
         ("embedded_worker", "example_embedded", "fetched https://example.com/4"),
+        ("fastapi_app", "example_fastapi", "completed: welcome mail sent to ada@example.com"),
+        ("django_project", "example_django", "receipts sent: ['tea']"),
         ("retries_and_timeouts", "example_retries", "completed after 3 attempt(s)"),
         ("transactional_enqueue", "example_transactional", "receipt jobs enqueued for orders: ['1']"),
         ("bulk_enqueue", "example_bulk", "worked 10000 jobs"),

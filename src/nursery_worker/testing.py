@@ -6,6 +6,11 @@
   says what happened to each attempt.
 * :func:`isolated_schema` points an app at a fresh, migrated schema for one test and drops it after,
   so tests run in parallel and in any order.
+* :func:`isolated_database` does the same from synchronous code (a plain pytest fixture), on
+  PostgreSQL (a throwaway schema) or on a fresh SQLite file; :class:`JobsUnderTest` wraps the
+  isolated app with what a test asserts (what was enqueued) and does (drain).
+* The pytest plugin (:mod:`nursery_worker.pytest_plugin`, installed with the package) turns these
+  into fixtures: ``nursery_worker_jobs`` and friends.
 
 Example (pytest with the anyio plugin)::
 
@@ -27,9 +32,12 @@ Example (pytest with the anyio plugin)::
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -44,7 +52,15 @@ from ._state import Cancelled, Failed, JobState, Outcome, Released, Snoozed, Suc
 from ._task import Task
 from ._worker import open_worker
 
-__all__ = ["DrainResult", "drain", "isolated_schema", "make_context", "run_task"]
+__all__ = [
+    "DrainResult",
+    "JobsUnderTest",
+    "drain",
+    "isolated_database",
+    "isolated_schema",
+    "make_context",
+    "run_task",
+]
 
 
 def make_context(
@@ -249,3 +265,180 @@ async def isolated_schema(app: App, *, prefix: str = "nw_test") -> AsyncIterator
             finally:
                 await app.aclose()
                 app.configure_database(schema=previous)
+
+
+def _in_own_loop(app: App, *, drop: bool) -> None:
+    """Drop the app's schema (if *drop*) and close its engine, on an event loop of a thread of its own.
+
+    The fixture that calls this is synchronous and may run its teardown while the test's event loop
+    (asyncio or trio, whichever the test ran on) is still set up in this thread.
+    """
+
+    async def finish() -> None:
+        try:
+            if drop:
+                await app.driver.drop_schema()
+        finally:
+            await app.aclose()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nursery-worker-testing") as pool:
+        pool.submit(anyio.run, finish).result()
+
+
+@contextmanager
+def isolated_database(
+    app: App,
+    *,
+    dsn: str | None = None,
+    directory: str | Path | None = None,
+    prefix: str = "nw_test",
+) -> Iterator[App]:
+    """Point *app* at a fresh, migrated database for the block, then remove it and restore the app.
+
+    From synchronous code (a plain pytest fixture, usable by sync and async tests alike). With a
+    PostgreSQL *dsn*, the app gets a throwaway schema of that database, dropped after the block;
+    with none (or ``"sqlite"``), a new SQLite file in *directory*. Tasks stay registered: the same
+    ``app`` object, and the tasks imported from your code, enqueue into the isolated database while
+    the block runs. Blocks on one app must not overlap.
+
+    Args:
+        app: the app to isolate.
+        dsn: a PostgreSQL DSN (``postgresql://...``), ``sqlite:///path`` for that file, or None
+            (or ``"sqlite"``) for a new SQLite file in *directory*.
+        directory: where the SQLite file goes, created if missing (default: a temporary directory,
+            removed after).
+        prefix: the start of the schema's name (the tables' prefix with SQLite); a random suffix
+            makes it unique.
+
+    Yields:
+        *app*, now on the isolated database.
+
+    Raises:
+        ConfigurationError: *dsn* is not a DSN nursery-worker can use (the app is then unchanged).
+
+    Example::
+
+        @pytest.fixture
+        def jobs_app():
+            with isolated_database(app, dsn=os.environ.get("TEST_DSN")) as isolated:
+                yield isolated
+    """
+    with ExitStack() as stack:
+        if dsn is None or dsn == "sqlite":
+            folder = (
+                Path(directory) if directory is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            )
+            folder.mkdir(parents=True, exist_ok=True)
+            dsn = f"sqlite:///{folder.resolve() / 'nursery-worker.sqlite3'}"
+        schema = f"{prefix}_{uuid.uuid4().hex[:16]}"
+        app.close()  # what the app had opened on its own database (an import-time migrate, say)
+        saved = (app._settings, app._driver)
+        app.configure_database(dsn=dsn, schema=schema)
+        try:
+            app.migrate_sync()
+            yield app
+        finally:
+            try:
+                app.close()
+                _in_own_loop(app, drop=True)
+            finally:
+                # Back to the app's own database exactly (configure_database cannot say "no DSN").
+                with app._driver_lock:
+                    app._settings, app._driver = saved
+
+
+@attrs.frozen
+class JobsUnderTest:
+    """An app on an isolated database, with what a test asserts about its jobs and runs them with.
+
+    What the ``nursery_worker_jobs`` fixture of the pytest plugin gives a test.
+
+    Attributes:
+        app: the isolated app (the same object as your code's ``App``).
+
+    Example::
+
+        async def test_signup_sends_a_welcome(nursery_worker_jobs):
+            await sign_up("ada@example.com")
+            await nursery_worker_jobs.assert_enqueued(send_welcome, email="ada@example.com")
+            result = await nursery_worker_jobs.drain()
+            assert len(result.completed) == 1
+    """
+
+    app: App
+
+    async def enqueued(
+        self,
+        task: Task[..., Any] | str | None = None,
+        *,
+        state: JobState | str | Sequence[JobState | str] | None = None,
+        queue: str | None = None,
+    ) -> list[Job]:
+        """The jobs in the database, oldest first, filtered by every option given.
+
+        Args:
+            task: only jobs of this task (the task object or its name).
+            state: only jobs in this state, or in one of these.
+            queue: only jobs of this queue.
+
+        Returns:
+            Every matching job, in the order they were enqueued.
+        """
+        name = task.name if isinstance(task, Task) else task
+        found: list[Job] = []
+        before: int | None = None
+        while True:
+            page = await self.app.list_jobs(state=state, queue=queue, task=name, limit=1000, before_id=before)
+            found.extend(page)
+            if len(page) < 1000:
+                return found[::-1]
+            before = page[-1].id
+
+    async def assert_enqueued(self, task: Task[..., Any] | str, /, **args: Any) -> list[Job]:
+        """Assert that at least one job of *task* was enqueued (with exactly these *args*, if given).
+
+        Args:
+            task: the task (or its name).
+            **args: the job's arguments, compared with ``job.args`` as a whole; none: any arguments.
+
+        Returns:
+            The matching jobs, oldest first.
+
+        Raises:
+            AssertionError: no such job; the message lists the jobs that were enqueued.
+        """
+        name = task.name if isinstance(task, Task) else task
+        jobs = await self.enqueued(name)
+        matching = [job for job in jobs if not args or job.args == args]
+        if not matching:
+            everything = [(job.task, job.args) for job in await self.enqueued()]
+            wanted = f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else name
+            raise AssertionError(f"no job {wanted} was enqueued; enqueued: {everything}")
+        return matching
+
+    async def assert_nothing_enqueued(self) -> None:
+        """Assert that the database holds no job at all.
+
+        Raises:
+            AssertionError: there are jobs; the message lists them.
+        """
+        jobs = await self.enqueued()
+        if jobs:
+            raise AssertionError(f"expected no jobs, found: {[(job.task, job.args) for job in jobs]}")
+
+    async def drain(
+        self,
+        *,
+        queues: Sequence[str] | str | None = None,
+        concurrency: int | None = None,
+        timeout: float = 60.0,  # noqa: ASYNC109 - passed on to drain()
+    ) -> DrainResult:
+        """Run every job that is due now to completion, in this process; see :func:`drain`.
+
+        Returns:
+            A :class:`DrainResult`.
+
+        Raises:
+            TimeoutError: the jobs did not finish within *timeout*.
+        """
+        return await drain(self.app, queues=queues, concurrency=concurrency, timeout=timeout)

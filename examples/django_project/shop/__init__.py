@@ -1,0 +1,1 @@
+"""The example's Django app: orders, and the receipt job each order enqueues."""
