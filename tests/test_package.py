@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import venv
@@ -95,9 +96,12 @@ def test_the_wheel_in_a_fresh_venv_runs_the_quick_start(dist: Path, tmp_path: Pa
         [bin_dir / "python", "-c", "import psycopg"], env=env, capture_output=True, text=True, check=False
     )
     assert no_psycopg.returncode != 0, "psycopg was installed without the postgres extra"
-    assert defer.startswith("python -c ")
-    code = defer.removeprefix("python -c ").strip('"')
-    deferred = sh(bin_dir / "python", "-c", code, cwd=project, env=env)
-    assert deferred.stdout.strip() == "1"
-    worked = sh(bin_dir / "nursery-worker", *run.split()[1:], "--once", cwd=project, env=env)
-    assert "welcome, user 42!" in worked.stdout
+    outputs = []
+    for command in (defer, run):
+        argv = shlex.split(command)
+        argv[0] = str(bin_dir / argv[0])  # python, nursery-worker: the venv's
+        if argv[1] == "run":
+            argv.append("--once")  # the README's worker runs until Ctrl-C
+        outputs.append(sh(*argv, cwd=project, env=env).stdout)
+    assert outputs[0].strip() == "1"
+    assert "welcome, user 42!" in outputs[1]
