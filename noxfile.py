@@ -1,11 +1,46 @@
-"""Developer sessions: ``nox -s tests-trio tests-asyncio lint typecheck``; benchmarks: ``nox -s bench``."""
+"""Developer sessions: ``nox -s tests-trio tests-asyncio lint typecheck``; benchmarks: ``nox -s bench``;
+one Python: ``nox -s tests-3.13`` (every supported version found here: ``nox -s tests``); docs: ``nox -s docs``."""
 
 from __future__ import annotations
+
+import glob
+import os
 
 import nox
 
 nox.options.sessions = ["tests-trio", "tests-asyncio", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
+
+#: The Python versions nursery-worker supports (the classifiers in pyproject.toml).
+PYTHONS = ["3.11", "3.12", "3.13", "3.14"]
+
+# pyenv installs that its shims do not expose (``pyenv global`` names one version) are found too:
+# a ``python3.X`` link to each goes into a directory put first on PATH.
+_links = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".nox", "pythons")
+for _version in PYTHONS:
+    for _found in sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{_version}.*/bin/python{_version}")))[-1:]:
+        os.makedirs(_links, exist_ok=True)
+        _link = os.path.join(_links, f"python{_version}")
+        if os.path.realpath(_link) != os.path.realpath(_found):
+            if os.path.lexists(_link):
+                os.remove(_link)
+            os.symlink(_found, _link)
+if os.path.isdir(_links):
+    os.environ["PATH"] = os.pathsep.join([_links, os.environ.get("PATH", "")])
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The suite (both backends) on one supported Python; a version not installed here is skipped."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, built strictly (warnings are errors) into ``site/``."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(name="tests-trio")

@@ -994,7 +994,9 @@ class App:
         Args:
             task: the task name.
             args: its keyword arguments (JSON).
-            queue, priority, max_attempts: per-job options.
+            queue: the job's queue (default: the task's, or "default").
+            priority: the job's priority (default: the task's, or 0).
+            max_attempts: the job's attempts (default: the task's, or 20).
             depends_on: jobs, job ids or specs of the same ``defer_many`` call this job waits for.
 
         Returns:

@@ -83,8 +83,9 @@ class JobContext:
         return (self.deadline - dt.datetime.now(dt.UTC)).total_seconds()
 
 
-#: What ``call_next`` of a middleware returns: the task's result (or the outcome it returned).
 CallNext = Callable[[], Awaitable[Any]]
+"""The ``call_next`` a :class:`Middleware` receives: awaiting it runs the rest of the chain and the task,
+and returns the task's result (or the outcome it returned)."""
 
 
 class Middleware(Protocol):

@@ -38,7 +38,7 @@ class ExponentialBackoff:
     With the defaults the waits are about 1, 2, 4, 8 ... seconds, never above an hour, each moved by
     up to ±10% so that jobs that failed together do not all retry in the same instant.
 
-    Args:
+    Attributes:
         base: the wait after the first failed attempt, in seconds.
         factor: the growth per attempt.
         max_delay: the cap, in seconds.
@@ -103,7 +103,7 @@ def resolve_retry(
 class LinearBackoff:
     """Waits that grow by the same step: ``base + step * (attempt - 1)``, capped.
 
-    Args:
+    Attributes:
         base: the wait after the first failed attempt, in seconds.
         step: added per further attempt, in seconds.
         max_delay: the cap, in seconds.
@@ -126,7 +126,7 @@ class LinearBackoff:
 class ConstantBackoff:
     """The same wait after every failed attempt.
 
-    Args:
+    Attributes:
         seconds: the wait, in seconds.
 
     Example:
