@@ -151,10 +151,10 @@ async def test_two_schemas_share_one_file_without_seeing_each_other(tmp_path: Pa
 
 @pytest.mark.anyio
 async def test_a_file_in_a_missing_directory_is_a_clear_database_error(tmp_path: Path) -> None:
-    """A DSN whose directory does not exist fails on first use with a DatabaseError naming the file."""
+    """A DSN whose directory does not exist fails when the app opens with a DatabaseError naming the file."""
     path = tmp_path / "missing" / "jobs.sqlite3"
-    async with App(dsn=f"sqlite:///{path}") as app:
-        with pytest.raises(DatabaseError) as info:
+    with pytest.raises(DatabaseError) as info:
+        async with App(dsn=f"sqlite:///{path}") as app:
             await app.get_job(1)
     assert str(path) in str(info.value) and "directory" in str(info.value)
 
