@@ -2,7 +2,8 @@
 
     NURSERY_WORKER_DSN=postgresql://postgres@127.0.0.1:5432/test python -m examples.metrics_and_tracing
 
-Needs the extras: pip install 'nursery-worker[metrics,otel]' opentelemetry-sdk
+Needs the extras (from a checkout: the package is not on PyPI yet):
+    pip install './nursery-worker[metrics,otel]' opentelemetry-sdk
 """
 
 from __future__ import annotations
