@@ -222,8 +222,19 @@ def _result_dict(result: BulkResult, job_filter: JobFilter) -> dict[str, Any]:
     }
 
 
-def _refuse_mixed(ids: tuple[str, ...], **given: object) -> None:
-    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v not in (None, (), False)]
+#: The bulk form's filter parameters and the flag each comes from (in the order messages list them).
+_FILTER_FLAGS = {
+    "states": "--state",
+    "queue": "--queue",
+    "task": "--task",
+    "older_than": "--older-than",
+    "id_range": "--id-range",
+    "match_all": "--all",
+}
+
+
+def _refuse_mixed(ids: tuple[str, ...], bulk: dict[str, Any]) -> None:
+    named = [flag for name, flag in _FILTER_FLAGS.items() if bulk[name] not in (None, (), False)]
     if ids and named:
         raise click.UsageError(
             f"the filter options ({', '.join(named)}) select jobs in bulk; give either job IDs or a filter, not both"
@@ -239,27 +250,17 @@ def _refuse_mixed(ids: tuple[str, ...], **given: object) -> None:
 def jobs_cancel(
     ctx: CliContext,
     job_ids: tuple[str, ...],
-    states: tuple[str, ...],
-    queue: str | None,
-    task: str | None,
-    older_than: float | None,
-    id_range: str | None,
-    match_all: bool,
-    yes: bool,
-    chunk_size: int,
     as_json: bool,
+    **bulk: Any,
 ) -> None:
     """Cancel jobs: each ID given, or every job the filter matches (count shown, then confirmed).
 
     A waiting job is cancelled at once; an executing one is asked to cancel, and its worker
     cancels it. In bulk, only unfinished states are taken (all of them unless --state narrows it).
     """
-    _refuse_mixed(
-        job_ids, state=states, queue=queue, task=task, older_than=older_than, id_range=id_range, all=match_all
-    )
+    _refuse_mixed(job_ids, bulk)
     if not job_ids:
-        _bulk(ctx, "cancel", states=states, queue=queue, task=task, older_than=older_than, id_range=id_range,
-              match_all=match_all, yes=yes, chunk_size=chunk_size, as_json=as_json)  # fmt: skip
+        _bulk(ctx, "cancel", as_json=as_json, **bulk)
         return
     idents = [_job_id(j) for j in job_ids]
     results = ctx.run(lambda a: _each(idents, a.cancel))
@@ -285,22 +286,14 @@ async def _each(idents: list[int], operation: Callable[[int], Any]) -> list[Any]
 def jobs_retry(
     ctx: CliContext,
     job_id: str | None,
-    states: tuple[str, ...],
-    queue: str | None,
-    task: str | None,
-    older_than: float | None,
-    id_range: str | None,
-    match_all: bool,
-    yes: bool,
-    chunk_size: int,
     as_json: bool,
+    **bulk: Any,
 ) -> None:
     """Put a discarded or cancelled job (ID), or every one the filter matches, back in its queue."""
     ids = () if job_id is None else (job_id,)
-    _refuse_mixed(ids, state=states, queue=queue, task=task, older_than=older_than, id_range=id_range, all=match_all)
+    _refuse_mixed(ids, bulk)
     if job_id is None:
-        _bulk(ctx, "retry", states=states, queue=queue, task=task, older_than=older_than, id_range=id_range,
-              match_all=match_all, yes=yes, chunk_size=chunk_size, as_json=as_json)  # fmt: skip
+        _bulk(ctx, "retry", as_json=as_json, **bulk)
         return
     ctx.app()  # a bad --app is reported before a bad job id
     ident = _job_id(job_id)
@@ -320,24 +313,14 @@ def jobs_retry(
 def jobs_delete(
     ctx: CliContext,
     job_ids: tuple[str, ...],
-    states: tuple[str, ...],
-    queue: str | None,
-    task: str | None,
-    older_than: float | None,
-    id_range: str | None,
-    match_all: bool,
-    yes: bool,
-    chunk_size: int,
     as_json: bool,
+    **bulk: Any,
 ) -> None:
     """Delete jobs (and their results): each ID given, or every job the filter matches (count shown,
     then confirmed). An executing job is never deleted: cancel it first."""
-    _refuse_mixed(
-        job_ids, state=states, queue=queue, task=task, older_than=older_than, id_range=id_range, all=match_all
-    )
+    _refuse_mixed(job_ids, bulk)
     if not job_ids:
-        _bulk(ctx, "delete", states=states, queue=queue, task=task, older_than=older_than, id_range=id_range,
-              match_all=match_all, yes=yes, chunk_size=chunk_size, as_json=as_json)  # fmt: skip
+        _bulk(ctx, "delete", as_json=as_json, **bulk)
         return
     idents = [_job_id(j) for j in job_ids]
     deleted = ctx.run(lambda a: _each(idents, a.delete_job))
