@@ -19,6 +19,7 @@ from nursery_worker._models import Completion, WorkerInfo
 from nursery_worker._state import ErrorInfo, Transition
 
 from ..integration.helpers import fast, wait_for_state, wait_until
+from .conftest import raw_execute
 
 pytestmark = pytest.mark.anyio
 
@@ -212,10 +213,16 @@ async def test_the_promoter_makes_due_jobs_available_and_leaves_future_ones(app:
     @app.task
     async def later() -> None: ...
 
-    soon = await later.configure(delay=0.2).defer()
+    soon = await later.configure(delay=3600).defer()
     far = await later.configure(delay=3600).defer()
     assert await Promoter(app.driver).run_once() == 0
-    await anyio.sleep(0.3)
+    # The first job falls due: its time is moved an hour back by the database's own clock.
+    raw_execute(
+        app,
+        "UPDATE {s}.jobs SET scheduled_at = scheduled_at - interval '2 hours' WHERE id = %s",
+        "UPDATE {p}jobs SET scheduled_at = scheduled_at - 7200000000 WHERE id = ?",
+        (soon.id,),
+    )
     assert await Promoter(app.driver).run_once() == 1
     assert (await app.get_job(soon.id)).state is JobState.AVAILABLE
     assert (await app.get_job(far.id)).state is JobState.SCHEDULED
@@ -232,11 +239,18 @@ async def test_prune_deletes_only_finished_jobs_older_than_the_age(app: App) -> 
     old_other = await noop.defer()
     await app.cancel(old_cancelled.id)
     await app.cancel(old_other.id)
-    await anyio.sleep(1.2)
+    # The two finished two hours ago, by the database's own clock.
+    for old in (old_cancelled, old_other):
+        raw_execute(
+            app,
+            "UPDATE {s}.jobs SET finished_at = finished_at - interval '2 hours' WHERE id = %s",
+            "UPDATE {p}jobs SET finished_at = finished_at - 7200000000 WHERE id = ?",
+            (old.id,),
+        )
     fresh = await noop.defer()
     await app.cancel(fresh.id)
-    assert await app.prune(older_than=0.6, states="completed") == 0
-    assert await app.prune(older_than=0.6, states=["cancelled"]) == 2
+    assert await app.prune(older_than=3600, states="completed") == 0
+    assert await app.prune(older_than=3600, states=["cancelled"]) == 2
     assert [j.id for j in await app.list_jobs()] == [fresh.id, waiting.id]
     assert await app.prune(older_than=3600) == 0
 
