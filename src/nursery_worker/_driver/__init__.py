@@ -226,8 +226,8 @@ class Driver(Protocol):
         """End any session of this driver left idle inside a transaction for over *seconds* (0: never).
 
         PostgreSQL: ``idle_in_transaction_session_timeout`` on every connection the driver opens
-        (pool, listener, migrations; never a connection the caller passes in); connections already
-        pooled are replaced when the value changes. SQLite: nothing (no server, no such sessions)."""
+        (pool, listener, migrations; never a connection the caller passes in); a pooled session
+        takes a new value before its next statement. SQLite: nothing (no server, no such sessions)."""
 
     def observe(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
         """Call *callback* after each database call: with None on success, else with the error

@@ -189,20 +189,19 @@ class PostgresConnections:
         PgBouncer refuse. A connection the caller passes in (``defer(connection=...)``) never
         comes here: its session is the caller's.
         """
-        conn.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [f"{self._idle_timeout_ms}ms"]
-        )
+        ms = self._idle_timeout_ms
+        conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [f"{ms}ms"])
+        conn._nw_idle_timeout_ms = ms  # type: ignore[attr-defined]
+
+    def _check_session(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's ``check`` callback, as a connection leaves it: a session configured before the
+        settings changed (pooled, or being opened at that moment) is brought up to date first."""
+        if getattr(conn, "_nw_idle_timeout_ms", None) != self._idle_timeout_ms:
+            self._configure_session(conn)
 
     def set_idle_in_transaction_timeout(self, seconds: float) -> None:
-        ms = _milliseconds(seconds)
-        if ms == self._idle_timeout_ms:
-            return
-        self._idle_timeout_ms = ms
-        pool = self._pool
-        if pool is not None:
-            # The pooled sessions carry the old value: replace them (one in use is closed when
-            # returned), so that every session of ours has the new one from now on.
-            pool.drain()
+        # Each pooled session picks the new value up the next time it is taken (_check_session).
+        self._idle_timeout_ms = _milliseconds(seconds)
 
     def _get_pool(self) -> psycopg_pool.ConnectionPool:
         pool = self._pool
@@ -219,6 +218,7 @@ class PostgresConnections:
                     max_size=self._pool_max_size,
                     kwargs={"autocommit": True},
                     configure=self._configure_session,
+                    check=self._check_session,
                     open=False,
                     name=f"nursery-worker:{self.schema}",
                     timeout=max(self._connect_timeout, 1.0),

@@ -343,13 +343,15 @@ GROUP BY queue, state ORDER BY 1, 2
 """
 
 # The oldest open transaction of any client on the server (it holds back vacuum everywhere) and the
-# dead and live rows of the jobs table, summed over its partitions (pg_partition_tree() lists a
-# plain table alone). Statistics views only: no table is read, no lock is taken.
+# dead and live rows of the jobs table, summed over its partitions if it has any (pg_partition_tree()
+# lists none of a plain table, hence the table itself too). Statistics views only: no table is read.
 _SQL_DATABASE_HEALTH = """
 SELECT a.age, a.pid, a.state, a.application_name, t.dead, t.live
 FROM (
     SELECT coalesce(sum(st.n_dead_tup), 0)::bigint AS dead, coalesce(sum(st.n_live_tup), 0)::bigint AS live
-    FROM pg_partition_tree(%(jobs)s::regclass) AS p JOIN pg_stat_user_tables AS st ON st.relid = p.relid
+    FROM pg_stat_user_tables AS st
+    WHERE st.relid = %(jobs)s::regclass
+       OR st.relid IN (SELECT relid FROM pg_partition_tree(%(jobs)s::regclass))
 ) AS t
 LEFT JOIN LATERAL (
     SELECT extract(epoch FROM now() - xact_start)::float8 AS age, pid, state,
