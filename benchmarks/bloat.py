@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import shutil
 import signal
@@ -238,12 +239,13 @@ def _backlog_threshold(clean_backlogs: list[int], rate: float) -> float:
 
 
 def _phase_stats(seconds: dict[int, tuple[int, float, float]], start: float, end: float) -> dict[str, float]:
-    """Completed jobs/s and pickup p50/p99 (medians of the seconds) over [start, end) seconds since t0."""
-    inside = [v for s, v in seconds.items() if start <= s < end]
+    """Completed jobs/s and pickup p50/p99 (medians of the seconds) over the whole seconds in [start, end)."""
+    first, last = math.ceil(start), math.floor(end)  # seconds first .. last-1
+    inside = [seconds[s] for s in range(first, last) if s in seconds]
     if not inside:
         return {"rate": 0.0, "p50": float("nan"), "p99": float("nan")}
     return {
-        "rate": sum(v[0] for v in inside) / max(1.0, end - start),
+        "rate": sum(v[0] for v in inside) / max(1, last - first),
         "p50": statistics.median(v[1] for v in inside),
         "p99": statistics.median(v[2] for v in inside),
     }
@@ -290,9 +292,11 @@ def _run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
                 while True:
                     now = time.time()
                     if now >= marks["end"]:
-                        # Not back yet: keep the load on (up to extra_s more) to see when it is.
-                        backlog = samples[-1][3] if samples else 0
-                        if threshold is None or backlog <= threshold or now >= marks["end"] + extra_s:
+                        # Not back yet: keep the load on (up to extra_s more) until the backlog has
+                        # been back to its clean level for a few seconds, to time the return.
+                        recent = [b for _, _, _, b in samples[-4:]]
+                        back = threshold is None or (len(recent) == 4 and max(recent) <= threshold)
+                        if back or now >= marks["end"] + extra_s:
                             break
                     if holder is None and now >= marks["held"] and now < marks["released"]:
                         holder = psycopg.connect(dsn, application_name="bloat-holder")
