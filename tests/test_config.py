@@ -129,7 +129,7 @@ def test_idle_in_transaction_timeout_defaults_to_a_minute_and_reaches_a_child() 
 
 
 def test_run_takes_the_idle_in_transaction_timeout_as_an_option_and_from_the_environment() -> None:
-    """``run`` has ``--idle-in-transaction-timeout`` (a duration) read from ``$NURSERY_WORKER_IDLE_IN_TRANSACTION_TIMEOUT`` too."""
+    """``run`` has ``--idle-in-transaction-timeout``, also read from ``$NURSERY_WORKER_IDLE_IN_TRANSACTION_TIMEOUT``."""
     from click.testing import CliRunner
 
     from nursery_worker._cli import cli

@@ -341,7 +341,7 @@ def render_database(health: DatabaseHealth) -> str:
     has something to say, followed by what)."""
     if health.engine == "sqlite":
         wal = _bytes(health.wal_bytes) if health.wal_bytes is not None else "n/a"
-        text = f"database: SQLite, oldest transaction n/a (no server-wide view); write-ahead log {wal}"
+        text = f"database: SQLite, oldest transaction n/a; write-ahead log {wal}"
     else:
         oldest = health.oldest_transaction
         if oldest is None:
