@@ -400,6 +400,10 @@ def _run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
         producer.error is None and left == 0 and done == producer.deferred,
         f"offered {producer.deferred} jobs, completed {done}, left {left}, producer error {producer.error!r}",
     )
+    if clean["rate"] < 0.95 * rate:
+        # The worker fell behind before the transaction began: the figures below are of an
+        # overloaded worker (a loaded machine, or a load too close to capacity), not of bloat alone.
+        rate_fig.notes += f"; the clean phase did not keep up with the offered load ({clean['rate']:,.0f}/s)"
     if producer.late_ticks > 0.1 * (end_at / TICK):
         rate_fig.notes += f"; the producer fell behind on {producer.late_ticks} ticks"
     log(
