@@ -4,7 +4,7 @@
 
     serve_metrics(worker)                     a child of the caller's task group
     └─ HTTP listener                          one task per connection, each under a deadline
-       ├─ /metrics   the worker's own CollectorRegistry (queue depth queried on scrape)
+       ├─ /metrics   the worker's own CollectorRegistry (queue depth and database health queried on scrape)
        ├─ /healthz   200 while the event loop answers
        └─ /readyz    200 while RUNNING, listener connected, last database call succeeded
 
@@ -17,10 +17,10 @@ observes each attempt as it ends and counts its outcome once the write took effe
 the database ignored counts as ``jobs_ignored``). It is None (nothing recorded) unless metrics are
 served. Under the supervisor each child serves its metrics on an ephemeral loopback port named in its
 reports, and the supervisor's endpoint merges the children's per-process families with a ``worker``
-label. The global gauges (:data:`GLOBAL_FAMILIES`: the queue depth, the same database-wide figures in
-every child) are asked of one elected child only, the lowest slot whose endpoint is up (the next one
-while it restarts), and reported once without a ``worker`` label: summing over ``worker`` then gives
-the true number for counters and gauges alike.
+label. The global gauges (:data:`GLOBAL_FAMILIES`: the queue depth and the database's health, the
+same database-wide figures in every child) are asked of one elected child only, the lowest slot
+whose endpoint is up (the next one while it restarts), and reported once without a ``worker``
+label: summing over ``worker`` then gives the true number for counters and gauges alike.
 """
 
 from __future__ import annotations
