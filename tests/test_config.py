@@ -113,3 +113,28 @@ def test_max_result_bytes_defaults_to_the_json_modules_limit() -> None:
     """The worker's max_result_bytes defaults to DEFAULT_MAX_RESULT_BYTES (64 MiB) and reaches a child's config."""
     assert WorkerConfig().max_result_bytes == DEFAULT_MAX_RESULT_BYTES == 64 * 1024 * 1024
     assert WorkerConfig(**WorkerConfig(max_result_bytes=100).to_options()).max_result_bytes == 100
+
+
+@pytest.mark.parametrize("value", [-1, -0.5, True, "60", None])
+def test_idle_in_transaction_timeout_must_be_seconds_at_least_zero(value: object) -> None:
+    """idle_in_transaction_timeout refuses anything but a number of seconds >= 0, naming the option and the value."""
+    with pytest.raises(ConfigurationError, match=rf"open_worker\(idle_in_transaction_timeout={value!r}\): must be"):
+        WorkerConfig(idle_in_transaction_timeout=value)  # type: ignore[arg-type]
+
+
+def test_idle_in_transaction_timeout_defaults_to_a_minute_and_reaches_a_child() -> None:
+    """The timeout defaults to 60 s, and a supervised child's config gets the value its parent was given."""
+    assert WorkerConfig().idle_in_transaction_timeout == 60.0
+    assert WorkerConfig(**WorkerConfig(idle_in_transaction_timeout=5).to_options()).idle_in_transaction_timeout == 5
+
+
+def test_run_takes_the_idle_in_transaction_timeout_as_an_option_and_from_the_environment() -> None:
+    """``run`` has ``--idle-in-transaction-timeout``, also read from ``$NURSERY_WORKER_IDLE_IN_TRANSACTION_TIMEOUT``."""
+    from click.testing import CliRunner
+
+    from nursery_worker._cli import cli
+
+    result = CliRunner().invoke(cli, ["run", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "--idle-in-transaction-timeout" in result.output
+    assert "NURSERY_WORKER_IDLE_IN_TRANSACTION_TIMEOUT" in result.output

@@ -36,6 +36,7 @@ from ._models import (
     BulkChange,
     CancelResult,
     DashboardCounts,
+    DatabaseHealth,
     Job,
     JobSearch,
     JobSelection,
@@ -397,6 +398,11 @@ class Admin:
     async def list_workers(self) -> list[WorkerRow]:
         """Every registered worker, supervised ones first (by supervisor and slot)."""
         return await self.driver.list_workers()
+
+    async def database_health(self) -> DatabaseHealth:
+        """The oldest open transaction on the server and the jobs table's dead tuples (PostgreSQL),
+        or the write-ahead log's size (SQLite): what ``status`` and the overview show of bloat."""
+        return await self.driver.database_health()
 
     def app_tasks(self) -> Mapping[str, Task[..., Any]]:
         """The tasks the app registers, by name."""

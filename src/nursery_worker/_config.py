@@ -22,6 +22,7 @@ from typing import Any, TypedDict
 
 import attrs
 
+from ._driver._common import DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT
 from ._errors import ConfigurationError
 from ._json import DEFAULT_MAX_RESULT_BYTES
 from ._state import WorkerState
@@ -216,6 +217,15 @@ class WorkerConfig:
             "``nursery_worker.attempts`` logger."
         ),
     )
+    idle_in_transaction_timeout: float = attrs.field(
+        default=DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT,
+        metadata=_doc(
+            "seconds PostgreSQL lets a session of the worker's app (its pool, listener and migrations; never "
+            "a connection you pass to ``defer``) sit idle inside a transaction before it ends that session "
+            "(``idle_in_transaction_session_timeout``): such a session holds back vacuum on the jobs table. "
+            "0 turns it off; SQLite ignores it."
+        ),
+    )
     max_result_bytes: int = attrs.field(
         default=DEFAULT_MAX_RESULT_BYTES,
         metadata=_doc(
@@ -229,6 +239,13 @@ class WorkerConfig:
     def _check_wait(self, _: object, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigurationError(f"open_worker(wait_for_db={value!r}): must be seconds >= 0 (0: fail at once)")
+
+    @idle_in_transaction_timeout.validator
+    def _check_idle_timeout(self, _: object, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigurationError(
+                f"open_worker(idle_in_transaction_timeout={value!r}): must be seconds >= 0 (0: no timeout)"
+            )
 
     @concurrency.validator
     def _check_concurrency(self, _: object, value: int) -> None:
@@ -302,6 +319,7 @@ class SupervisedOptions(TypedDict, total=False):
     wait_for_db: float
     log_args: bool
     log_attempts: bool
+    idle_in_transaction_timeout: float
     max_result_bytes: int
 
 

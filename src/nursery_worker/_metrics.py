@@ -4,7 +4,7 @@
 
     serve_metrics(worker)                     a child of the caller's task group
     └─ HTTP listener                          one task per connection, each under a deadline
-       ├─ /metrics   the worker's own CollectorRegistry (queue depth queried on scrape)
+       ├─ /metrics   the worker's own CollectorRegistry (queue depth and database health queried on scrape)
        ├─ /healthz   200 while the event loop answers
        └─ /readyz    200 while RUNNING, listener connected, last database call succeeded
 
@@ -17,10 +17,10 @@ observes each attempt as it ends and counts its outcome once the write took effe
 the database ignored counts as ``jobs_ignored``). It is None (nothing recorded) unless metrics are
 served. Under the supervisor each child serves its metrics on an ephemeral loopback port named in its
 reports, and the supervisor's endpoint merges the children's per-process families with a ``worker``
-label. The global gauges (:data:`GLOBAL_FAMILIES`: the queue depth, the same database-wide figures in
-every child) are asked of one elected child only, the lowest slot whose endpoint is up (the next one
-while it restarts), and reported once without a ``worker`` label: summing over ``worker`` then gives
-the true number for counters and gauges alike.
+label. The global gauges (:data:`GLOBAL_FAMILIES`: the queue depth and the database's health, the
+same database-wide figures in every child) are asked of one elected child only, the lowest slot
+whose endpoint is up (the next one while it restarts), and reported once without a ``worker``
+label: summing over ``worker`` then gives the true number for counters and gauges alike.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import anyio
 import anyio.abc
 
 from ._errors import RETRYABLE_ERRORS, ConfigurationError
-from ._models import Job, QueueDepth, RescueResult
+from ._models import DatabaseHealth, Job, QueueDepth, RescueResult
 from ._state import Cancelled, Failed, Outcome, Released, Snoozed, Succeeded, Transition, WorkerState
 
 if TYPE_CHECKING:
@@ -80,7 +80,15 @@ DEFAULT_HOST = "127.0.0.1"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Families whose values are database-wide, the same in every process: reported once under the supervisor.
-GLOBAL_FAMILIES = frozenset({"nursery_worker_queue_depth"})
+GLOBAL_FAMILIES = frozenset(
+    {
+        "nursery_worker_queue_depth",
+        "nursery_worker_oldest_transaction_seconds",
+        "nursery_worker_dead_tuples",
+        "nursery_worker_live_tuples",
+        "nursery_worker_sqlite_wal_bytes",
+    }
+)
 #: The query string a worker's ``/metrics`` takes to leave the global families out (and skip their query).
 _NO_GLOBAL = "global=0"
 _REQUEST_TIMEOUT = 10.0
@@ -116,6 +124,7 @@ class WorkerMetrics:
         self.db_ok = True
         self.db_error = ""
         self._depth: list[QueueDepth] = []
+        self._health: DatabaseHealth | None = None
         self._depth_at = -float("inf")
         self._depth_interval = depth_interval
         self._with_global = True  # render() sets it for the duration of one synchronous collection
@@ -217,17 +226,21 @@ class WorkerMetrics:
             reasons.append(f"last database call failed: {self.db_error}")
         return reasons
 
-    async def refresh_queue_depth(self) -> None:
-        """Query the queue depth, at most once per ``depth_interval``; keep the last values on error."""
+    async def refresh_global(self) -> None:
+        """Query the database-wide figures (queue depth; the oldest open transaction and the jobs
+        table's dead tuples, or SQLite's WAL size), at most once per ``depth_interval``: two cheap
+        statements, whatever the scrape rate. The last values stay on error."""
         now = anyio.current_time()
         if now - self._depth_at < self._depth_interval:
             return
         self._depth_at = now
+        driver = self.worker.app.driver
         with anyio.move_on_after(5.0):
             try:
-                self._depth = await self.worker.app.driver.queue_depth()
+                self._depth = await driver.queue_depth()
+                self._health = await driver.database_health()
             except RETRYABLE_ERRORS as exc:
-                logger.debug("queue depth: %s", exc)
+                logger.debug("queue depth and database health: %s", exc)
 
     def render(self, *, with_global: bool = True) -> bytes:
         """The exposition text of every metric (without :data:`GLOBAL_FAMILIES` unless *with_global*)."""
@@ -269,6 +282,45 @@ class _LiveCollector:
         for queue, job_state, count in ((d.queue, d.state, d.count) for d in self.metrics._depth):
             depth.add_metric([queue, job_state], float(count))
         yield depth
+        yield from _health_families(self.metrics._health)
+
+
+def _health_families(health: DatabaseHealth | None) -> Iterable[Any]:
+    """The gauges of :class:`DatabaseHealth`: each one the engine has (none before the first query)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    if health is None:
+        return
+    if health.engine == "postgresql":
+        oldest = health.oldest_transaction
+        yield GaugeMetricFamily(
+            "nursery_worker_oldest_transaction_seconds",
+            "Age of the oldest open transaction on the PostgreSQL server (any client; 0 when none): while it "
+            "is open, vacuum cannot clean the jobs table.",
+            value=oldest.age if oldest is not None else 0.0,
+        )
+    if health.dead_tuples is not None:
+        dead = GaugeMetricFamily(
+            "nursery_worker_dead_tuples",
+            "Dead rows of the table (summed over its partitions), as PostgreSQL's statistics last counted them.",
+            labels=["table"],
+        )
+        dead.add_metric(["jobs"], float(health.dead_tuples))
+        yield dead
+    if health.live_tuples is not None:
+        live = GaugeMetricFamily(
+            "nursery_worker_live_tuples",
+            "Live rows of the table (summed over its partitions), as PostgreSQL's statistics last counted them.",
+            labels=["table"],
+        )
+        live.add_metric(["jobs"], float(health.live_tuples))
+        yield live
+    if health.wal_bytes is not None:
+        yield GaugeMetricFamily(
+            "nursery_worker_sqlite_wal_bytes",
+            "Size of the SQLite write-ahead log file (a long reader keeps it from being checkpointed).",
+            value=float(health.wal_bytes),
+        )
 
 
 # --- HTTP ------------------------------------------------------------------------------------------
@@ -356,7 +408,7 @@ def _worker_routes(metrics: WorkerMetrics) -> Routes:
             # The supervisor asks all but one child to leave the global gauges (and their query) out.
             with_global = _NO_GLOBAL not in query.split("&")
             if with_global:
-                await metrics.refresh_queue_depth()
+                await metrics.refresh_global()
             return 200, _CONTENT_TYPE, metrics.render(with_global=with_global)
         if path == "/healthz":
             return _text(200, "ok")

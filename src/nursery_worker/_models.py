@@ -409,6 +409,48 @@ class QueueDepth:
 
 
 @attrs.frozen(kw_only=True)
+class OldestTransaction:
+    """The oldest open transaction on the PostgreSQL server (any database, any client but the asker).
+
+    While it stays open, vacuum cannot remove the rows other sessions deleted or updated after its
+    snapshot: the jobs table's dead tuples pile up and the claim slows down.
+
+    Attributes:
+        age: seconds since it began (``xact_start``), by the database's clock.
+        pid: its backend's process id (``pg_terminate_backend(pid)`` ends it).
+        state: ``active``, ``idle in transaction``, ... (None where the server hides it from this role).
+        application_name: what the client called itself (``psql``, ``nursery-worker``, ...).
+    """
+
+    age: float
+    pid: int
+    state: str | None
+    application_name: str
+
+
+@attrs.frozen(kw_only=True)
+class DatabaseHealth:
+    """What keeps the jobs table fast or slows it down (``Driver.database_health``, for metrics and status).
+
+    Attributes:
+        engine: ``"postgresql"`` or ``"sqlite"``.
+        oldest_transaction: PostgreSQL: the oldest open transaction on the server (None when none is
+            open or the role may not see them); SQLite: always None (there is no server-wide view).
+        dead_tuples: PostgreSQL: the jobs table's dead rows (summed over its partitions), as the
+            statistics collector last counted them; SQLite: None.
+        live_tuples: the same for its live rows; SQLite: None.
+        wal_bytes: SQLite: the size of the write-ahead log file (a long reader keeps it from being
+            checkpointed, and it grows); PostgreSQL: None.
+    """
+
+    engine: str
+    oldest_transaction: OldestTransaction | None = None
+    dead_tuples: int | None = None
+    live_tuples: int | None = None
+    wal_bytes: int | None = None
+
+
+@attrs.frozen(kw_only=True)
 class Notification:
     """A decoded NOTIFY (or, on the embedded engine, a row of its events table).
 

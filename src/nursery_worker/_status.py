@@ -19,7 +19,7 @@ import attrs
 
 from ._durations import format_duration
 from ._flow import BreakerInfo
-from ._models import Job, JobError, QueueInfo, WorkerRow
+from ._models import DatabaseHealth, Job, JobError, QueueInfo, WorkerRow
 from ._periodic import PeriodicInfo
 
 
@@ -299,6 +299,91 @@ def render_queues(queues: Sequence[QueueInfo], *, width: int = 0, rates: Rates |
     return fit_table(columns, rows, width)
 
 
+# --- the database's health ----------------------------------------------------------------------
+
+#: A transaction open longer than this is flagged (the default idle_in_transaction_timeout).
+OLD_TRANSACTION_WARNING = 60.0
+#: Dead tuples are flagged above this share of the live ones (autovacuum's default scale factor) ...
+DEAD_SHARE_WARNING = 0.2
+#: ... and above this many (a small table's share swings with every batch).
+DEAD_TUPLES_WARNING = 10_000
+
+
+def database_warnings(health: DatabaseHealth) -> list[str]:
+    """What in *health* deserves an operator's attention (empty when nothing does)."""
+    warnings = []
+    oldest = health.oldest_transaction
+    if oldest is not None and oldest.age > OLD_TRANSACTION_WARNING:
+        warnings.append(
+            f"a transaction has been open {format_duration(oldest.age)} (pid {oldest.pid}): vacuum cannot "
+            f"clean the jobs table until it ends; end it with SELECT pg_terminate_backend({oldest.pid})"
+        )
+    dead, live = health.dead_tuples, health.live_tuples
+    if dead is not None and live is not None and dead > DEAD_TUPLES_WARNING and dead > DEAD_SHARE_WARNING * live:
+        warnings.append(f"the jobs table has {dead:,} dead tuples, more than vacuum keeps up with")
+    return warnings
+
+
+def _bytes(value: int) -> str:
+    """A size for people: ``512 B``, ``3.2 MiB``."""
+    if value < 1024:
+        return f"{value} B"
+    size = float(value)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+def render_database(health: DatabaseHealth) -> str:
+    """The ``database:`` line of ``status`` (``WARNING database:`` when :func:`database_warnings`
+    has something to say, followed by what)."""
+    if health.engine == "sqlite":
+        wal = _bytes(health.wal_bytes) if health.wal_bytes is not None else "n/a"
+        text = f"database: SQLite, oldest transaction n/a; write-ahead log {wal}"
+    else:
+        oldest = health.oldest_transaction
+        if oldest is None:
+            first = "no open transaction"
+        else:
+            state = oldest.state or "state hidden"
+            app = oldest.application_name or "?"
+            first = f"oldest transaction {format_duration(oldest.age)} (pid {oldest.pid}, {state}, app {app})"
+        dead = "n/a"
+        if health.dead_tuples is not None:
+            dead = f"{health.dead_tuples:,}"
+            if health.live_tuples:
+                dead += f" ({health.dead_tuples / health.live_tuples:.0%} of live)"
+        text = f"database: {first}; jobs dead tuples {dead}"
+    warnings = database_warnings(health)
+    if warnings:
+        text = "WARNING " + text + "".join(f"\n  ! {w}" for w in warnings)
+    return text
+
+
+def database_dict(health: DatabaseHealth) -> dict[str, Any]:
+    """The ``"database"`` object of ``status --json``: the engine, the oldest transaction (None when
+    none is open, or on SQLite), dead and live tuples of the jobs table, the WAL size (SQLite), and
+    the warnings."""
+    oldest = health.oldest_transaction
+    return {
+        "engine": health.engine,
+        "oldest_transaction": None
+        if oldest is None
+        else {
+            "age": round(oldest.age, 3),
+            "pid": oldest.pid,
+            "state": oldest.state,
+            "application_name": oldest.application_name,
+        },
+        "dead_tuples": health.dead_tuples,
+        "live_tuples": health.live_tuples,
+        "wal_bytes": health.wal_bytes,
+        "warnings": database_warnings(health),
+    }
+
+
 def render_status(
     queues: Sequence[QueueInfo],
     workers: Sequence[WorkerRow],
@@ -307,11 +392,14 @@ def render_status(
     breakers: Sequence[BreakerInfo] = (),
     width: int = 0,
     rates: Rates | None = None,
+    database: DatabaseHealth | None = None,
 ) -> str:
-    """``nursery-worker status``: the rates (when watching), the queues table (when there are
-    queues), the circuit breakers (when there are any), then the workers table; no line wider
-    than *width* (0: unlimited)."""
+    """``nursery-worker status``: the rates (when watching), the database's health line (when
+    given), the queues table (when there are queues), the circuit breakers (when there are any),
+    then the workers table; no line wider than *width* (0: unlimited)."""
     parts = [wrap_lines(rates.summary(), width)] if rates is not None else []
+    if database is not None:
+        parts.append(wrap_lines(render_database(database), width))
     if queues:
         parts.append(render_queues(queues, width=width, rates=rates))
     if breakers:
@@ -327,15 +415,19 @@ def status_dict(
     schema: str,
     breakers: Sequence[BreakerInfo] = (),
     rates: Rates | None = None,
+    database: DatabaseHealth | None = None,
 ) -> dict[str, Any]:
     """``nursery-worker status --json``: ``{"schema", "queues", "breakers", "workers"}``, and
-    ``"rates"`` (:meth:`Rates.as_dict`) from the second redraw of ``--watch`` on."""
+    ``"rates"`` (:meth:`Rates.as_dict`) from the second redraw of ``--watch`` on, and
+    ``"database"`` (:func:`database_dict`) when given."""
     data: dict[str, Any] = {
         "schema": schema,
         "queues": [queue_dict(q) for q in queues],
         "breakers": [breaker_dict(b) for b in breakers],
         "workers": [as_dict(w) for w in workers],
     }
+    if database is not None:
+        data["database"] = database_dict(database)
     if rates is not None:
         data["rates"] = rates.as_dict()
     return data

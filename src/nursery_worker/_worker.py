@@ -153,6 +153,7 @@ class Worker:
         self._grace_scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
         driver = app.driver
+        driver.set_idle_in_transaction_timeout(config.idle_in_transaction_timeout)
         board = self._board = JobBoard()
         self._completer = Completer(
             driver, self.id, error_cap=app.error_cap, final_timeout=config.final_timeout, on_written=self._on_written

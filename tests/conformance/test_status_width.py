@@ -60,7 +60,9 @@ async def test_no_line_of_status_is_wider_than_the_width_asked_for(
         )
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= width, text
-    assert lines[0].startswith("QUEUE ") and any(" PID " in f" {line} " for line in lines), text
+    database, queues = text.split("\n\n")[:2]  # the database line (wrapped) comes first
+    assert database.startswith(("database: ", "WARNING database: ")), text
+    assert queues.startswith("QUEUE ") and any(" PID " in f" {line} " for line in lines), text
     assert any(line.startswith("(hidden: ") for line in lines), text
 
 

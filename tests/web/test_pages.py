@@ -54,6 +54,18 @@ async def test_paused_queue_is_in_the_attention_panel(migrated: App, client: htt
     assert [q["name"] for q in data["attention"]["paused"]] == ["slow"]
 
 
+async def test_overview_shows_the_database_health_line(migrated: App, client: httpx.AsyncClient, engine: str) -> None:
+    """The overview carries the database line of ``status``: PostgreSQL's dead tuples, or SQLite's WAL size."""
+    response = await client.get("/")
+    assert response.status_code == 200
+    line = response.text.split('id="database">', 1)[1].split("</p>", 1)[0]
+    assert line.startswith("database: ")
+    assert ("jobs dead tuples" if engine == "postgres" else "write-ahead log") in line
+    data = (await client.get("/api/overview")).json()
+    # Another request, another moment: other clients' transactions may have come or gone meanwhile.
+    assert data["database"].startswith("database: ") and isinstance(data["attention"]["database"], list)
+
+
 async def test_jobs_page_filters_by_state_and_task(migrated: App, client: httpx.AsyncClient) -> None:
     """The jobs list filters by state and task from the URL."""
     failed = await _failed_job(migrated)

@@ -46,8 +46,12 @@ _DEFAULT_HEALTH_AGE = 10.0
 )
 @common_options
 def status(ctx: CliContext, as_json: bool, watch: float | None, width: int | None) -> None:
-    """Show each queue (paused?, jobs by state, oldest available job's age, limits), the circuit
-    breakers, and every worker.
+    """Show the database's health, each queue (paused?, jobs by state, oldest available job's age,
+    limits), the circuit breakers, and every worker.
+
+    The database line (PostgreSQL) names the oldest open transaction on the server (its age, pid,
+    state and client) and the jobs table's dead tuples, marked WARNING when a transaction has been
+    open over 60 s or dead tuples pile up; with SQLite it gives the write-ahead log's size.
 
     Workers: pid, host, state, uptime, restarts, counters, and the age of the last heartbeat, all by
     the database's clock. Narrow terminals get short headers and drop the least useful columns
@@ -59,15 +63,17 @@ def status(ctx: CliContext, as_json: bool, watch: float | None, width: int | Non
     columns = terminal_width(width, isatty=sys.stdout.isatty(), environ=os.environ)
     last: list[Snapshot] = []
 
-    def draw(queues: Any, workers: Any, breakers: Any) -> None:
+    def draw(queues: Any, workers: Any, breakers: Any, database: Any) -> None:
         now = Snapshot.take(time.monotonic(), queues, workers)
         rates = Rates.between(last[0], now) if last else None
         last[:] = [now]
         if as_json:
-            data = status_dict(queues, workers, schema=schema, breakers=breakers, rates=rates)
+            data = status_dict(queues, workers, schema=schema, breakers=breakers, rates=rates, database=database)
             click.echo(json.dumps(data) if watch is not None else json.dumps(data, indent=2))
         else:
-            text = render_status(queues, workers, schema=schema, breakers=breakers, width=columns, rates=rates)
+            text = render_status(
+                queues, workers, schema=schema, breakers=breakers, width=columns, rates=rates, database=database
+            )
             if watch is not None:
                 if sys.stdout.isatty():
                     click.clear()
@@ -78,7 +84,12 @@ def status(ctx: CliContext, as_json: bool, watch: float | None, width: int | Non
         sys.stdout.flush()
 
     async def redraw(app: App) -> None:
-        draw(await app.list_queues(), await app.driver.list_workers(), await app.list_breakers())
+        draw(
+            await app.list_queues(),
+            await app.driver.list_workers(),
+            await app.list_breakers(),
+            await app.driver.database_health(),
+        )
 
     async def body(app: App) -> None:
         if watch is None:

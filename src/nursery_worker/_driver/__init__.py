@@ -27,6 +27,7 @@ from .._models import (
     ClaimedAttempt,
     Completion,
     DashboardCounts,
+    DatabaseHealth,
     GraphNode,
     Job,
     JobCount,
@@ -216,6 +217,17 @@ class Driver(Protocol):
     async def queue_depth(self) -> list[QueueDepth]:
         """How many jobs each queue has in each non-final state (pending, scheduled, available,
         executing, retryable), by queue and state, for the metrics."""
+
+    async def database_health(self) -> DatabaseHealth:
+        """In one cheap statement: the oldest open transaction on the server and the jobs table's dead
+        and live tuples (PostgreSQL), or the write-ahead log's size (SQLite), for metrics and status."""
+
+    def set_idle_in_transaction_timeout(self, seconds: float) -> None:
+        """End any session of this driver left idle inside a transaction for over *seconds* (0: never).
+
+        PostgreSQL: ``idle_in_transaction_session_timeout`` on every connection the driver opens
+        (pool, listener, migrations; never a connection the caller passes in); a pooled session
+        takes a new value before its next statement. SQLite: nothing (no server, no such sessions)."""
 
     def observe(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
         """Call *callback* after each database call: with None on success, else with the error

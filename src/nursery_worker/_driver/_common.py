@@ -33,6 +33,11 @@ logger = logging.getLogger("nursery_worker.driver")
 
 T = TypeVar("T")
 
+#: Seconds a session of ours may sit idle inside a transaction before PostgreSQL ends it. Our
+#: statements are single autocommit statements, so only a hung or buggy client gets there; left
+#: open, such a session holds back vacuum on the jobs table for as long as it lives.
+DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT = 60.0
+
 #: A connection whose transaction an insert joins (``connection=``): a psycopg connection with
 #: PostgreSQL, a ``sqlite3.Connection`` to the same file with the embedded engine. Each engine
 #: refuses the other's with a message saying which one it needs.

@@ -29,7 +29,7 @@ from psycopg.waiting import Ready, Wait
 
 from ..._dsn import redact
 from ..._errors import ConfigurationError, DatabaseError, SchemaNotReady
-from .._common import Observers, one_line
+from .._common import DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT, Observers, one_line
 
 T = TypeVar("T")
 
@@ -98,6 +98,11 @@ def _one_line(message: str) -> str:
     return one_line(redact(message))
 
 
+def _milliseconds(seconds: float) -> int:
+    """*seconds* as the whole milliseconds a PostgreSQL timeout takes (at least 1 unless 0: off)."""
+    return 0 if seconds <= 0 else max(1, round(seconds * 1000))
+
+
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 #: How long the event loop may wait for a pooled connection that was idle a moment before.
 _DIRECT_TAKE_TIMEOUT = 0.005
@@ -144,6 +149,8 @@ class PostgresConnections:
         self._connect_timeout = connect_timeout
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._pool_lock = threading.Lock()
+        #: ``idle_in_transaction_session_timeout`` of every session we open, in milliseconds (0: off).
+        self._idle_timeout_ms = _milliseconds(DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT)
         #: Called after each database call made through the pool: None on success, else the error.
         self._observers = Observers()
 
@@ -163,10 +170,38 @@ class PostgresConnections:
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self._conninfo, autocommit=True)
+            conn = psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
             problem = _hide_dsn_fragments(_one_line(str(exc)), self._conninfo)
+        else:
+            try:
+                self._configure_session(conn)
+            except psycopg.Error as exc:
+                conn.close()
+                raise self._translate(exc) from None
+            return conn
         raise DatabaseError(f"cannot connect to {self._dsn_redacted}: {problem}")
+
+    def _configure_session(self, conn: psycopg.Connection[Any]) -> None:
+        """Set our session settings on a new connection (the pool's ``configure`` callback too).
+
+        A SET rather than libpq's ``options`` startup parameter, which connection poolers such as
+        PgBouncer refuse. A connection the caller passes in (``defer(connection=...)``) never
+        comes here: its session is the caller's.
+        """
+        ms = self._idle_timeout_ms
+        conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [f"{ms}ms"])
+        conn._nw_idle_timeout_ms = ms  # type: ignore[attr-defined]
+
+    def _check_session(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's ``check`` callback, as a connection leaves it: a session configured before the
+        settings changed (pooled, or being opened at that moment) is brought up to date first."""
+        if getattr(conn, "_nw_idle_timeout_ms", None) != self._idle_timeout_ms:
+            self._configure_session(conn)
+
+    def set_idle_in_transaction_timeout(self, seconds: float) -> None:
+        # Each pooled session picks the new value up the next time it is taken (_check_session).
+        self._idle_timeout_ms = _milliseconds(seconds)
 
     def _get_pool(self) -> psycopg_pool.ConnectionPool:
         pool = self._pool
@@ -182,6 +217,8 @@ class PostgresConnections:
                     min_size=self._pool_min_size,
                     max_size=self._pool_max_size,
                     kwargs={"autocommit": True},
+                    configure=self._configure_session,
+                    check=self._check_session,
                     open=False,
                     name=f"nursery-worker:{self.schema}",
                     timeout=max(self._connect_timeout, 1.0),

@@ -31,6 +31,7 @@ from ..._models import (
     ClaimedAttempt,
     Completion,
     DashboardCounts,
+    DatabaseHealth,
     GraphNode,
     Job,
     JobCount,
@@ -38,6 +39,7 @@ from ..._models import (
     JobSelection,
     JobSpec,
     LimitedClaim,
+    OldestTransaction,
     PendingMigration,
     PeriodicEnqueued,
     PeriodicEntry,
@@ -860,6 +862,19 @@ class PostgresDriver(PostgresConnections):
     async def queue_depth(self) -> list[QueueDepth]:
         rows = await self._hop(lambda c: c.execute(self._sql.queue_depth).fetchall())
         return [QueueDepth(queue=str(r[0]), state=str(r[1]), count=int(r[2])) for r in rows]
+
+    async def database_health(self) -> DatabaseHealth:
+        params = {"jobs": f'"{self.schema}".jobs'}  # a checked schema name: letters, digits, underscores
+        row = await self._hop(lambda c: c.execute(self._sql.database_health, params).fetchone())
+        assert row is not None  # an aggregate always has its row
+        oldest = None
+        if row[0] is not None:
+            oldest = OldestTransaction(
+                age=max(0.0, float(row[0])), pid=int(row[1]), state=row[2], application_name=str(row[3])
+            )
+        return DatabaseHealth(
+            engine="postgresql", oldest_transaction=oldest, dead_tuples=int(row[4]), live_tuples=int(row[5])
+        )
 
     async def list_workers(self) -> list[WorkerRow]:
         rows = await self._hop(lambda c: c.execute(self._sql.list_workers).fetchall())

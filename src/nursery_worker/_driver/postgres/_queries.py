@@ -342,6 +342,26 @@ SELECT queue, state, count(*) FROM (
 GROUP BY queue, state ORDER BY 1, 2
 """
 
+# The oldest open transaction of any client on the server (it holds back vacuum everywhere) and the
+# dead and live rows of the jobs table, summed over its partitions if it has any (pg_partition_tree()
+# lists none of a plain table, hence the table itself too). Statistics views only: no table is read.
+_SQL_DATABASE_HEALTH = """
+SELECT a.age, a.pid, a.state, a.application_name, t.dead, t.live
+FROM (
+    SELECT coalesce(sum(st.n_dead_tup), 0)::bigint AS dead, coalesce(sum(st.n_live_tup), 0)::bigint AS live
+    FROM pg_stat_user_tables AS st
+    WHERE st.relid = %(jobs)s::regclass
+       OR st.relid IN (SELECT relid FROM pg_partition_tree(%(jobs)s::regclass))
+) AS t
+LEFT JOIN LATERAL (
+    SELECT extract(epoch FROM now() - xact_start)::float8 AS age, pid, state,
+           coalesce(application_name, '') AS application_name
+    FROM pg_stat_activity
+    WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+    ORDER BY xact_start LIMIT 1
+) AS a ON true
+"""
+
 # cancel_guarded, in two steps: a waiting job is cancelled at once ...
 _SQL_CANCEL_WAITING = (
     """
@@ -613,6 +633,7 @@ class Queries:
         self.executing = q(_SQL_EXECUTING)
         self.version = q(_SQL_VERSION)
         self.queue_depth = q(_SQL_QUEUE_DEPTH)
+        self.database_health = q(_SQL_DATABASE_HEALTH)
         self.periodic_register = q(_SQL_PERIODIC_REGISTER)
         self.periodic_state = q(_SQL_PERIODIC_STATE)
         self.periodic_enqueue = q(_SQL_PERIODIC_ENQUEUE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..._models import JobSearch
+from ..._status import database_warnings, render_database
 from .._page import Page, View
 from .._request import PageRequest
 from ._common import FINISHED, STATES, WAITING, read_counts
@@ -14,7 +15,8 @@ STALE_AFTER = 15.0
 
 
 async def overview(req: PageRequest) -> View:
-    """Counts by state per queue, throughput and failure rate, lag, recent failures, attention."""
+    """Counts by state per queue, throughput and failure rate, lag, recent failures, attention, and the
+    database's health line (the oldest transaction and dead tuples, or SQLite's WAL size)."""
     counts = await read_counts(req)
     limit = req.options.statement_timeout
     failures = await req.read(
@@ -24,6 +26,7 @@ async def overview(req: PageRequest) -> View:
     )
     workers = await req.read(req.admin.list_workers)
     breakers = await req.read(req.admin.list_breakers)
+    health = await req.read(req.admin.database_health)
     now = counts.now
     finished = {(c.state, c.window): c for c in counts.finished}
     rates: list[dict[str, Any]] = []
@@ -57,6 +60,8 @@ async def overview(req: PageRequest) -> View:
         # Discarded growth: the last hour's discards against the day's hourly average.
         "discard_growth": hour_discarded > 0 and hour_discarded > 2 * (day_discarded / 24),
         "hour_discarded": hour_discarded,
+        # A long transaction holding back vacuum, or dead tuples piling up (as `status` warns).
+        "database": database_warnings(health),
     }
     lag = {name: (now - at).total_seconds() for name, at in counts.oldest_available.items()}
     return View(
@@ -71,6 +76,7 @@ async def overview(req: PageRequest) -> View:
             "failures": [req.show(j) for j in failures],
             "attention": attention,
             "workers": workers,
+            "database": render_database(health).splitlines()[0].removeprefix("WARNING "),
         },
     )
 
