@@ -166,7 +166,8 @@ async def test_queue_depth_counts_waiting_jobs_by_queue_and_state(app: App) -> N
     for _ in range(3):
         await other.defer()
     await other.configure(delay=3600).defer()
-    async with served(app) as (_, port):
+    # The worker serves only ``default``: left to itself it would serve every queue the app names.
+    async with served(app, queues=["default"]) as (_, port):
         samples = await scrape(port)
     assert value(samples, "nursery_worker_queue_depth", queue="elsewhere", state="available") == 3
     assert value(samples, "nursery_worker_queue_depth", queue="elsewhere", state="scheduled") == 1
