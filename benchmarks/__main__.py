@@ -1,6 +1,6 @@
 """The benchmark harness of issue 3: ``python -m benchmarks`` (or ``nox -s bench``).
 
-Sections: enqueue, throughput, latency, growth, peers, baseline, levers. Every figure is the median
+Sections: enqueue, throughput, latency, scaling, growth, peers, baseline, levers. Every figure is the median
 of ``--reps`` repetitions; every run verifies its result in the database (all jobs really
 completed) and the harness exits 1 if any verification failed. Prints markdown tables and writes
 JSON (``benchmarks/results/latest.json`` unless ``--output``) with the machine, the versions,
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import baseline, enqueue, growth, latency, levers, peers, throughput
+from . import baseline, enqueue, growth, latency, levers, peers, scaling, throughput
 from ._common import DEFAULT_DSN, DEFAULT_OUTPUT, FULL, QUICK, Report, dump_json, environment, loadavg, log
 from ._report import print_tables, targets
 
@@ -31,6 +31,7 @@ SECTIONS = {
     "enqueue": enqueue.run,
     "throughput": throughput.run,
     "latency": latency.run,
+    "scaling": scaling.run,
     "growth": growth.run,
     "peers": peers.run,
     "baseline": baseline.run,

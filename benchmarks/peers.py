@@ -30,6 +30,12 @@ SECTION = "peers"
 VENV = BENCH_DIR / ".peers-venv"
 PEERS = {"pgqueuer": ["pgqueuer", "asyncpg"], "procrastinate": ["procrastinate"], "oban": ["oban"]}
 CONCURRENCY = 50
+#: Each peer's settings beyond its defaults (the harness's production choice; docs/performance.md).
+#: PgQueuer: ``pgq run`` runs on uvloop (a dependency of PgQueuer outside Windows); batch_size 25
+#: is the most max_concurrent_tasks=50 allows (it must be at least twice the batch), the tuning
+#: guide's advice for short jobs ("increase batch_size"), and measured fastest here at concurrency 50.
+SETTINGS: dict[str, list[str]] = {"pgqueuer": ["--loop", "uvloop", "--batch-size", "25"]}
+LATENCY_PEERS = ("pgqueuer",)
 
 
 def _python_candidates() -> list[str]:
@@ -101,6 +107,7 @@ def _call(peer: str, dsn: str, workload: str, n: int = 0, concurrency: int = CON
             str(n),
             "--concurrency",
             str(concurrency),
+            *SETTINGS.get(peer, []),
         ],
         capture_output=True,
         text=True,
@@ -123,13 +130,50 @@ def _database(dsn: str, name: str, create: bool) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def workloads(plan: Plan) -> list[tuple[str, str, str, int]]:
-    """(section, figure name, workload, n): the same names as nursery-worker's figures."""
+def workloads(plan: Plan, peer: str) -> list[tuple[str, str, str, int]]:
+    """(section, figure name, workload, n): the same names as nursery-worker's figures.
+
+    Throughput runs the headline N (as nursery-worker's concurrency-50 figure) but for the peers
+    too slow for it (``plan.slow_peer_jobs``: at about 100 jobs/s, 100,000 jobs would take 15 min).
+    """
     return [
         ("enqueue", "single defer(), sequential", "enqueue-single", plan.seq_defers),
         ("enqueue", f"defer_many() of {plan.bulk_jobs:,} jobs", "enqueue-bulk", plan.bulk_jobs),
-        ("throughput", f"no-op, concurrency {CONCURRENCY}", "throughput", plan.throughput_jobs),
+        (
+            "throughput",
+            f"no-op, concurrency {CONCURRENCY}",
+            "throughput",
+            plan.slow_peer_jobs.get(peer, plan.headline_jobs),
+        ),
     ]
+
+
+def _latency(peer: str, url: str, plan: Plan, report: Report, version: str | None) -> None:
+    """Pickup latency of an idle worker with its LISTEN path: p50/p95/p99 per run, as the latency section."""
+    figs = {
+        p: report.figure(
+            section="latency",
+            name=f"pickup p{p}, LISTEN/NOTIFY",
+            system=peer,
+            backend="asyncio",
+            unit="ms",
+            higher_is_better=False,
+            extra={"samples": plan.latency_samples, "version": version},
+        )
+        for p in (50, 95, 99)
+    }
+    for _ in range(plan.reps):
+        try:
+            out = _call(peer, url, "latency", plan.latency_samples)
+        except Exception as exc:
+            for fig in figs.values():
+                report.verify(fig, False, str(exc))
+            continue
+        for p, fig in figs.items():
+            fig.reps.append(out[f"p{p}"])
+            fig.notes = out.get("detail", "")
+            report.verify(fig, bool(out["verified"]), out.get("detail", ""))
+        log(f"peers: {peer} pickup p50 {out['p50']:.2f} ms, p99 {out['p99']:.2f} ms ({out.get('detail', '')})")
 
 
 def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
@@ -164,10 +208,10 @@ def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
                     higher_is_better=True,
                     extra={"jobs": n, "version": meta.get("version")},
                 )
-                for section, name, w, n in workloads(plan)
+                for section, name, w, n in workloads(plan, peer)
             }
             for _ in range(plan.reps):
-                for _section, name, w, n in workloads(plan):
+                for _section, name, w, n in workloads(plan, peer):
                     fig = figs[w]
                     try:
                         out = _call(peer, url, w, n)
@@ -176,8 +220,18 @@ def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
                         continue
                     fig.reps.append(out["rate"])
                     fig.notes = out.get("detail", "")
+                    if w == "throughput":
+                        fig.extra["window"] = "database span, first claim to last completion (its own tables)"
+                        for key, field in (
+                            ("rate_process", "process_window_jobs_per_s"),
+                            ("db_span_s", "db_span_s"),
+                            ("cpu_ms_per_job", "cpu_ms_per_job"),
+                        ):
+                            fig.extra.setdefault(field, []).append(out.get(key))
                     report.verify(fig, bool(out["verified"]), out.get("detail", ""))
                     log(f"peers: {peer} {name}: {out['rate']:,.0f} jobs/s ({out.get('detail', '')})")
+            if peer in LATENCY_PEERS:
+                _latency(peer, url, plan, report, meta.get("version"))
         finally:
             _database(dsn, db, create=False)
     return info
