@@ -25,6 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ._common import BENCH_DIR, Plan, Report, log
+from .throughput import cpu_figure_name
 
 SECTION = "peers"
 VENV = BENCH_DIR / ".peers-venv"
@@ -210,6 +211,15 @@ def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
                 )
                 for section, name, w, n in workloads(plan, peer)
             }
+            cpu_fig = report.figure(
+                section="throughput",
+                name=cpu_figure_name(f"no-op, concurrency {CONCURRENCY}"),
+                system=peer,
+                backend="asyncio",
+                unit="µs/job",
+                higher_is_better=False,
+                extra={"version": meta.get("version"), "window": "the call that runs the worker to its return"},
+            )
             for _ in range(plan.reps):
                 for _section, name, w, n in workloads(plan, peer):
                     fig = figs[w]
@@ -222,12 +232,11 @@ def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
                     fig.notes = out.get("detail", "")
                     if w == "throughput":
                         fig.extra["window"] = "database span, first claim to last completion (its own tables)"
-                        for key, field in (
-                            ("rate_process", "process_window_jobs_per_s"),
-                            ("db_span_s", "db_span_s"),
-                            ("cpu_ms_per_job", "cpu_ms_per_job"),
-                        ):
-                            fig.extra.setdefault(field, []).append(out.get(key))
+                        fig.extra.setdefault("process_window_jobs_per_s", []).append(out.get("rate_process"))
+                        fig.extra.setdefault("db_span_s", []).append(out.get("db_span_s"))
+                        if out.get("cpu_ms_per_job") is not None:
+                            cpu_fig.reps.append(out["cpu_ms_per_job"] * 1000)
+                            cpu_fig.extra["jobs"] = n
                     report.verify(fig, bool(out["verified"]), out.get("detail", ""))
                     log(f"peers: {peer} {name}: {out['rate']:,.0f} jobs/s ({out.get('detail', '')})")
             if peer in LATENCY_PEERS:

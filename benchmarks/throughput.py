@@ -6,8 +6,9 @@ from its own tables (PgQueuer: first ``picked`` to last ``successful`` log row; 
 first ``started`` to last ``succeeded`` event; oban: ``attempted_at`` / ``completed_at``), so
 start-up, the first empty fetch, the stop and how each system notices the queue is empty weigh on
 no one. The in-process window (ours: worker RUNNING to STOPPED, taken inside the worker; the peers':
-the call that runs the worker to its return) is kept beside it as a cross-check, and the worker
-process's CPU seconds over that window / N as ``cpu_ms_per_job``. Every system's queue table is
+the call that runs the worker to its return) is kept beside it as a cross-check. Beside each figure,
+"worker CPU per job" is the worker process's CPU time (user and system, every thread) over its own
+window, divided by N, in µs; the peers report theirs the same way. Every system's queue table is
 analyzed once the jobs are queued (the shared test server runs without autovacuum; PgQueuer's
 dequeue sorts the whole backlog when its table has no statistics). The headline figure
 (concurrency 50) runs ``plan.headline_jobs`` jobs (100,000 in the full plan), as PgQueuer's does.
@@ -38,6 +39,11 @@ SECTION = "throughput"
 HEADLINE = "no-op, concurrency 50"
 
 
+def cpu_figure_name(name: str) -> str:
+    """The name of the "worker CPU per job" figure beside the throughput figure *name*."""
+    return f"worker CPU per job (µs), {name}"
+
+
 def enqueue(dsn: str, schema: str, n: int, task: str = "bench.noop", *, analyze: bool = False, **args: float) -> None:
     """Queue *n* jobs of *task*; with *analyze*, then ANALYZE the jobs table.
 
@@ -63,7 +69,10 @@ def record(report: Report, fig_name: str, backend: str, n: int, span: float, res
     window = max(r["t_stopped"] for r in results) - min(r["t_running"] for r in results)
     fig.extra.setdefault("process_window_jobs_per_s", []).append(n / window)
     fig.extra.setdefault("db_span_s", []).append(span)
-    fig.extra.setdefault("cpu_ms_per_job", []).append(cpu_ms_per_job(results, n))
+    cpu = report.find(SECTION, cpu_figure_name(fig_name), backend=backend)
+    per_job = cpu_ms_per_job(results, n)
+    if cpu is not None and per_job is not None:
+        cpu.reps.append(per_job * 1000)
     return n / span
 
 
@@ -108,6 +117,15 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
                     higher_is_better=True,
                     extra={"jobs": jobs, "concurrency": c, "window": "database span, first claim to last completion"},
                 )
+                report.figure(
+                    section=SECTION,
+                    name=cpu_figure_name(name),
+                    system="nursery-worker",
+                    backend=backend,
+                    unit="µs/job",
+                    higher_is_better=False,
+                    extra={"jobs": jobs, "concurrency": c, "window": "the worker's own window, RUNNING to STOPPED"},
+                )
         for rep in range(plan.reps):
             for name, c, jobs, task, args in configs:
                 for backend in BACKENDS if rep % 2 == 0 else BACKENDS[::-1]:
@@ -115,9 +133,9 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
                     fig = report.find(SECTION, name, backend=backend)
                     assert fig is not None
                     fig.reps.append(rate)
-                    cpu = fig.extra["cpu_ms_per_job"][-1]
+                    cpu = report.find(SECTION, cpu_figure_name(name), backend=backend)
                     log(
                         f"throughput {backend:7} {name} (N={jobs:,}): {rate:,.0f} jobs/s over the database span, "
                         f"{fig.extra['process_window_jobs_per_s'][-1]:,.0f} over the worker's window, "
-                        f"{cpu if cpu is None else round(cpu, 3)} ms CPU/job"
+                        f"{cpu.reps[-1] if cpu and cpu.reps else float('nan'):.0f} µs CPU/job"
                     )

@@ -21,6 +21,7 @@ def parse() -> argparse.Namespace:
     # Settings a peer may take (the others ignore them); defaults are the harness's production choice.
     parser.add_argument("--batch-size", type=int, default=0, help="PgQueuer: jobs per dequeue (0: the harness's)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="PgQueuer's event loop")
+    parser.add_argument("--log-aggregation", type=float, default=30.0, help="PgQueuer: log_aggregation_interval, s")
     parser.add_argument(
         "--no-analyze",
         action="store_true",

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from importlib.metadata import version
 from typing import Any
 
@@ -47,7 +48,8 @@ BATCH = a.batch_size or 10
 
 
 def settings() -> str:
-    return f"{a.loop}, batch_size={BATCH}, max_concurrent_tasks={a.concurrency}"
+    aggregation = "" if a.log_aggregation == 30 else f", log_aggregation_interval={a.log_aggregation:g} s"
+    return f"{a.loop}, batch_size={BATCH}, max_concurrent_tasks={a.concurrency}{aggregation}"
 
 
 async def db_span(conn: asyncpg.Connection) -> float | None:
@@ -76,7 +78,12 @@ async def throughput(conn: asyncpg.Connection, queries: Queries, n: int) -> None
 
     window = Window()
     window.start()
-    await qm.run(mode=QueueExecutionMode.drain, batch_size=BATCH, max_concurrent_tasks=a.concurrency)
+    await qm.run(
+        mode=QueueExecutionMode.drain,
+        batch_size=BATCH,
+        max_concurrent_tasks=a.concurrency,
+        log_aggregation_interval=timedelta(seconds=a.log_aggregation),
+    )
     window.stop()
     left = await conn.fetchval("SELECT count(*) FROM pgqueuer")
     ok = await conn.fetchval("SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'")
