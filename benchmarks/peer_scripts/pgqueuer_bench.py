@@ -60,6 +60,19 @@ async def db_span(conn: asyncpg.Connection) -> float | None:
     return float(value) if value is not None else None
 
 
+async def tenths(conn: asyncpg.Connection, n: int) -> list[float]:
+    """Seconds from the first pick until each tenth of the N jobs was logged successful (how the rate moves)."""
+    rows = await conn.fetch(
+        "SELECT extract(epoch FROM s.created - p.t0)::float8 FROM"
+        " (SELECT created, row_number() OVER (ORDER BY created, id) AS k FROM pgqueuer_log"
+        "  WHERE status = 'successful') s,"
+        " (SELECT min(created) AS t0 FROM pgqueuer_log WHERE status = 'picked') p"
+        " WHERE s.k % $1 = 0 ORDER BY s.k",
+        max(1, n // 10),
+    )
+    return [round(float(r[0]), 3) for r in rows]
+
+
 async def throughput(conn: asyncpg.Connection, queries: Queries, n: int) -> None:
     for start in range(0, n, 50_000):
         k = min(n, start + 50_000) - start
@@ -90,6 +103,7 @@ async def throughput(conn: asyncpg.Connection, queries: Queries, n: int) -> None
     picked = await conn.fetchval("SELECT count(*) FROM pgqueuer_log WHERE status = 'picked'")
     emit(
         **window.fields(n, await db_span(conn)),
+        tenths_s=await tenths(conn, n),
         verified=left == 0 and ok == n and picked == n and done == n,
         detail=f"{done} run, {ok} logged successful, {picked} picked, {left} left; {settings()}",
     )
