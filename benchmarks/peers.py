@@ -234,6 +234,9 @@ def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
                         fig.extra["window"] = "database span, first claim to last completion (its own tables)"
                         fig.extra.setdefault("process_window_jobs_per_s", []).append(out.get("rate_process"))
                         fig.extra.setdefault("db_span_s", []).append(out.get("db_span_s"))
+                        if "tenths_s" in out:
+                            # Seconds from the first claim until each tenth of the jobs was done.
+                            fig.extra.setdefault("tenths_s", []).append(out["tenths_s"])
                         if out.get("cpu_ms_per_job") is not None:
                             cpu_fig.reps.append(out["cpu_ms_per_job"] * 1000)
                             cpu_fig.extra["jobs"] = n

@@ -129,7 +129,9 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
     }
     with migrated_schema(dsn) as schema:
         for rep in range(plan.reps):
-            for name, layout in LAYOUTS:
+            # Alternate the order of the layouts (and of the backends), so a drift in the machine's load
+            # does not always favour the layouts measured last.
+            for name, layout in LAYOUTS if rep % 2 == 0 else LAYOUTS[::-1]:
                 for backend in BACKENDS if rep % 2 == 0 else BACKENDS[::-1]:
                     fig = figs[name, backend]
                     try:
