@@ -6,7 +6,7 @@ completed) and the harness exits 1 if any verification failed. Prints markdown t
 JSON (``benchmarks/results/latest.json`` unless ``--output``) with the machine, the versions,
 every repetition, the medians and the targets with their ratios.
 
-    python -m benchmarks                      # full run, about 19 minutes on 2 quiet cores
+    python -m benchmarks                      # full run, about 18 minutes on 2 quiet cores
     python -m benchmarks --quick              # every section on a small N, one repetition (< 1 min + peer install)
     python -m benchmarks --only throughput,latency --reps 5
     python -m benchmarks --no-peers --dsn postgresql://postgres@127.0.0.1:5432/test
