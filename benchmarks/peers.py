@@ -6,6 +6,12 @@ dependency of nursery-worker; oban-py needs Python >= 3.12, so the venv uses the
 database of its own, created for the run and dropped after it; each workload runs in a fresh
 process of that venv's Python (``benchmarks/peer_scripts/<peer>_bench.py``) and verifies its result in the
 database. A peer that cannot be installed or set up is skipped with a one-line reason.
+
+Throughput is timed as nursery-worker's: N / the span from the first claim to the last completion
+in the peer's own tables, with the in-process window and the worker process's CPU time per job
+beside it (``benchmarks/throughput.py``). PgQueuer runs at ``SETTINGS`` and also measures its
+pickup latency (an idle worker, LISTEN, the latency section's probe method), so our latency and
+single ``defer()`` targets compare with it in the same run.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ SECTION = "peers"
 VENV = BENCH_DIR / ".peers-venv"
 PEERS = {"pgqueuer": ["pgqueuer", "asyncpg"], "procrastinate": ["procrastinate"], "oban": ["oban"]}
 CONCURRENCY = 50
-#: Each peer's settings beyond its defaults (the harness's production choice; docs/performance.md).
+#: Each peer's settings beyond its defaults (the harness's production choice, printed in the tables).
 #: PgQueuer: ``pgq run`` runs on uvloop (a dependency of PgQueuer outside Windows); batch_size 25
 #: is the most max_concurrent_tasks=50 allows (it must be at least twice the batch), the tuning
 #: guide's advice for short jobs ("increase batch_size"), and measured fastest here at concurrency 50.
