@@ -1,13 +1,13 @@
 """The benchmark harness of issue 3: ``python -m benchmarks`` (or ``nox -s bench``).
 
-Sections: enqueue, throughput, latency, growth, peers, baseline, levers, bloat (a long transaction
-under a steady load, on a private PostgreSQL server: ``benchmarks/bloat.py``). Every figure is the median
+Sections: enqueue, throughput, latency, scaling, growth, peers, baseline, levers, bloat (a long
+transaction under a steady load, on a private PostgreSQL server: ``benchmarks/bloat.py``). Every figure is the median
 of ``--reps`` repetitions; every run verifies its result in the database (all jobs really
 completed) and the harness exits 1 if any verification failed. Prints markdown tables and writes
 JSON (``benchmarks/results/latest.json`` unless ``--output``) with the machine, the versions,
 every repetition, the medians and the targets with their ratios.
 
-    python -m benchmarks                      # full run, about 10-15 minutes on 2 cores
+    python -m benchmarks                      # full run, about 18 minutes on 2 quiet cores
     python -m benchmarks --quick              # every section on a small N, one repetition (< 1 min + peer install)
     python -m benchmarks --only throughput,latency --reps 5
     python -m benchmarks --no-peers --dsn postgresql://postgres@127.0.0.1:5432/test
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import baseline, bloat, enqueue, growth, latency, levers, peers, throughput
+from . import baseline, bloat, enqueue, growth, latency, levers, peers, scaling, throughput
 from ._common import DEFAULT_DSN, DEFAULT_OUTPUT, FULL, QUICK, Report, dump_json, environment, loadavg, log
 from ._report import print_tables, targets
 
@@ -32,6 +32,7 @@ SECTIONS = {
     "enqueue": enqueue.run,
     "throughput": throughput.run,
     "latency": latency.run,
+    "scaling": scaling.run,
     "growth": growth.run,
     "peers": peers.run,
     "baseline": baseline.run,

@@ -39,7 +39,10 @@ class Plan:
     seq_defers: int  # single sequential defer()
     conc_defers: int  # defer() shared by 10 producers
     bulk_jobs: int  # one defer_many() call
-    throughput_jobs: int  # no-op jobs per throughput run
+    throughput_jobs: int  # no-op jobs per throughput run (concurrency 10 and 200)
+    headline_jobs: int  # no-op jobs of the headline run (concurrency 50), nursery-worker and PgQueuer alike
+    slow_peer_jobs: dict[str, int]  # the headline run's N for the peers too slow for headline_jobs
+    scaling_jobs: int  # no-op jobs per run of the scaling section
     concurrencies: tuple[int, ...]
     sleep_jobs: int  # jobs per 1 ms / 10 ms sleeping run
     latency_samples: int
@@ -57,6 +60,9 @@ FULL = Plan(
     conc_defers=4_000,
     bulk_jobs=50_000,
     throughput_jobs=10_000,
+    headline_jobs=100_000,
+    slow_peer_jobs={"procrastinate": 2_000, "oban": 20_000},
+    scaling_jobs=50_000,
     concurrencies=(10, 50, 200),
     sleep_jobs=5_000,
     latency_samples=200,
@@ -73,6 +79,9 @@ QUICK = Plan(
     conc_defers=400,
     bulk_jobs=5_000,
     throughput_jobs=1_000,
+    headline_jobs=1_000,
+    slow_peer_jobs={"procrastinate": 300, "oban": 1_000},
+    scaling_jobs=1_000,
     concurrencies=(50,),
     sleep_jobs=300,
     latency_samples=30,
@@ -192,6 +201,13 @@ def count_states(dsn: str, schema: str) -> dict[str, int]:
             sql.SQL("SELECT state, count(*) FROM {}.jobs GROUP BY state").format(sql.Identifier(schema))
         ).fetchall()
     return {str(state): int(n) for state, n in rows}
+
+
+def cpu_ms_per_job(results: list[dict[str, Any]], n: int) -> float | None:
+    """CPU milliseconds per job of the worker process(es): CPU seconds from RUNNING to STOPPED / *n*."""
+    if not n or not results or any("cpu_stopped" not in r for r in results):
+        return None
+    return sum(r["cpu_stopped"] - r["cpu_running"] for r in results) * 1000 / n
 
 
 def db_span(dsn: str, schema: str, min_id: int = 0) -> float:

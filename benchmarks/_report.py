@@ -154,6 +154,46 @@ def targets(report: Report) -> list[dict[str, Any]]:
                     "met": f.median is not None and 0.9 <= f.median <= 1.1,
                 }
             )
+    pgq_p50 = _median(find("latency", "pickup p50, LISTEN/NOTIFY", "pgqueuer"))
+    pgq_single = _median(find("enqueue", "single defer(), sequential", "pgqueuer"))
+    for backend in ("asyncio", "trio"):
+        cpu = _median(find("throughput", "worker CPU per job (µs), no-op, concurrency 50", backend=backend))
+        rows.append(
+            _target(
+                f"worker CPU per no-op job ≤ 30 µs ({backend})",
+                cpu,
+                30.0,
+                at_least=False,
+                unit="µs",
+                basis="the worker process's CPU time from RUNNING to STOPPED / jobs, concurrency 50",
+            )
+        )
+        ours_p50 = _median(find("latency", "pickup p50, LISTEN/NOTIFY", backend=backend))
+        rows.append(
+            _target(
+                f"pickup p50 with LISTEN below PgQueuer's ({backend})",
+                ours_p50 / pgq_p50 if ours_p50 is not None and pgq_p50 else None,
+                1.0,
+                at_least=False,
+                unit="× PgQueuer's",
+                basis=f"PgQueuer's p50 {_fmt(pgq_p50, 'ms')} ms in the same run"
+                if pgq_p50
+                else "needs the latency and peers sections",
+            )
+        )
+        ours_single = _median(find("enqueue", "single defer(), sequential", backend=backend))
+        rows.append(
+            _target(
+                f"single defer() ≥ PgQueuer's ({backend})",
+                ours_single / pgq_single if ours_single is not None and pgq_single else None,
+                1.0,
+                at_least=True,
+                unit="× PgQueuer's",
+                basis=f"PgQueuer {_fmt(pgq_single)} jobs/s in the same run"
+                if pgq_single
+                else "needs the enqueue and peers sections",
+            )
+        )
     growth = [f for f in report.figures if f.section == "growth" and f.unit == "jobs/s"]
     for backend in ("asyncio", "trio"):
         mine = sorted((f for f in growth if f.backend == backend), key=lambda f: f.extra.get("finished_rows", 0))
@@ -223,6 +263,74 @@ def targets(report: Report) -> list[dict[str, Any]]:
     return rows
 
 
+def _median_of(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _headline_details(figures: list[dict[str, Any]]) -> list[str]:
+    """The headline throughput of every system: N, both windows and the worker's CPU per job."""
+    rows = [f for f in figures if f["section"] == "throughput" and f["name"] == "no-op, concurrency 50" and f["reps"]]
+    if not rows:
+        return []
+    cpu = {
+        (f["system"], f["backend"]): f["median"]
+        for f in figures
+        if f["section"] == "throughput" and f["name"] == "worker CPU per job (µs), no-op, concurrency 50"
+    }
+    out = [
+        "| no-op, concurrency 50 | N | jobs/s, database span (headline) | jobs/s, worker's own window "
+        "| worker CPU per job (µs) | settings |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for f in rows:
+        extra = f["extra"]
+        label = f["system"] if f["system"] != "nursery-worker" else f"nursery-worker/{f['backend']}"
+        ours = f["system"] == "nursery-worker"
+        settings = f"concurrency 50, {f['backend']}" if ours else f["notes"].split("; ", 1)[-1]
+        out.append(
+            f"| {label} | {extra.get('jobs', 0):,} | {_fmt(f['median'])} "
+            f"| {_fmt(_median_of(extra.get('process_window_jobs_per_s', [])))} "
+            f"| {_fmt(cpu.get((f['system'], f['backend'])))} | {settings} |"
+        )
+    out.append("")
+    return out
+
+
+def _scaling(figures: list[dict[str, Any]]) -> list[str]:
+    """The scaling section as a table and a small text curve (bars scaled to the fastest figure)."""
+    rows = [f for f in figures if f["section"] == "scaling" and f["reps"]]
+    if not rows:
+        return []
+    names = list(dict.fromkeys(f["name"] for f in rows))
+    backends = list(dict.fromkeys(f["backend"] for f in rows))
+    by = {(f["name"], f["backend"]): f for f in rows}
+    jobs = rows[0]["extra"].get("jobs", 0)
+    out = [
+        f"\n### Scaling: no-op jobs, concurrency 50 per process, N = {jobs:,} (jobs/s, speed-up vs 1 process)\n",
+        "| layout | " + " | ".join(f"{b} jobs/s | {b} speed-up" for b in backends) + " |",
+        "|---|" + "---:|---:|" * len(backends),
+    ]
+    for name in names:
+        cells = []
+        for b in backends:
+            f = by.get((name, b))
+            speedup = f["extra"].get("speedup_vs_1_process") if f else None
+            cells.append(f"{_fmt(f['median']) if f else 'n/a'} | {_fmt(speedup, 'ratio')}x")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    top = max(f["median"] for f in rows) or 1.0
+    out.append("\n```")
+    for b in backends:
+        for name in names:
+            f = by.get((name, b))
+            if f is None:
+                continue
+            bar = "#" * max(1, round(40 * f["median"] / top))
+            out.append(f"{b:7} {name:>28} | {bar:<40} {f['median']:>8,.0f} jobs/s")
+    out.append("```")
+    return out
+
+
 def print_tables(data: dict[str, Any]) -> None:
     env = data["environment"]
     out: list[str] = []
@@ -242,7 +350,7 @@ def print_tables(data: dict[str, Any]) -> None:
         if f["system"] in PEER_SYSTEMS and (f["section"], f["name"]) not in shared:
             shared.append((f["section"], f["name"]))
     if shared:
-        out.append("| workload (jobs/s) | " + " | ".join(present) + " |")
+        out.append("| workload (median) | " + " | ".join(present) + " |")
         out.append("|---|" + "---:|" * len(present))
         for section, name in shared:
             cells = []
@@ -254,9 +362,11 @@ def print_tables(data: dict[str, Any]) -> None:
                     if (f["section"], f["name"], f["system"]) == (section, name, system)
                     and (not backend or f["backend"] == backend)
                 ]
-                cells.append(_fmt(match[0]["median"]) if match else "n/a")
-            out.append(f"| {section}: {name} | " + " | ".join(cells) + " |")
+                cells.append(_fmt(match[0]["median"], match[0]["unit"]) if match else "n/a")
+            unit = next(f["unit"] for f in figures if (f["section"], f["name"]) == (section, name))
+            out.append(f"| {section}: {name} ({unit}) | " + " | ".join(cells) + " |")
         out.append("")
+        out.extend(_headline_details(figures))
         for f in figures:
             if f["system"] == "plain-sql":
                 out.append(f"- plain-SQL baseline, {f['name']}: {_fmt(f['median'])} rows/s")
@@ -271,6 +381,7 @@ def print_tables(data: dict[str, Any]) -> None:
             f"| {f['section']} | {f['name']} | {f['system']} | {f['backend']} | {_fmt(f['median'], f['unit'])} "
             f"| {f['unit']} | {reps} | {'yes' if f['verified'] else 'NO'} |"
         )
+    out.extend(_scaling(figures))
     if data["targets"]:
         out.append("\n| target | measured | goal | ratio | met | basis |")
         out.append("|---|---:|---:|---:|---|---|")

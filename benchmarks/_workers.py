@@ -89,18 +89,11 @@ def cli_has_processes() -> bool:
     return "--processes" in proc.stdout
 
 
-def run_cli_processes(dsn: str, schema: str, backend: str, concurrency: int, processes: int, n: int) -> None:
-    """``nursery-worker run --processes N`` (the supervisor) until the *n* queued jobs are completed.
+def start_cli(dsn: str, schema: str, backend: str, concurrency: int, processes: int) -> subprocess.Popen[str]:
+    """``nursery-worker run --processes N`` on the harness's app: a supervisor (or, at 1, one worker).
 
-    The supervisor runs until signalled (``--once`` is a single-process mode), so the harness waits
-    until the database shows every job completed, then stops it with SIGTERM; the figure is taken
-    from the database span (first claim to last finish), not counting the children's start-up.
+    It runs until signalled (``--once`` is a single-process mode); stop it with :func:`stop_cli`.
     """
-    import signal
-    import time
-
-    from ._common import count_states
-
     cmd = [
         sys.executable,
         "-m",
@@ -119,16 +112,17 @@ def run_cli_processes(dsn: str, schema: str, backend: str, concurrency: int, pro
         "--log-level",
         "warning",
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(dsn, schema), stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 600
-        while count_states(dsn, schema).get("completed", 0) < n:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nursery-worker run --processes ended early or timed out (exit {proc.returncode})")
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=worker_env(dsn, schema), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def stop_cli(proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """SIGTERM (a graceful stop of every child), then wait; raises if it did not exit cleanly."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"nursery-worker run --processes exited with {proc.returncode}: {stderr[-2000:]}")
+        raise RuntimeError(f"nursery-worker run exited with {proc.returncode}: {stderr[-2000:]}")

@@ -6,6 +6,12 @@ dependency of nursery-worker; oban-py needs Python >= 3.12, so the venv uses the
 database of its own, created for the run and dropped after it; each workload runs in a fresh
 process of that venv's Python (``benchmarks/peer_scripts/<peer>_bench.py``) and verifies its result in the
 database. A peer that cannot be installed or set up is skipped with a one-line reason.
+
+Throughput is timed as nursery-worker's: N / the span from the first claim to the last completion
+in the peer's own tables, with the in-process window and the worker process's CPU time per job
+beside it (``benchmarks/throughput.py``). PgQueuer runs at ``SETTINGS`` and also measures its
+pickup latency (an idle worker, LISTEN, the latency section's probe method), so our latency and
+single ``defer()`` targets compare with it in the same run.
 """
 
 from __future__ import annotations
@@ -25,11 +31,18 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ._common import BENCH_DIR, Plan, Report, log
+from .throughput import cpu_figure_name
 
 SECTION = "peers"
 VENV = BENCH_DIR / ".peers-venv"
 PEERS = {"pgqueuer": ["pgqueuer", "asyncpg"], "procrastinate": ["procrastinate"], "oban": ["oban"]}
 CONCURRENCY = 50
+#: Each peer's settings beyond its defaults (the harness's production choice, printed in the tables).
+#: PgQueuer: ``pgq run`` runs on uvloop (a dependency of PgQueuer outside Windows); batch_size 25
+#: is the most max_concurrent_tasks=50 allows (it must be at least twice the batch), the tuning
+#: guide's advice for short jobs ("increase batch_size"), and measured fastest here at concurrency 50.
+SETTINGS: dict[str, list[str]] = {"pgqueuer": ["--loop", "uvloop", "--batch-size", "25"]}
+LATENCY_PEERS = ("pgqueuer",)
 
 
 def _python_candidates() -> list[str]:
@@ -101,6 +114,7 @@ def _call(peer: str, dsn: str, workload: str, n: int = 0, concurrency: int = CON
             str(n),
             "--concurrency",
             str(concurrency),
+            *SETTINGS.get(peer, []),
         ],
         capture_output=True,
         text=True,
@@ -123,13 +137,50 @@ def _database(dsn: str, name: str, create: bool) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def workloads(plan: Plan) -> list[tuple[str, str, str, int]]:
-    """(section, figure name, workload, n): the same names as nursery-worker's figures."""
+def workloads(plan: Plan, peer: str) -> list[tuple[str, str, str, int]]:
+    """(section, figure name, workload, n): the same names as nursery-worker's figures.
+
+    Throughput runs the headline N (as nursery-worker's concurrency-50 figure) but for the peers
+    too slow for it (``plan.slow_peer_jobs``: at about 100 jobs/s, 100,000 jobs would take 15 min).
+    """
     return [
         ("enqueue", "single defer(), sequential", "enqueue-single", plan.seq_defers),
         ("enqueue", f"defer_many() of {plan.bulk_jobs:,} jobs", "enqueue-bulk", plan.bulk_jobs),
-        ("throughput", f"no-op, concurrency {CONCURRENCY}", "throughput", plan.throughput_jobs),
+        (
+            "throughput",
+            f"no-op, concurrency {CONCURRENCY}",
+            "throughput",
+            plan.slow_peer_jobs.get(peer, plan.headline_jobs),
+        ),
     ]
+
+
+def _latency(peer: str, url: str, plan: Plan, report: Report, version: str | None) -> None:
+    """Pickup latency of an idle worker with its LISTEN path: p50/p95/p99 per run, as the latency section."""
+    figs = {
+        p: report.figure(
+            section="latency",
+            name=f"pickup p{p}, LISTEN/NOTIFY",
+            system=peer,
+            backend="asyncio",
+            unit="ms",
+            higher_is_better=False,
+            extra={"samples": plan.latency_samples, "version": version},
+        )
+        for p in (50, 95, 99)
+    }
+    for _ in range(plan.reps):
+        try:
+            out = _call(peer, url, "latency", plan.latency_samples)
+        except Exception as exc:
+            for fig in figs.values():
+                report.verify(fig, False, str(exc))
+            continue
+        for p, fig in figs.items():
+            fig.reps.append(out[f"p{p}"])
+            fig.notes = out.get("detail", "")
+            report.verify(fig, bool(out["verified"]), out.get("detail", ""))
+        log(f"peers: {peer} pickup p50 {out['p50']:.2f} ms, p99 {out['p99']:.2f} ms ({out.get('detail', '')})")
 
 
 def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
@@ -164,10 +215,19 @@ def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
                     higher_is_better=True,
                     extra={"jobs": n, "version": meta.get("version")},
                 )
-                for section, name, w, n in workloads(plan)
+                for section, name, w, n in workloads(plan, peer)
             }
+            cpu_fig = report.figure(
+                section="throughput",
+                name=cpu_figure_name(f"no-op, concurrency {CONCURRENCY}"),
+                system=peer,
+                backend="asyncio",
+                unit="µs/job",
+                higher_is_better=False,
+                extra={"version": meta.get("version"), "window": "the call that runs the worker to its return"},
+            )
             for _ in range(plan.reps):
-                for _section, name, w, n in workloads(plan):
+                for _section, name, w, n in workloads(plan, peer):
                     fig = figs[w]
                     try:
                         out = _call(peer, url, w, n)
@@ -176,8 +236,20 @@ def run(dsn: str, plan: Plan, report: Report) -> dict[str, Any]:
                         continue
                     fig.reps.append(out["rate"])
                     fig.notes = out.get("detail", "")
+                    if w == "throughput":
+                        fig.extra["window"] = "database span, first claim to last completion (its own tables)"
+                        fig.extra.setdefault("process_window_jobs_per_s", []).append(out.get("rate_process"))
+                        fig.extra.setdefault("db_span_s", []).append(out.get("db_span_s"))
+                        if "tenths_s" in out:
+                            # Seconds from the first claim until each tenth of the jobs was done.
+                            fig.extra.setdefault("tenths_s", []).append(out["tenths_s"])
+                        if out.get("cpu_ms_per_job") is not None:
+                            cpu_fig.reps.append(out["cpu_ms_per_job"] * 1000)
+                            cpu_fig.extra["jobs"] = n
                     report.verify(fig, bool(out["verified"]), out.get("detail", ""))
                     log(f"peers: {peer} {name}: {out['rate']:,.0f} jobs/s ({out.get('detail', '')})")
+            if peer in LATENCY_PEERS:
+                _latency(peer, url, plan, report, meta.get("version"))
         finally:
             _database(dsn, db, create=False)
     return info

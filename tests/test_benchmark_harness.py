@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_quick_harness_runs_and_verifies(tmp_path: Path, dsn: str) -> None:
+    """`--quick --no-peers` runs every section (the scaling curve too) and every figure verifies in the database."""
     output = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--no-peers", "--dsn", dsn, "--output", str(output)],
@@ -35,14 +36,23 @@ def test_quick_harness_runs_and_verifies(tmp_path: Path, dsn: str) -> None:
     env = report["environment"]
     assert env["cpu_count"] >= 1 and env["postgresql"] and env["packages"]["psycopg"]
     sections = {f["section"] for f in report["figures"]}
-    assert sections - {"bloat"} == {"enqueue", "throughput", "latency", "growth", "baseline"}
+    assert sections - {"bloat"} == {"enqueue", "throughput", "latency", "scaling", "growth", "baseline"}
     # The bloat section needs a private PostgreSQL server (initdb): without one it says why it skipped.
     assert "bloat" in sections or any(s["what"] == "bloat" for s in report["skipped"])
     assert all(f["verified"] and f["reps"] and f["median"] is not None for f in report["figures"])
     assert {f["backend"] for f in report["figures"] if f["system"] == "nursery-worker"} == {"asyncio", "trio"}
+    scaling = {(f["name"], f["backend"]): f for f in report["figures"] if f["section"] == "scaling"}
+    assert {name for name, _ in scaling} == {"1 process", "2 processes", "4 processes", "2 supervisors × 2 processes"}
+    assert scaling["2 supervisors × 2 processes", "trio"]["extra"]["processes"] == [2, 2]
+    assert all(f["extra"]["speedup_vs_1_process"] is not None for f in scaling.values())
+    names = {(f["name"], f["backend"]): f for f in report["figures"] if f["section"] == "throughput"}
+    for backend in ("asyncio", "trio"):
+        assert names["no-op, concurrency 50", backend]["extra"]["process_window_jobs_per_s"]
+        assert names["worker CPU per job (µs), no-op, concurrency 50", backend]["median"] > 0
     assert report["levers"] and all(lv["median"] is not None for lv in report["levers"])
     assert any(t["target"].startswith("trio within 15%") for t in report["targets"])
     assert "| target |" in proc.stdout
+    assert "### Scaling" in proc.stdout
 
 
 def test_unknown_section_is_refused() -> None:
