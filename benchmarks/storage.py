@@ -142,5 +142,67 @@ def _record(report: Report, variant: str, reps: list[float], notes: str) -> None
     log(f"lever storage: {variant}: {entry['median']:,.0f} rows/s {notes}")
 
 
+# Complete the previous batch and claim the next one in one statement: one round trip and one commit
+# per cycle instead of two. The claim's sub-select does not see the completion (one snapshot), which
+# it does not need: it reads available rows, the completion writes executing ones.
+_COMPLETE_AND_CLAIM = """
+WITH done AS (
+    UPDATE {s}.jobs SET state = 'completed', finished_at = now(), worker_id = NULL
+    WHERE id = ANY(%(ids)s::bigint[]) AND state = 'executing' AND worker_id = 'baseline'
+    RETURNING 1
+), claimed AS (
+    UPDATE {s}.jobs AS j SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(),
+        worker_id = 'baseline'
+    WHERE j.id = ANY(ARRAY(
+        SELECT id FROM {s}.jobs WHERE state = 'available' AND limit_key IS NULL AND queue = 'bench'
+        ORDER BY priority DESC, scheduled_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM done), (SELECT array_agg(id) FROM claimed)
+"""
+
+
+def round_trips(dsn: str, plan: Plan, report: Report) -> None:
+    """The baseline loop (claim, then complete: two statements per cycle) against one statement per
+    cycle that completes the previous batch and claims the next, interleaved, on the table as is."""
+    import time
+
+    n = plan.lever_rows
+    two: list[float] = []
+    one: list[float] = []
+    with migrated_schema(dsn, prefix="bench_rt") as schema:
+        s = sql.Identifier(schema)
+        statement = sql.SQL(_COMPLETE_AND_CLAIM).format(s=s)
+        for rep in range(plan.reps):
+            for kind in ("two", "one") if rep % 2 == 0 else ("one", "two"):
+                if kind == "two":
+                    out = baseline.claim_complete(dsn, schema, n)
+                    two.append(out["rate"])
+                    ok = out["completed"] == n
+                else:
+                    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+                        conn.execute(sql.SQL("TRUNCATE {}.jobs").format(s))
+                        conn.execute(sql.SQL(baseline._FILL).format(s=s), [n])
+                        conn.execute(sql.SQL("VACUUM ANALYZE {}.jobs").format(s))
+                        ids: list[int] = []
+                        started = time.perf_counter()
+                        while True:
+                            row = conn.execute(statement, {"ids": ids, "limit": baseline.BATCH}).fetchone()
+                            assert row is not None
+                            ids = row[1] or []
+                            if not ids:
+                                break
+                        one.append(n / (time.perf_counter() - started))
+                        done = conn.execute(
+                            sql.SQL("SELECT count(*) FROM {}.jobs WHERE state = 'completed'").format(s)
+                        ).fetchone()
+                        ok = done is not None and done[0] == n
+                if not ok:
+                    report.verification_failures.append(f"lever round trips {kind}: not every row completed")
+    _record(report, f"claim 100, then complete 100: two statements per cycle ({n:,} rows)", two, "")
+    _record(report, f"complete the previous 100 and claim 100 in one statement ({n:,} rows)", one, "")
+
+
 def run(dsn: str, plan: Plan, report: Report) -> None:
     table_shapes(dsn, plan, report)
+    round_trips(dsn, plan, report)

@@ -13,6 +13,7 @@ from psycopg import sql
 
 from nursery_worker import App, JobFilter, JobState, open_worker
 from nursery_worker._driver.postgres import MIGRATIONS
+from nursery_worker._models import JobSearch
 
 from .helpers import fast, wait_for_state
 
@@ -105,3 +106,32 @@ async def test_migration_10_keeps_jobs_in_every_state_and_they_still_work(dsn: s
         assert (await app.get_job(5)).state is JobState.RETRYABLE
         assert (await app.get_job(7)).state is JobState.DISCARDED
         assert await app.count_jobs(JobFilter(task="mig.work", states="completed")) == 4
+
+
+async def test_reads_by_task_merge_the_executing_jobs_into_each_page_in_id_order(app: App) -> None:
+    """list_jobs, the dashboard's search, count_jobs and bulk operations filtered by task see the executing
+    jobs (kept out of jobs_task_idx) in their place: pages newest first, bounded, counts exact."""
+
+    @app.task(name="arms.work")
+    async def work(n: int) -> None: ...
+
+    jobs = await app.defer_many([work.job(n=i) for i in range(6)])
+    ids = [j.id for j in jobs]
+    claimed = await app.driver.fetch_jobs(worker_id="w", queues=["default"], limit=2)
+    running = sorted(j.id for j in claimed)
+    assert running == ids[:2]
+
+    page = await app.list_jobs(task="arms.work", limit=4)
+    assert [j.id for j in page] == sorted(ids, reverse=True)[:4]
+    page = await app.list_jobs(task="arms.work", limit=10, before_id=ids[3])
+    assert [j.id for j in page] == [ids[2], ids[1], ids[0]]
+    assert [j.state for j in page[1:]] == [JobState.EXECUTING, JobState.EXECUTING]
+    found = await app._admin.search_jobs(JobSearch(task="arms.work"), limit=3, time_limit=5.0)
+    assert [j.id for j in found] == sorted(ids, reverse=True)[:3]
+    found = await app._admin.search_jobs(JobSearch(task="arms.work", before_id=ids[2]), limit=3, time_limit=5.0)
+    assert [j.id for j in found] == [ids[1], ids[0]]
+    assert await app.count_jobs(JobFilter(task="arms.work")) == 6
+    assert await app.count_jobs(JobFilter(task="arms.work", states=("executing", "available"))) == 6
+
+    result = await app.bulk_cancel(JobFilter(task="arms.work"), chunk_size=4)
+    assert (result.matched, result.changed, result.requested) == (6, 4, 2)
