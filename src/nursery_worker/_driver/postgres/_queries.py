@@ -571,8 +571,8 @@ def ordered_page(head: sql.Composable, where: Sequence[sql.Composable], *, order
     """``head WHERE where ORDER BY order LIMIT %(limit)s``; filtered by task, the union of two arms.
 
     jobs_task_idx holds every job but the executing ones (migration 10: a claim writes no entry in
-    it), so a read filtered by task takes the jobs of that index and, apart, the executing ones
-    (jobs_executing_idx); each arm is ordered and limited by its index, then the two are merged.
+    it), so a read filtered by task takes the jobs of that index, ordered and limited by it, and
+    apart the task's executing ones (jobs_executing_idx); the two are merged in *order*.
 
     Args:
         head: ``SELECT <columns> FROM <schema>.jobs``; the columns include ``id``.
