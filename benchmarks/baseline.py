@@ -9,7 +9,9 @@ ANY(...)``. Figure: rows claimed and completed per second.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -51,8 +53,30 @@ def _buffers(conn: psycopg.Connection[Any], schema: str) -> int:
     return int(row[0] or 0) if row else 0
 
 
+@contextlib.contextmanager
+def _old_snapshot(dsn: str, hold: bool) -> Iterator[None]:
+    """While inside, another session holds a REPEATABLE READ snapshot (if *hold*): no row version
+    the loop makes dead can be cleaned up, as with a long transaction elsewhere on the server."""
+    if not hold:
+        yield
+        return
+    with psycopg.connect(dsn) as other:
+        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        other.execute("SELECT txid_current()")
+        try:
+            yield
+        finally:
+            other.rollback()
+
+
 def claim_complete(
-    dsn: str, schema: str, rows: int, batch: int = BATCH, fillfactor: int | None = None, queue_any: bool = False
+    dsn: str,
+    schema: str,
+    rows: int,
+    batch: int = BATCH,
+    fillfactor: int | None = None,
+    queue_any: bool = False,
+    old_snapshot: bool = False,
 ) -> dict[str, float]:
     """Fill *rows*, then claim and complete them in batches; returns rows/s and HOT-update counts.
 
@@ -76,15 +100,16 @@ def claim_complete(
         done = 0
         claiming = 0.0
         buffers_before = _buffers(conn, schema)
-        started = time.perf_counter()
-        while True:
-            t0 = time.perf_counter()
-            ids = [r[0] for r in conn.execute(claim, [queue_param, batch]).fetchall()]
-            claiming += time.perf_counter() - t0
-            if not ids:
-                break
-            done += conn.execute(complete, [ids]).rowcount
-        elapsed = time.perf_counter() - started
+        with _old_snapshot(dsn, old_snapshot):
+            started = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                ids = [r[0] for r in conn.execute(claim, [queue_param, batch]).fetchall()]
+                claiming += time.perf_counter() - t0
+                if not ids:
+                    break
+                done += conn.execute(complete, [ids]).rowcount
+            elapsed = time.perf_counter() - started
         buffers = _buffers(conn, schema) - buffers_before
         completed = conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs WHERE state = 'completed'").format(s)).fetchone()
         time.sleep(0.6)  # the statistics collector reports with a small delay
@@ -131,7 +156,9 @@ CREATE INDEX mini_available ON {s}.mini (id) WHERE state = 'available';
 """
 
 
-def claim_complete_minimal(dsn: str, schema: str, rows: int, batch: int = BATCH) -> dict[str, float]:
+def claim_complete_minimal(
+    dsn: str, schema: str, rows: int, batch: int = BATCH, old_snapshot: bool = False
+) -> dict[str, float]:
     """The same loop on the smallest table that can hold a queue: id, state, args, one partial index."""
     s = sql.Identifier(schema)
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
@@ -158,15 +185,16 @@ def claim_complete_minimal(dsn: str, schema: str, rows: int, batch: int = BATCH)
         done = 0
         claiming = 0.0
         buffers_before = _buffers(conn, schema)
-        started = time.perf_counter()
-        while True:
-            t0 = time.perf_counter()
-            ids = [r[0] for r in conn.execute(claim, [batch]).fetchall()]
-            claiming += time.perf_counter() - t0
-            if not ids:
-                break
-            done += conn.execute(complete, [ids]).rowcount
-        elapsed = time.perf_counter() - started
+        with _old_snapshot(dsn, old_snapshot):
+            started = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                ids = [r[0] for r in conn.execute(claim, [batch]).fetchall()]
+                claiming += time.perf_counter() - t0
+                if not ids:
+                    break
+                done += conn.execute(complete, [ids]).rowcount
+            elapsed = time.perf_counter() - started
         buffers = _buffers(conn, schema) - buffers_before
         completed = conn.execute(sql.SQL("SELECT count(*) FROM {}.mini WHERE state = 'completed'").format(s)).fetchone()
         conn.execute(sql.SQL("DROP TABLE {}.mini").format(s))

@@ -203,6 +203,43 @@ def round_trips(dsn: str, plan: Plan, report: Report) -> None:
     _record(report, f"complete the previous 100 and claim 100 in one statement ({n:,} rows)", one, "")
 
 
+#: The variants measured under an old snapshot.
+_SNAPSHOT_VARIANTS = (
+    "before (migrations 1-9: full jobs_task_idx)",
+    "as is (migration 10: jobs_task_idx without the executing jobs)",
+    "partitioned by state: hot (5 states) / done (3)",
+)
+
+
+def old_snapshot(dsn: str, plan: Plan, report: Report) -> None:
+    """The loop with and without a REPEATABLE READ snapshot held open by another session for its
+    whole length (nothing the loop makes dead can be cleaned up), interleaved, per table shape."""
+    n = plan.lever_rows
+    names = [*_SNAPSHOT_VARIANTS, MINIMAL]
+    rates: dict[tuple[str, bool], list[float]] = {(k, h): [] for k in names for h in (False, True)}
+    work: dict[tuple[str, bool], list[float]] = {k: [] for k in rates}
+    with _schemas(dsn, list(_SNAPSHOT_VARIANTS)) as schemas:
+        for rep in range(plan.reps):
+            order = list(rates) if rep % 2 == 0 else list(reversed(rates))
+            for name, hold in order:
+                if name == MINIMAL:
+                    out = baseline.claim_complete_minimal(dsn, schemas[names[0]], n, old_snapshot=hold)
+                else:
+                    out = baseline.claim_complete(dsn, schemas[name], n, old_snapshot=hold)
+                if out["done"] != n or out["completed"] != n:
+                    report.verification_failures.append(f"lever old snapshot {name}: {out['completed']} of {n}")
+                rates[(name, hold)].append(out["rate"])
+                work[(name, hold)].append(out["buffers_per_row"])
+    for (name, hold), values in rates.items():
+        what = "an old snapshot held by another session" if hold else "no other session"
+        notes = f"buffers per row {statistics.median(work[(name, hold)]):.1f}"
+        if hold:
+            clean = statistics.median(rates[(name, False)])
+            notes += f"; {statistics.median(values) / clean:.2f} of the rate without it"
+        _record(report, f"claim 100 + complete 100, {name}, {what} ({n:,} rows)", values, notes)
+
+
 def run(dsn: str, plan: Plan, report: Report) -> None:
     table_shapes(dsn, plan, report)
     round_trips(dsn, plan, report)
+    old_snapshot(dsn, plan, report)
