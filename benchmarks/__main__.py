@@ -1,11 +1,12 @@
 """The benchmark harness of issue 3: ``python -m benchmarks`` (or ``nox -s bench``).
 
-Sections: enqueue, throughput, latency, scaling, growth, peers, baseline, levers, bloat (a long
-transaction under a steady load, on a private PostgreSQL server: ``benchmarks/bloat.py``). Every figure is the median
-of ``--reps`` repetitions; every run verifies its result in the database (all jobs really
-completed) and the harness exits 1 if any verification failed. Prints markdown tables and writes
-JSON (``benchmarks/results/latest.json`` unless ``--output``) with the machine, the versions,
-every repetition, the medians and the targets with their ratios.
+Sections: enqueue, throughput, latency, scaling, growth, peers, baseline, levers (and storage, a
+part of levers that ``--only storage`` runs alone), bloat (a long transaction under a steady load, on
+a private PostgreSQL server: ``benchmarks/bloat.py``). Every figure is the median of ``--reps``
+repetitions; every run verifies its result in the database (all jobs really completed) and the
+harness exits 1 if any verification failed. Prints markdown tables and writes JSON
+(``benchmarks/results/latest.json`` unless ``--output``) with the machine, the versions, every
+repetition, the medians and the targets with their ratios.
 
     python -m benchmarks                      # full run, about 18 minutes on 2 quiet cores
     python -m benchmarks --quick              # every section on a small N, one repetition (< 1 min + peer install)
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import baseline, bloat, enqueue, growth, latency, levers, peers, scaling, throughput
+from . import baseline, bloat, enqueue, growth, latency, levers, peers, scaling, storage, throughput
 from ._common import DEFAULT_DSN, DEFAULT_OUTPUT, FULL, QUICK, Report, dump_json, environment, loadavg, log
 from ._report import print_tables, targets
 
@@ -38,6 +39,8 @@ SECTIONS = {
     "baseline": baseline.run,
     "levers": levers.run,
     "bloat": bloat.run,
+    # Issue 21's storage levers alone; "levers" runs them too, so a full run leaves this one out.
+    "storage": storage.run,
 }
 
 
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
         plan = dataclasses.replace(plan, reps=max(1, args.reps))
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or [s for s in SECTIONS if s != "storage"]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")

@@ -9,7 +9,10 @@ ANY(...)``. Figure: rows claimed and completed per second.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -38,8 +41,42 @@ WHERE id = ANY(%s::bigint[]) AND state = 'executing' AND worker_id = 'baseline'
 """
 
 
+def _buffers(conn: psycopg.Connection[Any], schema: str) -> int:
+    """Buffers the schema's tables and indexes were read from or hit so far (this server's statistics):
+    the loop's work, free of the timing noise of a loaded machine."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    row = conn.execute(
+        "SELECT sum(heap_blks_hit + heap_blks_read + coalesce(idx_blks_hit, 0) + coalesce(idx_blks_read, 0))::bigint "
+        "FROM pg_statio_user_tables WHERE schemaname = %s",
+        [schema],
+    ).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+@contextlib.contextmanager
+def _old_snapshot(dsn: str, hold: bool) -> Iterator[None]:
+    """While inside, another session holds a REPEATABLE READ snapshot (if *hold*): no row version
+    the loop makes dead can be cleaned up, as with a long transaction elsewhere on the server."""
+    if not hold:
+        yield
+        return
+    with psycopg.connect(dsn) as other:
+        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        other.execute("SELECT txid_current()")
+        try:
+            yield
+        finally:
+            other.rollback()
+
+
 def claim_complete(
-    dsn: str, schema: str, rows: int, batch: int = BATCH, fillfactor: int | None = None, queue_any: bool = False
+    dsn: str,
+    schema: str,
+    rows: int,
+    batch: int = BATCH,
+    fillfactor: int | None = None,
+    queue_any: bool = False,
+    old_snapshot: bool = False,
 ) -> dict[str, float]:
     """Fill *rows*, then claim and complete them in batches; returns rows/s and HOT-update counts.
 
@@ -61,13 +98,19 @@ def claim_complete(
         claim, complete = sql.SQL(_CLAIM).format(s=s, queue_test=queue_test), sql.SQL(_COMPLETE).format(s=s)
         queue_param: object = ["bench"] if queue_any else "bench"
         done = 0
-        started = time.perf_counter()
-        while True:
-            ids = [r[0] for r in conn.execute(claim, [queue_param, batch]).fetchall()]
-            if not ids:
-                break
-            done += conn.execute(complete, [ids]).rowcount
-        elapsed = time.perf_counter() - started
+        claiming = 0.0
+        buffers_before = _buffers(conn, schema)
+        with _old_snapshot(dsn, old_snapshot):
+            started = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                ids = [r[0] for r in conn.execute(claim, [queue_param, batch]).fetchall()]
+                claiming += time.perf_counter() - t0
+                if not ids:
+                    break
+                done += conn.execute(complete, [ids]).rowcount
+            elapsed = time.perf_counter() - started
+        buffers = _buffers(conn, schema) - buffers_before
         completed = conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs WHERE state = 'completed'").format(s)).fetchone()
         time.sleep(0.6)  # the statistics collector reports with a small delay
         after = conn.execute(stats_sql, [schema]).fetchone()
@@ -81,6 +124,8 @@ def claim_complete(
         "completed": completed[0] if completed else 0,
         "updates": upd,
         "hot_updates": hot,
+        "buffers_per_row": buffers / max(1, done),
+        "claim_share": claiming / elapsed,
     }
 
 
@@ -111,7 +156,9 @@ CREATE INDEX mini_available ON {s}.mini (id) WHERE state = 'available';
 """
 
 
-def claim_complete_minimal(dsn: str, schema: str, rows: int, batch: int = BATCH) -> dict[str, float]:
+def claim_complete_minimal(
+    dsn: str, schema: str, rows: int, batch: int = BATCH, old_snapshot: bool = False
+) -> dict[str, float]:
     """The same loop on the smallest table that can hold a queue: id, state, args, one partial index."""
     s = sql.Identifier(schema)
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
@@ -136,16 +183,28 @@ def claim_complete_minimal(dsn: str, schema: str, rows: int, batch: int = BATCH)
             "AND state = 'executing'"
         ).format(s)
         done = 0
-        started = time.perf_counter()
-        while True:
-            ids = [r[0] for r in conn.execute(claim, [batch]).fetchall()]
-            if not ids:
-                break
-            done += conn.execute(complete, [ids]).rowcount
-        elapsed = time.perf_counter() - started
+        claiming = 0.0
+        buffers_before = _buffers(conn, schema)
+        with _old_snapshot(dsn, old_snapshot):
+            started = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                ids = [r[0] for r in conn.execute(claim, [batch]).fetchall()]
+                claiming += time.perf_counter() - t0
+                if not ids:
+                    break
+                done += conn.execute(complete, [ids]).rowcount
+            elapsed = time.perf_counter() - started
+        buffers = _buffers(conn, schema) - buffers_before
         completed = conn.execute(sql.SQL("SELECT count(*) FROM {}.mini WHERE state = 'completed'").format(s)).fetchone()
         conn.execute(sql.SQL("DROP TABLE {}.mini").format(s))
-    return {"rate": done / elapsed, "done": done, "completed": completed[0] if completed else 0}
+    return {
+        "rate": done / elapsed,
+        "done": done,
+        "completed": completed[0] if completed else 0,
+        "buffers_per_row": buffers / max(1, done),
+        "claim_share": claiming / elapsed,
+    }
 
 
 def run_minimal(dsn: str, plan: Plan, report: Report) -> None:

@@ -17,7 +17,7 @@ import anyio
 import psycopg
 from psycopg import sql
 
-from . import baseline
+from . import baseline, storage
 from ._common import Plan, Report, log, migrated_schema
 from .bench_app import build_app
 
@@ -657,3 +657,4 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
         fetch_with_history(dsn, plan, report, schema)
         completion(dsn, plan, report, schema)
         table_shape(dsn, plan, report, schema)
+    storage.run(dsn, plan, report)

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from ..._models import DashboardCounts, JobSearch, QueueInfo, RateLimit, StateCount
+from ._queries import ordered_page
 
 #: The states a queue's jobs wait or run in (counted per queue, exactly up to the cap).
 WAITING = ("pending", "scheduled", "available", "executing", "retryable")
@@ -84,12 +85,8 @@ def search_query(
     if search.before_id is not None:
         where.append(sql.SQL("id < %(before_id)s"))
         params["before_id"] = search.before_id
-    query = sql.SQL("SELECT {cols} FROM {s}.jobs {where} ORDER BY id DESC LIMIT %(limit)s").format(
-        cols=sql.SQL(columns),
-        s=ident,
-        where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
-    )
-    return query, params
+    head = sql.SQL("SELECT {cols} FROM {s}.jobs").format(cols=sql.SQL(columns), s=ident)
+    return ordered_page(head, where, order="id DESC", by_task=search.task is not None), params
 
 
 #: Each waiting state's jobs of one queue, in the terms of a partial index that answers them

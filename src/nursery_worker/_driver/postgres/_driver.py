@@ -75,7 +75,7 @@ from . import _dashboard
 from ._connection import PostgresConnections
 from ._insights import DashboardQueries
 from ._listener import PostgresListener
-from ._queries import JOB_COLUMNS, Queries
+from ._queries import JOB_COLUMNS, Queries, ordered_page
 
 logger = logging.getLogger("nursery_worker.driver")
 
@@ -90,6 +90,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (7, "0007_periodic.sql"),
     (8, "0008_dashboard.sql"),
     (9, "0009_periodic_pause.sql"),
+    (10, "0010_lean_task_index.sql"),
 )
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The schema version this code reads and writes; the last entry of MIGRATIONS.
@@ -753,11 +754,8 @@ class PostgresDriver(PostgresConnections):
         if before_id is not None:
             where.append(sql.SQL("id < %(before)s"))
             params["before"] = before_id
-        query = sql.SQL("SELECT {cols} FROM {s}.jobs {where} ORDER BY id DESC LIMIT %(limit)s").format(
-            cols=sql.SQL(JOB_COLUMNS),
-            s=self._sql.ident,
-            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
-        )
+        head = sql.SQL("SELECT {cols} FROM {s}.jobs").format(cols=sql.SQL(JOB_COLUMNS), s=self._sql.ident)
+        query = ordered_page(head, where, order="id DESC", by_task=task is not None)
         rows = await self._hop(lambda c: c.execute(query, params).fetchall())
         return [_job_from_row(r) for r in rows]
 
@@ -791,9 +789,19 @@ class PostgresDriver(PostgresConnections):
     async def count_jobs(self, selection: JobSelection) -> JobCount:
         params: dict[str, Any] = {}
         where = self._selection_where(selection, params)
-        query = sql.SQL("SELECT count(*), max(id) FROM {s}.jobs {where}").format(
-            s=self._sql.ident, where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
-        )
+        head = sql.SQL("SELECT count(*) AS n, max(id) AS top FROM {s}.jobs").format(s=self._sql.ident)
+        if selection.task is None:
+            query = sql.SQL("{} {}").format(
+                head, sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+            )
+        else:
+            # jobs_task_idx leaves the executing jobs out (migration 10): count them apart.
+            query = sql.SQL("SELECT sum(n), max(top) FROM ({} WHERE {} UNION ALL {} WHERE {}) AS arms").format(
+                head,
+                sql.SQL(" AND ").join([*where, sql.SQL("state <> 'executing'")]),
+                head,
+                sql.SQL(" AND ").join([*where, sql.SQL("state = 'executing'")]),
+            )
         row = await self._hop(lambda c: c.execute(query, params).fetchone())
         assert row is not None
         return JobCount(count=int(row[0]), max_id=None if row[1] is None else int(row[1]))
@@ -801,9 +809,8 @@ class PostgresDriver(PostgresConnections):
     async def select_job_ids(self, selection: JobSelection, *, after_id: int, limit: int) -> list[int]:
         params: dict[str, Any] = {"after": after_id, "limit": limit}
         where = [*self._selection_where(selection, params), sql.SQL("id > %(after)s")]
-        query = sql.SQL("SELECT id FROM {s}.jobs WHERE {where} ORDER BY id LIMIT %(limit)s").format(
-            s=self._sql.ident, where=sql.SQL(" AND ").join(where)
-        )
+        head = sql.SQL("SELECT id FROM {s}.jobs").format(s=self._sql.ident)
+        query = ordered_page(head, where, order="id", by_task=selection.task is not None)
         rows = await self._hop(lambda c: c.execute(query, params).fetchall())
         return [int(r[0]) for r in rows]
 

@@ -8,6 +8,8 @@ mirrors a ``*_guarded`` function of ``_state.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from psycopg import sql
 
 #: The columns of a job row, in the order ``_job_from_row`` reads them.
@@ -93,14 +95,25 @@ _ON_CONFLICT = "ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL AND 
 # The job holding each unique key, in the scope of states of the spec asking (a queued or running
 # holder first, then the newest). Queued and running holders are what the index refused an insert
 # for; finished ones count only for a spec whose scope includes their state.
-_SQL_UNIQUE_HOLDERS = """
-SELECT DISTINCT ON (k.ord) k.ord, __J_COLUMNS__ FROM {s}.jobs AS j
-JOIN unnest(%(tasks)s::text[], %(keys)s::text[], %(states)s::text[])
-     WITH ORDINALITY AS k(task, unique_key, states, ord)
-  ON j.task = k.task AND j.unique_key = k.unique_key
-WHERE j.unique_key IS NOT NULL AND j.state = ANY (string_to_array(k.states, ','))
+# Two arms, each answered by an index: queued and running holders by jobs_unique_idx, finished ones
+# by jobs_task_idx (migration 10: every job but the executing ones).
+_SQL_UNIQUE_HOLDERS = (
+    """
+SELECT DISTINCT ON (k.ord) k.ord, __J_COLUMNS__
+FROM unnest(%(tasks)s::text[], %(keys)s::text[], %(states)s::text[]) WITH ORDINALITY AS k(task, unique_key, states, ord)
+CROSS JOIN LATERAL (
+    SELECT * FROM {s}.jobs AS a
+    WHERE a.task = k.task AND a.unique_key = k.unique_key AND a.unique_key IS NOT NULL AND a.state IN __ACTIVE__
+    UNION ALL
+    SELECT * FROM {s}.jobs AS f
+    WHERE f.task = k.task AND f.unique_key = k.unique_key AND f.state <> 'executing' AND f.state IN __TERMINAL__
+) AS j
+WHERE j.state = ANY (string_to_array(k.states, ','))
 ORDER BY k.ord, (j.state IN __ACTIVE__) DESC, j.id DESC
-""".replace("__J_COLUMNS__", _J_COLUMNS).replace("__ACTIVE__", _ACTIVE)
+""".replace("__J_COLUMNS__", _J_COLUMNS)
+    .replace("__ACTIVE__", _ACTIVE)
+    .replace("__TERMINAL__", _TERMINAL)
+)
 
 # fetch_guarded: available -> executing, attempt + 1, worker set.
 # The claim selects ids in a sub-select and updates them by primary key. The guard of
@@ -519,10 +532,17 @@ FROM (SELECT 1) AS one LEFT JOIN {s}.periodic AS p ON p.name = ANY(%(names)s::te
 # twin's id is recorded); a twin inserted concurrently makes the insert fail, and it is retried.
 _SQL_PERIODIC_ENQUEUE = """
 WITH holder AS (
-    SELECT j.id FROM {s}.jobs AS j
-    WHERE %(unique_key)s::text IS NOT NULL AND j.task = %(task)s::text AND j.unique_key = %(unique_key)s::text
-      AND j.state = ANY(string_to_array(%(unique_states)s::text, ','))
-    ORDER BY j.id DESC
+    SELECT h.id FROM (
+        SELECT a.id, a.state FROM {s}.jobs AS a
+        WHERE a.task = %(task)s::text AND a.unique_key = %(unique_key)s::text AND a.unique_key IS NOT NULL
+          AND a.state IN __ACTIVE__
+        UNION ALL
+        SELECT f.id, f.state FROM {s}.jobs AS f
+        WHERE f.task = %(task)s::text AND f.unique_key = %(unique_key)s::text AND f.state <> 'executing'
+          AND f.state IN __TERMINAL__
+    ) AS h
+    WHERE %(unique_key)s::text IS NOT NULL AND h.state = ANY(string_to_array(%(unique_states)s::text, ','))
+    ORDER BY h.id DESC
     LIMIT 1
 ), claimed AS (
     UPDATE {s}.periodic AS p
@@ -549,7 +569,7 @@ WITH holder AS (
 )
 SELECT c.last_job_id, c.held, (SELECT count(*) FROM notified)
 FROM claimed AS c
-"""
+""".replace("__ACTIVE__", _ACTIVE).replace("__TERMINAL__", _TERMINAL)
 # Pause or resume a schedule (migration 9); the row's previous flag tells whether it changed.
 _SQL_PERIODIC_PAUSE = """
 WITH old AS (SELECT name, paused_at IS NOT NULL AS was FROM {s}.periodic WHERE name = %(name)s FOR UPDATE)
@@ -565,6 +585,38 @@ SELECT p.name, p.cron, p.timezone, p.task, p.queue, p.args, p.active_since, p.la
 FROM {s}.periodic AS p LEFT JOIN {s}.jobs AS j ON j.id = p.last_job_id
 ORDER BY p.name
 """
+
+
+def ordered_page(head: sql.Composable, where: Sequence[sql.Composable], *, order: str, by_task: bool) -> sql.Composed:
+    """``head WHERE where ORDER BY order LIMIT %(limit)s``; filtered by task, the union of two arms.
+
+    jobs_task_idx holds every job but the executing ones (migration 10: a claim writes no entry in
+    it), so a read filtered by task takes the jobs of that index, ordered and limited by it, and
+    apart the task's executing ones (jobs_executing_idx); the two are merged in *order*.
+
+    Args:
+        head: ``SELECT <columns> FROM <schema>.jobs``; the columns include ``id``.
+        where: the terms of the filter, joined by AND.
+        order: ``id`` or ``id DESC``.
+        by_task: whether *where* tests the task.
+
+    Returns:
+        The statement.
+    """
+
+    def arm(extra: Sequence[sql.Composable], *, page: bool = True) -> sql.Composed:
+        terms = [*where, *extra]
+        cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(terms) if terms else sql.SQL("")
+        tail = sql.SQL(" ORDER BY {} LIMIT %(limit)s").format(sql.SQL(order)) if page else sql.SQL("")
+        return sql.SQL("{}{}{}").format(head, cond, tail)
+
+    if not by_task:
+        return arm(())
+    # The executing arm is not ordered by id: that could tempt the planner into walking the primary
+    # key; the task's executing jobs are few (at most twice each worker's concurrency).
+    return sql.SQL("SELECT * FROM (({}) UNION ALL ({})) AS j ORDER BY {} LIMIT %(limit)s").format(
+        arm([sql.SQL("state <> 'executing'")]), arm([sql.SQL("state = 'executing'")], page=False), sql.SQL(order)
+    )
 
 
 class Queries:
