@@ -21,6 +21,8 @@ from ._common import Plan, Report, log, migrated_schema
 
 SECTION = "baseline"
 BATCH = 100
+#: The name of the plain-SQL limit figure (the denominator of the "25% of the limit" target).
+PLAIN_SQL_LIMIT = f"plain-SQL limit: one statement claims and completes {BATCH}, minimal table, 2 connections"
 
 _FILL = """
 INSERT INTO {s}.jobs (task, queue, args)
@@ -147,6 +149,7 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
             report.verify(fig, out["done"] == n and out["completed"] == n, f"completed {out['completed']} of {n}")
             log(f"baseline plain SQL: {out['rate']:,.0f} rows/s")
     run_minimal(dsn, plan, report)
+    run_limit(dsn, plan, report)
 
 
 _MINI = """
@@ -224,3 +227,86 @@ def run_minimal(dsn: str, plan: Plan, report: Report) -> None:
             fig.reps.append(out["rate"])
             report.verify(fig, out["done"] == n and out["completed"] == n, f"completed {out['completed']} of {n}")
             log(f"baseline plain SQL, minimal table: {out['rate']:,.0f} rows/s")
+
+
+#: How many connections the plain-SQL limit runs side by side (this machine has two cores).
+LIMIT_CLIENTS = 2
+
+
+def claim_and_complete_limit(dsn: str, schema: str, rows: int, clients: int = LIMIT_CLIENTS) -> dict[str, float]:
+    """The plain-SQL limit: on the minimal table, ONE statement claims a batch with ``FOR UPDATE
+    SKIP LOCKED`` and completes it (available -> completed), on *clients* connections at once, until
+    every row is done. No queue can do less work per job on this server; issue 21 calls it the
+    plain-SQL limit."""
+    import threading
+
+    s = sql.Identifier(schema)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.mini").format(s))
+        for statement in _MINI.split(";"):
+            if statement.strip():
+                conn.execute(sql.SQL(statement).format(s=s))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.mini (args) SELECT jsonb_build_object('i', g) FROM generate_series(1, %s) g"
+            ).format(s),
+            [rows],
+        )
+        conn.execute(sql.SQL("VACUUM ANALYZE {}.mini").format(s))
+    statement = sql.SQL(
+        "UPDATE {s}.mini SET state = 'completed', finished_at = now() WHERE id = ANY(ARRAY("
+        "SELECT id FROM {s}.mini WHERE state = 'available' ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED))"
+    ).format(s=s)
+    counts = [0] * clients
+    go = threading.Barrier(clients + 1)
+
+    def client(k: int) -> None:
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as c:
+            c.execute("SELECT 1")
+            go.wait()
+            while True:
+                n = c.execute(statement, [BATCH]).rowcount
+                if n <= 0:
+                    # SKIP LOCKED may see nothing while the other client holds the last batch.
+                    left = c.execute(sql.SQL("SELECT count(*) FROM {}.mini WHERE state = 'available'").format(s))
+                    row = left.fetchone()
+                    if row is None or row[0] == 0:
+                        return
+                    continue
+                counts[k] += n
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    go.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        completed = conn.execute(sql.SQL("SELECT count(*) FROM {}.mini WHERE state = 'completed'").format(s)).fetchone()
+        conn.execute(sql.SQL("DROP TABLE {}.mini").format(s))
+    done = sum(counts)
+    return {"rate": done / elapsed, "done": done, "completed": completed[0] if completed else 0}
+
+
+def run_limit(dsn: str, plan: Plan, report: Report) -> None:
+    """The plain-SQL limit figure (see :func:`claim_and_complete_limit`)."""
+    n = plan.baseline_rows
+    fig = report.figure(
+        section=SECTION,
+        name=PLAIN_SQL_LIMIT,
+        system="plain-sql",
+        backend="-",
+        unit="rows/s",
+        higher_is_better=True,
+        extra={"rows": n, "clients": LIMIT_CLIENTS, "batch": BATCH},
+    )
+    with migrated_schema(dsn) as schema:
+        for _ in range(plan.reps):
+            out = claim_and_complete_limit(dsn, schema, n)
+            fig.reps.append(out["rate"])
+            report.verify(
+                fig, out["done"] == n and out["completed"] == n, f"limit: completed {out['completed']} of {n}"
+            )
+            log(f"baseline plain-SQL limit ({LIMIT_CLIENTS} clients, one statement): {out['rate']:,.0f} rows/s")
