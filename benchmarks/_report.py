@@ -82,6 +82,17 @@ def targets(report: Report) -> list[dict[str, Any]]:
                     basis="needs the peers section",
                 )
             )
+        cpu = _median(find("throughput", "worker CPU per job (µs), no-op, concurrency 50", backend=backend))
+        rows.append(
+            _target(
+                f"worker CPU per no-op job ≤ 30 µs ({backend})",
+                cpu,
+                30.0,
+                at_least=False,
+                unit="µs",
+                basis="the worker process's CPU time from RUNNING to STOPPED / jobs, concurrency 50",
+            )
+        )
         if base is not None and base.reps and ours is not None:
             rows.append(
                 _target(

@@ -2,7 +2,8 @@
 
 Runs :func:`nursery_worker.open_worker` on the app of ``benchmarks/bench_app.py`` (DSN and schema
 from ``$NURSERY_WORKER_DSN`` / ``$NURSERY_WORKER_SCHEMA``) and prints one JSON line at the end:
-wall-clock times (process start, worker RUNNING, worker STOPPED), the worker's stats and, with
+wall-clock times (process start, worker RUNNING, worker STOPPED), the process's CPU time (all its
+threads: ``time.process_time``) at RUNNING and at STOPPED, the worker's stats and, with
 ``--rss``, the process's resident set size sampled every 100 ms. Without ``--once`` it prints
 ``READY`` when the worker is running and stops gracefully on SIGTERM/SIGINT.
 """
@@ -54,6 +55,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             poll_interval=args.poll_interval,
         ) as worker:
             result["t_running"] = time.time()
+            result["cpu_running"] = time.process_time()
             if args.rss:
 
                 async def sample() -> None:
@@ -68,6 +70,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                 print("READY", flush=True)
                 await worker.serve_until_signalled()
         result["t_stopped"] = time.time()
+        result["cpu_stopped"] = time.process_time()
         tg.cancel_scope.cancel()
     stats = worker.stats()
     result["processed"] = stats.processed

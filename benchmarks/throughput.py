@@ -4,6 +4,10 @@ The figure is N / (time the worker was RUNNING until it STOPPED), taken inside t
 so interpreter start-up, imports, connecting and registering are not counted, while the tail (the
 last completion write, the empty fetch that ends ``--once``, deregistering) is. The span in the
 database (first ``attempted_at`` to last ``finished_at``) is kept beside it as a cross-check.
+
+Beside each one-process figure, "worker CPU per job" is the worker process's CPU time (user and
+system, every thread: ``time.process_time``) over the same span, divided by N, in µs: what the
+worker spends per job, whatever else the machine was doing meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ from ._workers import cli_has_processes, finish_runner, run_cli_processes, run_o
 from .bench_app import build_app
 
 SECTION = "throughput"
+
+
+def cpu_figure_name(name: str) -> str:
+    """The name of the "worker CPU per job" figure beside the throughput figure *name*."""
+    return f"worker CPU per job (µs), {name}"
 
 
 def enqueue(dsn: str, schema: str, n: int, task: str = "bench.noop", **args: float) -> None:
@@ -51,6 +60,9 @@ def measure(
     else:
         result = run_once(dsn, schema, backend, concurrency)
         rate_wall = n / (result["t_stopped"] - result["t_running"])
+        cpu = report.find(SECTION, cpu_figure_name(fig_name), backend=backend)
+        if cpu is not None:
+            cpu.reps.append((result["cpu_stopped"] - result["cpu_running"]) / n * 1e6)
     span = db_span(dsn, schema)
     states = count_states(dsn, schema)
     fig = report.find(SECTION, fig_name, backend=backend)
@@ -74,7 +86,7 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
     configs.append(("1 ms sleep, concurrency 50", 50, plan.sleep_jobs, "bench.sleep", {"ms": 1.0}, 1))
     configs.append(("10 ms sleep, concurrency 50", 50, plan.sleep_jobs, "bench.sleep", {"ms": 10.0}, 1))
     with migrated_schema(dsn) as schema:
-        for name, c, jobs, *_ in configs:
+        for name, c, jobs, _, _, processes in configs:
             for backend in BACKENDS:
                 report.figure(
                     section=SECTION,
@@ -85,6 +97,16 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
                     higher_is_better=True,
                     extra={"jobs": jobs, "concurrency": c},
                 )
+                if processes == 1:
+                    report.figure(
+                        section=SECTION,
+                        name=cpu_figure_name(name),
+                        system="nursery-worker",
+                        backend=backend,
+                        unit="µs/job",
+                        higher_is_better=False,
+                        extra={"jobs": jobs, "concurrency": c},
+                    )
         for rep in range(plan.reps):
             for name, c, jobs, task, args, processes in configs:
                 for backend in BACKENDS if rep % 2 == 0 else BACKENDS[::-1]:
