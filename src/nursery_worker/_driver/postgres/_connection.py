@@ -14,6 +14,7 @@ in ``docs/database-layer.md`` and ``docs/performance.md``.
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import threading
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ import anyio.to_thread
 import psycopg
 import psycopg.errors
 import psycopg_pool
+from psycopg.adapt import Buffer, Loader
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.waiting import Ready, Wait
 
@@ -125,6 +127,28 @@ async def _drive(gen: Any, fileno: int) -> Any:
         return stop.value
 
 
+_decode_json = json.JSONDecoder().decode
+
+
+class _JsonbLoader(Loader):
+    """``jsonb`` as Python, like psycopg's own loader, without its per-value detours.
+
+    Every claimed job has two jsonb columns (its arguments, and its errors: ``[]`` unless an
+    attempt failed); psycopg's loader hands bytes to ``json.loads``, which first guesses their
+    encoding. The server sends UTF-8 text (the client encoding) and an empty list is common.
+    """
+
+    def load(self, data: Buffer) -> Any:
+        if data == b"[]":
+            return []
+        return _decode_json(bytes(data).decode())
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Set up a new pooled connection: the lean ``jsonb`` loader."""
+    conn.adapters.register_loader("jsonb", _JsonbLoader)
+
+
 class PostgresConnections:
     """The pool of one driver and the ways its statements run; :class:`PostgresDriver` adds the
     statements. Errors leave as :class:`DatabaseError` or :class:`SchemaNotReady`, never psycopg's."""
@@ -182,6 +206,7 @@ class PostgresConnections:
                     min_size=self._pool_min_size,
                     max_size=self._pool_max_size,
                     kwargs={"autocommit": True},
+                    configure=_configure,
                     open=False,
                     name=f"nursery-worker:{self.schema}",
                     timeout=max(self._connect_timeout, 1.0),
