@@ -93,7 +93,9 @@ async def _job_group() -> AsyncIterator[JobGroup]:
             yield JobGroup(spawn=nursery.start_soon, new_scope=trio.CancelScope)
     else:
         async with anyio.create_task_group() as tg:
-            yield JobGroup(spawn=tg.start_soon, new_scope=anyio.CancelScope)
+            # The class of anyio's scopes on this loop: ``anyio.CancelScope()`` looks the backend up
+            # for every scope it makes, which a scope per job need not repeat.
+            yield JobGroup(spawn=tg.start_soon, new_scope=type(anyio.CancelScope()))
 
 
 def _trio_running() -> bool:
