@@ -283,6 +283,8 @@ class Executor:
 
     @staticmethod
     def _interrupted(r: Running, task: Task[..., Any]) -> Outcome:
+        if r.outside:  # as when the cancellation of a scope around the job's own reached it
+            return Released(reason="worker cancelled")
         if r.cancel_requested:
             detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
             return Cancelled(reason=f"cancelled by request while executing{detail}", abandoned=not task.is_async)
