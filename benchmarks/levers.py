@@ -612,7 +612,7 @@ async def _spawn_cost(kind: str, tasks: int, sleep: float) -> float:
 
 def job_spawn(dsn: str, plan: Plan, report: Report, schema: str) -> None:
     """A task per job: anyio's task group (a handle, a cancel scope and an event per task) or, on trio,
-    a trio nursery; alone, then in worker processes."""
+    a trio nursery; alone, then in worker processes on trio and on asyncio (an asyncio.TaskGroup)."""
     import anyio
 
     tasks = max(1_000, plan.lever_rows)
