@@ -136,6 +136,9 @@ class _AsyncioJobs:
             jobs = cls(tg, type(anyio.CancelScope()))
             try:
                 yield JobGroup(spawn=jobs.spawn, new_scope=jobs.new_scope)
+                # The jobs still running (handed back and finishing) are waited for here, where a
+                # cancellation from outside meanwhile is handled as below, not by asyncio's group.
+                await jobs._join()
             except BaseException:
                 await jobs._cancel_all()
                 raise
@@ -145,6 +148,11 @@ class _AsyncioJobs:
         task = self._tg.create_task(run(r), name=name)
         self._live[task] = r
         task.add_done_callback(self._live.pop)
+
+    async def _join(self) -> None:
+        """Wait until every job has finished."""
+        while self._live:
+            await asyncio.wait(list(self._live))
 
     async def _cancel_all(self) -> None:
         """Cancel every running job as from outside its scope, and wait for all of them (shielded)."""
