@@ -38,8 +38,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         # The lever experiment: every statement through a worker thread, as before the direct path.
         app.driver.direct = False
     if os.environ.get("NURSERY_WORKER_BENCH_ANYIO_JOBS") == "1":
-        # The lever experiment: jobs in an anyio task group, under anyio scopes, on trio too (as before).
+        # The lever experiment: jobs in an anyio task group, under anyio scopes, on trio and asyncio (as before).
         _worker._trio_running = lambda: False
+        _worker._ASYNCIO_TASK_GROUP = False
     if "NURSERY_WORKER_BENCH_OVERLAP" in os.environ:
         # The lever experiment: 0 frees a slot only once its outcome is written (the serial cycle).
         _fetcher._OVERLAP = int(os.environ["NURSERY_WORKER_BENCH_OVERLAP"])

@@ -536,6 +536,7 @@ def _worker_variants(
 
     n = plan.throughput_jobs
     rates: dict[str, list[float]] = {k: [] for k in variants}
+    cpus: dict[str, list[float]] = {k: [] for k in variants}
     for rep in range(plan.reps):
         # Alternate the order, so that drift in the machine's load falls on every variant.
         names = list(variants) if rep % 2 == 0 else list(reversed(variants))
@@ -547,8 +548,10 @@ def _worker_variants(
             if states != {"completed": n}:
                 report.verification_failures.append(f"lever {lever} {name}: expected {n} completed jobs, got {states}")
             rates[name].append(n / (result["t_stopped"] - result["t_running"]))
+            cpus[name].append((result["cpu_stopped"] - result["cpu_running"]) / n * 1e6)
     for name, values in rates.items():
         _lever(report, lever, f"{label}, {backend}: {name}", "jobs/s", values)
+        _lever(report, lever, f"{label}, {backend}: {name}, worker CPU", "µs/job", cpus[name], higher=False)
 
 
 def worker_cycle(dsn: str, plan: Plan, report: Report, schema: str) -> None:
@@ -609,7 +612,7 @@ async def _spawn_cost(kind: str, tasks: int, sleep: float) -> float:
 
 def job_spawn(dsn: str, plan: Plan, report: Report, schema: str) -> None:
     """A task per job: anyio's task group (a handle, a cancel scope and an event per task) or, on trio,
-    a trio nursery; alone, then in worker processes."""
+    a trio nursery; alone, then in worker processes on trio and on asyncio (an asyncio.TaskGroup)."""
     import anyio
 
     tasks = max(1_000, plan.lever_rows)
@@ -625,26 +628,25 @@ def job_spawn(dsn: str, plan: Plan, report: Report, schema: str) -> None:
                 reps,
                 higher=False,
             )
-    variants = {
-        "anyio task group and cancel scopes (before)": {"NURSERY_WORKER_BENCH_ANYIO_JOBS": "1"},
-        "trio nursery and cancel scopes (as is)": {},
-    }
-    for task, label, args in (
-        ("bench.noop", "no-op, concurrency 50", {}),
-        ("bench.sleep", "1 ms sleep, concurrency 50", {"ms": 1.0}),
-    ):
-        _worker_variants(
-            dsn,
-            plan,
-            report,
-            schema,
-            lever="job spawn",
-            label=label,
-            backend="trio",
-            variants=variants,
-            task=task,
-            **args,
-        )
+    native = {"trio": "trio nursery and cancel scopes (as is)", "asyncio": "asyncio.TaskGroup, anyio scopes (as is)"}
+    for backend, as_is in native.items():
+        variants = {"anyio task group and cancel scopes (before)": {"NURSERY_WORKER_BENCH_ANYIO_JOBS": "1"}, as_is: {}}
+        for task, label, args in (
+            ("bench.noop", "no-op, concurrency 50", {}),
+            ("bench.sleep", "1 ms sleep, concurrency 50", {"ms": 1.0}),
+        ):
+            _worker_variants(
+                dsn,
+                plan,
+                report,
+                schema,
+                lever="job spawn",
+                label=label,
+                backend=backend,
+                variants=variants,
+                task=task,
+                **args,
+            )
 
 
 def run(dsn: str, plan: Plan, report: Report) -> None:

@@ -50,6 +50,9 @@ def test_quick_harness_runs_and_verifies(tmp_path: Path, dsn: str) -> None:
         assert names["no-op, concurrency 50", backend]["extra"]["process_window_jobs_per_s"]
         assert names["worker CPU per job (µs), no-op, concurrency 50", backend]["median"] > 0
     assert report["levers"] and all(lv["median"] is not None for lv in report["levers"])
+    cpu = [f for f in report["figures"] if f["name"] == "worker CPU per job (µs), no-op, concurrency 50"]
+    assert {f["backend"] for f in cpu} == {"asyncio", "trio"} and all(f["unit"] == "µs/job" for f in cpu)
+    assert any(t["target"].startswith("worker CPU per no-op job") for t in report["targets"])
     assert any(t["target"].startswith("trio within 15%") for t in report["targets"])
     assert "| target |" in proc.stdout
     assert "### Scaling" in proc.stdout

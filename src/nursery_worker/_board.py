@@ -63,6 +63,10 @@ class Running:
     released: bool = False
     cancel_requested: bool = False
     abandoned: bool = False  # its outcome was written while it still ran (it ignored cancellation)
+    #: Cancelled through its scope as from outside it: the worker's jobs group is being left by an
+    #: exception (asyncio's group, see ``_worker._AsyncioJobs``); it is released like a job whose
+    #: parent scope was cancelled.
+    outside: bool = False
     started: float = attrs.field(factory=time.monotonic)  # for the duration metric
 
 

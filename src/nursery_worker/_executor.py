@@ -33,7 +33,18 @@ from ._models import Completion, Job
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
 from ._retry import policy_from_json
 from ._rollup import RollupCounter
-from ._state import Cancelled, ErrorInfo, Failed, Outcome, Released, Snoozed, Succeeded, Transition, decide
+from ._state import (
+    SUCCEEDED,
+    Cancelled,
+    ErrorInfo,
+    Failed,
+    Outcome,
+    Released,
+    Snoozed,
+    Succeeded,
+    Transition,
+    decide,
+)
 from ._task import Task, encode_result
 from ._tracing import process_span, tracing_active
 
@@ -120,11 +131,18 @@ class Executor:
         #: The finished attempts whose outcome took effect, for the metric rollups (``_rollup.py``).
         self.rollups = RollupCounter()
 
-    def start(self, jobs: JobGroup, job: Job) -> None:
-        """Run *job* as a task of *jobs*, under a cancel scope of its own."""
-        r = Running(job=job, task=self.app.tasks.get(job.task), scope=jobs.new_scope())
-        self.board.running[job.id, job.attempt] = r
-        jobs.spawn(self._run_job, r, name=f"job {job.id} {job.task}")
+    def start(self, jobs: JobGroup, batch: Sequence[Job]) -> None:
+        """Run each job of *batch* (one claim) as a task of *jobs*, under a cancel scope of its own."""
+        # Looked up once per claim rather than per job: whether spans are recorded costs a few µs
+        # to find out, a no-op job's run costs not much more.
+        run = self._run_traced if tracing_active() else self._run_job
+        tasks = self.app.tasks
+        running = self.board.running
+        spawn, new_scope = jobs.spawn, jobs.new_scope
+        for job in batch:
+            r = Running(job=job, task=tasks.get(job.task), scope=new_scope())
+            running[job.id, job.attempt] = r
+            spawn(run, r, name=f"job {job.id} {job.task}")
 
     def release_all(self) -> None:
         """The hard stop: cancel every running job; each is written back as available."""
@@ -144,23 +162,27 @@ class Executor:
         # Every log line of this job's task (its code, middleware, our own) carries these fields.
         # Set, not reset: this task is the job's own, and its context ends with it (and a context
         # manager per job costs more than a no-op job's run).
-        set_job_log_context(
-            job_id=job.id,
-            task=job.task,
-            queue=job.queue,
-            attempt=job.attempt,
-            worker_id=self.worker_id,
-            args=job.args if self.config.log_args else None,
-        )
+        set_job_log_context(job, self.worker_id, job.args if self.config.log_args else None)
         try:
-            if tracing_active():
-                with process_span(job, worker_id=self.worker_id) as traced:
-                    outcome, result = await self._execute(r)
-                    traced(outcome)
-            else:
-                outcome, result = await self._execute(r)
+            outcome, result = await self._execute(r)
         finally:
             if outcome is None:  # cancelled from outside the job's own scope, or a BaseException
+                outcome = Released(reason="worker cancelled")
+            if not r.abandoned:
+                self.record(r, outcome, result)
+
+    async def _run_traced(self, r: Running) -> None:
+        """:meth:`_run_job` inside a CONSUMER span (when a tracer provider records spans)."""
+        outcome: Outcome | None = None
+        result: str | None = None
+        job = r.job
+        set_job_log_context(job, self.worker_id, job.args if self.config.log_args else None)
+        try:
+            with process_span(job, worker_id=self.worker_id) as traced:
+                outcome, result = await self._execute(r)
+                traced(outcome)
+        finally:
+            if outcome is None:
                 outcome = Released(reason="worker cancelled")
             if not r.abandoned:
                 self.record(r, outcome, result)
@@ -240,7 +262,7 @@ class Executor:
                     if encoded is not None:
                         # Refused here, before any write, rather than by the database in the completer.
                         check_result_size(encoded, self.config.max_result_bytes, task=task.name)
-                    return Succeeded(), encoded
+                    return SUCCEEDED, encoded
                 except (TypeError, ValueError) as exc:
                     # Not JSON, or too large. The work is done; running it again would not change
                     # what it returns, only repeat its side effects.
@@ -261,6 +283,8 @@ class Executor:
 
     @staticmethod
     def _interrupted(r: Running, task: Task[..., Any]) -> Outcome:
+        if r.outside:  # as when the cancellation of a scope around the job's own reached it
+            return Released(reason="worker cancelled")
         if r.cancel_requested:
             detail = "" if task.is_async else "; the sync function was abandoned and may still run in its thread"
             return Cancelled(reason=f"cancelled by request while executing{detail}", abandoned=not task.is_async)

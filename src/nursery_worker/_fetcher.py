@@ -65,8 +65,8 @@ class Fetcher:
         #: Whether the last limited claim found limited work (queue limits are only in the database).
         self._limited_seen = False
 
-    async def run(self, start: Callable[[Job], None]) -> None:
-        """Claim jobs and ``start(job)`` each until cancelled (or, in once-mode, until none is left)."""
+    async def run(self, start: Callable[[Sequence[Job]], None]) -> None:
+        """Claim jobs and ``start(jobs)`` each claim until cancelled (or, in once-mode, until none is left)."""
         c = self.config
         board = self.board
         driver = self.driver
@@ -121,8 +121,8 @@ class Fetcher:
                 backoff.reset()
                 next_poll = min(anyio.current_time() + c.poll_interval, next_limited)
                 next_limited = math.inf
-                for job in fetched:
-                    start(job)
+                if fetched:
+                    start(fetched)
                 if len(fetched) >= free:
                     board.more = True
                 if fetched:

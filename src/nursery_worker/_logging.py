@@ -17,9 +17,12 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._dsn import redact
+
+if TYPE_CHECKING:
+    from ._models import Job
 
 #: The fields of a job's context, in the order they are printed.
 FIELDS = ("job_id", "task", "queue", "attempt", "worker_id")
@@ -34,7 +37,10 @@ _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__d
     *FIELDS,
 }
 
-_job_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+#: The running job's context: (job id, task, queue, attempt, worker id, arguments or None). A tuple,
+#: not a dict: it is set for every job, and read only when a line is logged.
+_JobFields = tuple[int, str, str, int, str, Any]
+_job_context: contextvars.ContextVar[_JobFields | None] = contextvars.ContextVar(
     "nursery_worker_job_context", default=None
 )
 
@@ -42,30 +48,31 @@ _job_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Contex
 @contextlib.contextmanager
 def job_log_context(*, job_id: int, task: str, queue: str, attempt: int, worker_id: str) -> Iterator[None]:
     """Tag every log record emitted inside the block (in this task and its threads) with the job."""
-    token = _job_context.set(
-        {"job_id": job_id, "task": task, "queue": queue, "attempt": attempt, "worker_id": worker_id}
-    )
+    token = _job_context.set((job_id, task, queue, attempt, worker_id, None))
     try:
         yield
     finally:
         _job_context.reset(token)
 
 
-def set_job_log_context(*, job_id: int, task: str, queue: str, attempt: int, worker_id: str, args: Any = None) -> None:
+def set_job_log_context(job: Job, worker_id: str, args: Any = None) -> None:
     """Tag the log records of the calling task from now on (a job's own task: its context dies with it).
 
     *args* (the job's arguments) are added only when the worker was asked to log them
     (``open_worker(log_args=True)``, ``run --log-args``): arguments often hold personal data.
     """
-    fields = {"job_id": job_id, "task": task, "queue": queue, "attempt": attempt, "worker_id": worker_id}
-    if args is not None:
-        fields["job_args"] = args
-    _job_context.set(fields)
+    _job_context.set((job.id, job.task, job.queue, job.attempt, worker_id, args))
 
 
 def current_job_fields() -> dict[str, Any] | None:
     """The running job's context fields, or None outside a job."""
-    return _job_context.get()
+    fields = _job_context.get()
+    if fields is None:
+        return None
+    out = dict(zip(FIELDS, fields, strict=False))
+    if fields[5] is not None:
+        out["job_args"] = fields[5]
+    return out
 
 
 class JobContextFilter(logging.Filter):
@@ -73,11 +80,11 @@ class JobContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = _job_context.get()
-        for name in FIELDS:
+        for i, name in enumerate(FIELDS):
             if not hasattr(record, name):
-                setattr(record, name, None if fields is None else fields[name])
+                setattr(record, name, None if fields is None else fields[i])
         if not hasattr(record, "job_args"):
-            record.job_args = None if fields is None else fields.get("job_args")
+            record.job_args = None if fields is None else fields[5]
         return True
 
 

@@ -151,6 +151,9 @@ class Released:
 
 Outcome = Succeeded | Failed | Released | Snoozed | Cancelled
 
+#: The outcome of every attempt that returned (one shared record: it has no fields).
+SUCCEEDED = Succeeded()
+
 
 @attrs.frozen(kw_only=True)
 class Transition:
@@ -178,6 +181,8 @@ MAX_DELAY = 100 * 365.25 * 86400.0
 
 #: A hand-back: the attempt did not count and the job is available again.
 RELEASE = Transition(state=JobState.AVAILABLE, give_back_attempt=True)
+#: A completion (one shared record: a transition is frozen, and one is decided for every job).
+COMPLETE = Transition(state=JobState.COMPLETED)
 
 
 def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callable[[int], float]) -> Transition:
@@ -193,7 +198,7 @@ def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callab
         The transition to apply; its state is always a legal edge out of ``executing``.
     """
     if isinstance(outcome, Succeeded):
-        return Transition(state=JobState.COMPLETED)
+        return COMPLETE
     if isinstance(outcome, Released):
         return RELEASE
     if isinstance(outcome, Snoozed):

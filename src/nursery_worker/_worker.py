@@ -25,6 +25,7 @@ the listener (``_listener``), the completer (``_completer``) and the maintenance
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
@@ -35,7 +36,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -44,7 +45,7 @@ import anyio.abc
 import attrs
 
 from ._backoff import ServiceBackoff
-from ._board import JobBoard, JobGroup
+from ._board import JobBoard, JobGroup, Running, Scope
 from ._completer import Completer, Written
 from ._config import WorkerConfig, WorkerOptions, WorkerStats, document_options
 from ._dsn import embedded_fallback, warn_embedded_worker
@@ -85,15 +86,83 @@ async def _job_group() -> AsyncIterator[JobGroup]:
     no-op job's run (``python -m benchmarks --only levers``, "job spawn": 36 against 15 µs a task).
     Cancel scopes nest the same either way (anyio's scopes on trio are trio's), and a job is still
     cancelled only through its own scope.
+
+    On asyncio anyio's task group does the same (a handle, a scope and an event per task), so the
+    jobs run in an :class:`asyncio.TaskGroup` instead (:class:`_AsyncioJobs`), each under its own
+    anyio scope, as before.
     """
     if _trio_running():
         import trio
 
         async with trio.open_nursery() as nursery:
             yield JobGroup(spawn=nursery.start_soon, new_scope=trio.CancelScope)
+    elif _ASYNCIO_TASK_GROUP:
+        async with _AsyncioJobs.open() as group:
+            yield group
     else:
         async with anyio.create_task_group() as tg:
-            yield JobGroup(spawn=tg.start_soon, new_scope=anyio.CancelScope)
+            # The class of anyio's scopes on this loop: ``anyio.CancelScope()`` looks the backend up
+            # for every scope it makes, which a scope per job need not repeat.
+            yield JobGroup(spawn=tg.start_soon, new_scope=type(anyio.CancelScope()))
+
+
+#: Jobs on asyncio in an asyncio.TaskGroup (False: anyio's task group, the harness's lever).
+_ASYNCIO_TASK_GROUP = True
+
+
+class _AsyncioJobs:
+    """The jobs of a worker on asyncio: tasks of an :class:`asyncio.TaskGroup`, each under an anyio scope.
+
+    Cancellation stays anyio's. A job is cancelled through its own scope (a timeout, a cancel
+    request, a hard stop), as on anyio's task group. When the block is left by an exception (the
+    worker cancelled from outside, or failing), each running job is cancelled as from outside,
+    through its scope (it records its release as it did when its parent scope was cancelled), and
+    the group waits for them all, shielded, as anyio's task group waits for its tasks. asyncio's
+    own cancellation of the group's tasks is thereby never used: it would interrupt a job's shielded
+    scopes, and deliver only once.
+    """
+
+    def __init__(self, tg: asyncio.TaskGroup, new_scope: Callable[[], Scope]) -> None:
+        self._tg = tg
+        self.new_scope = new_scope
+        #: The tasks still running, with their job.
+        self._live: dict[asyncio.Task[None], Running] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls) -> AsyncIterator[JobGroup]:
+        """Open the group; leaving the block waits for every job."""
+        async with asyncio.TaskGroup() as tg:
+            jobs = cls(tg, type(anyio.CancelScope()))
+            try:
+                yield JobGroup(spawn=jobs.spawn, new_scope=jobs.new_scope)
+                # The jobs still running (handed back and finishing) are waited for here, where a
+                # cancellation from outside meanwhile is handled as below, not by asyncio's group.
+                await jobs._join()
+            except BaseException:
+                await jobs._cancel_all()
+                raise
+
+    def spawn(self, run: Callable[[Running], Coroutine[Any, Any, None]], r: Running, *, name: str) -> None:
+        """Start ``run(r)`` as a task of the group."""
+        task = self._tg.create_task(run(r), name=name)
+        self._live[task] = r
+        task.add_done_callback(self._live.pop)
+
+    async def _join(self) -> None:
+        """Wait until every job has finished."""
+        while self._live:
+            await asyncio.wait(list(self._live))
+
+    async def _cancel_all(self) -> None:
+        """Cancel every running job as from outside its scope, and wait for all of them (shielded)."""
+        with anyio.CancelScope(shield=True):
+            while self._live:
+                for r in self._live.values():
+                    if not r.outside:
+                        r.outside = True
+                        r.scope.cancel()
+                await asyncio.wait(list(self._live))
 
 
 def _trio_running() -> bool:

@@ -403,3 +403,27 @@ async def test_several_waiters_on_different_jobs_each_get_their_own_result(app: 
         for job in jobs:
             tg.start_soon(waiter, job.id)
     assert results == {job.id: i * i for i, job in enumerate(jobs)}
+
+
+async def test_results_and_errors_with_quotes_backslashes_and_braces_are_stored_exactly(app: App) -> None:
+    """Results and error messages holding quotes, backslashes, braces, commas and the word NULL are stored exactly."""
+    text = 'a "quoted" \\ back\\slash {brace}, NULL, \\" end'
+
+    @app.task
+    async def echo(i: int) -> str:
+        return f"{text} {i}"
+
+    @app.task
+    async def refuse(i: int) -> None:
+        raise Discard(f"{text} {i}")
+
+    completed = await app.defer_many([echo.job(i=i) for i in range(5)])
+    discarded = await app.defer_many([refuse.job(i=i) for i in range(5)])
+    await drain(app, timeout=20)
+    for i, job in enumerate(completed):
+        done = await app.get_job(job.id)
+        assert (done.state, done.result) == (JobState.COMPLETED, f"{text} {i}")
+    for i, job in enumerate(discarded):
+        done = await app.get_job(job.id)
+        assert done.state is JobState.DISCARDED
+        assert (done.errors[-1].type, done.errors[-1].message) == ("Discard", f"{text} {i}")

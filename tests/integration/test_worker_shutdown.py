@@ -201,6 +201,41 @@ async def test_cancelling_the_enclosing_scope_still_writes_running_jobs_back(app
     assert await worker_ids(db) == []
 
 
+async def test_cancelling_the_caller_during_a_handed_back_jobs_shielded_cleanup_lets_it_finish(
+    app: App, db: Connection
+) -> None:
+    """A job handed back at a hard stop finishes its shielded cleanup when the caller's scope is cancelled meanwhile."""
+    started = anyio.Event()
+    cleaning = anyio.Event()
+    cleaned: list[int] = []
+
+    @app.task
+    async def long() -> None:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                cleaning.set()
+                await anyio.sleep(0.3)  # a cleanup that must not be cut short
+                cleaned.append(1)
+            raise
+
+    job = await long.defer()
+    with anyio.CancelScope() as outer:
+        async with open_worker(app, **fast(shutdown_timeout=60)) as worker:
+            await started.wait()
+            worker.stop(hard=True)
+            await cleaning.wait()
+            outer.cancel()
+            await anyio.sleep(60)
+    assert outer.cancelled_caught
+    assert cleaned == [1]
+    back = await app.get_job(job.id)
+    assert (back.state, back.attempt, back.worker_id) == (JobState.AVAILABLE, 0, None)
+    assert await worker_ids(db) == []
+
+
 async def test_move_on_after_around_the_worker_still_writes_running_jobs_back(app: App, db: Connection) -> None:
     """A move_on_after deadline around open_worker cancels the worker, and its running job is still written back."""
     started = anyio.Event()

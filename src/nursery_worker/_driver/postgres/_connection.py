@@ -14,6 +14,7 @@ in ``docs/database-layer.md`` and ``docs/performance.md``.
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import threading
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ import anyio.to_thread
 import psycopg
 import psycopg.errors
 import psycopg_pool
+from psycopg.adapt import Buffer, Loader
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.waiting import Ready, Wait
 
@@ -130,6 +132,28 @@ async def _drive(gen: Any, fileno: int) -> Any:
         return stop.value
 
 
+_decode_json = json.JSONDecoder().decode
+
+
+class _JsonbLoader(Loader):
+    """``jsonb`` as Python, like psycopg's own loader, without its per-value detours.
+
+    Every claimed job has two jsonb columns (its arguments, and its errors: ``[]`` unless an
+    attempt failed); psycopg's loader hands bytes to ``json.loads``, which first guesses their
+    encoding. The server sends UTF-8 text (the client encoding) and an empty list is common.
+    """
+
+    def load(self, data: Buffer) -> Any:
+        if data == b"[]":
+            return []
+        return _decode_json(bytes(data).decode())
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Set up a new pooled connection: the lean ``jsonb`` loader."""
+    conn.adapters.register_loader("jsonb", _JsonbLoader)
+
+
 class PostgresConnections:
     """The pool of one driver and the ways its statements run; :class:`PostgresDriver` adds the
     statements. Errors leave as :class:`DatabaseError` or :class:`SchemaNotReady`, never psycopg's."""
@@ -193,6 +217,11 @@ class PostgresConnections:
         conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [f"{ms}ms"])
         conn._nw_idle_timeout_ms = ms  # type: ignore[attr-defined]
 
+    def _configure_pooled(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's ``configure`` callback: the lean ``jsonb`` loader, then our session settings."""
+        _configure(conn)
+        self._configure_session(conn)
+
     def _check_session(self, conn: psycopg.Connection[Any]) -> None:
         """The pool's ``check`` callback, as a connection leaves it: a session configured before the
         settings changed (pooled, or being opened at that moment) is brought up to date first."""
@@ -217,7 +246,7 @@ class PostgresConnections:
                     min_size=self._pool_min_size,
                     max_size=self._pool_max_size,
                     kwargs={"autocommit": True},
-                    configure=self._configure_session,
+                    configure=self._configure_pooled,
                     check=self._check_session,
                     open=False,
                     name=f"nursery-worker:{self.schema}",
