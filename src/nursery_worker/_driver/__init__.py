@@ -29,6 +29,7 @@ from .._models import (
     DashboardCounts,
     GraphNode,
     Job,
+    JobBatch,
     JobCount,
     JobSearch,
     JobSelection,
@@ -112,6 +113,13 @@ class Driver(Protocol):
 
     def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: UserConnection | None = None) -> list[Job]:
         """Like :meth:`insert_jobs`, from synchronous code."""
+
+    async def insert_batch(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        """Insert the jobs of *batch* in one transaction, in order, and return their ids (no ``Job``
+        objects); in *connection*'s transaction if given; one notification per queue."""
+
+    def insert_batch_sync(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        """Like :meth:`insert_batch`, from synchronous code."""
 
     async def get_job(self, job_id: int) -> Job | None:
         """Return the job, or None."""

@@ -33,6 +33,7 @@ from ..._models import (
     DashboardCounts,
     GraphNode,
     Job,
+    JobBatch,
     JobCount,
     JobSearch,
     JobSelection,
@@ -509,6 +510,105 @@ class PostgresDriver(PostgresConnections):
                 raise self._translate(exc) from exc
             return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
         return await anyio.to_thread.run_sync(lambda: self.insert_jobs_sync(specs, connection=connection))
+
+    # --- one task's jobs in bulk (task.defer_batch): ids only ----------------------------------
+
+    def _batch_params(self, batch: JobBatch) -> dict[str, Any]:
+        """The many-job INSERT's parameters for a small batch: its shared options once per job."""
+        n = len(batch.args_json)
+        policy = None if batch.retry_policy is None else json.dumps(batch.retry_policy)
+        nothing: list[str | None] = [None] * n
+        return {
+            "tasks": [batch.task] * n,
+            "queues": [batch.queue] * n,
+            "args": list(batch.args_json),
+            "priorities": [batch.priority] * n,
+            "max_attempts": [batch.max_attempts] * n,
+            "scheduled": [batch.scheduled_at] * n,
+            "delays": [batch.delay] * n,
+            "unique_keys": nothing,
+            "unique_states": nothing,
+            "retry_policies": [policy] * n,
+            "trace_contexts": nothing,
+            "limit_keys": nothing,
+            "channel": self.channel,
+        }
+
+    def _insert_batch_on(self, conn: psycopg.Connection[Any], batch: JobBatch) -> list[int]:
+        if len(batch.args_json) < _COPY_MIN:
+            return [int(row[0]) for row in conn.execute(self._sql.insert, self._batch_params(batch)).fetchall()]
+        return self._copy_batch(conn, batch)
+
+    def _copy_batch(self, conn: psycopg.Connection[Any], batch: JobBatch) -> list[int]:
+        """The jobs of *batch* in one transaction (the caller's, if it has one): ids, COPY, one NOTIFY.
+
+        Only the id and the arguments differ from row to row, so the rest of each row is formatted
+        once for the whole batch.
+        """
+        args = batch.args_json
+        n = len(args)
+        with conn.transaction():
+            row = conn.execute(self._sql.copy_prepare, {"table": f"{self.schema}.jobs", "n": n}).fetchone()
+            assert row is not None
+            now: dt.datetime = row[0]
+            ids: list[int] = row[1]
+            if batch.scheduled_at is not None:
+                at = batch.scheduled_at
+            elif batch.delay:
+                at = now + dt.timedelta(seconds=batch.delay)
+            else:
+                at = now
+            available = at <= now
+            policy = None if batch.retry_policy is None else json.dumps(batch.retry_policy)
+            middle = f"\t{_copy_text(batch.task)}\t{_copy_text(batch.queue)}\t"
+            tail = (
+                f"\t{int(batch.priority)}\t{int(batch.max_attempts)}\t{at.isoformat()}\t"
+                f"{'available' if available else 'scheduled'}\t{_copy_text(policy)}\t\\N\t\\N\n"
+            )
+            with conn.cursor().copy(self._sql.copy) as copy:
+                for start in range(0, n, _COPY_CHUNK):
+                    end = start + _COPY_CHUNK
+                    copy.write(
+                        "".join(
+                            [
+                                f"{job_id}{middle}{_copy_text(text)}{tail}"
+                                for job_id, text in zip(ids[start:end], args[start:end], strict=True)
+                            ]
+                        )
+                    )
+            if available:
+                conn.execute(self._sql.notify_queues, {"channel": self.channel, "queues": [batch.queue]})
+        return ids
+
+    def insert_batch_sync(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        if not batch.args_json:
+            return []
+        if connection is None:
+            return self._run(lambda c: self._insert_batch_on(c, batch))
+        if not isinstance(connection, psycopg.Connection):
+            self._refuse_connection(connection, allow_async=False)
+        try:
+            return self._insert_batch_on(connection, batch)
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def insert_batch(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        if not batch.args_json:
+            return []
+        if connection is None:
+            if len(batch.args_json) < _COPY_MIN:  # one statement: straight from the event loop
+                return [int(row[0]) for row in await self._direct(self._sql.insert, self._batch_params(batch))]
+            return await self._hop(lambda c: self._copy_batch(c, batch))
+        if not isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection)):
+            self._refuse_connection(connection, allow_async=True)
+        if isinstance(connection, psycopg.AsyncConnection):
+            try:
+                cur = await connection.execute(self._sql.insert, self._batch_params(batch))
+                rows = await cur.fetchall()
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+            return [int(row[0]) for row in rows]
+        return await anyio.to_thread.run_sync(lambda: self.insert_batch_sync(batch, connection=connection))
 
     async def get_job(self, job_id: int) -> Job | None:
         rows = await self._direct(self._sql.get, {"id": job_id})
