@@ -7,6 +7,7 @@ moves an executing job mirrors a ``*_guarded`` function of ``_state.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -337,9 +338,21 @@ class PostgresDriver(PostgresConnections):
             return self._insert_unique(conn, specs)
         return self._insert_copy(conn, specs)
 
+    @staticmethod
+    def _atomic(conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[psycopg.Transaction]:
+        """``conn.transaction()`` that joins the caller's transaction on their own connection.
+
+        On a connection out of autocommit with no transaction yet, psycopg's ``transaction()``
+        would BEGIN and COMMIT one of its own, committing the jobs whatever the caller does next:
+        start the caller's transaction first, so the block is a savepoint inside it.
+        """
+        if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("SELECT 1")
+        return conn.transaction()
+
     def _insert_copy(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
         """Many jobs in one transaction (the caller's, if it has one): ids, COPY, one NOTIFY per queue."""
-        with conn.transaction():
+        with self._atomic(conn):
             row = conn.execute(self._sql.copy_prepare, {"table": f"{self.schema}.jobs", "n": len(specs)}).fetchone()
             assert row is not None
             now: dt.datetime = row[0]
@@ -433,7 +446,7 @@ class PostgresDriver(PostgresConnections):
             specs,
             insert=lambda roots: self._insert_on(conn, roots),
             insert_dependent=lambda spec, deps: self._insert_dependent(conn, spec, deps),
-            transaction=conn.transaction,
+            transaction=lambda: self._atomic(conn),
         )
 
     def _insert_dependent(self, conn: psycopg.Connection[Any], spec: JobSpec, deps: list[int]) -> Job:
@@ -547,7 +560,7 @@ class PostgresDriver(PostgresConnections):
         """
         args = batch.args_json
         n = len(args)
-        with conn.transaction():
+        with self._atomic(conn):
             row = conn.execute(self._sql.copy_prepare, {"table": f"{self.schema}.jobs", "n": n}).fetchone()
             assert row is not None
             now: dt.datetime = row[0]
