@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import select
 import threading
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -25,6 +26,7 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.generators import execute as _execute
 from psycopg.waiting import Ready, Wait
 
 from ..._dsn import redact
@@ -99,6 +101,7 @@ def _one_line(message: str) -> str:
 
 
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = psycopg.pq.ExecStatus.COMMAND_OK
 #: How long the event loop may wait for a pooled connection that was idle a moment before.
 _DIRECT_TAKE_TIMEOUT = 0.005
 #: psycopg's execution generator, which its own sync and async cursors drive (absent: thread hops).
@@ -146,6 +149,8 @@ class PostgresConnections:
         self._pool_lock = threading.Lock()
         #: Called after each database call made through the pool: None on success, else the error.
         self._observers = Observers()
+        #: The pooled connections on which :meth:`_direct_prepared` prepared its statements.
+        self._prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = weakref.WeakKeyDictionary()
 
     def _translate(self, exc: BaseException) -> Exception:
         """Turn a psycopg error into ours, once, at the boundary; never leak a password."""
@@ -221,15 +226,10 @@ class PostgresConnections:
         statement is over, so its outcome is never in doubt). When no pooled connection is idle, or
         this psycopg lacks the generator, it falls back to :meth:`_hop`.
         """
-        pool = self._pool
-        conn: psycopg.Connection[Any] | None = None
-        if self.direct and pool is not None and pool.get_stats().get("pool_available", 0) > 0:
-            with contextlib.suppress(psycopg_pool.PoolTimeout):
-                # Idle a moment ago: getconn() takes it at once. Only a race with another thread
-                # can make it wait, and then for at most these few milliseconds.
-                conn = pool.getconn(timeout=_DIRECT_TAKE_TIMEOUT)
+        conn = self._take_idle()
         if conn is None:
             return await self._hop(lambda c: c.execute(query, params).fetchall())
+        pool = self._pool
         assert pool is not None
         error: Exception | None = None
         lost = False
@@ -262,6 +262,76 @@ class PostgresConnections:
         if error is not None:
             raise error
         return rows
+
+    def _take_idle(self) -> psycopg.Connection[Any] | None:
+        """A pooled connection that is idle right now, for a statement run from the event loop; or None."""
+        pool = self._pool
+        if not self.direct or pool is None or pool.get_stats().get("pool_available", 0) <= 0:
+            return None
+        try:
+            # Idle a moment ago: getconn() takes it at once. Only a race with another thread can
+            # make it wait, and then for at most these few milliseconds.
+            return pool.getconn(timeout=_DIRECT_TAKE_TIMEOUT)
+        except psycopg_pool.PoolTimeout:
+            return None
+
+    async def _direct_prepared(
+        self, name: bytes, query: bytes, types: Sequence[int], values: Sequence[bytes | None]
+    ) -> psycopg.pq.abc.PGresult | None:
+        """Run one autocommit statement as a prepared statement of our own, from the event loop.
+
+        The single ``defer()``: libpq's ``send_query_prepared`` with parameters already in text
+        form and binary results, with none of a cursor's per-call work (converting the query,
+        dumping each parameter, the prepared-statement bookkeeping, loading each value). The
+        statement is prepared on a connection the first time it runs there. Shielded, as
+        :meth:`_direct` is.
+
+        Returns:
+            The result (binary values), or None when no pooled connection is idle (the caller
+            takes its usual path).
+        """
+        conn = self._take_idle()
+        if conn is None:
+            return None
+        pool = self._pool
+        assert pool is not None
+        error: Exception | None = None
+        lost = False
+        result: psycopg.pq.abc.PGresult | None = None
+        try:
+            pgconn = conn.pgconn
+            prepared = self._prepared.setdefault(conn, set())
+            with anyio.CancelScope(shield=True):
+                if name not in prepared:
+                    pgconn.send_prepare(name, query, param_types=types)
+                    done = (await _drive(_execute(pgconn), pgconn.socket))[-1]
+                    if done.status != _COMMAND_OK:
+                        raise psycopg.errors.error_from_result(done, encoding=conn.info.encoding)
+                    prepared.add(name)
+                pgconn.send_query_prepared(name, values, result_format=psycopg.pq.Format.BINARY)
+                done = (await _drive(_execute(pgconn), pgconn.socket))[-1]
+            if done.status != _TUPLES_OK:
+                if done.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000":
+                    prepared.discard(name)  # gone from the server (DISCARD ALL): prepared again next time
+                raise psycopg.errors.error_from_result(done, encoding=conn.info.encoding)
+            result = done
+        except psycopg.Error as exc:
+            error = self._translate(exc)
+            lost = conn.broken
+            if not lost:
+                error.__cause__ = exc
+        finally:
+            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                conn.close()  # as in _direct: a statement still in flight
+            pool.putconn(conn)
+        if lost:
+            with contextlib.suppress(psycopg.Error):
+                await anyio.to_thread.run_sync(pool.check)
+        if self._observers:
+            self._observers.notify(error)
+        if error is not None:
+            raise error
+        return result
 
     def observe(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
         return self._observers.add(callback)

@@ -8,6 +8,8 @@ mirrors a ``*_guarded`` function of ``_state.py``.
 
 from __future__ import annotations
 
+import re
+
 from psycopg import sql
 
 #: The columns of a job row, in the order ``_job_from_row`` reads them.
@@ -550,6 +552,20 @@ ORDER BY p.name
 """
 
 
+def numbered(text: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """*text* with each ``%(name)s`` replaced by ``$1``, ``$2``... (a name used twice keeps its
+    number), and the names in that order: a statement the driver prepares and sends itself."""
+    names: list[str] = []
+
+    def number(match: re.Match[bytes]) -> bytes:
+        name = match.group(1).decode()
+        if name not in names:
+            names.append(name)
+        return b"$%d" % (names.index(name) + 1)
+
+    return re.sub(rb"%\(([a-z_]+)\)s", number, text), tuple(names)
+
+
 class Queries:
     """Every statement of the driver, composed once for its schema (the only identifier; every
     value is bound), as the bytes psycopg sends."""
@@ -574,6 +590,8 @@ class Queries:
         self.insert = q(_SQL_INSERT.replace("{on_conflict}", ""))
         self.insert_unique = q(_SQL_INSERT.replace("{on_conflict}", _ON_CONFLICT))
         self.insert_one = q(_SQL_INSERT_ONE)
+        #: The same, numbered for the prepared statement of a single defer (``_insert_one_prepared``).
+        self.insert_one_numbered, self.insert_one_names = numbered(self.insert_one)
         self.copy_prepare = _SQL_COPY_PREPARE.encode()
         self.copy = q(_SQL_COPY)
         self.notify_queues = _SQL_NOTIFY_QUEUES.encode()
