@@ -81,7 +81,7 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
         (f"defer_many() of {plan.bulk_jobs:,} jobs", _bulk, plan.bulk_jobs),
         (f"defer_many() of {plan.bulk_jobs:,} jobs, specs built beforehand", _bulk_prebuilt, plan.bulk_jobs),
         (
-            f"defer_batch() of {plan.bulk_jobs:,} jobs (lean path: ids only, arguments checked inside)",
+            f"defer_batch() of {plan.bulk_jobs:,} jobs (lean path, ids only)",
             _batch,
             plan.bulk_jobs,
         ),
