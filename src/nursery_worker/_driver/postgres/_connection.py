@@ -287,14 +287,17 @@ class PostgresConnections:
         :meth:`_direct` is.
 
         Returns:
-            The result (binary values), or None when no pooled connection is idle (the caller
-            takes its usual path).
+            The result (binary values), or None when no pooled connection is idle or its client
+            encoding is not UTF-8 (the caller takes its usual path).
         """
         conn = self._take_idle()
         if conn is None:
             return None
         pool = self._pool
         assert pool is not None
+        if conn.pgconn.parameter_status(b"client_encoding") != b"UTF8":
+            pool.putconn(conn)  # the values are sent as UTF-8: another client encoding takes the cursor
+            return None
         error: Exception | None = None
         lost = False
         result: psycopg.pq.abc.PGresult | None = None
@@ -302,17 +305,21 @@ class PostgresConnections:
             pgconn = conn.pgconn
             prepared = self._prepared.setdefault(conn, set())
             with anyio.CancelScope(shield=True):
-                if name not in prepared:
-                    pgconn.send_prepare(name, query, param_types=types)
+                for again in (True, False):
+                    if name not in prepared:
+                        pgconn.send_prepare(name, query, param_types=types)
+                        done = (await _drive(_execute(pgconn), pgconn.socket))[-1]
+                        if done.status != _COMMAND_OK:
+                            raise psycopg.errors.error_from_result(done, encoding=conn.info.encoding)
+                        prepared.add(name)
+                    pgconn.send_query_prepared(name, values, result_format=psycopg.pq.Format.BINARY)
                     done = (await _drive(_execute(pgconn), pgconn.socket))[-1]
-                    if done.status != _COMMAND_OK:
-                        raise psycopg.errors.error_from_result(done, encoding=conn.info.encoding)
-                    prepared.add(name)
-                pgconn.send_query_prepared(name, values, result_format=psycopg.pq.Format.BINARY)
-                done = (await _drive(_execute(pgconn), pgconn.socket))[-1]
+                    if not (again and done.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000"):
+                        break
+                    # Our statement is gone from the server (DEALLOCATE or DISCARD ALL by someone
+                    # else): nothing ran, so prepare it again and send it once more.
+                    prepared.discard(name)
             if done.status != _TUPLES_OK:
-                if done.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000":
-                    prepared.discard(name)  # gone from the server (DISCARD ALL): prepared again next time
                 raise psycopg.errors.error_from_result(done, encoding=conn.info.encoding)
             result = done
         except psycopg.Error as exc:
