@@ -111,7 +111,7 @@ def targets(report: Report) -> list[dict[str, Any]]:
     for f in report.figures:
         if f.system != "nursery-worker":
             continue
-        if f.section == "enqueue" and f.name.startswith("defer_many"):
+        if f.section == "enqueue" and f.name.startswith(("defer_many", "defer_batch")):
             rows.append(
                 _target(
                     f"bulk enqueue ≥ 100,000 jobs/s ({f.backend})",

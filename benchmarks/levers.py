@@ -93,8 +93,12 @@ def _bulk_variants(app: Any, conn: psycopg.Connection[Any], s: sql.Identifier, n
     def public_api() -> None:
         app.defer_many_sync([task.job(i=i) for i in range(n)])
 
+    def lean_api() -> None:
+        task.defer_batch_sync([{"i": i} for i in range(n)])
+
     return {
         "defer_many_sync(): the public API end to end (specs built, inserted, Job objects made)": public_api,
+        "defer_batch_sync(): the lean path end to end (arguments checked and encoded, ids back)": lean_api,
         "driver INSERT as is: unnest, RETURNING 4 columns, pg_notify() per row": as_is,
         "unnest, RETURNING 4 columns, one pg_notify() per statement": notify_once,
         "unnest, RETURNING id only, one pg_notify()": id_only,
@@ -193,9 +197,14 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
         }
         rates: dict[str, list[float]] = {k: [] for k in variants}
         api: dict[str, list[float]] = {"defer_sync() (no thread hop)": []}
+        modes = {
+            "direct from the event loop, our own prepared statement (as is)": (True, True),
+            "direct from the event loop, psycopg's cursor (before)": (True, False),
+            "one thread hop (before the direct path)": (False, False),
+        }
         for backend in ("asyncio", "trio"):
-            api[f"await defer() on {backend}, direct from the event loop (as is)"] = []
-            api[f"await defer() on {backend}, one thread hop (before)"] = []
+            for label in modes:
+                api[f"await defer() on {backend}, {label}"] = []
 
         async def async_defers() -> float:
             await task.defer(i=-1)
@@ -236,16 +245,15 @@ def single_defer(dsn: str, plan: Plan, report: Report, schema: str) -> None:
                     task.defer_sync(i=i)
                 api["defer_sync() (no thread hop)"].append(n / (time.perf_counter() - started))
                 for backend in ("asyncio", "trio"):
-                    for direct, label in (
-                        (True, "direct from the event loop (as is)"),
-                        (False, "one thread hop (before)"),
-                    ):
+                    for label, (direct, prepared) in modes.items():
                         _truncate(conn, s)
                         app.close()
                         driver.direct = direct
+                        driver.prepared_insert = prepared
                         elapsed = anyio.run(async_defers, backend=backend)
                         api[f"await defer() on {backend}, {label}"].append(n / elapsed)
                     driver.direct = True
+                    driver.prepared_insert = True
         for name, values in {**api, **rates}.items():
             _lever(report, "single defer", f"{name}, sequential", "jobs/s", values)
     finally:

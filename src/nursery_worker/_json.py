@@ -131,6 +131,39 @@ def encode_args_value(
     return text, value
 
 
+#: One encoder, made once: ``json.dumps`` with options builds a new ``JSONEncoder`` per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_args_text(args: dict[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGS_BYTES) -> str:
+    """Like :func:`encode_args`, for a bulk enqueue that keeps only the JSON (no decoded value).
+
+    Flat arguments of exact scalar types take one encode, checked as a whole; anything else, or any
+    doubt (NaN, a NUL, a lone surrogate, the size), goes through :func:`encode_args`, which names
+    the argument at fault. The keys must be ``str`` (the caller checks).
+
+    Raises:
+        TypeError, ValueError: as :func:`encode_args`.
+    """
+    for value in args.values():
+        if type(value) not in _EXACT_SCALARS:
+            return encode_args(args, max_bytes=max_bytes)
+    try:
+        text = _encode(args)
+    except ValueError:  # NaN or Infinity: the walk names the argument
+        return encode_args(args, max_bytes=max_bytes)
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:  # a lone surrogate
+            return encode_args(args, max_bytes=max_bytes)
+    if size > max_bytes or "\\u0000" in text:
+        return encode_args(args, max_bytes=max_bytes)
+    return text
+
+
 def encode_args(args: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGS_BYTES) -> str:
     """Validate and encode a job's keyword arguments as a JSON object string.
 

@@ -7,7 +7,7 @@ builtin scalar): the drivers import this module, never a feature module.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic
 
 import attrs
@@ -132,6 +132,28 @@ class JobSpec:
     depends_on: tuple[int | JobSpec, ...] = attrs.field(default=(), eq=False, repr=_deps_repr)
     #: The partition of its task's limits ('' when not partitioned); None for a task without limits.
     limit_key: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JobBatch:
+    """Many jobs of one task with the same options, their arguments validated and encoded: what
+    ``task.defer_batch`` hands the driver instead of one :class:`JobSpec` per job.
+
+    Every job of the batch shares the task, queue, priority, attempts, schedule and retry policy;
+    only the arguments differ. The driver returns the new jobs' ids, in order, and makes no
+    :class:`Job` objects. A batch never carries unique keys, dependencies, limit keys or a trace
+    context: jobs that need them go through :class:`JobSpec`.
+    """
+
+    task: str
+    queue: str
+    priority: int
+    max_attempts: int
+    scheduled_at: dt.datetime | None = None
+    delay: float | None = None
+    retry_policy: Mapping[str, Any] | None = None
+    #: Each job's arguments as a JSON object (checked by ``_json.encode_args_text``), in order.
+    args_json: Sequence[str] = attrs.field(repr=lambda a: f"<{len(a)} jobs>")
 
 
 @attrs.frozen(kw_only=True)

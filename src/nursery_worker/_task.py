@@ -9,18 +9,18 @@ import json
 import math
 import re
 import typing
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
 from ._errors import ConfigurationError
 from ._flow import CircuitBreaker, LimitBy, RateLimit, check_depends_on, resolve_limit_key
-from ._json import check_json, check_storable, encode_args, encode_args_value
-from ._models import Job, JobSpec
+from ._json import check_json, check_storable, encode_args, encode_args_text, encode_args_value
+from ._models import Job, JobBatch, JobSpec
 from ._retry import policy_to_json
 from ._state import ACTIVE_STATES, JobState
-from ._tracing import defer_span
+from ._tracing import defer_span, tracing_active
 
 if TYPE_CHECKING:
     from ._app import App
@@ -596,6 +596,77 @@ class Task(Generic[P, R]):
         """
         return self._plain().defer_sync(*args, **kwargs)
 
+    async def defer_batch(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Enqueue many jobs of this task, one per mapping of keyword arguments; return their ids.
+
+        The lean bulk path: every item is checked against the function's signature and encoded as
+        JSON before anything is written, then all jobs go in one transaction (COPY on PostgreSQL)
+        with one notification per queue. No :class:`JobSpec` or :class:`Job` is made per job. For
+        per-job options use ``app.defer_many``; for options shared by the batch, call
+        ``task.configure(...).defer_batch(...)`` (``connection=`` joins your transaction).
+
+        Args:
+            items: the jobs' keyword arguments, one mapping per job (JSON values).
+
+        Returns:
+            The new jobs' ids, in the order given (with a unique key, a job whose twin is already
+            queued gives the twin's id).
+
+        Raises:
+            TypeError: an item is not a mapping, does not fit the function, or is not JSON (the
+                message names the item's index).
+            ValueError: an item holds NaN/Infinity or a NUL character, or is above
+                ``App(max_args_bytes=...)``. Nothing is written.
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> ids = await send_email.defer_batch({"to": a} for a in addresses)
+        """
+        return await self._plain().defer_batch(items)
+
+    def defer_batch_sync(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Like :meth:`defer_batch`, for synchronous code (blocks the calling thread).
+
+        Args:
+            items: the jobs' keyword arguments, one mapping per job (JSON values).
+
+        Returns:
+            The new jobs' ids, in the order given.
+
+        Raises:
+            TypeError, ValueError, DatabaseError: as :meth:`defer_batch`.
+        """
+        return self._plain().defer_batch_sync(items)
+
+    def _batch_items(self, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The items of a ``defer_batch`` as dicts whose keys fit the function.
+
+        Raises:
+            TypeError: naming the index of the first item that is not a mapping or does not fit.
+        """
+        out: list[dict[str, Any]] = []
+        fits = self.fits
+        for i, item in enumerate(items):
+            if type(item) is not dict:
+                if not isinstance(item, Mapping):
+                    raise TypeError(
+                        f"{self.name}.defer_batch(): item {i} is {item!r:.80}; pass one dict of the function's "
+                        "keyword arguments per job"
+                    )
+                item = dict(item)
+            if self._any_keyword and not all(type(k) is str for k in item):
+                bad = next(k for k in item if not isinstance(k, str))
+                raise TypeError(f"{self.name}.defer_batch(): item {i} has the key {bad!r}; argument names must be str")
+            if not fits(item):
+                try:
+                    self.signature.bind(**item)
+                except TypeError as exc:
+                    raise TypeError(
+                        f"{self.name}.defer_batch(): item {i}: {exc} (signature: {self.func.__name__}{self.signature})"
+                    ) from None
+            out.append(item)
+        return out
+
 
 @attrs.frozen(kw_only=True)
 class TaskCall(Generic[P, R]):
@@ -708,3 +779,81 @@ class TaskCall(Generic[P, R]):
             (job,) = self.task.app.driver.insert_jobs_sync(deferring.specs, connection=self.connection)
             deferring.inserted([job])
         return job
+
+    def _batch(self, items: Iterable[Mapping[str, Any]]) -> JobBatch | list[JobSpec]:
+        """Validate and encode the items of a ``defer_batch`` before anything is written.
+
+        Returns:
+            A :class:`JobBatch` (the lean path), or one :class:`JobSpec` per item when a job needs
+            what only specs carry: a unique key, dependencies, a limit key, a trace context.
+        """
+        task = self.task
+        checked = task._batch_items(items)
+        per_job = "depends_on" not in task._names and any("depends_on" in item for item in checked)
+        if self.unique_key not in (None, False) or self.depends_on or task.limited or per_job or tracing_active():
+            return [self._item_spec(i, item) for i, item in enumerate(checked)]
+        max_bytes = task.app.max_args_bytes
+        encoded: list[str] = []
+        append = encoded.append
+        i = 0
+        try:
+            for i, item in enumerate(checked):  # noqa: B007 - the index names the item at fault
+                append(encode_args_text(item, max_bytes=max_bytes))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{task.name}.defer_batch(): item {i}: {exc}") from None
+        return JobBatch(
+            task=task.name,
+            queue=self.queue,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            scheduled_at=self.scheduled_at,
+            delay=self.delay,
+            retry_policy=self.retry_policy,
+            args_json=encoded,
+        )
+
+    def _item_spec(self, i: int, item: dict[str, Any]) -> JobSpec:
+        job: Callable[..., JobSpec] = self.job  # the item's keys were checked against the signature
+        try:
+            return job(**item)
+        except (TypeError, ValueError) as exc:  # ConfigurationError is a ValueError
+            raise type(exc)(f"{self.task.name}.defer_batch(): item {i}: {exc}") from None
+
+    async def defer_batch(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Enqueue many jobs with these options, one per mapping of keyword arguments; return their ids.
+
+        See :meth:`Task.defer_batch` for what it raises. With ``connection=``, the insert joins
+        that transaction.
+
+        Args:
+            items: the jobs' keyword arguments, one mapping per job (JSON values).
+
+        Returns:
+            The new jobs' ids, in the order given.
+        """
+        batch = self._batch(items)
+        driver = self.task.app.driver
+        if isinstance(batch, JobBatch):
+            return await driver.insert_batch(batch, connection=self.connection)
+        with defer_span(batch) as deferring:
+            jobs = await driver.insert_jobs(deferring.specs, connection=self.connection)
+            deferring.inserted(jobs)
+        return [job.id for job in jobs]
+
+    def defer_batch_sync(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Like :meth:`defer_batch`, for synchronous code (blocks the calling thread).
+
+        Args:
+            items: the jobs' keyword arguments, one mapping per job (JSON values).
+
+        Returns:
+            The new jobs' ids, in the order given.
+        """
+        batch = self._batch(items)
+        driver = self.task.app.driver
+        if isinstance(batch, JobBatch):
+            return driver.insert_batch_sync(batch, connection=self.connection)
+        with defer_span(batch) as deferring:
+            jobs = driver.insert_jobs_sync(deferring.specs, connection=self.connection)
+            deferring.inserted(jobs)
+        return [job.id for job in jobs]

@@ -111,3 +111,40 @@ async def test_errors_on_the_direct_path_are_translated(dsn: str, schema: str) -
         assert (await work.defer(n=2)).state is JobState.AVAILABLE  # the connection went back usable
     finally:
         await app.aclose()
+
+
+async def test_a_single_defer_prepares_its_statement_again_when_the_server_dropped_it(dsn: str, schema: str) -> None:
+    """After DEALLOCATE ALL on the pooled connection, the next defer prepares its statement again and succeeds."""
+    app = App(dsn=dsn, schema=schema, pool_min_size=1, pool_max_size=1)
+    await app.migrate()
+
+    @app.task
+    async def work(n: int) -> None: ...
+
+    try:
+        await work.defer(n=0)  # opens the pool (a thread hop)
+        await work.defer(n=1)  # prepares our statement on the one pooled connection
+        with app.driver._get_pool().connection() as conn:  # type: ignore[attr-defined]
+            conn.execute("DEALLOCATE ALL")
+        job = await work.defer(n=2)
+        assert (await app.get_job(job.id)).args == {"n": 2}
+    finally:
+        await app.aclose()
+
+
+async def test_a_single_defer_stores_text_unchanged_under_another_client_encoding(dsn: str, schema: str) -> None:
+    """With a client encoding other than UTF-8, a single defer stores non-ASCII arguments unchanged."""
+    app = App(dsn=f"{dsn}?client_encoding=LATIN1", schema=schema)
+    await app.migrate()
+
+    @app.task
+    async def greet(name: str) -> None: ...
+
+    try:
+        await greet.defer(name="warm")
+        job = await greet.defer(name="Zoë, café")
+        with psycopg.connect(dsn) as conn:  # read back in UTF-8
+            row = conn.execute(f'SELECT args FROM "{schema}".jobs WHERE id = %s', [job.id]).fetchone()
+        assert row is not None and row[0] == {"name": "Zoë, café"}
+    finally:
+        await app.aclose()

@@ -959,6 +959,38 @@ async def test_defer_on_an_async_connection_is_gone_after_rollback(
     assert job_count(db) == 0
 
 
+@pytest.mark.parametrize("commit", [True, False])
+async def test_defer_batch_on_an_async_connection_commits_or_rolls_back_with_it(
+    app: App, dsn: str, db: Conn, anyio_backend: str, commit: bool
+) -> None:
+    """On asyncio, a batch deferred on a psycopg.AsyncConnection follows that connection's commit or rollback."""
+    if anyio_backend == "trio":
+        pytest.skip("psycopg.AsyncConnection runs on asyncio only")
+
+    @app.task
+    async def send(to: str) -> None: ...
+
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        ids = await send.configure(connection=conn).defer_batch([{"to": str(i)} for i in range(250)])
+        assert job_count(db) == 0
+        await (conn.commit() if commit else conn.rollback())
+
+    assert job_count(db) == (250 if commit else 0)
+    if commit:
+        assert (await app.get_job(ids[-1])).args == {"to": "249"}
+
+
+def test_defer_batch_with_a_non_connection_raises_type_error(app: App, db: Conn) -> None:
+    """configure(connection=<not a psycopg connection>).defer_batch_sync raises TypeError naming connection=."""
+
+    @app.task
+    async def send(to: str) -> None: ...
+
+    with pytest.raises(TypeError, match="connection="):
+        send.configure(connection=object()).defer_batch_sync([{"to": "x"}])
+    assert job_count(db) == 0
+
+
 @pytest.mark.parametrize("connection", ["postgresql://postgres@127.0.0.1/test", object(), 1])
 async def test_defer_with_a_non_connection_raises_type_error(app: App, db: Conn, connection: Any) -> None:
     """configure(connection=<not a psycopg connection>).defer raises TypeError naming connection=, writing nothing."""

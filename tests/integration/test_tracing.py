@@ -154,6 +154,25 @@ async def test_a_bulk_insert_by_copy_and_a_single_defer_store_the_trace_context(
     assert rows[0][0] == 301
 
 
+async def test_defer_batch_is_one_producer_span_whose_context_every_job_stores(
+    app: App, spans: InMemorySpanExporter, db: Connection
+) -> None:
+    """``task.defer_batch`` under a recording tracer makes one ``defer <task>`` span, stored on every job."""
+
+    @app.task(name="d")
+    async def d(n: int) -> None:
+        pass
+
+    ids = await d.defer_batch([{"n": i} for i in range(250)])
+    producer = _one(spans, "defer d")
+    assert producer.context is not None
+    assert dict(producer.attributes or {})["messaging.batch.message_count"] == 250
+    rows = await query(db, "SELECT id, trace_context->>'traceparent' FROM jobs ORDER BY id")
+    expected = f"00-{producer.context.trace_id:032x}-{producer.context.span_id:016x}"
+    assert [r[0] for r in rows] == ids
+    assert {r[1].rsplit("-", 1)[0] for r in rows} == {expected}
+
+
 async def test_without_opentelemetry_jobs_carry_no_context(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the OpenTelemetry API installed, defer stores no trace context and jobs run as usual."""
     monkeypatch.setattr(_tracing, "_api", None)

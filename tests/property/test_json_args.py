@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nursery_worker._json import encode_args, encode_args_value
+from nursery_worker._json import encode_args, encode_args_text, encode_args_value
 
 
 class Colour(enum.IntEnum):
@@ -56,3 +56,11 @@ def test_the_fast_path_encodes_exactly_like_the_full_walk(kwargs: dict[str, Any]
         assert [type(v) for v in value.values()] == [type(v) for v in want[1][1].values()]
     else:
         assert got[1] == want[1]
+
+
+@given(arguments, st.sampled_from([40, 1_000_000]))
+def test_the_bulk_fast_path_encodes_exactly_like_the_full_walk(kwargs: dict[str, Any], max_bytes: int) -> None:
+    """encode_args_text (defer_batch's encoder) returns encode_args's text, or raises the same error."""
+    assert outcome(lambda: encode_args_text(kwargs, max_bytes=max_bytes)) == outcome(
+        lambda: encode_args(kwargs, max_bytes=max_bytes)
+    )

@@ -74,6 +74,9 @@ async def async_side() -> None:
     assert_type(await app.wait_for(job.id), Job[Any])
     assert_type(add.job(a=1), JobSpec)
     await app.defer_many([add.job(a=1), render.job(name="x", pages=1)])
+    assert_type(await add.defer_batch([{"a": 1}, {"a": 2, "b": 3}]), list[int])
+    assert_type(await add.configure(queue="q").defer_batch({"a": i} for i in range(3)), list[int])
+    await add.defer_batch([1, 2])  # type: ignore[list-item]
 
     await add.defer(a="x")  # type: ignore[call-overload]
     await add.defer()  # type: ignore[call-overload]
@@ -95,6 +98,7 @@ def sync_side() -> None:
     assert_type(render.configure(queue="other").defer_sync(name="x", pages=1), Job[str])
     render.defer_sync(name=1, pages=1)  # type: ignore[arg-type]
     add.configure().defer_sync(a=1, b="2")  # type: ignore[call-overload]
+    assert_type(add.defer_batch_sync([{"a": 1}]), list[int])
 
 
 async def direct_calls() -> None:

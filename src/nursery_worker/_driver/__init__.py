@@ -30,6 +30,7 @@ from .._models import (
     DatabaseHealth,
     GraphNode,
     Job,
+    JobBatch,
     JobCount,
     JobSearch,
     JobSelection,
@@ -113,6 +114,13 @@ class Driver(Protocol):
 
     def insert_jobs_sync(self, specs: Sequence[JobSpec], *, connection: UserConnection | None = None) -> list[Job]:
         """Like :meth:`insert_jobs`, from synchronous code."""
+
+    async def insert_batch(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        """Insert the jobs of *batch* in one transaction, in order, and return their ids (no ``Job``
+        objects); in *connection*'s transaction if given; one notification per queue."""
+
+    def insert_batch_sync(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        """Like :meth:`insert_batch`, from synchronous code."""
 
     async def get_job(self, job_id: int) -> Job | None:
         """Return the job, or None."""

@@ -17,7 +17,8 @@ import contextlib
 import json
 import select
 import threading
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -27,6 +28,7 @@ import psycopg.errors
 import psycopg_pool
 from psycopg.adapt import Buffer, Loader
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.generators import execute as _execute
 from psycopg.waiting import Ready, Wait
 
 from ..._dsn import redact
@@ -106,6 +108,7 @@ def _milliseconds(seconds: float) -> int:
 
 
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = psycopg.pq.ExecStatus.COMMAND_OK
 #: How long the event loop may wait for a pooled connection that was idle a moment before.
 _DIRECT_TAKE_TIMEOUT = 0.005
 #: psycopg's execution generator, which its own sync and async cursors drive (absent: thread hops).
@@ -177,6 +180,8 @@ class PostgresConnections:
         self._idle_timeout_ms = _milliseconds(DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT)
         #: Called after each database call made through the pool: None on success, else the error.
         self._observers = Observers()
+        #: The pooled connections on which :meth:`_direct_prepared` prepared its statements.
+        self._prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = weakref.WeakKeyDictionary()
 
     def _translate(self, exc: BaseException) -> Exception:
         """Turn a psycopg error into ours, once, at the boundary; never leak a password."""
@@ -287,15 +292,10 @@ class PostgresConnections:
         statement is over, so its outcome is never in doubt). When no pooled connection is idle, or
         this psycopg lacks the generator, it falls back to :meth:`_hop`.
         """
-        pool = self._pool
-        conn: psycopg.Connection[Any] | None = None
-        if self.direct and pool is not None and pool.get_stats().get("pool_available", 0) > 0:
-            with contextlib.suppress(psycopg_pool.PoolTimeout):
-                # Idle a moment ago: getconn() takes it at once. Only a race with another thread
-                # can make it wait, and then for at most these few milliseconds.
-                conn = pool.getconn(timeout=_DIRECT_TAKE_TIMEOUT)
+        conn = self._take_idle()
         if conn is None:
             return await self._hop(lambda c: c.execute(query, params).fetchall())
+        pool = self._pool
         assert pool is not None
         error: Exception | None = None
         lost = False
@@ -328,6 +328,83 @@ class PostgresConnections:
         if error is not None:
             raise error
         return rows
+
+    def _take_idle(self) -> psycopg.Connection[Any] | None:
+        """A pooled connection that is idle right now, for a statement run from the event loop; or None."""
+        pool = self._pool
+        if not self.direct or pool is None or pool.get_stats().get("pool_available", 0) <= 0:
+            return None
+        try:
+            # Idle a moment ago: getconn() takes it at once. Only a race with another thread can
+            # make it wait, and then for at most these few milliseconds.
+            return pool.getconn(timeout=_DIRECT_TAKE_TIMEOUT)
+        except psycopg_pool.PoolTimeout:
+            return None
+
+    async def _direct_prepared(
+        self, name: bytes, query: bytes, types: Sequence[int], values: Sequence[bytes | None]
+    ) -> psycopg.pq.abc.PGresult | None:
+        """Run one autocommit statement as a prepared statement of our own, from the event loop.
+
+        The single ``defer()``: libpq's ``send_query_prepared`` with parameters already in text
+        form and binary results, with none of a cursor's per-call work (converting the query,
+        dumping each parameter, the prepared-statement bookkeeping, loading each value). The
+        statement is prepared on a connection the first time it runs there. Shielded, as
+        :meth:`_direct` is.
+
+        Returns:
+            The result (binary values), or None when no pooled connection is idle or its client
+            encoding is not UTF-8 (the caller takes its usual path).
+        """
+        conn = self._take_idle()
+        if conn is None:
+            return None
+        pool = self._pool
+        assert pool is not None
+        if conn.pgconn.parameter_status(b"client_encoding") != b"UTF8":
+            pool.putconn(conn)  # the values are sent as UTF-8: another client encoding takes the cursor
+            return None
+        error: Exception | None = None
+        lost = False
+        result: psycopg.pq.abc.PGresult | None = None
+        try:
+            pgconn = conn.pgconn
+            prepared = self._prepared.setdefault(conn, set())
+            with anyio.CancelScope(shield=True):
+                for again in (True, False):
+                    if name not in prepared:
+                        pgconn.send_prepare(name, query, param_types=types)
+                        done = (await _drive(_execute(pgconn), pgconn.socket))[-1]
+                        if done.status != _COMMAND_OK:
+                            raise psycopg.errors.error_from_result(done, encoding=conn.info.encoding)
+                        prepared.add(name)
+                    pgconn.send_query_prepared(name, values, result_format=psycopg.pq.Format.BINARY)
+                    done = (await _drive(_execute(pgconn), pgconn.socket))[-1]
+                    if not (again and done.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000"):
+                        break
+                    # Our statement is gone from the server (DEALLOCATE or DISCARD ALL by someone
+                    # else): nothing ran, so prepare it again and send it once more.
+                    prepared.discard(name)
+            if done.status != _TUPLES_OK:
+                raise psycopg.errors.error_from_result(done, encoding=conn.info.encoding)
+            result = done
+        except psycopg.Error as exc:
+            error = self._translate(exc)
+            lost = conn.broken
+            if not lost:
+                error.__cause__ = exc
+        finally:
+            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                conn.close()  # as in _direct: a statement still in flight
+            pool.putconn(conn)
+        if lost:
+            with contextlib.suppress(psycopg.Error):
+                await anyio.to_thread.run_sync(pool.check)
+        if self._observers:
+            self._observers.notify(error)
+        if error is not None:
+            raise error
+        return result
 
     def observe(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
         return self._observers.add(callback)

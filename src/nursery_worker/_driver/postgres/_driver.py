@@ -7,6 +7,7 @@ moves an executing job mirrors a ``*_guarded`` function of ``_state.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -34,6 +35,7 @@ from ..._models import (
     DatabaseHealth,
     GraphNode,
     Job,
+    JobBatch,
     JobCount,
     JobSearch,
     JobSelection,
@@ -114,6 +116,46 @@ def _copy_text(value: str | None) -> str:
     if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
         return value.translate(_COPY_ESCAPES)
     return value
+
+
+#: The name of the single defer's prepared statement on each pooled connection (``_direct_prepared``).
+_INSERT_ONE_NAME = b"nursery_worker_insert_one"
+#: The types of the one-job insert's parameters, sent as text (the statement casts the JSON ones).
+_INSERT_ONE_TYPES = {
+    "task": 25,  # text
+    "queue": 25,
+    "args": 25,
+    "priority": 23,  # int4
+    "max_attempts": 23,
+    "retry_policy": 25,
+    "trace_context": 25,
+    "limit_key": 25,
+    "scheduled": 1184,  # timestamptz
+    "delay": 701,  # float8
+    "channel": 25,
+}
+#: PostgreSQL's binary timestamptz counts microseconds from this instant.
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def _param_text(value: object) -> bytes | None:
+    """A parameter of the one-job insert in PostgreSQL's text form (None stays NULL)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, dt.datetime):
+        return value.isoformat().encode()
+    return str(value).encode()  # int, float (repr: round-trips exactly)
+
+
+def _binary_int(value: bytes | None) -> int:
+    assert value is not None
+    return int.from_bytes(value, "big", signed=True)
+
+
+def _binary_time(value: bytes | None) -> dt.datetime:
+    return _PG_EPOCH + dt.timedelta(microseconds=_binary_int(value))
 
 
 #: A state as stored, to its enum member: a dict lookup, several times cheaper than ``JobState(value)``.
@@ -197,6 +239,8 @@ class PostgresDriver(PostgresConnections):
     """The PostgreSQL implementation of the driver interface (see ``_driver/__init__.py``)."""
 
     schema_version = SCHEMA_VERSION
+    #: Whether a single ``defer()`` sends our own prepared statement (off: psycopg's cursor, as before).
+    prepared_insert: bool = True
 
     def __init__(
         self, dsn: str, *, schema: str, pool_min_size: int, pool_max_size: int, connect_timeout: float
@@ -210,6 +254,7 @@ class PostgresDriver(PostgresConnections):
         )
         self._sql = Queries(schema)
         self._dash = DashboardQueries(schema)
+        self._insert_one_types = [_INSERT_ONE_TYPES[name] for name in self._sql.insert_one_names]
 
     def __repr__(self) -> str:
         return f"<PostgresDriver {self._dsn_redacted!r} schema={self.schema!r}>"
@@ -368,9 +413,21 @@ class PostgresDriver(PostgresConnections):
             return self._insert_unique(conn, specs)
         return self._insert_copy(conn, specs)
 
+    @staticmethod
+    def _atomic(conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[psycopg.Transaction]:
+        """``conn.transaction()`` that joins the caller's transaction on their own connection.
+
+        On a connection out of autocommit with no transaction yet, psycopg's ``transaction()``
+        would BEGIN and COMMIT one of its own, committing the jobs whatever the caller does next:
+        start the caller's transaction first, so the block is a savepoint inside it.
+        """
+        if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("SELECT 1")
+        return conn.transaction()
+
     def _insert_copy(self, conn: psycopg.Connection[Any], specs: Sequence[JobSpec]) -> list[Job]:
         """Many jobs in one transaction (the caller's, if it has one): ids, COPY, one NOTIFY per queue."""
-        with conn.transaction():
+        with self._atomic(conn):
             row = conn.execute(self._sql.copy_prepare, {"table": f"{self.schema}.jobs", "n": len(specs)}).fetchone()
             assert row is not None
             now: dt.datetime = row[0]
@@ -464,7 +521,7 @@ class PostgresDriver(PostgresConnections):
             specs,
             insert=lambda roots: self._insert_on(conn, roots),
             insert_dependent=lambda spec, deps: self._insert_dependent(conn, spec, deps),
-            transaction=conn.transaction,
+            transaction=lambda: self._atomic(conn),
         )
 
     def _insert_dependent(self, conn: psycopg.Connection[Any], spec: JobSpec, deps: list[int]) -> Job:
@@ -518,6 +575,10 @@ class PostgresDriver(PostgresConnections):
         if connection is None:
             plain = self._plain_insert(specs)
             if plain is not None:  # one statement: straight from the event loop
+                if len(specs) == 1 and self.prepared_insert:
+                    job = await self._insert_one_prepared(specs[0])
+                    if job is not None:
+                        return [job]
                 rows = await self._direct(*plain)
                 return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
             return await self._hop(lambda c: self._insert_on(c, specs))
@@ -541,6 +602,125 @@ class PostgresDriver(PostgresConnections):
                 raise self._translate(exc) from exc
             return [self._new_job(spec, row) for spec, row in zip(specs, rows, strict=True)]
         return await anyio.to_thread.run_sync(lambda: self.insert_jobs_sync(specs, connection=connection))
+
+    # --- one task's jobs in bulk (task.defer_batch): ids only ----------------------------------
+
+    def _batch_params(self, batch: JobBatch) -> dict[str, Any]:
+        """The many-job INSERT's parameters for a small batch: its shared options once per job."""
+        n = len(batch.args_json)
+        policy = None if batch.retry_policy is None else json.dumps(batch.retry_policy)
+        nothing: list[str | None] = [None] * n
+        return {
+            "tasks": [batch.task] * n,
+            "queues": [batch.queue] * n,
+            "args": list(batch.args_json),
+            "priorities": [batch.priority] * n,
+            "max_attempts": [batch.max_attempts] * n,
+            "scheduled": [batch.scheduled_at] * n,
+            "delays": [batch.delay] * n,
+            "unique_keys": nothing,
+            "unique_states": nothing,
+            "retry_policies": [policy] * n,
+            "trace_contexts": nothing,
+            "limit_keys": nothing,
+            "channel": self.channel,
+        }
+
+    def _insert_batch_on(self, conn: psycopg.Connection[Any], batch: JobBatch) -> list[int]:
+        if len(batch.args_json) < _COPY_MIN:
+            return [int(row[0]) for row in conn.execute(self._sql.insert, self._batch_params(batch)).fetchall()]
+        return self._copy_batch(conn, batch)
+
+    def _copy_batch(self, conn: psycopg.Connection[Any], batch: JobBatch) -> list[int]:
+        """The jobs of *batch* in one transaction (the caller's, if it has one): ids, COPY, one NOTIFY.
+
+        Only the id and the arguments differ from row to row, so the rest of each row is formatted
+        once for the whole batch.
+        """
+        args = batch.args_json
+        n = len(args)
+        with self._atomic(conn):
+            row = conn.execute(self._sql.copy_prepare, {"table": f"{self.schema}.jobs", "n": n}).fetchone()
+            assert row is not None
+            now: dt.datetime = row[0]
+            ids: list[int] = row[1]
+            if batch.scheduled_at is not None:
+                at = batch.scheduled_at
+            elif batch.delay:
+                at = now + dt.timedelta(seconds=batch.delay)
+            else:
+                at = now
+            available = at <= now
+            policy = None if batch.retry_policy is None else json.dumps(batch.retry_policy)
+            middle = f"\t{_copy_text(batch.task)}\t{_copy_text(batch.queue)}\t"
+            tail = (
+                f"\t{int(batch.priority)}\t{int(batch.max_attempts)}\t{at.isoformat()}\t"
+                f"{'available' if available else 'scheduled'}\t{_copy_text(policy)}\t\\N\t\\N\n"
+            )
+            with conn.cursor().copy(self._sql.copy) as copy:
+                for start in range(0, n, _COPY_CHUNK):
+                    end = start + _COPY_CHUNK
+                    copy.write(
+                        "".join(
+                            [
+                                f"{job_id}{middle}{_copy_text(text)}{tail}"
+                                for job_id, text in zip(ids[start:end], args[start:end], strict=True)
+                            ]
+                        )
+                    )
+            if available:
+                conn.execute(self._sql.notify_queues, {"channel": self.channel, "queues": [batch.queue]})
+        return ids
+
+    def insert_batch_sync(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        if not batch.args_json:
+            return []
+        if connection is None:
+            return self._run(lambda c: self._insert_batch_on(c, batch))
+        if not isinstance(connection, psycopg.Connection):
+            self._refuse_connection(connection, allow_async=False)
+        try:
+            return self._insert_batch_on(connection, batch)
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def insert_batch(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        if not batch.args_json:
+            return []
+        if connection is None:
+            if len(batch.args_json) < _COPY_MIN:  # one statement: straight from the event loop
+                return [int(row[0]) for row in await self._direct(self._sql.insert, self._batch_params(batch))]
+            return await self._hop(lambda c: self._copy_batch(c, batch))
+        if not isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection)):
+            self._refuse_connection(connection, allow_async=True)
+        if isinstance(connection, psycopg.AsyncConnection):
+            try:
+                cur = await connection.execute(self._sql.insert, self._batch_params(batch))
+                rows = await cur.fetchall()
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+            return [int(row[0]) for row in rows]
+        return await anyio.to_thread.run_sync(lambda: self.insert_batch_sync(batch, connection=connection))
+
+    async def _insert_one_prepared(self, spec: JobSpec) -> Job | None:
+        """One plain job through our own prepared statement (see ``_direct_prepared``); None when no
+        pooled connection is idle."""
+        params = self._one_params(spec)
+        result = await self._direct_prepared(
+            _INSERT_ONE_NAME,
+            self._sql.insert_one_numbered,
+            self._insert_one_types,
+            [_param_text(params[name]) for name in self._sql.insert_one_names],
+        )
+        if result is None:
+            return None
+        row = (
+            _binary_int(result.get_value(0, 0)),
+            (result.get_value(0, 1) or b"").decode(),
+            _binary_time(result.get_value(0, 2)),
+            _binary_time(result.get_value(0, 3)),
+        )
+        return self._new_job(spec, row)
 
     async def get_job(self, job_id: int) -> Job | None:
         rows = await self._direct(self._sql.get, {"id": job_id})

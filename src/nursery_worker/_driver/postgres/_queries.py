@@ -8,6 +8,7 @@ mirrors a ``*_guarded`` function of ``_state.py``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from psycopg import sql
@@ -80,8 +81,11 @@ SELECT id, state, scheduled_at, inserted_at, NULL, NULL,
 FROM ins
 """
 
+# The sequence is looked up once (a materialized CTE), not once per id: per row, the catalog lookup
+# of pg_get_serial_sequence cost 2.4 µs an id, against 0.4 µs for nextval alone.
 _SQL_COPY_PREPARE = (
-    "SELECT now(), array_agg(nextval(pg_get_serial_sequence(%(table)s, 'id'))) FROM generate_series(1, %(n)s)"
+    "WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence(%(table)s, 'id')::regclass AS seq) "
+    "SELECT now(), array_agg(nextval(s.seq)) FROM s, generate_series(1, %(n)s)"
 )
 _SQL_COPY = (
     "COPY {s}.jobs (id, task, queue, args, priority, max_attempts, scheduled_at, state, retry_policy, trace_context, "
@@ -619,6 +623,20 @@ def ordered_page(head: sql.Composable, where: Sequence[sql.Composable], *, order
     )
 
 
+def numbered(text: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """*text* with each ``%(name)s`` replaced by ``$1``, ``$2``... (a name used twice keeps its
+    number), and the names in that order: a statement the driver prepares and sends itself."""
+    names: list[str] = []
+
+    def number(match: re.Match[bytes]) -> bytes:
+        name = match.group(1).decode()
+        if name not in names:
+            names.append(name)
+        return b"$%d" % (names.index(name) + 1)
+
+    return re.sub(rb"%\(([a-z_]+)\)s", number, text), tuple(names)
+
+
 class Queries:
     """Every statement of the driver, composed once for its schema (the only identifier; every
     value is bound), as the bytes psycopg sends."""
@@ -643,6 +661,8 @@ class Queries:
         self.insert = q(_SQL_INSERT.replace("{on_conflict}", ""))
         self.insert_unique = q(_SQL_INSERT.replace("{on_conflict}", _ON_CONFLICT))
         self.insert_one = q(_SQL_INSERT_ONE)
+        #: The same, numbered for the prepared statement of a single defer (``_insert_one_prepared``).
+        self.insert_one_numbered, self.insert_one_names = numbered(self.insert_one)
         self.copy_prepare = _SQL_COPY_PREPARE.encode()
         self.copy = q(_SQL_COPY)
         self.notify_queues = _SQL_NOTIFY_QUEUES.encode()

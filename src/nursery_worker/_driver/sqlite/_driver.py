@@ -46,6 +46,7 @@ from ..._models import (
     DatabaseHealth,
     GraphNode,
     Job,
+    JobBatch,
     JobCount,
     JobSearch,
     JobSelection,
@@ -272,6 +273,65 @@ class SqliteDriver(SqliteConnections):
             # default), where their own statements on it run too.
             return self._on_user_connection(connection, lambda tx: self._insert_on(tx, specs))
         return await self._hop(lambda tx: self._insert_on(tx, specs))
+
+    def _insert_batch_on(self, tx: Tx, batch: JobBatch) -> list[int]:
+        """The jobs of *batch* in *tx*'s transaction, in order; their ids (one event per queue).
+
+        Every column but the arguments is the same for the whole batch. From ``_BULK_MIN`` jobs,
+        one ``executemany``, whose ids are known as :meth:`_insert_bulk` explains.
+        """
+        now = tx.now
+        if batch.scheduled_at is not None:
+            at = to_us(batch.scheduled_at)
+        elif batch.delay:
+            at = now + round(batch.delay * 1_000_000)
+        else:
+            at = now
+        state = "scheduled" if at > now else "available"
+        base: dict[str, Any] = {
+            "task": batch.task,
+            "queue": batch.queue,
+            "args": "",
+            "priority": batch.priority,
+            "max_attempts": batch.max_attempts,
+            "retry_policy": None if batch.retry_policy is None else json.dumps(batch.retry_policy),
+            "trace_context": None,
+            "limit_key": None,
+            "at": at,
+            "now": now,
+            "state": state,
+            "unique_key": None,
+            "unique_states": None,
+        }
+        n = len(batch.args_json)
+        if n < _BULK_MIN:
+            insert = tx.q["insert"]
+            ids = [int(tx.conn.execute(insert, {**base, "args": text}).fetchone()[0]) for text in batch.args_json]
+        else:
+            tx.conn.executemany(tx.q["insert_many"], [{**base, "args": text} for text in batch.args_json])
+            last = int(tx.execute("jobs_sequence").fetchone()[0])
+            first = last - n + 1
+            if tx.execute("count_ids", {"first": first, "last": last}).fetchone()[0] != n:
+                raise DatabaseError(f"the ids of {n} inserted jobs are not {first}..{last}; nothing was inserted")
+            ids = list(range(first, last + 1))
+        if state == "available":
+            tx.notify_available([batch.queue])
+        return ids
+
+    def insert_batch_sync(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        if not batch.args_json:
+            return []
+        if connection is not None:
+            return self._on_user_connection(connection, lambda tx: self._insert_batch_on(tx, batch))
+        return self._run(lambda tx: self._insert_batch_on(tx, batch), write=True)
+
+    async def insert_batch(self, batch: JobBatch, *, connection: UserConnection | None = None) -> list[int]:
+        if not batch.args_json:
+            return []
+        if connection is not None:
+            # As insert_jobs: the caller's connection belongs to the caller's thread.
+            return self._on_user_connection(connection, lambda tx: self._insert_batch_on(tx, batch))
+        return await self._hop(lambda tx: self._insert_batch_on(tx, batch))
 
     async def get_job(self, job_id: int) -> Job | None:
         if not _is_id(job_id):
