@@ -346,6 +346,9 @@ def render_database(health: DatabaseHealth) -> str:
         oldest = health.oldest_transaction
         if oldest is None:
             first = "no open transaction"
+        elif oldest.age < 1.0:
+            # A statement running this instant (often a sibling of this very query) is no news.
+            first = "no transaction open over 1s"
         else:
             state = oldest.state or "state hidden"
             app = oldest.application_name or "?"

@@ -188,6 +188,13 @@ def test_the_database_line_warns_of_an_old_transaction_and_piled_up_dead_tuples(
     assert render_database(DatabaseHealth(engine="postgresql", dead_tuples=0, live_tuples=0)) == (
         "database: no open transaction; jobs dead tuples 0"
     )
+    brief = DatabaseHealth(
+        engine="postgresql",
+        oldest_transaction=OldestTransaction(age=0.2, pid=5, state="active", application_name="nursery-worker"),
+        dead_tuples=0,
+        live_tuples=0,
+    )
+    assert render_database(brief) == "database: no transaction open over 1s; jobs dead tuples 0"
 
 
 # --- idle_in_transaction_timeout -------------------------------------------------------------------

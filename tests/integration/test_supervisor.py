@@ -559,7 +559,9 @@ def test_status_with_no_workers_says_so(tmp_path: Path, app: App, dsn: str, sche
     result = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"no workers are registered in schema {schema!r}"
+    database, sentence = result.stdout.strip().split("\n\n")
+    assert database.startswith("database: ")
+    assert sentence == f"no workers are registered in schema {schema!r}"
 
 
 def test_the_supervisor_logs_a_status_line_per_child(start: Callable[..., SupervisorProcess], db: Conn) -> None:
