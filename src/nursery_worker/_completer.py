@@ -16,6 +16,13 @@ and why. A poison outcome (a result over PostgreSQL's jsonb limit) therefore nev
 others, and is never retried forever. A batch also holds at most ``batch_max_result_chars`` of
 results (one larger result goes alone), so that a batch never grows into a message the server
 would refuse by dropping the connection.
+
+A write also claims jobs for the worker's free slots when its fetch loop (the :class:`Claimer`)
+reserves them: one statement completes the batch and claims the next jobs
+(``Driver.finish_and_fetch``), which the fetch loop starts as its own claim. The reservation keeps
+the fetch loop from claiming the same slots meanwhile and is given back after. A write with a claim
+the database refuses claims nothing and is written again alone, so the refused outcome is found as
+above; claims stop riding once the worker is stopping (jobs claimed meanwhile are handed back).
 """
 
 from __future__ import annotations
@@ -90,7 +97,6 @@ def refused_transition(completion: Completion, reason: str) -> Transition:
 class Claimer(Protocol):
     """What lets the completer's writes claim jobs too: the worker's fetch loop (``Fetcher``)."""
 
-    worker_id: str
     limited_tasks: tuple[str, ...]
 
     @property

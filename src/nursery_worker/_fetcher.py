@@ -97,11 +97,10 @@ class Fetcher:
     def reserve(self) -> int:
         """Reserve the free slots for a claim riding on the completer's next write; how many (0: none).
 
-        Only plain claims ride: not in once-mode, and not while the worker has limited work (the
-        fetch loop claims that first, through the limited claim). A reservation is given back by
-        :meth:`deliver`.
+        Only plain claims ride, and not while the worker has limited work (the fetch loop claims
+        that first, through the limited claim). A reservation is given back by :meth:`deliver`.
         """
-        if not _COMBINE or self._start is None or self._closed or self.config.once:
+        if not _COMBINE or self._start is None or self._closed:
             return 0
         if self.limits or self._limited_seen:
             return 0
@@ -170,7 +169,7 @@ class Fetcher:
                     board.more = True
                 if fetched:
                     promoted_while_empty = False
-                elif c.once and not board.running and not self.pending:
+                elif c.once and not board.running and not self.pending and not self.reserved:
                     if promoted_while_empty:
                         return
                     # Work off what is due now, including scheduled and retryable jobs.

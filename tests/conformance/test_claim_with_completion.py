@@ -203,3 +203,36 @@ async def test_a_paused_queue_is_not_claimed_by_a_worker_writing_outcomes(app: A
         await anyio.sleep(0.2)
     for job in held:
         assert (await app.get_job(job.id)).state is JobState.AVAILABLE
+
+
+async def test_no_claim_rides_on_a_write_once_the_worker_is_stopping(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After stop() no write of the completer claims jobs; the stopped worker leaves each job completed
+    after one run or available without a run, none executing."""
+    spy = _spy(app, monkeypatch)
+    stopping = False
+    late_claims = 0
+    real = spy.real
+
+    async def watched(**kwargs: Any) -> tuple[list[int], list[Job]]:
+        nonlocal late_claims
+        late_claims += stopping
+        return await real(**kwargs)
+
+    spy.real = watched
+    runs: Counter[int] = Counter()
+
+    @app.task
+    async def step(n: int) -> None:
+        runs[n] += 1
+        await anyio.sleep(0.02)
+
+    jobs = [await step.defer(n=n) for n in range(60)]
+    async with open_worker(app, **fast(concurrency=3)) as worker:
+        await wait_until(lambda: spy.calls >= 3, within=30)
+        stopping = True
+        worker.stop()
+        await worker.wait_stopped()
+    assert late_claims == 0
+    for job in jobs:
+        state = (await app.get_job(job.id)).state
+        assert (state, runs[job.args["n"]]) in {(JobState.COMPLETED, 1), (JobState.AVAILABLE, 0)}
