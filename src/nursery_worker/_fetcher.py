@@ -94,15 +94,17 @@ class Fetcher:
         """The worker is stopping: no more claims ride on the completer's writes."""
         self._closed = True
 
+    def _rides(self) -> bool:
+        """Whether the completer's writes claim for this worker (plain claims only)."""
+        return _COMBINE and not self._closed and not self.limits and not self._limited_seen
+
     def reserve(self) -> int:
         """Reserve the free slots for a claim riding on the completer's next write; how many (0: none).
 
         Only plain claims ride, and not while the worker has limited work (the fetch loop claims
         that first, through the limited claim). A reservation is given back by :meth:`deliver`.
         """
-        if not _COMBINE or self._start is None or self._closed:
-            return 0
-        if self.limits or self._limited_seen:
+        if self._start is None or not self._rides():
             return 0
         free = self._free()
         if free <= 0:
@@ -139,7 +141,11 @@ class Fetcher:
             while True:
                 free = self._free()
                 now = anyio.current_time()
-                if not (free > 0 and (board.more or now >= next_poll)):
+                # Slots freed by jobs whose outcomes are not written yet are claimed by the
+                # completer's write of those outcomes (one statement, ``reserve``); the poll still
+                # claims here, which is how the worker learns of limited work.
+                deferred = now < next_poll and bool(self.pending) and self._rides()
+                if not (free > 0 and (board.more or now >= next_poll)) or deferred:
                     await board.wait_wakeup(next_poll - now if free > 0 else math.inf)
                     continue
                 board.more = False
