@@ -236,3 +236,42 @@ async def test_no_claim_rides_on_a_write_once_the_worker_is_stopping(app: App, m
     for job in jobs:
         state = (await app.get_job(job.id)).state
         assert (state, runs[job.args["n"]]) in {(JobState.COMPLETED, 1), (JobState.AVAILABLE, 0)}
+
+
+async def test_jobs_claimed_by_a_write_in_flight_at_stop_are_handed_back_unrun(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs a write claims while the worker is told to stop never run: they are handed back available with
+    their attempt given back, and every other job is completed after one run."""
+    spy = _spy(app, monkeypatch)
+    real = spy.real
+    worker_box: list[Any] = []
+    caught: list[Job] = []
+
+    async def stop_meanwhile(**kwargs: Any) -> tuple[list[int], list[Job]]:
+        if spy.calls == 3:
+            worker_box[0].stop()
+            applied, jobs = await real(**kwargs)
+            caught.extend(jobs)
+            return applied, jobs
+        return await real(**kwargs)
+
+    spy.real = stop_meanwhile
+    runs: Counter[int] = Counter()
+
+    @app.task
+    async def step(n: int) -> None:
+        runs[n] += 1
+        await anyio.sleep(0.01)
+
+    jobs = [await step.defer(n=n) for n in range(40)]
+    async with open_worker(app, **fast(concurrency=3)) as worker:
+        worker_box.append(worker)
+        await worker.wait_stopped()
+    assert caught
+    for job in caught:
+        back = await app.get_job(job.id)
+        assert (back.state, back.attempt, runs[job.args["n"]]) == (JobState.AVAILABLE, 0, 0)
+    for job in jobs:
+        state = (await app.get_job(job.id)).state
+        assert (state, runs[job.args["n"]]) in {(JobState.COMPLETED, 1), (JobState.AVAILABLE, 0)}
