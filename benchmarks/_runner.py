@@ -41,6 +41,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         # The lever experiment: jobs in an anyio task group, under anyio scopes, on trio and asyncio (as before).
         _worker._trio_running = lambda: False
         _worker._ASYNCIO_TASK_GROUP = False
+    if os.environ.get("NURSERY_WORKER_BENCH_NO_COMBINE") == "1":
+        # The lever experiment: the completer writes outcomes only; every claim is the fetch loop's own.
+        _fetcher._COMBINE = False
     if "NURSERY_WORKER_BENCH_OVERLAP" in os.environ:
         # The lever experiment: 0 frees a slot only once its outcome is written (the serial cycle).
         _fetcher._OVERLAP = int(os.environ["NURSERY_WORKER_BENCH_OVERLAP"])

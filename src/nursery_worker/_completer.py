@@ -16,6 +16,13 @@ and why. A poison outcome (a result over PostgreSQL's jsonb limit) therefore nev
 others, and is never retried forever. A batch also holds at most ``batch_max_result_chars`` of
 results (one larger result goes alone), so that a batch never grows into a message the server
 would refuse by dropping the connection.
+
+A write also claims jobs for the worker's free slots when its fetch loop (the :class:`Claimer`)
+reserves them: one statement completes the batch and claims the next jobs
+(``Driver.finish_and_fetch``), which the fetch loop starts as its own claim. The reservation keeps
+the fetch loop from claiming the same slots meanwhile and is given back after. A write with a claim
+the database refuses claims nothing and is written again alone, so the refused outcome is found as
+above; claims stop riding once the worker is stopping (jobs claimed meanwhile are handed back).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import anyio
 import attrs
@@ -32,8 +40,8 @@ from ._backoff import ServiceBackoff
 from ._driver import Driver
 from ._errors import RETRYABLE_ERRORS, DatabaseError
 from ._json import POSTGRES_JSONB_MAX_BYTES, RESULT_SIZE_FIX
-from ._models import Completion
-from ._state import ErrorInfo, Failed, JobState, Transition, decide
+from ._models import Completion, Job
+from ._state import ErrorInfo, Failed, JobState, Released, Transition, decide
 
 logger = logging.getLogger("nursery_worker.completer")
 
@@ -86,6 +94,33 @@ def refused_transition(completion: Completion, reason: str) -> Transition:
     )
 
 
+class Claimer(Protocol):
+    """What lets the completer's writes claim jobs too: the worker's fetch loop (``Fetcher``)."""
+
+    limited_tasks: tuple[str, ...]
+
+    @property
+    def queues(self) -> Sequence[str]:
+        """The queues to claim from."""
+
+    def reserve(self) -> int:
+        """Reserve the free slots for a claim; how many (0: do not claim)."""
+
+    def deliver(self, jobs: Sequence[Job], reserved: int) -> list[Job]:
+        """Give back the *reserved* slots and start *jobs*; return those that could not start."""
+
+
+def handed_back(job: Job) -> Completion:
+    """A completion that gives *job*'s attempt back at once: it was claimed but never started."""
+    transition = decide(
+        Released(reason="claimed while the worker was stopping"),
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        backoff=_no_wait,
+    )
+    return Completion(job_id=job.id, attempt=job.attempt, attempted_at=job.attempted_at, transition=transition)
+
+
 @attrs.define(eq=False)
 class Completer:
     """Writes completions in batches of up to *batch_max*, each in one statement."""
@@ -102,6 +137,9 @@ class Completer:
     #: the outcomes that took effect and wakes its fetch loop: capacity is free). A completion that
     #: could not be written at all is not reported.
     on_written: Callable[[Sequence[Written]], None] | None = None
+    #: Claims jobs for the free slots with each write (one statement: ``Driver.finish_and_fetch``);
+    #: set by the worker. Not while closing.
+    claimer: Claimer | None = None
     #: (job id, attempt) of completions submitted but not yet written.
     pending: set[tuple[int, int]] = attrs.field(factory=set)
     _send: MemoryObjectSendStream[Completion] = attrs.field(init=False)
@@ -140,9 +178,47 @@ class Completer:
         if self.on_written is not None:
             self.on_written(written)
 
-    async def _write(self, batch: list[Completion]) -> None:
-        try:
+    async def _finish_and_claim(self, batch: Sequence[Completion]) -> list[Job]:
+        """Write *batch* and, when the claimer reserves free slots, claim jobs for them in the same
+        statement; return the claimed jobs that could not start (the worker is stopping)."""
+        claimer = self.claimer
+        reserved = claimer.reserve() if claimer is not None and self._closing_deadline is None else 0
+        if claimer is None or not reserved:
             await self._finish(batch)
+            return []
+        jobs: list[Job] = []
+        back: list[Job] = []
+        try:
+            applied, jobs = await self.driver.finish_and_fetch(
+                worker_id=self.worker_id,
+                completions=batch,
+                error_cap=self.error_cap,
+                queues=claimer.queues,
+                limit=reserved,
+                exclude_tasks=claimer.limited_tasks,
+            )
+        except DatabaseError as exc:
+            if exc.transient:
+                raise
+            # Refused as a whole (nothing written, nothing claimed): write the outcomes alone, as
+            # without a claim, so that one refused outcome is found and the others written.
+            logger.warning("completer: the write with a claim was refused (%s); writing the outcomes alone", exc)
+            claimer.deliver([], reserved)
+            reserved = 0
+            await self._finish(batch)
+            return []
+        finally:
+            if reserved:
+                # Started before the outcomes are reported: the slots never look free meanwhile.
+                back = claimer.deliver(jobs, reserved)
+        position = set(applied)
+        self._report([(c, c.transition if i in position else None) for i, c in enumerate(batch)])
+        return back
+
+    async def _write(self, batch: list[Completion]) -> None:
+        back: list[Job] = []
+        try:
+            back = await self._finish_and_claim(batch)
         except DatabaseError as exc:
             if exc.transient:
                 raise
@@ -151,6 +227,10 @@ class Completer:
             await self._isolate(batch, exc)
         for c in batch:  # not reported: could not be written, nor recorded as failed
             self.pending.discard((c.job_id, c.attempt))
+        if back:
+            handbacks = [handed_back(job) for job in back]
+            self.pending.update((c.job_id, c.attempt) for c in handbacks)
+            await self._write(handbacks)
 
     async def _isolate(self, batch: list[Completion], exc: DatabaseError) -> None:
         if len(batch) == 1:

@@ -267,6 +267,7 @@ class Worker:
             limits=limits_config(app.tasks.values()),
             promote=self._promoter.run_once,
         )
+        self._completer.claimer = self._fetcher
 
     def __repr__(self) -> str:
         running = len(self._board.running)
@@ -331,6 +332,7 @@ class Worker:
             hard: cancel running jobs at once instead of giving them ``shutdown_timeout``.
         """
         self._stop_requested = True
+        self._fetcher.close()
         if hard:
             self._hard = True
             if self._grace_scope is not None:

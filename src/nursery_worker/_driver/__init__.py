@@ -159,6 +159,20 @@ class Driver(Protocol):
         lease (``attempted_at``); return the positions in *completions* of those that changed their
         row, in order (the others were late: their attempt was no longer this worker's)."""
 
+    async def finish_and_fetch(
+        self,
+        *,
+        worker_id: str,
+        completions: Sequence[Completion],
+        error_cap: int,
+        queues: Sequence[str],
+        limit: int,
+        exclude_tasks: Sequence[str] = (),
+    ) -> tuple[list[int], list[Job]]:
+        """``finish_jobs`` of *completions* and ``fetch_jobs`` of up to *limit* jobs in one write
+        (both take effect or neither): the positions of the completions that changed their row, and
+        the jobs claimed. The claim does not see what the finish made available."""
+
     async def register_worker(self, info: WorkerInfo) -> None:
         """Insert or refresh the worker's row."""
 

@@ -806,9 +806,42 @@ class PostgresDriver(PostgresConnections):
     async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> list[int]:
         if not completions:
             return []
+        rows = await self._direct(self._sql.finish, self._finish_params(worker_id, completions, error_cap))
+        positions = rows[0][0] if rows else None
+        return [int(p) - 1 for p in positions or ()]
+
+    async def finish_and_fetch(
+        self,
+        *,
+        worker_id: str,
+        completions: Sequence[Completion],
+        error_cap: int,
+        queues: Sequence[str],
+        limit: int,
+        exclude_tasks: Sequence[str] = (),
+    ) -> tuple[list[int], list[Job]]:
+        if limit <= 0:
+            return await self.finish_jobs(worker_id=worker_id, completions=completions, error_cap=error_cap), []
+        params: dict[str, Any] = self._finish_params(worker_id, completions, error_cap)
+        params["limit"] = limit
+        if len(queues) == 1:
+            query = self._sql.finish_fetch_one_not if exclude_tasks else self._sql.finish_fetch_one
+            params["queue"] = queues[0]
+        else:
+            query = self._sql.finish_fetch_not if exclude_tasks else self._sql.finish_fetch
+            params["queues"] = list(queues)
+        if exclude_tasks:
+            params["limited"] = list(exclude_tasks)
+        rows = await self._direct(query, params)
+        positions = rows[0][0] if rows else None
+        jobs = [_job_from_row(r[3:]) for r in rows if r[3] is not None]
+        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+        return [int(p) - 1 for p in positions or ()], jobs
+
+    def _finish_params(self, worker_id: str, completions: Sequence[Completion], error_cap: int) -> dict[str, Any]:
         # Each array as its literal (the statement casts each one): psycopg's list adaptation looks
         # up a dumper and quotes every element, which cost more than the rest of a no-op job.
-        params = {
+        return {
             "ids": _int_array([c.job_id for c in completions]),
             "attempts": _int_array([c.attempt for c in completions]),
             "leases": _time_array([c.attempted_at for c in completions]),
@@ -824,9 +857,6 @@ class PostgresDriver(PostgresConnections):
             "cap": error_cap,
             "channel": self.channel,
         }
-        rows = await self._direct(self._sql.finish, params)
-        positions = rows[0][0] if rows else None
-        return [int(p) - 1 for p in positions or ()]
 
     # --- workers and maintenance --------------------------------------------------------------
 

@@ -258,11 +258,23 @@ WITH upd AS (
 ), finished AS ("""
     + _NOTIFY_FINISHED.format(source="upd")
     + """)
--- Which completions took effect (their positions, from 1): the worker counts only those.
-SELECT (SELECT array_agg(ord ORDER BY ord) FROM upd), (SELECT count(*) FROM available),
-       (SELECT count(*) FROM finished)
 """
 )
+# Which completions took effect (their positions, from 1): the worker counts only those.
+_FINISH_COUNTS = """SELECT (SELECT array_agg(ord ORDER BY ord) FROM upd), (SELECT count(*) FROM available),
+       (SELECT count(*) FROM finished)"""
+# finish_and_fetch: the finish and a claim (_SQL_FETCH or _SQL_FETCH_MANY as the CTE ``claimed``) in
+# one statement, so one round trip and one commit. The claim's snapshot is the statement's: it sees
+# neither the rows the finish releases nor those its triggers make available, and the two never
+# touch the same row (the finish's are executing, the claim's available). One row when nothing is
+# claimed (the job columns NULL), else one per claimed job; the finish's columns repeat on each.
+_FINISH_AND_CLAIM = (
+    _SQL_FINISH.rstrip()[: -len(")")]
+    + "), claimed AS (__CLAIM__)\n"
+    + _FINISH_COUNTS
+    + ", c.*\nFROM (SELECT 1) AS one LEFT JOIN claimed AS c ON true\n"
+)
+_SQL_FINISH = _SQL_FINISH + _FINISH_COUNTS + "\n"
 
 # promote_guarded: due scheduled/retryable -> available.
 _SQL_PROMOTE = """
@@ -693,6 +705,17 @@ class Queries:
             .replace("%(append_error)s", append_error)
             .replace("%(append_cancel)s", _APPEND_ERROR.format(entry=override_entry))
         )
+        finish_and = (
+            _FINISH_AND_CLAIM.replace("__OVERRIDE__", _OVERRIDE)
+            .replace("%(append_error)s", append_error)
+            .replace("%(append_cancel)s", _APPEND_ERROR.format(entry=override_entry))
+        )
+        many = _SQL_FETCH_MANY.replace("__QUEUES__", _FETCH_QUEUES)
+        one = _SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE)
+        self.finish_fetch = q(finish_and.replace("__CLAIM__", many.replace("__TASKS__", "")))
+        self.finish_fetch_one = q(finish_and.replace("__CLAIM__", one.replace("__TASKS__", "")))
+        self.finish_fetch_not = q(finish_and.replace("__CLAIM__", many.replace("__TASKS__", _NOT_TASKS)))
+        self.finish_fetch_one_not = q(finish_and.replace("__CLAIM__", one.replace("__TASKS__", _NOT_TASKS)))
         self.promote = q(_SQL_PROMOTE)
         self.rescue = q(_SQL_RESCUE.replace("%(append_error)s", _APPEND_ERROR.format(entry=rescue_entry)))
         self.delete_dead = q(_SQL_DELETE_DEAD_WORKERS)

@@ -342,9 +342,14 @@ class SqliteDriver(SqliteConnections):
     async def fetch_jobs(
         self, *, worker_id: str, queues: Sequence[str], limit: int, exclude_tasks: Sequence[str] = ()
     ) -> list[Job]:
+        return await self._hop(lambda tx: self._claim(tx, worker_id, queues, limit, exclude_tasks))
+
+    @staticmethod
+    def _claim(tx: Tx, worker_id: str, queues: Sequence[str], limit: int, exclude_tasks: Sequence[str]) -> list[Job]:
+        """The claim of ``fetch_jobs`` in the transaction *tx*."""
         suffix = "_not" if exclude_tasks else ""
 
-        def fetch(tx: Tx) -> list[Any]:
+        def fetch() -> list[Any]:
             params: dict[str, Any] = {"limit": limit, "worker": worker_id, "now": tx.now}
             if exclude_tasks:
                 params["limited"] = json.dumps(list(exclude_tasks))
@@ -354,61 +359,77 @@ class SqliteDriver(SqliteConnections):
             params["queues"] = json.dumps(list(queues))
             return tx.execute("fetch" + suffix, params).fetchall()
 
-        rows = await self._hop(fetch)
-        jobs = [job_from_row(r) for r in rows]
+        jobs = [job_from_row(r) for r in fetch()]
         jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
         return jobs
 
     async def finish_jobs(self, *, worker_id: str, completions: Sequence[Completion], error_cap: int) -> list[int]:
         if not completions:
             return []
+        return await self._hop(lambda tx: self._finish(tx, worker_id, completions, error_cap))
 
-        def finish(tx: Tx) -> list[int]:
-            now = tx.now
-            at = iso(now)
-            statement = tx.q["finish"]
-            changed: list[int] = []
-            available: set[str] = set()
-            finished: list[int] = []
-            settled: list[tuple[int, str, str]] = []
-            for position, c in enumerate(completions):
-                row = tx.conn.execute(
-                    statement,
-                    {
-                        "id": c.job_id,
-                        "attempt": c.attempt,
-                        "lease": None if c.attempted_at is None else to_us(c.attempted_at),
-                        "state": c.transition.state.value,
-                        "delay": c.transition.delay,
-                        "retry_at": None if c.transition.at is None else to_us(c.transition.at),
-                        "error": None if c.transition.error is None else error_entry(c.transition.error),
-                        "give_back": int(c.transition.give_back_attempt),
-                        "result": c.result_json,
-                        "worker": worker_id,
-                        "cap": error_cap,
-                        "now": now,
-                        "at": at,
-                    },
-                ).fetchone()
-                if row is None:
-                    continue
-                changed.append(position)
-                job_id, queue, state, task, has_dependents, limit_key, last_error = row
-                if state == "available":
-                    available.add(queue)
-                elif JobState(state).is_terminal:
-                    finished.append(int(job_id))
-                    if has_dependents:
-                        settled.append((int(job_id), task, state))
-                if limit_key is not None:
-                    limited_finished(tx, task, state, last_error)
-                    available.add(queue)
-            tx.notify_available(available)
-            tx.notify_finished(finished)
-            settle(tx, settled)
-            return changed
+    async def finish_and_fetch(
+        self,
+        *,
+        worker_id: str,
+        completions: Sequence[Completion],
+        error_cap: int,
+        queues: Sequence[str],
+        limit: int,
+        exclude_tasks: Sequence[str] = (),
+    ) -> tuple[list[int], list[Job]]:
+        def both(tx: Tx) -> tuple[list[int], list[Job]]:
+            changed = self._finish(tx, worker_id, completions, error_cap) if completions else []
+            return changed, self._claim(tx, worker_id, queues, limit, exclude_tasks) if limit > 0 else []
 
-        return await self._hop(finish)
+        return await self._hop(both)
+
+    @staticmethod
+    def _finish(tx: Tx, worker_id: str, completions: Sequence[Completion], error_cap: int) -> list[int]:
+        """The guarded writes of ``finish_jobs`` in the transaction *tx*."""
+        now = tx.now
+        at = iso(now)
+        statement = tx.q["finish"]
+        changed: list[int] = []
+        available: set[str] = set()
+        finished: list[int] = []
+        settled: list[tuple[int, str, str]] = []
+        for position, c in enumerate(completions):
+            row = tx.conn.execute(
+                statement,
+                {
+                    "id": c.job_id,
+                    "attempt": c.attempt,
+                    "lease": None if c.attempted_at is None else to_us(c.attempted_at),
+                    "state": c.transition.state.value,
+                    "delay": c.transition.delay,
+                    "retry_at": None if c.transition.at is None else to_us(c.transition.at),
+                    "error": None if c.transition.error is None else error_entry(c.transition.error),
+                    "give_back": int(c.transition.give_back_attempt),
+                    "result": c.result_json,
+                    "worker": worker_id,
+                    "cap": error_cap,
+                    "now": now,
+                    "at": at,
+                },
+            ).fetchone()
+            if row is None:
+                continue
+            changed.append(position)
+            job_id, queue, state, task, has_dependents, limit_key, last_error = row
+            if state == "available":
+                available.add(queue)
+            elif JobState(state).is_terminal:
+                finished.append(int(job_id))
+                if has_dependents:
+                    settled.append((int(job_id), task, state))
+            if limit_key is not None:
+                limited_finished(tx, task, state, last_error)
+                available.add(queue)
+        tx.notify_available(available)
+        tx.notify_finished(finished)
+        settle(tx, settled)
+        return changed
 
     # --- workers and maintenance --------------------------------------------------------------
 
