@@ -249,7 +249,14 @@ WITH upd AS (
                 %(delays)s::float8[], %(ats)s::timestamptz[], %(errors)s::text[], %(give_back)s::int[],
                 %(results)s::text[])
          WITH ORDINALITY AS u(id, attempt, lease, state, delay, at, error, give_back, result, ord)
-    WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt AND j.worker_id = %(worker)s
+    -- The guards are written so that no index can serve them (IS NOT DISTINCT FROM is not
+    -- indexable, and does not match jobs_executing_idx's predicate): the rows are found by the
+    -- primary key, whatever the statistics say. Left indexable, stale statistics (a table vacuumed
+    -- while nearly empty) made the planner read every entry of this worker in jobs_executing_idx,
+    -- dead ones included, on every write: a cost that grew with each job run since the last vacuum.
+    -- Both columns are never NULL on an executing row, so the guards mean what = means.
+    WHERE j.id = u.id AND j.state IS NOT DISTINCT FROM 'executing' AND j.attempt = u.attempt
+      AND j.worker_id IS NOT DISTINCT FROM %(worker)s::text
       AND j.attempted_at IS NOT DISTINCT FROM u.lease
     RETURNING j.id, j.queue, j.state, u.ord
 ), available AS ("""
