@@ -249,13 +249,16 @@ WITH upd AS (
                 %(delays)s::float8[], %(ats)s::timestamptz[], %(errors)s::text[], %(give_back)s::int[],
                 %(results)s::text[])
          WITH ORDINALITY AS u(id, attempt, lease, state, delay, at, error, give_back, result, ord)
-    -- The guards are written so that no index can serve them (IS NOT DISTINCT FROM is not
-    -- indexable, and does not match jobs_executing_idx's predicate): the rows are found by the
-    -- primary key, whatever the statistics say. Left indexable, stale statistics (a table vacuumed
-    -- while nearly empty) made the planner read every entry of this worker in jobs_executing_idx,
-    -- dead ones included, on every write: a cost that grew with each job run since the last vacuum.
-    -- Both columns are never NULL on an executing row, so the guards mean what = means.
-    WHERE j.id = u.id AND j.state IS NOT DISTINCT FROM 'executing' AND j.attempt = u.attempt
+    -- The rows are found by the primary key, whatever the statistics say: the ids come as an
+    -- InitPlan array (as in the claim), and the guards are written so that no index can serve them
+    -- (IS NOT DISTINCT FROM is not indexable and does not match jobs_executing_idx's predicate).
+    -- Under stale statistics (a table vacuumed while nearly empty, then growing; the statement's
+    -- generic plan cached meanwhile) the join used to read every entry of this worker in
+    -- jobs_executing_idx, dead ones included, or the whole table, on every write: a cost that grew
+    -- with each job run. Both guard columns are never NULL on an executing row, so the guards mean
+    -- what = means.
+    WHERE j.id = ANY(ARRAY(SELECT unnest(%(ids)s::bigint[]))) AND j.id = u.id
+      AND j.state IS NOT DISTINCT FROM 'executing' AND j.attempt = u.attempt
       AND j.worker_id IS NOT DISTINCT FROM %(worker)s::text
       AND j.attempted_at IS NOT DISTINCT FROM u.lease
     RETURNING j.id, j.queue, j.state, u.ord
