@@ -159,23 +159,26 @@ CREATE INDEX mini_available ON {s}.mini (id) WHERE state = 'available';
 """
 
 
+def _fill_minimal(conn: psycopg.Connection[Any], s: sql.Identifier, rows: int) -> None:
+    """(Re)create the minimal table in schema *s* with *rows* available rows, vacuumed and analyzed."""
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.mini").format(s))
+    for statement in _MINI.split(";"):
+        if statement.strip():
+            conn.execute(sql.SQL(statement).format(s=s))
+    conn.execute(
+        sql.SQL("INSERT INTO {}.mini (args) SELECT jsonb_build_object('i', g) FROM generate_series(1, %s) g").format(s),
+        [rows],
+    )
+    conn.execute(sql.SQL("VACUUM ANALYZE {}.mini").format(s))
+
+
 def claim_complete_minimal(
     dsn: str, schema: str, rows: int, batch: int = BATCH, old_snapshot: bool = False
 ) -> dict[str, float]:
     """The same loop on the smallest table that can hold a queue: id, state, args, one partial index."""
     s = sql.Identifier(schema)
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.mini").format(s))
-        for statement in _MINI.split(";"):
-            if statement.strip():
-                conn.execute(sql.SQL(statement).format(s=s))
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.mini (args) SELECT jsonb_build_object('i', g) FROM generate_series(1, %s) g"
-            ).format(s),
-            [rows],
-        )
-        conn.execute(sql.SQL("VACUUM ANALYZE {}.mini").format(s))
+        _fill_minimal(conn, s, rows)
         claim = sql.SQL(
             "WITH next AS (SELECT id FROM {s}.mini WHERE state = 'available' ORDER BY id LIMIT %s "
             "FOR UPDATE SKIP LOCKED) UPDATE {s}.mini AS m SET state = 'executing' FROM next WHERE m.id = next.id "
@@ -242,17 +245,7 @@ def claim_and_complete_limit(dsn: str, schema: str, rows: int, clients: int = LI
 
     s = sql.Identifier(schema)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.mini").format(s))
-        for statement in _MINI.split(";"):
-            if statement.strip():
-                conn.execute(sql.SQL(statement).format(s=s))
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.mini (args) SELECT jsonb_build_object('i', g) FROM generate_series(1, %s) g"
-            ).format(s),
-            [rows],
-        )
-        conn.execute(sql.SQL("VACUUM ANALYZE {}.mini").format(s))
+        _fill_minimal(conn, s, rows)
     statement = sql.SQL(
         "UPDATE {s}.mini SET state = 'completed', finished_at = now() WHERE id = ANY(ARRAY("
         "SELECT id FROM {s}.mini WHERE state = 'available' ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED))"

@@ -157,6 +157,15 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("jsonb", _JsonbLoader)
 
 
+def _give_back(pool: psycopg_pool.ConnectionPool, conn: psycopg.Connection[Any]) -> None:
+    """Return *conn*, taken for a statement run from the event loop, to *pool*."""
+    if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+        # Only an exception out of the shielded wait (KeyboardInterrupt) leaves a statement in
+        # flight: the connection cannot be reused, so the pool gets it back closed.
+        conn.close()
+    pool.putconn(conn)
+
+
 class PostgresConnections:
     """The pool of one driver and the ways its statements run; :class:`PostgresDriver` adds the
     statements. Errors leave as :class:`DatabaseError` or :class:`SchemaNotReady`, never psycopg's."""
@@ -314,11 +323,13 @@ class PostgresConnections:
             if not lost:
                 error.__cause__ = exc
         finally:
-            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-                # Only an exception out of the shielded wait (KeyboardInterrupt) leaves a statement
-                # in flight: the connection cannot be reused, so the pool gets it back closed.
-                conn.close()
-            pool.putconn(conn)
+            _give_back(pool, conn)
+        await self._settle(pool, lost=lost, error=error)
+        return rows
+
+    async def _settle(self, pool: psycopg_pool.ConnectionPool, *, lost: bool, error: Exception | None) -> None:
+        """After a statement run from the event loop: drop dead pooled connections if this one was
+        lost, tell the observers, and raise *error* if there is one."""
         if lost:
             # A server restart leaves every idle pooled connection dead: drop them now, as _run does.
             with contextlib.suppress(psycopg.Error):
@@ -327,7 +338,6 @@ class PostgresConnections:
             self._observers.notify(error)
         if error is not None:
             raise error
-        return rows
 
     def _take_idle(self) -> psycopg.Connection[Any] | None:
         """A pooled connection that is idle right now, for a statement run from the event loop; or None."""
@@ -394,16 +404,8 @@ class PostgresConnections:
             if not lost:
                 error.__cause__ = exc
         finally:
-            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-                conn.close()  # as in _direct: a statement still in flight
-            pool.putconn(conn)
-        if lost:
-            with contextlib.suppress(psycopg.Error):
-                await anyio.to_thread.run_sync(pool.check)
-        if self._observers:
-            self._observers.notify(error)
-        if error is not None:
-            raise error
+            _give_back(pool, conn)
+        await self._settle(pool, lost=lost, error=error)
         return result
 
     def observe(self, callback: Callable[[Exception | None], None]) -> Callable[[], None]:
