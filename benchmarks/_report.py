@@ -47,6 +47,16 @@ def _target(name: str, measured: float | None, goal: float, *, at_least: bool, u
     }
 
 
+def _against_pgqueuer(
+    name: str, ours: float | None, theirs: float | None, *, at_least: bool, basis: str, needs: str
+) -> dict[str, Any]:
+    """A target measured as our figure over PgQueuer's in the same run (goal 1×)."""
+    measured = ours / theirs if ours is not None and theirs else None
+    return _target(
+        name, measured, 1.0, at_least=at_least, unit="× PgQueuer's", basis=basis if theirs else f"needs {needs}"
+    )
+
+
 def targets(report: Report) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     find = report.find
@@ -172,30 +182,24 @@ def targets(report: Report) -> list[dict[str, Any]]:
                 basis="the worker process's CPU time from RUNNING to STOPPED / jobs, concurrency 50",
             )
         )
-        ours_p50 = _median(find("latency", "pickup p50, LISTEN/NOTIFY", backend=backend))
         rows.append(
-            _target(
+            _against_pgqueuer(
                 f"pickup p50 with LISTEN below PgQueuer's ({backend})",
-                ours_p50 / pgq_p50 if ours_p50 is not None and pgq_p50 else None,
-                1.0,
+                _median(find("latency", "pickup p50, LISTEN/NOTIFY", backend=backend)),
+                pgq_p50,
                 at_least=False,
-                unit="× PgQueuer's",
-                basis=f"PgQueuer's p50 {_fmt(pgq_p50, 'ms')} ms in the same run"
-                if pgq_p50
-                else "needs the latency and peers sections",
+                basis=f"PgQueuer's p50 {_fmt(pgq_p50, 'ms')} ms in the same run",
+                needs="the latency and peers sections",
             )
         )
-        ours_single = _median(find("enqueue", "single defer(), sequential", backend=backend))
         rows.append(
-            _target(
+            _against_pgqueuer(
                 f"single defer() ≥ PgQueuer's ({backend})",
-                ours_single / pgq_single if ours_single is not None and pgq_single else None,
-                1.0,
+                _median(find("enqueue", "single defer(), sequential", backend=backend)),
+                pgq_single,
                 at_least=True,
-                unit="× PgQueuer's",
-                basis=f"PgQueuer {_fmt(pgq_single)} jobs/s in the same run"
-                if pgq_single
-                else "needs the enqueue and peers sections",
+                basis=f"PgQueuer {_fmt(pgq_single)} jobs/s in the same run",
+                needs="the enqueue and peers sections",
             )
         )
     growth = [f for f in report.figures if f.section == "growth" and f.unit == "jobs/s"]
