@@ -190,6 +190,43 @@ def _time_array(values: Sequence[dt.datetime | None]) -> str:
     return "{" + ",".join("NULL" if v is None else '"' + v.isoformat() + '"' for v in values) + "}"
 
 
+def _claim_query(
+    params: dict[str, Any], queues: Sequence[str], exclude_tasks: Sequence[str], variants: tuple[bytes, ...]
+) -> bytes:
+    """Which of a claim's four statements to run (one queue or several; with or without tasks left
+    to the limited claim), with its queue parameters added to *params*.
+
+    Args:
+        params: the statement's parameters, completed here.
+        queues: the worker's queues.
+        exclude_tasks: the tasks whose jobs only the limited claim takes.
+        variants: the statements for one queue, one queue excluding tasks, several, several excluding.
+
+    Returns:
+        The statement.
+    """
+    one, one_not, many, many_not = variants
+    if exclude_tasks:
+        params["limited"] = list(exclude_tasks)
+    if len(queues) == 1:
+        params["queue"] = queues[0]
+        return one_not if exclude_tasks else one
+    params["queues"] = list(queues)
+    return many_not if exclude_tasks else many
+
+
+def _by_priority(jobs: list[Job]) -> list[Job]:
+    """Claimed jobs in claim order (the UPDATE's RETURNING does not keep it): priority, then time, then id."""
+    jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+    return jobs
+
+
+def _applied(rows: Sequence[Any]) -> list[int]:
+    """The positions (from 0) of the completions a finish statement applied, from its first row."""
+    positions = rows[0][0] if rows else None
+    return [int(p) - 1 for p in positions or ()]
+
+
 def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
     # A job that never failed has no errors ('[]'): no records to build.
     errors = job_errors(row[12]) if row[12] else ()
@@ -730,19 +767,12 @@ class PostgresDriver(PostgresConnections):
         self, *, worker_id: str, queues: Sequence[str], limit: int, exclude_tasks: Sequence[str] = ()
     ) -> list[Job]:
         params: dict[str, Any] = {"limit": limit, "worker": worker_id}
-        if len(queues) == 1:
-            query = self._sql.fetch_one_not if exclude_tasks else self._sql.fetch_one
-            params["queue"] = queues[0]
-        else:
-            query = self._sql.fetch_not if exclude_tasks else self._sql.fetch
-            params["queues"] = list(queues)
-        if exclude_tasks:
-            params["limited"] = list(exclude_tasks)
+        sql_ = self._sql
+        query = _claim_query(
+            params, queues, exclude_tasks, (sql_.fetch_one, sql_.fetch_one_not, sql_.fetch, sql_.fetch_not)
+        )
         rows = await self._direct(query, params)
-        # Claimed in priority order; the UPDATE's RETURNING does not keep it.
-        jobs = [_job_from_row(r) for r in rows]
-        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
-        return jobs
+        return _by_priority([_job_from_row(r) for r in rows])
 
     async def fetch_limited(
         self,
@@ -761,8 +791,7 @@ class PostgresDriver(PostgresConnections):
             "adopt": adopt,
         }
         rows = await self._direct(self._sql.claim_limited, params)
-        jobs = [_job_from_row(r[:19]) for r in rows if r[0] is not None]
-        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+        jobs = _by_priority([_job_from_row(r[:19]) for r in rows if r[0] is not None])
         wakes = [float(r[19]) for r in rows if r[0] is None and r[19] is not None]
         held = tuple(sorted({r[20].split(":", 1)[1] for r in rows if r[0] is None and r[20]}))
         return LimitedClaim(jobs=tuple(jobs), wake=min(wakes) if wakes else None, breakers_open=held)
@@ -807,8 +836,7 @@ class PostgresDriver(PostgresConnections):
         if not completions:
             return []
         rows = await self._direct(self._sql.finish, self._finish_params(worker_id, completions, error_cap))
-        positions = rows[0][0] if rows else None
-        return [int(p) - 1 for p in positions or ()]
+        return _applied(rows)
 
     async def finish_and_fetch(
         self,
@@ -824,19 +852,10 @@ class PostgresDriver(PostgresConnections):
             return await self.finish_jobs(worker_id=worker_id, completions=completions, error_cap=error_cap), []
         params: dict[str, Any] = self._finish_params(worker_id, completions, error_cap)
         params["limit"] = limit
-        if len(queues) == 1:
-            query = self._sql.finish_fetch_one_not if exclude_tasks else self._sql.finish_fetch_one
-            params["queue"] = queues[0]
-        else:
-            query = self._sql.finish_fetch_not if exclude_tasks else self._sql.finish_fetch
-            params["queues"] = list(queues)
-        if exclude_tasks:
-            params["limited"] = list(exclude_tasks)
-        rows = await self._direct(query, params)
-        positions = rows[0][0] if rows else None
-        jobs = [_job_from_row(r[3:]) for r in rows if r[3] is not None]
-        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
-        return [int(p) - 1 for p in positions or ()], jobs
+        sql_ = self._sql
+        variants = (sql_.finish_fetch_one, sql_.finish_fetch_one_not, sql_.finish_fetch, sql_.finish_fetch_not)
+        rows = await self._direct(_claim_query(params, queues, exclude_tasks, variants), params)
+        return _applied(rows), _by_priority([_job_from_row(r[3:]) for r in rows if r[3] is not None])
 
     def _finish_params(self, worker_id: str, completions: Sequence[Completion], error_cap: int) -> dict[str, Any]:
         # Each array as its literal (the statement casts each one): psycopg's list adaptation looks
