@@ -9,6 +9,10 @@ from ._context import CallNext as CallNext
 from ._context import JobContext as JobContext
 from ._context import Middleware as Middleware
 from ._dsn import redact as redact_dsn
+from ._durable import AttemptLost as AttemptLost
+from ._durable import EventTimeout as EventTimeout
+from ._durable import StepResultRefused as StepResultRefused
+from ._durable import step as step
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DatabaseError as DatabaseError
 from ._errors import JobFailed as JobFailed
@@ -27,9 +31,12 @@ from ._metrics import serve_metrics as serve_metrics
 from ._models import CancelResult as CancelResult
 from ._models import Job as Job
 from ._models import JobError as JobError
+from ._models import JobProgress as JobProgress
 from ._models import JobSpec as JobSpec
+from ._models import JobStep as JobStep
 from ._models import PendingMigration as PendingMigration
 from ._models import QueueInfo as QueueInfo
+from ._models import Waiting as Waiting
 from ._outcomes import Discard as Discard
 from ._outcomes import JobOutcome as JobOutcome
 from ._outcomes import Retry as Retry
@@ -51,6 +58,7 @@ from ._worker import open_worker as open_worker
 
 __all__ = [
     "App",
+    "AttemptLost",
     "BreakerInfo",
     "BulkResult",
     "CallNext",
@@ -61,6 +69,7 @@ __all__ = [
     "ConstantBackoff",
     "DatabaseError",
     "Discard",
+    "EventTimeout",
     "ExponentialBackoff",
     "Job",
     "JobContext",
@@ -69,9 +78,11 @@ __all__ = [
     "JobFilter",
     "JobNotFound",
     "JobOutcome",
+    "JobProgress",
     "JobSpec",
     "JobState",
     "JobStateError",
+    "JobStep",
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
@@ -83,11 +94,13 @@ __all__ = [
     "RetryPolicy",
     "SchemaNotReady",
     "Snooze",
+    "StepResultRefused",
     "Supervisor",
     "SupervisorError",
     "Task",
     "TaskCall",
     "TaskNotFound",
+    "Waiting",
     "Worker",
     "WorkerState",
     "WorkerStats",
@@ -95,6 +108,7 @@ __all__ = [
     "redact_dsn",
     "run_supervisor",
     "serve_metrics",
+    "step",
 ]
 
 __version__ = "0.1.0"

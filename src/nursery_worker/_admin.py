@@ -40,6 +40,7 @@ from ._models import (
     Job,
     JobSearch,
     JobSelection,
+    JobStep,
     QueueInfo,
     WorkerRow,
 )
@@ -141,6 +142,14 @@ class Admin:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    async def get_steps(self, job_id: int) -> list[JobStep]:
+        """Job *job_id*'s durable steps by position; raises ``JobNotFound`` or ``TypeError``."""
+        job_id = check_job_id(job_id, "get_steps")
+        steps = await self.driver.job_steps(job_id)
+        if not steps and await self.driver.get_job(job_id) is None:
+            raise JobNotFound(job_id)
+        return steps
 
     async def cancel(self, job_id: int) -> CancelResult:
         """Cancel a waiting job at once, or ask the worker running it to; see ``App.cancel``."""

@@ -24,6 +24,7 @@ from ._admin import DEFAULT_CHUNK, UNCHANGED, Admin, Progress, Unchanged
 from ._context import CallNext, JobContext, Middleware
 from ._driver import Driver, create_driver
 from ._dsn import ENV_VAR, redact, resolve_dsn
+from ._durable import check_event_key, encode_payload
 from ._errors import ConfigurationError, TaskNotFound
 from ._flow import (
     BreakerInfo,
@@ -36,7 +37,7 @@ from ._flow import (
 )
 from ._jobfilter import BulkResult, JobFilter
 from ._json import DEFAULT_MAX_ARGS_BYTES
-from ._models import CancelResult, Job, JobSpec, PendingMigration, QueueInfo
+from ._models import CancelResult, Job, JobSpec, JobStep, PendingMigration, QueueInfo
 from ._periodic import DEFAULT_CATCH_UP, PeriodicInfo, Schedule, add_schedule, build_schedule
 from ._retry import RetryPolicy, resolve_retry
 from ._state import JobState
@@ -976,6 +977,60 @@ class App:
             deferring.inserted(inserted)
         return inserted
 
+    # --- events (context.wait_for_event) ---------------------------------------------------
+
+    def _event(self, key: str, payload: Any, where: str) -> tuple[str, str]:
+        return check_event_key(key, where=f"{where}(key)"), encode_payload(
+            payload, where=f"{where}({key!r})", max_bytes=self.max_args_bytes
+        )
+
+    async def emit(self, key: str, payload: Any = None, *, connection: Any = None) -> bool:
+        """Emit event *key* with *payload*: the jobs waiting for it (``context.wait_for_event(key)``)
+        run again at once and receive *payload*; a job that waits for it later receives it too.
+
+        The first emit of a key wins: a later one changes nothing and returns False. Events are kept
+        for the workers' ``event_retention`` (7 days by default).
+
+        Args:
+            key: the event's key (a non-empty str, such as ``f"payment:{order_id}"``).
+            payload: its JSON payload (checked like a job's arguments, and as large at most).
+            connection: an open psycopg connection whose transaction the emit joins, as ``defer``'s
+                does: the event exists, and its waiters wake, only if that transaction commits
+                (with the embedded engine, a ``sqlite3.Connection`` to the same file).
+
+        Returns:
+            True when this emit stored the payload; False when the key had been emitted before.
+
+        Raises:
+            ConfigurationError: *key* is empty, too long or holds a NUL character.
+            TypeError: *payload* is not JSON (the message names the path).
+            ValueError: *payload* is over the app's ``max_args_bytes``.
+            DatabaseError: the database cannot be reached.
+
+        Example:
+            >>> await app.emit(f"payment:{order_id}", {"status": "paid", "amount": 1999})
+        """
+        key, payload_json = self._event(key, payload, "emit")
+        return await self.driver.emit_event(key, payload_json, connection=connection)
+
+    def emit_sync(self, key: str, payload: Any = None, *, connection: Any = None) -> bool:
+        """Like :meth:`emit`, from synchronous code (blocks the calling thread).
+
+        Args:
+            key: the event's key.
+            payload: its JSON payload.
+            connection: an open ``psycopg.Connection`` (or ``sqlite3.Connection``) whose
+                transaction the emit joins.
+
+        Returns:
+            True when this emit stored the payload; False when the key had been emitted before.
+
+        Raises:
+            ConfigurationError, TypeError, ValueError, DatabaseError: as :meth:`emit`.
+        """
+        key, payload_json = self._event(key, payload, "emit_sync")
+        return self.driver.emit_event_sync(key, payload_json, connection=connection)
+
     def job_by_name(
         self,
         task: str,
@@ -1047,6 +1102,22 @@ class App:
             TypeError: the id is not an int.
         """
         return await self._admin.get_job(job_id)
+
+    async def get_steps(self, job_id: int) -> list[JobStep]:
+        """Return job *job_id*'s durable steps (``context.step``, ``sleep``, ``wait_for_event``), in order.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            Each :class:`JobStep` with its state, result or error, duration and attempt ([] when the
+            job recorded none).
+
+        Raises:
+            JobNotFound: no such job.
+            TypeError: the id is not an int.
+        """
+        return await self._admin.get_steps(job_id)
 
     async def cancel(self, job_id: int) -> CancelResult:
         """Cancel a job.

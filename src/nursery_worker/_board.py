@@ -19,6 +19,7 @@ from ._models import Job, WorkerLoad
 from ._state import Cancelled, Outcome, Released, Snoozed, Succeeded, Transition
 
 if TYPE_CHECKING:
+    from ._context import JobContext
     from ._task import Task
 
 #: The outcome counters of :class:`~nursery_worker.WorkerStats`, in its order.
@@ -68,6 +69,8 @@ class Running:
     #: parent scope was cancelled.
     outside: bool = False
     started: float = attrs.field(factory=time.monotonic)  # for the duration metric
+    #: The job's context, once made (for the task, its middleware or a ``@step`` function).
+    context: JobContext | None = None
 
 
 @attrs.define(eq=False)

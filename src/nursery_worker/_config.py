@@ -35,6 +35,10 @@ FINAL_STATES = ("completed", "discarded", "cancelled")
 DEFAULT_ROLLUP_RETENTION = 30 * 86400.0
 #: The per-minute metric rollups are kept for at most this long (the hourly ones serve longer ranges).
 MINUTE_ROLLUP_RETENTION = 2 * 86400.0
+#: Default of ``durable_sleep_threshold``: sleeps from 10 s on end the attempt (durable).
+DEFAULT_DURABLE_SLEEP_THRESHOLD = 10.0
+#: Default retention of emitted events: 7 days.
+DEFAULT_EVENT_RETENTION = 7 * 86400.0
 #: Default retention of finished jobs, in seconds, by final state (None: keep forever).
 DEFAULT_RETENTION: dict[str, float | None] = {
     "completed": 24 * 3600.0,
@@ -234,6 +238,23 @@ class WorkerConfig:
             "data stored elsewhere instead."
         ),
     )
+    durable_sleep_threshold: float = attrs.field(
+        default=DEFAULT_DURABLE_SLEEP_THRESHOLD,
+        validator=_positive("durable_sleep_threshold"),
+        metadata=_doc(
+            "seconds from which ``context.sleep``/``sleep_until`` sleep durably: the attempt ends without "
+            "using it up and the job runs again after the time, from its last completed step; a shorter "
+            "sleep waits in the worker, holding its slot."
+        ),
+    )
+    event_retention: float = attrs.field(
+        default=DEFAULT_EVENT_RETENTION,
+        validator=_positive("event_retention"),
+        metadata=_doc(
+            "seconds to keep an emitted event (``app.emit``) for jobs that wait for it later; the pruner "
+            "deletes older ones that no suspended job waits for."
+        ),
+    )
 
     @wait_for_db.validator
     def _check_wait(self, _: object, value: float) -> None:
@@ -321,6 +342,8 @@ class SupervisedOptions(TypedDict, total=False):
     log_attempts: bool
     idle_in_transaction_timeout: float
     max_result_bytes: int
+    durable_sleep_threshold: float
+    event_retention: float
 
 
 class WorkerOptions(SupervisedOptions, total=False):

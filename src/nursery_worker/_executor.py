@@ -27,9 +27,10 @@ import anyio.to_thread
 
 from ._board import JobBoard, JobGroup, Running
 from ._context import JobContext
+from ._durable import AttemptLost, CancelRequested, DatabaseStore, Session, StepResultRefused, Suspend, current_context
 from ._json import check_result_size
 from ._logging import set_job_log_context
-from ._models import Completion, Job
+from ._models import Completion, Job, Lease
 from ._outcomes import Discard, JobOutcome, Retry, Snooze
 from ._retry import policy_from_json
 from ._rollup import RollupCounter
@@ -42,6 +43,7 @@ from ._state import (
     Released,
     Snoozed,
     Succeeded,
+    Suspended,
     Transition,
     decide,
 )
@@ -163,6 +165,7 @@ class Executor:
         # Set, not reset: this task is the job's own, and its context ends with it (and a context
         # manager per job costs more than a no-op job's run).
         set_job_log_context(job, self.worker_id, job.args if self.config.log_args else None)
+        current_context.set(functools.partial(self._context_of, r))
         try:
             outcome, result = await self._execute(r)
         finally:
@@ -177,6 +180,7 @@ class Executor:
         result: str | None = None
         job = r.job
         set_job_log_context(job, self.worker_id, job.args if self.config.log_args else None)
+        current_context.set(functools.partial(self._context_of, r))
         try:
             with process_span(job, worker_id=self.worker_id) as traced:
                 outcome, result = await self._execute(r)
@@ -187,9 +191,40 @@ class Executor:
             if not r.abandoned:
                 self.record(r, outcome, result)
 
+    def _context_of(self, r: Running) -> JobContext:
+        """*r*'s context, made at the first need (the task's parameter, middleware, a ``@step``)."""
+        if r.context is None:
+            r.context = self._context(r)
+        return r.context
+
+    def _session(self, r: Running) -> Session:
+        """The durable session of *r*'s attempt: its steps in the database, guarded by its lease."""
+        job = r.job
+        claimed = job.attempted_at
+        started = r.started
+
+        def clock() -> dt.datetime:
+            # The database's time now, as the deadline is reckoned: the claim's time plus the time since.
+            base = claimed if claimed is not None else dt.datetime.now(dt.UTC)
+            return base + dt.timedelta(seconds=time.monotonic() - started)
+
+        return Session(
+            DatabaseStore(
+                self.completer.driver,
+                Lease(job_id=job.id, attempt=job.attempt, worker_id=self.worker_id, attempted_at=claimed),
+            ),
+            job_id=job.id,
+            attempt=job.attempt,
+            max_result_bytes=self.config.max_result_bytes,
+            sleep_threshold=self.config.durable_sleep_threshold,
+            final_timeout=self.config.final_timeout,
+            clock=clock,
+        )
+
     def _context(self, r: Running) -> JobContext:
+        factory = functools.partial(self._session, r)
         if r.task is None or r.task.timeout is None:
-            return JobContext(job=r.job, worker_id=self.worker_id, app=self.app)
+            return JobContext(job=r.job, worker_id=self.worker_id, app=self.app, _session_factory=factory)
         # The deadline by the database's clock, like every time of a job: the claim's timestamp
         # plus the time since the claim reached this worker by its monotonic clock (the claim's
         # return trip makes it early by at most that trip). time_left reads the monotonic clock
@@ -198,7 +233,14 @@ class Executor:
         claimed = r.job.attempted_at if r.job.attempted_at is not None else dt.datetime.now(dt.UTC)
         deadline = claimed + dt.timedelta(seconds=since + r.task.timeout)
         expires = time.monotonic() + r.task.timeout
-        return JobContext(job=r.job, worker_id=self.worker_id, deadline=deadline, app=self.app, _expires=expires)
+        return JobContext(
+            job=r.job,
+            worker_id=self.worker_id,
+            deadline=deadline,
+            app=self.app,
+            _expires=expires,
+            _session_factory=factory,
+        )
 
     async def _execute(self, r: Running) -> tuple[Outcome, str | None]:
         job, task = r.job, r.task
@@ -233,7 +275,7 @@ class Executor:
                 None,
             )
         middlewares = self.app.middlewares
-        context = self._context(r) if (middlewares or task.context_param) else None
+        context = self._context_of(r) if (middlewares or task.context_param) else None
         kwargs = dict(args)
         if task.context_param is not None:
             kwargs[task.context_param] = context
@@ -254,7 +296,11 @@ class Executor:
                 handler = functools.partial(middleware, context, handler)
         try:
             with r.scope:
-                value = await handler()
+                try:
+                    value = await handler()
+                finally:
+                    if r.context is not None and r.context._session is not None:
+                        await self._flush_progress(r.context._session)
                 if isinstance(value, JobOutcome):
                     return self._steered(value), None
                 try:
@@ -277,9 +323,28 @@ class Executor:
             if isinstance(exc, _JobTimeout):
                 # Our own timeout: the traceback of the job's cancellation says nothing useful.
                 return Failed(error=ErrorInfo(type="TimeoutError", message=str(exc))), None
-            return Failed(error=error_info(exc)), None
+            # A step's result that cannot be stored: the step ran, and would only run again.
+            return Failed(error=error_info(exc), permanent=isinstance(exc, StepResultRefused)), None
+        except Suspend as suspend:
+            # A durable wait wrote the job's suspension itself: nothing is left to write.
+            return suspend.outcome, None
+        except AttemptLost as lost:
+            # Another attempt owns the job now: whatever is submitted is ignored as a late write.
+            return Released(reason=str(lost)), None
+        except CancelRequested:
+            return Cancelled(reason="cancelled by request while it waited durably"), None
         # Only the worker cancels the job's scope: at shutdown (released) or by a cancel request.
         return self._interrupted(r, task), None
+
+    async def _flush_progress(self, session: Session) -> None:
+        """Write the progress report the interval held back, as the attempt ends; a failure to
+        write it is logged, not the attempt's (progress is for people to read)."""
+        if not session.progress_held:
+            return
+        try:
+            await session.flush_progress()
+        except Exception as exc:
+            logger.warning("job %d: its last progress report was not written: %s", session.job_id, exc)
 
     @staticmethod
     def _interrupted(r: Running, task: Task[..., Any]) -> Outcome:
@@ -338,17 +403,20 @@ class Executor:
         transition = decide(outcome, attempt=job.attempt, max_attempts=job.max_attempts, backoff=backoff)
         duration = time.monotonic() - r.started
         self._unwritten[job.id, job.attempt, job.attempted_at] = (job, outcome, duration)
-        self.completer.submit(
-            Completion(
-                job_id=job.id,
-                attempt=job.attempt,
-                attempted_at=job.attempted_at,
-                transition=transition,
-                result_json=result,
-                max_attempts=job.max_attempts,
-                backoff=backoff,
-            )
+        completion = Completion(
+            job_id=job.id,
+            attempt=job.attempt,
+            attempted_at=job.attempted_at,
+            transition=transition,
+            result_json=result,
+            max_attempts=job.max_attempts,
+            backoff=backoff,
         )
+        if isinstance(outcome, Suspended):
+            # Written by the job itself (Driver.wait_step, guarded by its lease): counted as written.
+            self.written([(completion, transition)])
+        else:
+            self.completer.submit(completion)
         if self.on_outcome is not None:
             self.on_outcome(job, outcome, transition)
         if self.metrics is not None:

@@ -72,6 +72,10 @@ class Job(Generic[ResultT]):
             they all completed.
         duplicate: True when an enqueue returned this existing job instead of inserting a new one
             (a unique job already queued or running); nothing was written.
+        progress: what the task last reported with ``context.progress(...)``, or None; kept
+            across attempts.
+        waiting: what a suspended job waits for (a durable sleep or an event), while it is
+            ``scheduled`` by ``context.sleep`` or ``context.wait_for_event``; else None.
     """
 
     id: int
@@ -95,11 +99,114 @@ class Job(Generic[ResultT]):
     trace_context: Mapping[str, str] | None = None
     depends_on: tuple[int, ...] = ()
     duplicate: bool = False
+    progress: JobProgress | None = None
+    waiting: Waiting | None = None
 
     @property
     def finished(self) -> bool:
         """True once the job is completed, discarded or cancelled."""
         return self.state.is_terminal
+
+
+@attrs.frozen(kw_only=True)
+class JobProgress:
+    """How far a running job says it is, from ``await context.progress(done, total, note=...)``.
+
+    Attributes:
+        done: the units done so far.
+        total: the units in all, or None when unknown.
+        note: a short free text (what it is doing now), or None.
+        updated_at: when it was written, by the database's clock.
+    """
+
+    done: float
+    total: float | None = None
+    note: str | None = None
+    updated_at: dt.datetime | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """``done / total`` between 0 and 1, or None without a positive total."""
+        if not self.total:
+            return None
+        return max(0.0, min(1.0, self.done / self.total))
+
+
+@attrs.frozen(kw_only=True)
+class Waiting:
+    """What a suspended job waits for: a durable sleep, or an event with a timeout.
+
+    Attributes:
+        kind: ``"sleep"`` (``context.sleep``/``sleep_until``) or ``"event"`` (``context.wait_for_event``).
+        step: the name of the step that waits (see :class:`JobStep`).
+        until: when the wait ends (the sleep's end, or the event's timeout), by the database's clock.
+        event: the event's key, for an event wait.
+    """
+
+    kind: str
+    step: str
+    until: dt.datetime
+    event: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JobStep:
+    """One durable step of a job, as stored (``app.get_steps(job_id)``, ``jobs show``).
+
+    Attributes:
+        name: the step's name, unique within its job.
+        position: its place among the job's steps (0 for the first one recorded).
+        state: ``"completed"`` (its result is stored; it never runs again), ``"failed"`` (its last
+            run raised; it runs again on the job's next attempt) or ``"waiting"`` (a sleep or an
+            event wait that has not ended).
+        attempt: the job's attempt that wrote it last.
+        runs: how many times it was recorded (failed runs and the completion).
+        result: the stored JSON result of a completed step (for an event wait: the payload).
+        error: the error of a failed step, else None.
+        duration: seconds its last run took (None for a wait).
+        updated_at: when it was written last, by the database's clock.
+        wake_at: when a sleep or an event wait ends, else None.
+        event: the key an event wait waits for, else None.
+    """
+
+    name: str
+    position: int
+    state: str
+    attempt: int
+    runs: int = 1
+    result: Any = None
+    error: JobError | None = None
+    duration: float | None = None
+    updated_at: dt.datetime | None = None
+    wake_at: dt.datetime | None = None
+    event: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    """The claim a durable write is guarded by: job, attempt, worker and lease (``attempted_at``)."""
+
+    job_id: int
+    attempt: int
+    worker_id: str
+    attempted_at: dt.datetime | None
+
+
+@attrs.frozen(kw_only=True)
+class WaitResult:
+    """What :meth:`Driver.wait_step` did.
+
+    ``outcome``: ``"done"`` (a sleep that is over: the step is completed), ``"received"`` (the
+    event was emitted: the step is completed with its payload), ``"timeout"`` (the event wait's
+    time is over: the step is completed as timed out), ``"suspended"`` (the job is scheduled
+    until ``until``, its attempt given back), ``"lost"`` (the attempt is no longer this worker's:
+    nothing was written) or ``"cancel_requested"`` (nothing was written: the job's cancel was
+    requested).
+    """
+
+    outcome: str
+    payload: Any = None
+    until: dt.datetime | None = None
 
 
 def _deps_repr(deps: tuple[Any, ...]) -> str:

@@ -135,6 +135,19 @@ class Snoozed:
 
 
 @attrs.frozen(kw_only=True)
+class Suspended(Snoozed):
+    """The task waits durably (``context.sleep``, ``context.wait_for_event``): the job is scheduled
+    for later without using up an attempt, as a snooze is. The job wrote this itself, guarded by its
+    lease (``Driver.wait_step``), before its attempt ended; the completer writes nothing more.
+
+    ``kind``: ``"sleep"`` or ``"event"``; ``step``: the waiting step's name.
+    """
+
+    kind: str = "sleep"
+    step: str = ""
+
+
+@attrs.frozen(kw_only=True)
 class Cancelled:
     """The attempt was stopped by a cancel request (``abandoned``: it did not stop, and was left)."""
 

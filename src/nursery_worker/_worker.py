@@ -241,7 +241,12 @@ class Worker:
             driver, self.id, config.poll_interval, busy=lambda: bool(board.running), cancel=self._executor.cancel
         )
         self._promoter = Promoter(driver)
-        self._pruner = Pruner(driver, retention=dict(config.retention), rollup_retention=config.rollup_retention)
+        self._pruner = Pruner(
+            driver,
+            retention=dict(config.retention),
+            rollup_retention=config.rollup_retention,
+            event_retention=config.event_retention,
+        )
         self._rollups = RollupWriter(driver, self._executor.rollups)
         # Periodic jobs: every worker that serves a schedule's queue runs it (not in once-mode,
         # which works off what is there); the database keeps each tick to one job.

@@ -35,6 +35,8 @@ from .._models import (
     JobSearch,
     JobSelection,
     JobSpec,
+    JobStep,
+    Lease,
     LimitedClaim,
     Notification,
     PendingMigration,
@@ -49,10 +51,12 @@ from .._models import (
     RollupRead,
     RollupRow,
     TaskLimits,
+    WaitResult,
     WorkerInfo,
     WorkerLoad,
     WorkerRow,
 )
+from .._state import ErrorInfo
 from ._common import SCHEMA_NAME as SCHEMA_NAME
 from ._common import UserConnection as UserConnection
 
@@ -286,6 +290,57 @@ class Driver(Protocol):
 
     async def job_dependants(self, job_id: int, *, limit: int, time_limit: float) -> list[Job]:
         """Up to *limit* jobs whose ``depends_on`` names *job_id*, by id."""
+
+    # --- durable steps, sleeps, events and progress (see _durable.py) ---------------------------
+
+    async def job_steps(self, job_id: int) -> list[JobStep]:
+        """The steps job *job_id* recorded, by position ([] for none, or no such job)."""
+
+    async def record_step(
+        self,
+        lease: Lease,
+        *,
+        name: str,
+        position: int,
+        result_json: str | None,
+        error: ErrorInfo | None,
+        duration: float,
+    ) -> bool:
+        """Store step *name* of the job as completed with *result_json* or, given *error*, as failed,
+        guarded by *lease* (the row lock serialises it with a rescue); a completed step never changes.
+        Return False, having written nothing, when the attempt is no longer the lease's."""
+
+    async def wait_step(
+        self,
+        lease: Lease,
+        *,
+        name: str,
+        position: int,
+        event: str | None,
+        delay: float | None,
+        until: dt.datetime | None,
+    ) -> WaitResult:
+        """In one transaction, guarded by *lease*: end step *name*, a sleep (*event* None) or a wait
+        for *event*, if it is over (the event was emitted, or the wait's end passed by the database's
+        clock), else record it as waiting and suspend the job: ``scheduled`` until the wait's end
+        (an existing waiting step's, else *until*, else now + *delay*, else forever), its attempt
+        given back. See :class:`WaitResult` for what it returns."""
+
+    async def set_progress(self, lease: Lease, *, done: float, total: float | None, note: str | None) -> bool:
+        """Store the job's progress (stamped with the database's clock), guarded by *lease*; False
+        when the attempt is no longer the lease's."""
+
+    async def emit_event(self, key: str, payload_json: str, *, connection: UserConnection | None = None) -> bool:
+        """Store event *key* with *payload_json* unless it was emitted before (the first emit wins)
+        and make the jobs waiting for it available; in *connection*'s transaction if given. Return
+        whether this emit stored the payload."""
+
+    def emit_event_sync(self, key: str, payload_json: str, *, connection: UserConnection | None = None) -> bool:
+        """Like :meth:`emit_event`, from synchronous code."""
+
+    async def prune_events(self, *, older_than: float, limit: int) -> int:
+        """Delete up to *limit* events last emitted or waited for over *older_than* seconds ago
+        (by the database's clock) that no suspended job waits for; return how many."""
 
     # --- periodic jobs (see _periodic.py) -------------------------------------------------------
 

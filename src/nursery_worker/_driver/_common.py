@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import attrs
 
 from .._errors import ConfigurationError, DatabaseError, SchemaNotReady
-from .._models import GraphNode, Job, JobError, JobSpec
+from .._models import GraphNode, Job, JobError, JobProgress, JobSpec, JobStep, Waiting
 from .._state import ErrorInfo, JobState
 
 if TYPE_CHECKING:
@@ -118,6 +118,56 @@ def job_errors(entries: Iterable[Mapping[str, Any]] | None) -> tuple[JobError, .
             traceback=str(e.get("traceback", "")),
         )
         for e in (entries or ())
+    )
+
+
+# --- durable steps (see _durable.py) ----------------------------------------------------------
+
+#: The columns of a step row, in the order :func:`step_from_row` reads them (both engines).
+STEP_COLUMNS = "name, position, state, attempt, runs, result, error, duration, updated_at, wake_at, event"
+#: A wait with no timeout is scheduled this far ahead (the longest wait a job's row holds).
+FOREVER = 100 * 365.25 * 86400.0
+
+
+def job_progress(value: Mapping[str, Any] | None) -> JobProgress | None:
+    """A job's stored ``progress`` (decoded JSON) as a record."""
+    if not value:
+        return None
+    total = value.get("total")
+    note = value.get("note")
+    return JobProgress(
+        done=float(value.get("done") or 0),
+        total=None if total is None else float(total),
+        note=None if note is None else str(note),
+        updated_at=_parse_time(value.get("at")),
+    )
+
+
+def job_waiting(state: str, step: str | None, event: str | None, scheduled_at: dt.datetime | None) -> Waiting | None:
+    """What a job suspended by a durable wait waits for, while it is scheduled; else None."""
+    if step is None or state != "scheduled" or scheduled_at is None:
+        return None
+    return Waiting(kind="sleep" if event is None else "event", step=step, until=scheduled_at, event=event)
+
+
+def step_from_row(
+    row: Sequence[Any], *, time: Callable[[Any], dt.datetime | None], loads: Callable[[Any], Any]
+) -> JobStep:
+    """A step from a row of :data:`STEP_COLUMNS`; *time* decodes the engine's times and *loads*
+    its JSON (PostgreSQL hands jsonb over decoded)."""
+    error = loads(row[6])
+    return JobStep(
+        name=str(row[0]),
+        position=int(row[1]),
+        state=str(row[2]),
+        attempt=int(row[3]),
+        runs=int(row[4]),
+        result=loads(row[5]),
+        error=job_errors([error])[0] if error else None,
+        duration=None if row[7] is None else float(row[7]),
+        updated_at=time(row[8]),
+        wake_at=time(row[9]),
+        event=row[10],
     )
 
 

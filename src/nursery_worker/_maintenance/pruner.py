@@ -17,9 +17,11 @@ logger = logging.getLogger("nursery_worker.maintenance")
 class Pruner:
     """Deletes finished jobs older than their state's retention, in bounded batches.
 
-    Results and errors go with their jobs. A retention of None keeps that state's jobs forever.
-    With *rollup_retention* (seconds), hourly metric rollups older than that go too, and minute
-    rollups older than the lesser of it and ``MINUTE_ROLLUP_RETENTION``.
+    Results, errors and steps go with their jobs. A retention of None keeps that state's jobs
+    forever. With *rollup_retention* (seconds), hourly metric rollups older than that go too, and
+    minute rollups older than the lesser of it and ``MINUTE_ROLLUP_RETENTION``. With
+    *event_retention* (seconds), emitted events older than that go too, unless a suspended job
+    waits for them.
     """
 
     driver: Driver
@@ -27,10 +29,12 @@ class Pruner:
     batch: int = 1000
     max_batches: int = 20  # per run: one pass never holds the reaper for long
     rollup_retention: float | None = None
+    event_retention: float | None = None
 
     async def run_once(self) -> dict[str, int]:
-        """Prune every state once (at most ``max_batches`` batches each), then the rollups; return the
-        counts by state (and ``"rollups"``: rollup rows deleted), leaving out zeros."""
+        """Prune every state once (at most ``max_batches`` batches each), then the rollups and the
+        events; return the counts by state (and ``"rollups"``: rollup rows deleted; ``"events"``:
+        emitted events deleted), leaving out zeros."""
         counts: dict[str, int] = {}
         for state, age in self.retention.items():
             if age is None:
@@ -50,6 +54,15 @@ class Pruner:
             )
             if removed:
                 counts["rollups"] = removed
+        if self.event_retention is not None:
+            removed = 0
+            for _ in range(self.max_batches):
+                n = await self.driver.prune_events(older_than=self.event_retention, limit=self.batch)
+                removed += n
+                if n < self.batch:
+                    break
+            if removed:
+                counts["events"] = removed
         if counts:
             logger.info(
                 "pruned finished jobs: %s",

@@ -242,7 +242,7 @@ def rows(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, A
 def run_now_query(ident: sql.Composable, columns: str) -> sql.Composed:
     """Make ``%(id)s`` available now if it is scheduled or retryable, notifying its queue."""
     return sql.SQL(
-        "UPDATE {s}.jobs SET state = 'available', scheduled_at = now() "
+        "UPDATE {s}.jobs SET state = 'available', scheduled_at = now(), wait_event = NULL, wait_step = NULL "
         "WHERE id = %(id)s AND state IN ('scheduled', 'retryable') "
         "RETURNING {cols}, pg_notify(%(channel)s, 'available:' || queue)"
     ).format(cols=sql.SQL(columns), s=ident)

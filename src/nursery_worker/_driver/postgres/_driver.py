@@ -40,6 +40,8 @@ from ..._models import (
     JobSearch,
     JobSelection,
     JobSpec,
+    JobStep,
+    Lease,
     LimitedClaim,
     OldestTransaction,
     PendingMigration,
@@ -57,11 +59,12 @@ from ..._models import (
     RollupRead,
     RollupRow,
     TaskLimits,
+    WaitResult,
     WorkerInfo,
     WorkerLoad,
     WorkerRow,
 )
-from ..._state import ACTIVE_STATES, JobState
+from ..._state import ACTIVE_STATES, ErrorInfo, JobState
 from .._common import (
     Migrations,
     UserConnection,
@@ -70,10 +73,12 @@ from .._common import (
     error_entry,
     insert_graph,
     job_errors,
+    job_progress,
+    job_waiting,
     spec_columns,
     walk_graph,
 )
-from . import _dashboard
+from . import _dashboard, _steps
 from ._connection import PostgresConnections
 from ._insights import DashboardQueries
 from ._listener import PostgresListener
@@ -93,6 +98,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (8, "0008_dashboard.sql"),
     (9, "0009_periodic_pause.sql"),
     (10, "0010_lean_task_index.sql"),
+    (11, "0011_durable_steps.sql"),
 )
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The schema version this code reads and writes; the last entry of MIGRATIONS.
@@ -253,6 +259,8 @@ def _job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
         trace_context=row[18] if len(row) > 18 else None,
         depends_on=tuple(row[19] or ()) if len(row) > 19 else (),
         duplicate=duplicate,
+        progress=job_progress(row[20]) if len(row) > 20 and row[20] else None,
+        waiting=job_waiting(row[4], row[22], row[21], row[8]) if len(row) > 22 and row[22] else None,
     )
 
 
@@ -291,6 +299,7 @@ class PostgresDriver(PostgresConnections):
         )
         self._sql = Queries(schema)
         self._dash = DashboardQueries(schema)
+        self._steps = _steps.StepQueries(schema)
         self._insert_one_types = [_INSERT_ONE_TYPES[name] for name in self._sql.insert_one_names]
 
     def __repr__(self) -> str:
@@ -1229,6 +1238,84 @@ class PostgresDriver(PostgresConnections):
 
     def listener(self) -> PostgresListener:
         return PostgresListener(self)
+
+    # --- durable steps (see _steps.py) ----------------------------------------------------------
+
+    async def job_steps(self, job_id: int) -> list[JobStep]:
+        return await self._hop(lambda c: _steps.read_steps(c, self._steps, job_id))
+
+    async def record_step(
+        self,
+        lease: Lease,
+        *,
+        name: str,
+        position: int,
+        result_json: str | None,
+        error: ErrorInfo | None,
+        duration: float,
+    ) -> bool:
+        return await self._hop(
+            lambda c: _steps.record_step(
+                c,
+                self._steps,
+                lease,
+                name=name,
+                position=position,
+                result_json=result_json,
+                error=error,
+                duration=duration,
+            )
+        )
+
+    async def wait_step(
+        self,
+        lease: Lease,
+        *,
+        name: str,
+        position: int,
+        event: str | None,
+        delay: float | None,
+        until: dt.datetime | None,
+    ) -> WaitResult:
+        return await self._hop(
+            lambda c: _steps.wait_step_or_abort(
+                c, self._steps, lease, name=name, position=position, event=event, delay=delay, until=until
+            )
+        )
+
+    async def set_progress(self, lease: Lease, *, done: float, total: float | None, note: str | None) -> bool:
+        params = {**_steps.lease_params(lease), "done": done, "total": total, "note": note}
+        return bool(await self._hop(lambda c: c.execute(self._steps.progress, params).rowcount))
+
+    def emit_event_sync(self, key: str, payload_json: str, *, connection: UserConnection | None = None) -> bool:
+        if connection is None:
+            return self._run(lambda c: self._emit_on(c, key, payload_json))
+        if not isinstance(connection, psycopg.Connection):
+            self._refuse_connection(connection, allow_async=False)
+        try:
+            return self._emit_on(connection, key, payload_json)
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    def _emit_on(self, conn: psycopg.Connection[Any], key: str, payload_json: str) -> bool:
+        with self._atomic(conn):
+            return _steps.emit(conn, self._steps, key, payload_json, self.channel)
+
+    async def emit_event(self, key: str, payload_json: str, *, connection: UserConnection | None = None) -> bool:
+        if connection is None:
+            return await self._hop(lambda c: self._emit_on(c, key, payload_json))
+        if isinstance(connection, psycopg.AsyncConnection):
+            try:
+                return await _steps.emit_async(connection, self._steps, key, payload_json, self.channel)
+            except psycopg.Error as exc:
+                raise self._translate(exc) from exc
+        if not isinstance(connection, psycopg.Connection):
+            self._refuse_connection(connection, allow_async=True)
+        return await anyio.to_thread.run_sync(lambda: self.emit_event_sync(key, payload_json, connection=connection))
+
+    async def prune_events(self, *, older_than: float, limit: int) -> int:
+        params = {"age": older_than, "limit": limit}
+        return int(await self._hop(lambda c: c.execute(self._steps.prune_events, params).rowcount))
 
     # --- periodic jobs (see _periodic.py) -----------------------------------------------------
 

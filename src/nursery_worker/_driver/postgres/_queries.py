@@ -17,7 +17,7 @@ from psycopg import sql
 JOB_COLUMNS = (
     "id, task, queue, args, state, attempt, max_attempts, priority, scheduled_at, inserted_at, "
     "attempted_at, finished_at, errors, worker_id, result, cancel_requested_at, unique_key, retry_policy, "
-    "trace_context, depends_on"
+    "trace_context, depends_on, progress, wait_event, wait_step"
 )
 _J_COLUMNS = ", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))
 _TERMINAL = "('completed', 'discarded', 'cancelled')"
@@ -295,7 +295,7 @@ WITH due AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-UPDATE {s}.jobs AS j SET state = 'available'
+UPDATE {s}.jobs AS j SET state = 'available', wait_event = NULL, wait_step = NULL
 FROM due
 WHERE j.id = due.id AND j.state IN ('scheduled', 'retryable')
 RETURNING j.queue, j.state

@@ -44,6 +44,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (2, "0002_flow_control.sql"),
     (3, "0003_dashboard.sql"),
     (4, "0004_periodic_pause.sql"),
+    (5, "0005_durable_steps.sql"),
 )
 _MIGRATIONS = Migrations(package=__name__.rpartition(".")[0], versions=MIGRATIONS)
 #: The version this code reads and writes; the last entry of MIGRATIONS.

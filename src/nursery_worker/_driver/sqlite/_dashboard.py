@@ -234,6 +234,6 @@ def read(conn: sqlite3.Connection, timeout: float, fn: Callable[[sqlite3.Connect
 def run_now_query(names: Mapping[str, str], columns: str) -> str:
     """Make ``:id`` available now if it is scheduled or retryable."""
     return (
-        f"UPDATE {names['jobs']} SET state = 'available', scheduled_at = :now "
+        f"UPDATE {names['jobs']} SET state = 'available', scheduled_at = :now, wait_event = NULL, wait_step = NULL "
         f"WHERE id = :id AND state IN ('scheduled', 'retryable') RETURNING {columns}"
     )

@@ -51,6 +51,8 @@ from ..._models import (
     JobSearch,
     JobSelection,
     JobSpec,
+    JobStep,
+    Lease,
     LimitedClaim,
     PeriodicEnqueued,
     PeriodicEntry,
@@ -66,13 +68,14 @@ from ..._models import (
     RollupRead,
     RollupRow,
     TaskLimits,
+    WaitResult,
     WorkerInfo,
     WorkerLoad,
     WorkerRow,
 )
-from ..._state import ACTIVE_STATES, JobState
+from ..._state import ACTIVE_STATES, ErrorInfo, JobState
 from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns, walk_graph
-from . import _dashboard
+from . import _dashboard, _steps
 from ._connection import MIGRATION_COUNT, SCHEMA_VERSION, SqliteConnections, Tx
 from ._flow import claim_limited, limited_finished, settle
 from ._listener import SqliteListener
@@ -883,6 +886,60 @@ class SqliteDriver(SqliteConnections):
             )
             for r in rows
         ]
+
+    # --- durable steps (see _steps.py) ----------------------------------------------------------
+
+    async def job_steps(self, job_id: int) -> list[JobStep]:
+        if not _is_id(job_id):
+            return []
+        return await self._hop(lambda tx: _steps.read_steps(tx, job_id), write=False)
+
+    async def record_step(
+        self,
+        lease: Lease,
+        *,
+        name: str,
+        position: int,
+        result_json: str | None,
+        error: ErrorInfo | None,
+        duration: float,
+    ) -> bool:
+        return await self._hop(
+            lambda tx: _steps.record_step(
+                tx, lease, name=name, position=position, result_json=result_json, error=error, duration=duration
+            )
+        )
+
+    async def wait_step(
+        self,
+        lease: Lease,
+        *,
+        name: str,
+        position: int,
+        event: str | None,
+        delay: float | None,
+        until: dt.datetime | None,
+    ) -> WaitResult:
+        return await self._hop(
+            lambda tx: _steps.wait_step(tx, lease, name=name, position=position, event=event, delay=delay, until=until)
+        )
+
+    async def set_progress(self, lease: Lease, *, done: float, total: float | None, note: str | None) -> bool:
+        return await self._hop(lambda tx: _steps.set_progress(tx, lease, done=done, total=total, note=note))
+
+    def emit_event_sync(self, key: str, payload_json: str, *, connection: UserConnection | None = None) -> bool:
+        if connection is not None:
+            return self._on_user_connection(connection, lambda tx: _steps.emit(tx, key, payload_json))
+        return self._run(lambda tx: _steps.emit(tx, key, payload_json), write=True)
+
+    async def emit_event(self, key: str, payload_json: str, *, connection: UserConnection | None = None) -> bool:
+        if connection is not None:
+            # As insert_jobs: the caller's connection belongs to the caller's thread.
+            return self._on_user_connection(connection, lambda tx: _steps.emit(tx, key, payload_json))
+        return await self._hop(lambda tx: _steps.emit(tx, key, payload_json))
+
+    async def prune_events(self, *, older_than: float, limit: int) -> int:
+        return await self._hop(lambda tx: _steps.prune_events(tx, older_than=older_than, limit=limit))
 
     # --- periodic jobs (see _periodic.py) -----------------------------------------------------
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from ..._models import Job, JobSpec
 from ..._state import JobState
-from .._common import job_errors
+from .._common import job_errors, job_progress, job_waiting
+from ._steps import STATEMENTS as STEP_STATEMENTS
 from ._time import NOW_SQL, from_us, moment
 
 _ACTIVE = "('pending', 'scheduled', 'available', 'executing', 'retryable')"
@@ -23,7 +24,7 @@ _TERMINAL = "('completed', 'discarded', 'cancelled')"
 JOB_COLUMNS = (
     "id, task, queue, args, state, attempt, max_attempts, priority, scheduled_at, inserted_at, "
     "attempted_at, finished_at, errors, worker_id, result, cancel_requested_at, unique_key, retry_policy, "
-    "trace_context, depends_on"
+    "trace_context, depends_on, progress, wait_event, wait_step"
 )
 
 SQL_NOW = "SELECT " + NOW_SQL
@@ -129,7 +130,7 @@ RETURNING id, queue, state, task, has_dependents, limit_key, json_extract(errors
 
 # promote_guarded: due scheduled/retryable -> available.
 _SQL_PROMOTE = """
-UPDATE {jobs} SET state = 'available'
+UPDATE {jobs} SET state = 'available', wait_event = NULL, wait_step = NULL
 WHERE state IN ('scheduled', 'retryable') AND id IN (
     SELECT id FROM {jobs}
     WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= :now
@@ -285,6 +286,8 @@ TABLES = (
     "rollup_minute",
     "rollup_hour",
     "audit",
+    "steps",
+    "durable_events",
 )
 
 
@@ -501,6 +504,7 @@ def compose(schema: str) -> tuple[dict[str, str], dict[str, str]]:
         "fetch_one_not": _SQL_FETCH.replace("__QUEUES__", _FETCH_ONE_QUEUE).replace("__TASKS__", _NOT_TASKS),
         "fetch_not": _SQL_FETCH.replace("__QUEUES__", _FETCH_QUEUES).replace("__TASKS__", _NOT_TASKS),
         "finish": _SQL_FINISH,
+        **STEP_STATEMENTS,
         "promote": _SQL_PROMOTE,
         "prune_events": _SQL_PRUNE_EVENTS,
         "rescue": _SQL_RESCUE,
@@ -593,6 +597,8 @@ def job_from_row(row: Sequence[Any], *, duplicate: bool = False) -> Job:
         trace_context=_loads(row[18]),
         depends_on=tuple(json.loads(row[19])) if row[19] else (),
         duplicate=duplicate,
+        progress=job_progress(json.loads(row[20])) if row[20] else None,
+        waiting=job_waiting(row[4], row[22], row[21], moment(row[8])) if row[22] else None,
     )
 
 

@@ -1,0 +1,255 @@
+"""The PostgreSQL engine's durable steps: step rows, durable waits, events and progress.
+
+Every write is guarded by the attempt's lease (job, attempt, worker and ``attempted_at``) under the
+job row's lock, so a worker whose job was rescued writes nothing. ``wait_step`` and ``emit`` order
+themselves through the event's row (see migration 11): a waiter updates it in the transaction that
+suspends its job, an emit updates or inserts it before it wakes the key's waiters, each in READ
+COMMITTED (a new snapshot per statement), so a waiter is never suspended past an emit that
+committed first or while it ran.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..._models import JobStep, Lease, WaitResult
+from ..._state import ErrorInfo
+from .._common import FOREVER, STEP_COLUMNS, error_entry, step_from_row
+
+# The job row, locked, if the lease still holds it; with its cancel request and the clock.
+_SQL_LOCK_LEASE = """
+SELECT cancel_requested_at IS NOT NULL, now()
+FROM {s}.jobs
+WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s AND worker_id = %(worker)s
+  AND attempted_at IS NOT DISTINCT FROM %(lease)s
+FOR UPDATE
+"""
+_SQL_STEPS = "SELECT " + STEP_COLUMNS + " FROM {s}.steps WHERE job_id = %(id)s ORDER BY position, name"
+_SQL_STEP = "SELECT state, wake_at, result FROM {s}.steps WHERE job_id = %(id)s AND name = %(name)s"
+# A run of a step: completed with its result, or failed with its error. Guarded by the lease under
+# FOR SHARE: a rescue that commits first fails the guard (the row is read again), one that comes
+# later waits for this write, and the job's next attempt finds the step completed.
+_SQL_RECORD = """
+INSERT INTO {s}.steps AS st (job_id, name, position, state, attempt, result, error, duration, updated_at)
+SELECT j.id, %(name)s, %(position)s, %(state)s, j.attempt, %(result)s::jsonb, %(error)s::jsonb, %(duration)s, now()
+FROM {s}.jobs AS j
+WHERE j.id = %(id)s AND j.state = 'executing' AND j.attempt = %(attempt)s AND j.worker_id = %(worker)s
+  AND j.attempted_at IS NOT DISTINCT FROM %(lease)s
+FOR SHARE OF j
+ON CONFLICT (job_id, name) DO UPDATE
+SET state = excluded.state, attempt = excluded.attempt, runs = st.runs + 1, result = excluded.result,
+    error = excluded.error, duration = excluded.duration, updated_at = excluded.updated_at
+WHERE st.state = 'failed'
+RETURNING 1
+"""
+# A wait's step, written under the job row's lock (taken by _SQL_LOCK_LEASE).
+_SQL_WAIT_STEP = """
+INSERT INTO {s}.steps AS st (job_id, name, position, state, attempt, result, wake_at, event, updated_at, runs)
+VALUES (%(id)s, %(name)s, %(position)s, %(state)s, %(attempt)s, %(result)s::jsonb, %(wake_at)s, %(event)s, now(), 0)
+ON CONFLICT (job_id, name) DO UPDATE
+SET state = excluded.state, attempt = excluded.attempt, result = excluded.result, wake_at = excluded.wake_at,
+    event = excluded.event, updated_at = excluded.updated_at
+WHERE st.state IN ('waiting', 'failed')
+"""
+# The suspension: scheduled until the wait's end, the attempt given back (as a snooze).
+_SQL_SUSPEND = """
+UPDATE {s}.jobs
+SET state = 'scheduled', scheduled_at = %(until)s, attempt = attempt - 1, worker_id = NULL,
+    wait_event = %(event)s, wait_step = %(name)s
+WHERE id = %(id)s AND state = 'executing'
+"""
+# A waiter's hold on the event's row: inserted as a placeholder, or updated, so that an emit in
+# flight is waited for and one that comes later finds this job suspended.
+_SQL_EVENT_HOLD = """
+INSERT INTO {s}.durable_events AS e (key, waited_at) VALUES (%(key)s, now())
+ON CONFLICT (key) DO UPDATE SET waited_at = now()
+RETURNING e.emitted_at IS NOT NULL, e.payload
+"""
+# The first emit stores the payload; a later one changes nothing.
+_SQL_EMIT = """
+INSERT INTO {s}.durable_events AS e (key, payload, emitted_at) VALUES (%(key)s, %(payload)s::jsonb, now())
+ON CONFLICT (key) DO UPDATE SET payload = excluded.payload, emitted_at = excluded.emitted_at
+WHERE e.emitted_at IS NULL
+RETURNING 1
+"""
+# Its own statement (a new snapshot): it sees a waiter that committed while the emit waited for
+# the event's row.
+_SQL_WAKE = """
+WITH woken AS (
+    UPDATE {s}.jobs SET state = 'available', scheduled_at = now(), wait_event = NULL, wait_step = NULL
+    WHERE state = 'scheduled' AND wait_event = %(key)s
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, 'available:' || q.queue) FROM (SELECT DISTINCT queue FROM woken) AS q
+"""
+_SQL_PROGRESS = """
+UPDATE {s}.jobs
+SET progress = jsonb_build_object('done', %(done)s::float8, 'total', %(total)s::float8, 'note', %(note)s::text,
+                                  'at', now())
+WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s AND worker_id = %(worker)s
+  AND attempted_at IS NOT DISTINCT FROM %(lease)s
+"""
+# Events nobody needs any more: old, and no suspended job waits for them.
+_SQL_PRUNE_EVENTS = """
+WITH doomed AS (
+    SELECT key FROM {s}.durable_events AS e
+    WHERE coalesce(emitted_at, waited_at, created_at) < now() - %(age)s * interval '1 second'
+      AND NOT EXISTS (SELECT 1 FROM {s}.jobs AS j WHERE j.state = 'scheduled' AND j.wait_event = e.key)
+    ORDER BY coalesce(emitted_at, waited_at, created_at)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {s}.durable_events AS e USING doomed WHERE e.key = doomed.key
+"""
+
+
+class StepQueries:
+    """The durable steps' statements, composed once for a schema."""
+
+    def __init__(self, schema: str) -> None:
+        ident = sql.Identifier(schema)
+
+        def q(text: str) -> bytes:
+            return sql.SQL(text).format(s=ident).as_bytes(None)
+
+        self.lock_lease = q(_SQL_LOCK_LEASE)
+        self.steps = q(_SQL_STEPS)
+        self.step = q(_SQL_STEP)
+        self.record = q(_SQL_RECORD)
+        self.wait_step = q(_SQL_WAIT_STEP)
+        self.suspend = q(_SQL_SUSPEND)
+        self.event_hold = q(_SQL_EVENT_HOLD)
+        self.emit = q(_SQL_EMIT)
+        self.wake = q(_SQL_WAKE)
+        self.progress = q(_SQL_PROGRESS)
+        self.prune_events = q(_SQL_PRUNE_EVENTS)
+
+
+def lease_params(lease: Lease) -> dict[str, Any]:
+    """The guard's parameters."""
+    return {"id": lease.job_id, "attempt": lease.attempt, "worker": lease.worker_id, "lease": lease.attempted_at}
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def read_steps(c: psycopg.Connection[Any], q: StepQueries, job_id: int) -> list[JobStep]:
+    """The job's steps, by position."""
+    rows = c.execute(q.steps, {"id": job_id}).fetchall()
+    return [step_from_row(r, time=_same, loads=_same) for r in rows]
+
+
+def record_step(
+    c: psycopg.Connection[Any],
+    q: StepQueries,
+    lease: Lease,
+    *,
+    name: str,
+    position: int,
+    result_json: str | None,
+    error: ErrorInfo | None,
+    duration: float,
+) -> bool:
+    """One run of a step, guarded by *lease* (see ``Driver.record_step``)."""
+    params = {
+        **lease_params(lease),
+        "name": name,
+        "position": position,
+        "state": "failed" if error is not None else "completed",
+        "result": result_json if error is None else None,
+        "error": None if error is None else error_entry(error),
+        "duration": duration,
+    }
+    return c.execute(q.record, params).fetchone() is not None
+
+
+def wait_step(
+    c: psycopg.Connection[Any],
+    q: StepQueries,
+    lease: Lease,
+    *,
+    name: str,
+    position: int,
+    event: str | None,
+    delay: float | None,
+    until: dt.datetime | None,
+) -> WaitResult:
+    """A durable wait, in the transaction of *c* (see ``Driver.wait_step``)."""
+    with c.transaction():
+        emitted, payload = False, None
+        if event is not None:
+            row = c.execute(q.event_hold, {"key": event}).fetchone()
+            if row is not None:  # always: an upsert returns its row
+                emitted, payload = bool(row[0]), row[1]
+        held = c.execute(q.lock_lease, lease_params(lease)).fetchone()
+        if held is None:
+            raise _Abort(WaitResult(outcome="lost"))
+        cancel_requested, now = bool(held[0]), held[1]
+        if cancel_requested:
+            raise _Abort(WaitResult(outcome="cancel_requested"))
+        step = c.execute(q.step, {"id": lease.job_id, "name": name}).fetchone()
+        if step is not None and step[0] == "completed":
+            return WaitResult(outcome="received" if event is not None else "done", payload=step[2])
+        if step is not None and step[0] == "timed_out":
+            return WaitResult(outcome="timeout")
+        base = {"id": lease.job_id, "name": name, "position": position, "attempt": lease.attempt, "event": event}
+        if emitted:
+            c.execute(q.wait_step, {**base, "state": "completed", "result": json.dumps(payload), "wake_at": None})
+            return WaitResult(outcome="received", payload=payload)
+        if step is not None and step[0] == "waiting":
+            wake_at = step[1]
+        elif until is not None:
+            wake_at = until
+        elif delay is not None:
+            wake_at = now + dt.timedelta(seconds=delay)
+        else:
+            wake_at = None
+        if wake_at is not None and wake_at <= now:
+            state = "timed_out" if event is not None else "completed"
+            c.execute(q.wait_step, {**base, "state": state, "result": None, "wake_at": wake_at})
+            return WaitResult(outcome="timeout" if event is not None else "done", until=wake_at)
+        c.execute(q.wait_step, {**base, "state": "waiting", "result": None, "wake_at": wake_at})
+        scheduled = wake_at if wake_at is not None else now + dt.timedelta(seconds=FOREVER)
+        c.execute(q.suspend, {"id": lease.job_id, "until": scheduled, "event": event, "name": name})
+        return WaitResult(outcome="suspended", until=scheduled)
+
+
+class _Abort(Exception):
+    """Leave :func:`wait_step`'s transaction rolled back, with *result* as the outcome."""
+
+    def __init__(self, result: WaitResult) -> None:
+        super().__init__(result.outcome)
+        self.result = result
+
+
+def wait_step_or_abort(c: psycopg.Connection[Any], q: StepQueries, lease: Lease, **kwargs: Any) -> WaitResult:
+    """:func:`wait_step`, with its early exits (rolled back) as outcomes."""
+    try:
+        return wait_step(c, q, lease, **kwargs)
+    except _Abort as abort:
+        return abort.result
+
+
+def emit(c: psycopg.Connection[Any], q: StepQueries, key: str, payload_json: str, channel: str) -> bool:
+    """Store event *key* (the first emit wins) and wake its waiters, in *c*'s transaction."""
+    won = c.execute(q.emit, {"key": key, "payload": payload_json}).fetchone() is not None
+    if won:
+        c.execute(q.wake, {"key": key, "channel": channel})
+    return won
+
+
+async def emit_async(
+    c: psycopg.AsyncConnection[Any], q: StepQueries, key: str, payload_json: str, channel: str
+) -> bool:
+    """:func:`emit` on the caller's async connection."""
+    cur = await c.execute(q.emit, {"key": key, "payload": payload_json})
+    won = await cur.fetchone() is not None
+    if won:
+        await c.execute(q.wake, {"key": key, "channel": channel})
+    return won
