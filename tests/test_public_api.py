@@ -10,6 +10,7 @@ import nursery_worker
 
 PUBLIC_NAMES = [
     "App",
+    "AttemptLost",
     "BreakerInfo",
     "BulkResult",
     "CallNext",
@@ -20,6 +21,7 @@ PUBLIC_NAMES = [
     "ConstantBackoff",
     "DatabaseError",
     "Discard",
+    "EventTimeout",
     "ExponentialBackoff",
     "Job",
     "JobContext",
@@ -28,9 +30,11 @@ PUBLIC_NAMES = [
     "JobFilter",
     "JobNotFound",
     "JobOutcome",
+    "JobProgress",
     "JobSpec",
     "JobState",
     "JobStateError",
+    "JobStep",
     "LinearBackoff",
     "Middleware",
     "NurseryWorkerError",
@@ -42,11 +46,13 @@ PUBLIC_NAMES = [
     "RetryPolicy",
     "SchemaNotReady",
     "Snooze",
+    "StepResultRefused",
     "Supervisor",
     "SupervisorError",
     "Task",
     "TaskCall",
     "TaskNotFound",
+    "Waiting",
     "Worker",
     "WorkerState",
     "WorkerStats",
@@ -54,6 +60,7 @@ PUBLIC_NAMES = [
     "redact_dsn",
     "run_supervisor",
     "serve_metrics",
+    "step",
 ]
 
 

@@ -39,7 +39,7 @@ from ._errors import ConfigurationError, NurseryWorkerError
 from ._json import check_json, check_result_size
 from ._models import JobStep, Lease, WaitResult
 from ._outcomes import JobOutcome
-from ._state import ErrorInfo, Suspended
+from ._state import ErrorInfo, Suspended, error_info
 
 if TYPE_CHECKING:
     from ._context import JobContext
@@ -352,8 +352,6 @@ class Session:
         except JobOutcome:
             raise  # a snooze, a retry or a discard: the job's answer, not the step's failure
         except Exception as exc:
-            from ._executor import error_info
-
             await self._record_failure(name, position, error_info(exc), time.monotonic() - started)
             raise
         duration = time.monotonic() - started

@@ -17,7 +17,6 @@ import functools
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +45,7 @@ from ._state import (
     Suspended,
     Transition,
     decide,
+    error_info,
 )
 from ._task import Task, encode_result
 from ._tracing import process_span, tracing_active
@@ -73,24 +73,6 @@ _OUTCOME_WORDS = {
     "released": "released (handed back at shutdown)",
     "ignored": "outcome ignored (the job was no longer this attempt's)",
 }
-
-_MESSAGE_CAP = 2_000
-_TRACEBACK_CAP = 8_000
-
-
-def error_info(exc: BaseException) -> ErrorInfo:
-    """Describe *exc* for the job's error list, capped in size (the traceback keeps its tail).
-
-    NUL characters are replaced: PostgreSQL's jsonb cannot hold them, and one would fail the whole
-    batch of outcomes it is written with.
-    """
-    message = str(exc).replace("\x00", "\\x00")
-    if len(message) > _MESSAGE_CAP:
-        message = message[:_MESSAGE_CAP] + "… (truncated)"
-    tb = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
-    if len(tb) > _TRACEBACK_CAP:
-        tb = "(truncated) …" + tb[-_TRACEBACK_CAP:]
-    return ErrorInfo(type=type(exc).__qualname__, message=message, traceback=tb)
 
 
 class _JobTimeout(TimeoutError):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
+import traceback
 from collections.abc import Callable
 
 import attrs
@@ -104,6 +105,25 @@ class ErrorInfo:
     type: str
     message: str
     traceback: str = ""
+
+
+_MESSAGE_CAP = 2_000
+_TRACEBACK_CAP = 8_000
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Describe *exc* for the job's error list, capped in size (the traceback keeps its tail).
+
+    NUL characters are replaced: PostgreSQL's jsonb cannot hold them, and one would fail the whole
+    batch of outcomes it is written with.
+    """
+    message = str(exc).replace("\x00", "\\x00")
+    if len(message) > _MESSAGE_CAP:
+        message = message[:_MESSAGE_CAP] + "… (truncated)"
+    tb = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
+    if len(tb) > _TRACEBACK_CAP:
+        tb = "(truncated) …" + tb[-_TRACEBACK_CAP:]
+    return ErrorInfo(type=type(exc).__qualname__, message=message, traceback=tb)
 
 
 @attrs.frozen(kw_only=True)
