@@ -96,8 +96,7 @@ class JobContext:
 
     # --- durable steps, sleeps, events and progress (see _durable.py) -----------------------
 
-    @property
-    def durable(self) -> Session:
+    def _durable(self) -> Session:
         """The attempt's durable session (made at first use): in the database under a worker, in
         memory for a context made by hand or by ``testing.make_context``."""
         session = self._session
@@ -150,7 +149,7 @@ class JobContext:
         Example:
             >>> charge_id = await context.step("charge", payments.charge, order_id, amount=total)
         """
-        return await self.durable.step(name, fn, args, kwargs)
+        return await self._durable().step(name, fn, args, kwargs)
 
     async def sleep(self, seconds: float | dt.timedelta, *, name: str | None = None) -> None:
         """Sleep for *seconds*; beyond the worker's ``durable_sleep_threshold``, durably.
@@ -169,7 +168,7 @@ class JobContext:
             ConfigurationError: *seconds* is negative, not finite or not a time; *name* is taken.
             AttemptLost: the attempt is no longer this worker's.
         """
-        await self.durable.sleep(seconds, name)
+        await self._durable().sleep(seconds, name)
 
     async def sleep_until(self, when: dt.datetime, *, name: str | None = None) -> None:
         """Sleep until *when* (compared with the database's clock); durably beyond the threshold.
@@ -184,7 +183,7 @@ class JobContext:
             ConfigurationError: *when* is naive or not a datetime; *name* is taken.
             AttemptLost: the attempt is no longer this worker's.
         """
-        await self.durable.sleep_until(when, name)
+        await self._durable().sleep_until(when, name)
 
     async def wait_for_event(
         self,
@@ -216,7 +215,7 @@ class JobContext:
             ConfigurationError: *key*, *timeout* or *name* is invalid, or *name* is taken.
             AttemptLost: the attempt is no longer this worker's.
         """
-        return await self.durable.wait_for_event(key, timeout, name)
+        return await self._durable().wait_for_event(key, timeout, name)
 
     async def progress(self, done: float, total: float | None = None, *, note: str | None = None) -> None:
         """Report how far the job is: stored on the job (``job.progress``) and shown by ``jobs show``,
@@ -235,7 +234,7 @@ class JobContext:
             ConfigurationError: *done* or *total* is negative or not a finite number, or *note* is not a str.
             AttemptLost: the attempt is no longer this worker's.
         """
-        await self.durable.progress(done, total, note)
+        await self._durable().progress(done, total, note)
 
 
 CallNext = Callable[[], Awaitable[Any]]

@@ -102,6 +102,29 @@ class CancelRequested(BaseException):
     """A durable wait found the job's cancel requested: end the attempt as cancelled."""
 
 
+#: What ends an attempt from inside a durable call, past the task's own ``except Exception``.
+EXITS = (Suspend, AttemptLost, CancelRequested)
+
+
+def exit_of(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The durable exit inside *group* (raised in a task group of the job's own), or None: a
+    suspension first, as its write is already made."""
+    found = group.subgroup(lambda e: isinstance(e, EXITS))
+    if found is None:
+        return None
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            else:
+                leaves.append(e)
+
+    walk(found)
+    return next((e for e in leaves if isinstance(e, Suspend)), leaves[0] if leaves else None)
+
+
 class Store(Protocol):
     """Where a session keeps its steps: the database (:class:`DatabaseStore`), or memory (testing)."""
 
@@ -566,7 +589,7 @@ def step(fn: Any = None, /, *, name: str | None = None) -> Any:
             if get is None:
                 return await func(*args, **kwargs)
             context = get()
-            session = context.durable
+            session = context._durable()
             n = session._counters.get(counter_key, 0) + 1
             session._counters[counter_key] = n
             step_name = base if n == 1 else f"{base}-{n}"

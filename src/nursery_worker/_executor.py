@@ -26,7 +26,16 @@ import anyio.to_thread
 
 from ._board import JobBoard, JobGroup, Running
 from ._context import JobContext
-from ._durable import AttemptLost, CancelRequested, DatabaseStore, Session, StepResultRefused, Suspend, current_context
+from ._durable import (
+    EXITS,
+    CancelRequested,
+    DatabaseStore,
+    Session,
+    StepResultRefused,
+    Suspend,
+    current_context,
+    exit_of,
+)
 from ._json import check_result_size
 from ._logging import set_job_log_context
 from ._models import Completion, Job, Lease
@@ -307,16 +316,27 @@ class Executor:
                 return Failed(error=ErrorInfo(type="TimeoutError", message=str(exc))), None
             # A step's result that cannot be stored: the step ran, and would only run again.
             return Failed(error=error_info(exc), permanent=isinstance(exc, StepResultRefused)), None
-        except Suspend as suspend:
-            # A durable wait wrote the job's suspension itself: nothing is left to write.
-            return suspend.outcome, None
-        except AttemptLost as lost:
-            # Another attempt owns the job now: whatever is submitted is ignored as a late write.
-            return Released(reason=str(lost)), None
-        except CancelRequested:
-            return Cancelled(reason="cancelled by request while it waited durably"), None
+        except EXITS as ended:
+            return self._durable_exit(ended), None
+        except BaseExceptionGroup as group:
+            # A durable call in a task group of the job's own: its exit arrives wrapped.
+            wrapped = exit_of(group)
+            if wrapped is None:
+                raise
+            return self._durable_exit(wrapped), None
         # Only the worker cancels the job's scope: at shutdown (released) or by a cancel request.
         return self._interrupted(r, task), None
+
+    @staticmethod
+    def _durable_exit(exit: BaseException) -> Outcome:
+        """The outcome of an attempt a durable call ended (see ``_durable.EXITS``)."""
+        if isinstance(exit, Suspend):
+            # A durable wait wrote the job's suspension itself: nothing is left to write.
+            return exit.outcome
+        if isinstance(exit, CancelRequested):
+            return Cancelled(reason="cancelled by request while it waited durably")
+        # AttemptLost: another attempt owns the job now; what is submitted is ignored as a late write.
+        return Released(reason=str(exit))
 
     async def _flush_progress(self, session: Session) -> None:
         """Write the progress report the interval held back, as the attempt ends; a failure to

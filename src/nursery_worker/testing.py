@@ -34,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -47,6 +47,8 @@ import attrs
 from ._app import App
 from ._config import WorkerConfig
 from ._context import JobContext
+from ._durable import MemoryStore, Session
+from ._json import DEFAULT_MAX_RESULT_BYTES
 from ._models import Job
 from ._state import Cancelled, Failed, JobState, Outcome, Released, Snoozed, Succeeded, Transition
 from ._task import Task
@@ -73,6 +75,7 @@ def make_context(
     queue: str | None = None,
     worker_id: str = "testing",
     deadline: dt.datetime | None = None,
+    events: Mapping[str, Any] | None = None,
 ) -> JobContext:
     """Build a :class:`JobContext` for calling *task* outside a worker.
 
@@ -85,6 +88,9 @@ def make_context(
         queue: the queue it sees (default: the task's).
         worker_id: the worker id it sees.
         deadline: the deadline it sees (default: none).
+        events: payloads by event key for ``context.wait_for_event``, which times out at once
+            (raises ``EventTimeout``) for a key not given. The context's durable calls keep their
+            steps in memory: a step runs once per context, and a sleep returns at once.
 
     Returns:
         A :class:`JobContext` whose job is executing, as in a worker.
@@ -102,7 +108,16 @@ def make_context(
         attempted_at=dt.datetime.now(dt.UTC),
         worker_id=worker_id,
     )
-    return JobContext(job=job, worker_id=worker_id, deadline=deadline, app=task.app)
+    session = Session(
+        MemoryStore(events),
+        job_id=job_id,
+        attempt=attempt,
+        max_result_bytes=DEFAULT_MAX_RESULT_BYTES,
+        sleep_threshold=0.0,
+        final_timeout=10.0,
+        clock=lambda: dt.datetime.now(dt.UTC),
+    )
+    return JobContext(job=job, worker_id=worker_id, deadline=deadline, app=task.app, _session=session)
 
 
 async def run_task(task: Task[..., Any], /, *, job_context: JobContext | None = None, **kwargs: Any) -> Any:

@@ -351,3 +351,48 @@ async def test_anyio_sleep_is_not_needed_to_wake_a_job_when_the_wait_ends(app: A
 def test_step_result_refused_is_a_value_error() -> None:
     """StepResultRefused is a ValueError, so code that catches bad values catches it."""
     assert issubclass(StepResultRefused, ValueError)
+
+
+async def test_make_context_keeps_steps_in_memory_and_answers_events_it_is_given(app: App) -> None:
+    """Under testing.make_context a step runs once, a sleep returns at once, and events come from ``events=``."""
+    from nursery_worker.testing import make_context, run_task
+
+    runs: list[int] = []
+
+    @app.task
+    async def flow(context: JobContext) -> Any:
+        await context.step("a", lambda: runs.append(1))
+        await context.step("b", lambda: runs.append(2))
+        await context.sleep(3600)
+        paid = await context.wait_for_event("paid", timeout=60)
+        try:
+            await context.wait_for_event("refund", timeout=60)
+        except EventTimeout:
+            return paid
+        return None
+
+    context = make_context(flow, events={"paid": {"ok": True}})
+    assert await run_task(flow, job_context=context) == {"ok": True}
+    assert runs == [1, 2]
+
+
+async def test_a_step_in_a_task_group_of_the_job_suspends_it_too(app: App) -> None:
+    """A durable wait inside a task group the job opens still suspends the job (its exit arrives wrapped)."""
+
+    @app.task
+    async def grouped(context: JobContext) -> Any:
+        out: list[Any] = []
+
+        async def wait() -> None:
+            out.append(await context.wait_for_event("grouped"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+        return out[0]
+
+    job = await grouped.defer()
+    async with open_worker(app, **fast()):
+        await wait_for_state(app, job.id, JobState.SCHEDULED)
+        await app.emit("grouped", "go")
+        done = await wait_for_state(app, job.id, JobState.COMPLETED)
+    assert done.result == "go"

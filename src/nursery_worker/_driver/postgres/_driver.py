@@ -1241,8 +1241,10 @@ class PostgresDriver(PostgresConnections):
 
     # --- durable steps (see _steps.py) ----------------------------------------------------------
 
+    # Steps and progress are single statements: sent from the event loop, as the claim is.
+
     async def job_steps(self, job_id: int) -> list[JobStep]:
-        return await self._hop(lambda c: _steps.read_steps(c, self._steps, job_id))
+        return _steps.steps_from_rows(await self._direct(self._steps.steps, {"id": job_id}))
 
     async def record_step(
         self,
@@ -1254,18 +1256,10 @@ class PostgresDriver(PostgresConnections):
         error: ErrorInfo | None,
         duration: float,
     ) -> bool:
-        return await self._hop(
-            lambda c: _steps.record_step(
-                c,
-                self._steps,
-                lease,
-                name=name,
-                position=position,
-                result_json=result_json,
-                error=error,
-                duration=duration,
-            )
+        params = _steps.record_params(
+            lease, name=name, position=position, result_json=result_json, error=error, duration=duration
         )
+        return bool(await self._direct(self._steps.record, params))
 
     async def wait_step(
         self,
@@ -1285,7 +1279,7 @@ class PostgresDriver(PostgresConnections):
 
     async def set_progress(self, lease: Lease, *, done: float, total: float | None, note: str | None) -> bool:
         params = {**_steps.lease_params(lease), "done": done, "total": total, "note": note}
-        return bool(await self._hop(lambda c: c.execute(self._steps.progress, params).rowcount))
+        return bool(await self._direct(self._steps.progress, params))
 
     def emit_event_sync(self, key: str, payload_json: str, *, connection: UserConnection | None = None) -> bool:
         if connection is None:

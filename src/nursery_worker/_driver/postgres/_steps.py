@@ -93,6 +93,7 @@ SET progress = jsonb_build_object('done', %(done)s::float8, 'total', %(total)s::
                                   'at', now())
 WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s AND worker_id = %(worker)s
   AND attempted_at IS NOT DISTINCT FROM %(lease)s
+RETURNING 1
 """
 # Events nobody needs any more: old, and no suspended job waits for them.
 _SQL_PRUNE_EVENTS = """
@@ -139,25 +140,16 @@ def _same(value: Any) -> Any:
     return value
 
 
-def read_steps(c: psycopg.Connection[Any], q: StepQueries, job_id: int) -> list[JobStep]:
-    """The job's steps, by position."""
-    rows = c.execute(q.steps, {"id": job_id}).fetchall()
+def steps_from_rows(rows: list[Any]) -> list[JobStep]:
+    """The job's steps from the rows of ``q.steps``."""
     return [step_from_row(r, time=_same, loads=_same) for r in rows]
 
 
-def record_step(
-    c: psycopg.Connection[Any],
-    q: StepQueries,
-    lease: Lease,
-    *,
-    name: str,
-    position: int,
-    result_json: str | None,
-    error: ErrorInfo | None,
-    duration: float,
-) -> bool:
-    """One run of a step, guarded by *lease* (see ``Driver.record_step``)."""
-    params = {
+def record_params(
+    lease: Lease, *, name: str, position: int, result_json: str | None, error: ErrorInfo | None, duration: float
+) -> dict[str, Any]:
+    """The parameters of ``q.record``: one run of a step, guarded by *lease* (see ``Driver.record_step``)."""
+    return {
         **lease_params(lease),
         "name": name,
         "position": position,
@@ -166,7 +158,6 @@ def record_step(
         "error": None if error is None else error_entry(error),
         "duration": duration,
     }
-    return c.execute(q.record, params).fetchone() is not None
 
 
 def wait_step(
