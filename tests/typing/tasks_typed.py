@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from nursery_worker import App, Job, JobContext, JobSpec, Task
+from nursery_worker import App, Job, JobContext, JobSpec, JobStep, Task, step
 
 app = App(dsn="sqlite:///typing-cases.db")
 
@@ -106,3 +106,30 @@ async def direct_calls() -> None:
     assert_type(await add(1, 2), int)
     render("x", 2)  # type: ignore[call-arg]
     await add("1")  # type: ignore[arg-type]
+
+
+async def charge(order_id: int, *, amount: int) -> str:
+    return f"{order_id}:{amount}"
+
+
+def fee(amount: int) -> int:
+    return amount // 10
+
+
+@step
+async def notify(user: str) -> bool:
+    return bool(user)
+
+
+@app.task
+async def durable_flow(context: JobContext, order_id: int) -> None:
+    """Durable steps keep the function's types: the awaited result of an async one, the return of a plain one."""
+    assert_type(await context.step("charge", charge, order_id, amount=5), str)
+    assert_type(await context.step("fee", fee, 50), int)
+    assert_type(await notify("ana"), bool)
+    await context.step("charge-2", charge, "x", amount=5)  # type: ignore[arg-type]
+    await context.sleep(5)
+    await context.progress(1, 10, note="one")
+    assert_type(await context.wait_for_event("paid", timeout=60), Any)
+    assert_type(await app.emit("paid", {"ok": True}), bool)
+    assert_type(await app.get_steps(1), list[JobStep])
