@@ -502,6 +502,8 @@ class Executor:
         }
         if isinstance(outcome, Failed):
             fields["error"] = outcome.error.type
+        elif isinstance(outcome, Suspended):  # counted as a snooze; what it waits for, to tell them apart
+            fields["waiting"] = f"{outcome.kind} {outcome.step}"
         # The message is formatted only if a handler emits it (lazy %-arguments).
         attempts_logger.info(
             "%s attempt %d/%d %s in %.3fs",
