@@ -21,7 +21,7 @@ import attrs
 from ._errors import JobNotFound
 from ._flow import BreakerInfo
 from ._models import Job, JobSearch, QueueInfo, WorkerRow
-from ._state import JobState
+from ._state import MAX_DELAY, JobState
 
 if TYPE_CHECKING:
     from ._admin import Admin
@@ -38,7 +38,7 @@ class Reason:
     """One thing that holds the job back (or, with ``blocking=False``, a note about it).
 
     Attributes:
-        code: a stable name: ``scheduled``, ``dependencies``, ``queue_paused``,
+        code: a stable name: ``scheduled``, ``sleep``, ``event``, ``dependencies``, ``queue_paused``,
             ``queue_concurrency``, ``task_concurrency``, ``rate_limit``, ``breaker_open``,
             ``no_worker``, ``task_unknown``, ``not_waiting``, ``ready``.
         message: one sentence for people.
@@ -89,7 +89,30 @@ def explain(facts: Facts) -> list[Reason]:
             )
         ]
     reasons: list[Reason] = []
-    if state in (JobState.SCHEDULED, JobState.RETRYABLE) and job.scheduled_at > now:
+    waiting = job.waiting
+    if waiting is not None and waiting.kind == "event":
+        until = (
+            "with no timeout"
+            if (waiting.until - now).total_seconds() > MAX_DELAY / 2
+            else f"until its timeout in {_ago((waiting.until - now).total_seconds())}, "
+            f"at {waiting.until:%Y-%m-%d %H:%M:%S %Z}"
+        )
+        reasons.append(
+            Reason(
+                code="event",
+                message=f"its step {waiting.step!r} waits for event {waiting.event!r} {until}; "
+                f"`nursery-worker events emit {waiting.event}` (or app.emit) wakes it",
+            )
+        )
+    elif waiting is not None and job.scheduled_at > now:
+        reasons.append(
+            Reason(
+                code="sleep",
+                message=f"its step {waiting.step!r} sleeps durably for {_ago((waiting.until - now).total_seconds())}, "
+                f"until {waiting.until:%Y-%m-%d %H:%M:%S %Z}",
+            )
+        )
+    elif state in (JobState.SCHEDULED, JobState.RETRYABLE) and job.scheduled_at > now:
         why = "its next attempt (after a failure) is due" if state is JobState.RETRYABLE else "it is scheduled"
         reasons.append(
             Reason(

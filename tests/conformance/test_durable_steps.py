@@ -396,3 +396,21 @@ async def test_a_step_in_a_task_group_of_the_job_suspends_it_too(app: App) -> No
         await app.emit("grouped", "go")
         done = await wait_for_state(app, job.id, JobState.COMPLETED)
     assert done.result == "go"
+
+
+async def test_why_says_what_a_waiting_job_waits_for(app: App) -> None:
+    """``jobs show --why`` of a job suspended by an event wait names the step, the key and how to wake it."""
+    from nursery_worker._admin import Admin
+    from nursery_worker._diagnose import diagnose
+
+    @app.task
+    async def waits(context: JobContext) -> None:
+        await context.wait_for_event("approval:9", name="approval")
+
+    job = await waits.defer()
+    async with open_worker(app, **fast()):
+        await wait_for_state(app, job.id, JobState.SCHEDULED)
+    _, reasons = await diagnose(Admin(app), job.id)
+    assert reasons[0].code == "event"
+    assert "'approval'" in reasons[0].message and "'approval:9'" in reasons[0].message
+    assert "with no timeout" in reasons[0].message and "events emit approval:9" in reasons[0].message

@@ -22,7 +22,7 @@ import attrs
 
 from .._errors import ConfigurationError, DatabaseError, SchemaNotReady
 from .._models import GraphNode, Job, JobError, JobProgress, JobSpec, JobStep, Waiting
-from .._state import ErrorInfo, JobState
+from .._state import MAX_DELAY, ErrorInfo, JobState
 
 if TYPE_CHECKING:
     import sqlite3
@@ -126,7 +126,7 @@ def job_errors(entries: Iterable[Mapping[str, Any]] | None) -> tuple[JobError, .
 #: The columns of a step row, in the order :func:`step_from_row` reads them (both engines).
 STEP_COLUMNS = "name, position, state, attempt, runs, result, error, duration, updated_at, wake_at, event"
 #: A wait with no timeout is scheduled this far ahead (the longest wait a job's row holds).
-FOREVER = 100 * 365.25 * 86400.0
+FOREVER = MAX_DELAY
 
 
 def job_progress(value: Mapping[str, Any] | None) -> JobProgress | None:
