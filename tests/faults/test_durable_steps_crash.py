@@ -83,7 +83,12 @@ async def _inside_step(worker: WorkerProcess, ledger: Path, step: int) -> None:
         assert worker.alive(), f"the worker exited ({worker.process.returncode}):\n{worker.stderr}"
         return any(line[:2] == ("start", step) and line[3] == worker.pid for line in read_ledger(ledger))
 
-    await wait_until(started, within=60)
+    try:
+        await wait_until(started, within=60)
+    except TimeoutError:
+        raise AssertionError(
+            f"the worker did not start step {step}; ledger: {read_ledger(ledger)}\n{worker.stderr}"
+        ) from None
 
 
 def _expected_ledger(pids: list[int]) -> list[tuple[str, int, int, int]]:
@@ -122,7 +127,12 @@ async def test_a_job_killed_inside_each_step_in_turn_runs_each_step_to_its_end_o
             assert await worker.wait() == -signal.SIGKILL
             release(ledger, step)  # the next attempt runs this step to its end, and is held in the next one
         last = await start_worker()
-        done = await wait_for_state(app, job.id, JobState.COMPLETED, JobState.DISCARDED, within=60)
+        try:
+            done = await wait_for_state(app, job.id, JobState.COMPLETED, JobState.DISCARDED, within=60)
+        except TimeoutError:
+            raise AssertionError(
+                f"the job did not finish: {await app.get_job(job.id)}; ledger: {read_ledger(ledger)}\n{last.stderr}"
+            ) from None
         last.signal(signal.SIGTERM)
         assert await last.wait() == 0, last.stderr
     finally:
