@@ -52,7 +52,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 class WorkerProcess:
-    """A ``nursery-worker run`` subprocess of the ledger app; its output goes to files."""
+    """A ``nursery-worker run`` subprocess (of the ledger app, unless told another); its output goes to files."""
 
     def __init__(self, process: anyio.abc.Process, out: Path, err: Path) -> None:
         self.process = process
@@ -60,11 +60,13 @@ class WorkerProcess:
         self.err_path = err
 
     @classmethod
-    async def start(cls, tmp_path: Path, env: dict[str, str], *args: str, name: str = "worker") -> WorkerProcess:
+    async def start(
+        cls, tmp_path: Path, env: dict[str, str], *args: str, name: str = "worker", app: str = LEDGER_APP
+    ) -> WorkerProcess:
         out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
         with out.open("w") as stdout, err.open("w") as stderr:
             process = await anyio.open_process(
-                [sys.executable, "-m", "nursery_worker", "run", "--app", LEDGER_APP, *args],
+                [sys.executable, "-m", "nursery_worker", "run", "--app", app, *args],
                 cwd=ROOT,
                 env=env,
                 stdout=stdout,
