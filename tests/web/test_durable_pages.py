@@ -45,7 +45,7 @@ async def _suspended(app: App) -> Job:
 
 
 async def test_job_page_shows_steps_progress_and_wait(migrated: App, client: httpx.AsyncClient) -> None:
-    """The job page lists each step with its state and result, a progress bar with its text, and what the job waits for."""
+    """The job page lists each step with its state and result, a progress bar with its text, and what it waits for."""
     job = await _suspended(migrated)
     page = (await client.get(f"/jobs/{job.id}")).text
     steps = page.split('id="steps"', 1)[1].split("</table>", 1)[0]
