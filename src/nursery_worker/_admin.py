@@ -37,6 +37,7 @@ from ._models import (
     CancelResult,
     DashboardCounts,
     DatabaseHealth,
+    DurableOverview,
     Job,
     JobSearch,
     JobSelection,
@@ -407,6 +408,11 @@ class Admin:
     async def list_workers(self) -> list[WorkerRow]:
         """Every registered worker, supervised ones first (by supervisor and slot)."""
         return await self.driver.list_workers()
+
+    async def durable_overview(self, *, limit: int = 20) -> DurableOverview:
+        """Up to *limit* executing jobs' progress, and how many jobs durable sleeps and event waits
+        hold: what ``status`` and the overview show of durable jobs."""
+        return await self.driver.durable_overview(limit=limit)
 
     async def database_health(self) -> DatabaseHealth:
         """The oldest open transaction on the server and the jobs table's dead tuples (PostgreSQL),

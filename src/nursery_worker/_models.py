@@ -183,6 +183,40 @@ class JobStep:
 
 
 @attrs.frozen(kw_only=True)
+class ProgressRow:
+    """An executing job that reports its progress (``nursery-worker status``, the overview).
+
+    Attributes:
+        job_id: the job's id.
+        task: its task.
+        queue: its queue.
+        progress: what it last reported.
+    """
+
+    job_id: int
+    task: str
+    queue: str
+    progress: JobProgress
+
+
+@attrs.frozen(kw_only=True)
+class DurableOverview:
+    """Durable progress and waits across the jobs table, read cheaply (``Driver.durable_overview``).
+
+    Attributes:
+        progress: executing jobs that report progress, oldest id first, at most the limit asked for.
+        reporting: how many executing jobs report progress in all (``progress`` may show fewer).
+        sleeping: jobs suspended by a durable sleep (``context.sleep``/``sleep_until``).
+        waiting_for_events: jobs suspended by ``context.wait_for_event``.
+    """
+
+    progress: tuple[ProgressRow, ...] = ()
+    reporting: int = 0
+    sleeping: int = 0
+    waiting_for_events: int = 0
+
+
+@attrs.frozen(kw_only=True)
 class Lease:
     """The claim a durable write is guarded by: job, attempt, worker and lease (``attempted_at``)."""
 

@@ -19,7 +19,7 @@ import attrs
 
 from ._durations import format_duration
 from ._flow import BreakerInfo
-from ._models import DatabaseHealth, Job, JobError, QueueInfo, WorkerRow
+from ._models import DatabaseHealth, DurableOverview, Job, JobError, JobProgress, JobStep, QueueInfo, Waiting, WorkerRow
 from ._periodic import PeriodicInfo
 
 
@@ -387,6 +387,69 @@ def database_dict(health: DatabaseHealth) -> dict[str, Any]:
     }
 
 
+#: The most executing jobs whose progress ``status`` lists.
+PROGRESS_ROWS = 10
+
+
+def render_durable(overview: DurableOverview, *, width: int = 0) -> str:
+    """The durable section of ``status``: how many jobs durable sleeps and event waits hold, then
+    the executing jobs that report progress (at most :data:`PROGRESS_ROWS`, and how many more);
+    empty when there is neither."""
+    parts = []
+    if overview.sleeping or overview.waiting_for_events:
+        parts.append(
+            wrap_lines(
+                f"suspended: {overview.sleeping} job(s) in a durable sleep, "
+                f"{overview.waiting_for_events} waiting for an event",
+                width,
+            )
+        )
+    if overview.progress:
+        columns = (
+            Column("JOB", "JOB", ALWAYS),
+            Column("TASK", "TASK", 8, flexible=True),
+            Column("QUEUE", "QUEUE", 3, flexible=True),
+            Column("PROGRESS", "PROG", ALWAYS),
+            Column("NOTE", "NOTE", 5, flexible=True),
+            Column("UPDATED (UTC)", "UPDATED", 2),
+        )
+        rows = []
+        for row in overview.progress[:PROGRESS_ROWS]:
+            p = row.progress
+            done = _number(p.done) + ("" if p.total is None else f"/{_number(p.total)}")
+            fraction = p.fraction
+            rows.append(
+                (
+                    str(row.job_id),
+                    row.task,
+                    row.queue,
+                    done + ("" if fraction is None else f" ({fraction:.0%})"),
+                    _short(p.note or "-", STEP_PREVIEW),
+                    _time(p.updated_at),
+                )
+            )
+        text = fit_table(columns, rows, width)
+        more = overview.reporting - len(rows)
+        if more > 0:
+            text += "\n" + wrap_lines(f"(and {more} more executing job(s) reporting progress)", width)
+        parts.append(text)
+    return "\n".join(parts)
+
+
+def durable_dict(overview: DurableOverview) -> dict[str, Any]:
+    """The ``"durable"`` object of ``status --json``: suspended jobs by kind and the executing jobs'
+    progress (``reporting`` counts them all; ``progress`` lists the first ones)."""
+    return {
+        "sleeping": overview.sleeping,
+        "waiting_for_events": overview.waiting_for_events,
+        "reporting": overview.reporting,
+        "progress": [
+            {"job_id": r.job_id, "task": r.task, "queue": r.queue, **progress_dict(r.progress)}
+            for r in overview.progress[:PROGRESS_ROWS]
+        ],
+    }
+
+
 def render_status(
     queues: Sequence[QueueInfo],
     workers: Sequence[WorkerRow],
@@ -396,10 +459,12 @@ def render_status(
     width: int = 0,
     rates: Rates | None = None,
     database: DatabaseHealth | None = None,
+    durable: DurableOverview | None = None,
 ) -> str:
     """``nursery-worker status``: the rates (when watching), the database's health line (when
     given), the queues table (when there are queues), the circuit breakers (when there are any),
-    then the workers table; no line wider than *width* (0: unlimited)."""
+    the durable jobs (suspended ones and executing ones' progress, when there are any), then the
+    workers table; no line wider than *width* (0: unlimited)."""
     parts = [wrap_lines(rates.summary(), width)] if rates is not None else []
     if database is not None:
         parts.append(wrap_lines(render_database(database), width))
@@ -407,6 +472,10 @@ def render_status(
         parts.append(render_queues(queues, width=width, rates=rates))
     if breakers:
         parts.append(render_breakers(breakers, width=width))
+    if durable is not None:
+        section = render_durable(durable, width=width)
+        if section:
+            parts.append(section)
     parts.append(render_table(workers, schema=schema, width=width, rates=rates))
     return "\n\n".join(parts)
 
@@ -419,10 +488,11 @@ def status_dict(
     breakers: Sequence[BreakerInfo] = (),
     rates: Rates | None = None,
     database: DatabaseHealth | None = None,
+    durable: DurableOverview | None = None,
 ) -> dict[str, Any]:
     """``nursery-worker status --json``: ``{"schema", "queues", "breakers", "workers"}``, and
     ``"rates"`` (:meth:`Rates.as_dict`) from the second redraw of ``--watch`` on, and
-    ``"database"`` (:func:`database_dict`) when given."""
+    ``"database"`` (:func:`database_dict`) and ``"durable"`` (:func:`durable_dict`) when given."""
     data: dict[str, Any] = {
         "schema": schema,
         "queues": [queue_dict(q) for q in queues],
@@ -431,6 +501,8 @@ def status_dict(
     }
     if database is not None:
         data["database"] = database_dict(database)
+    if durable is not None:
+        data["durable"] = durable_dict(durable)
     if rates is not None:
         data["rates"] = rates.as_dict()
     return data
@@ -507,7 +579,126 @@ def job_dict(job: Job) -> dict[str, Any]:
         "depends_on": list(job.depends_on),
         "result": job.result,
         "errors": [error_dict(e) for e in job.errors],
+        "progress": None if job.progress is None else progress_dict(job.progress),
+        "waiting": None if job.waiting is None else waiting_dict(job.waiting),
     }
+
+
+# --- durable steps, waits and progress (issue 22) ----------------------------------------------
+
+#: A step's result or error is shortened to this many characters in ``jobs show`` (``--json`` has it whole).
+STEP_PREVIEW = 60
+#: A wait that ends further ahead than this has no timeout (those are scheduled a century ahead).
+_NO_TIMEOUT = dt.timedelta(days=50 * 365)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def progress_text(progress: JobProgress) -> str:
+    """``3/10 (30%) copying files, updated 2026-12-03 10:00:00``: done of total, the share, the note
+    and when it was written (UTC)."""
+    text = _number(progress.done)
+    if progress.total is not None:
+        text += f"/{_number(progress.total)}"
+    fraction = progress.fraction
+    if fraction is not None:
+        text += f" ({fraction:.0%})"
+    if progress.note:
+        text += f" {_short(progress.note, STEP_PREVIEW)}"
+    if progress.updated_at is not None:
+        text += f", updated {_time(progress.updated_at)}"
+    return text
+
+
+def progress_dict(progress: JobProgress) -> dict[str, Any]:
+    """A job's progress as a JSON-ready dict (``fraction`` is None without a positive total)."""
+    return {
+        "done": progress.done,
+        "total": progress.total,
+        "fraction": progress.fraction,
+        "note": progress.note,
+        "updated_at": _iso(progress.updated_at),
+    }
+
+
+def waits_forever(until: dt.datetime, now: dt.datetime | None = None) -> bool:
+    """Whether a wait ending at *until* has no timeout (its job is scheduled a century ahead)."""
+    return until - (now or dt.datetime.now(dt.UTC)) > _NO_TIMEOUT
+
+
+def waiting_text(waiting: Waiting) -> str:
+    """``sleep until 2026-12-03 10:00:00 UTC (step 'cool-off')`` or ``event 'paid:7' until ... UTC
+    (timeout; step 'payment')``; ``no timeout`` for an event wait without one."""
+    step = f"step {waiting.step!r}"
+    if waiting.kind == "event":
+        if waits_forever(waiting.until):
+            return f"event {waiting.event!r}, no timeout ({step})"
+        return f"event {waiting.event!r} until {_time(waiting.until)} UTC (timeout; {step})"
+    return f"sleep until {_time(waiting.until)} UTC ({step})"
+
+
+def waiting_dict(waiting: Waiting) -> dict[str, Any]:
+    """What a suspended job waits for, as a JSON-ready dict (``until`` is None for no timeout)."""
+    return {
+        "kind": waiting.kind,
+        "step": waiting.step,
+        "event": waiting.event,
+        "until": None if waiting.kind == "event" and waits_forever(waiting.until) else _iso(waiting.until),
+    }
+
+
+def step_dict(step: JobStep) -> dict[str, Any]:
+    """One durable step as a JSON-ready dict, its result and error whole."""
+    return {
+        "position": step.position,
+        "name": step.name,
+        "state": step.state,
+        "attempt": step.attempt,
+        "runs": step.runs,
+        "duration": step.duration,
+        "result": step.result,
+        "error": None if step.error is None else error_dict(step.error),
+        "updated_at": _iso(step.updated_at),
+        "wake_at": _iso(step.wake_at),
+        "event": step.event,
+    }
+
+
+def step_outcome(step: JobStep, width: int = STEP_PREVIEW) -> str:
+    """A step's result, error or wait in one line of at most *width* characters."""
+    if step.error is not None:
+        text = f"{step.error.type}: {step.error.message}"
+    elif step.state == "waiting":
+        what = "sleeps" if step.event is None else f"waits for event {step.event!r}"
+        if step.wake_at is None or waits_forever(step.wake_at):
+            text = f"{what}, no timeout" if step.event is not None else what
+        else:
+            text = f"{what} until {_time(step.wake_at)}"
+    elif step.state == "timed_out":
+        text = f"timed out waiting for event {step.event!r}" if step.event is not None else "timed out"
+    else:
+        text = json.dumps(step.result, default=str, ensure_ascii=False)
+    return _short(text, width)
+
+
+def render_steps(steps: Sequence[JobStep]) -> str:
+    """The steps table of ``jobs show``: position, name, state, attempt, runs, duration, and the
+    result or error shortened to :data:`STEP_PREVIEW` characters."""
+    rows = [
+        (
+            str(s.position),
+            _short(s.name, 40),
+            s.state,
+            str(s.attempt),
+            str(s.runs),
+            "-" if s.duration is None else f"{s.duration:.3f}s",
+            step_outcome(s),
+        )
+        for s in steps
+    ]
+    return table(("#", "STEP", "STATE", "ATTEMPT", "RUNS", "DURATION", "RESULT OR ERROR"), rows)
 
 
 def _short(text: str, width: int) -> str:
@@ -536,8 +727,10 @@ def render_jobs(jobs: Sequence[Job]) -> str:
     return table(header, rows)
 
 
-def render_job(job: Job) -> str:
-    """One job in full: its fields, arguments, result, and every recorded error with its traceback."""
+def render_job(job: Job, steps: Sequence[JobStep] = ()) -> str:
+    """One job in full: its fields (with its progress and what it waits for, if anything), arguments,
+    result, its durable *steps* (results and errors shortened), and every recorded error with its
+    traceback."""
     fields = [
         ("task", job.task),
         ("queue", job.queue),
@@ -556,6 +749,10 @@ def render_job(job: Job) -> str:
         fields.append(("unique key", job.unique_key))
     if job.depends_on:
         fields.append(("depends on", ", ".join(str(i) for i in job.depends_on)))
+    if job.progress is not None:
+        fields.append(("progress", progress_text(job.progress)))
+    if job.waiting is not None:
+        fields.append(("waiting", waiting_text(job.waiting)))
     lines = [f"job {job.id}"]
     lines += [f"  {name:<12} {value}" for name, value in fields]
     lines.append("args:")
@@ -563,6 +760,9 @@ def render_job(job: Job) -> str:
     if job.result is not None:
         lines.append("result:")
         lines += ["  " + line for line in json.dumps(job.result, indent=2, default=str).splitlines()]
+    if steps:
+        lines.append(f"steps ({len(steps)}):")
+        lines += ["  " + line for line in render_steps(steps).splitlines()]
     lines.append(f"errors ({len(job.errors)}):" if job.errors else "errors: none")
     for e in job.errors:
         lines.append(f"  attempt {e.attempt} at {_time(e.at)}: {e.type}: {e.message}")

@@ -20,6 +20,7 @@ from .._errors import NurseryWorkerError
 from ._breakers import breakers
 from ._cron import cron
 from ._defer import defer
+from ._events import events
 from ._jobs import jobs
 from ._queues import queues
 from ._run import run
@@ -34,7 +35,7 @@ def cli() -> None:
     """nursery-worker: durable background jobs for trio and asyncio, on PostgreSQL."""
 
 
-for _command in (run, migrate, defer, status, healthcheck, jobs, queues, breakers, prune, cron, web):
+for _command in (run, migrate, defer, status, healthcheck, jobs, queues, breakers, prune, cron, events, web):
     cli.add_command(_command)
 
 

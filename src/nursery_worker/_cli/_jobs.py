@@ -72,23 +72,31 @@ def jobs_list(
 @JSON_OPTION
 @common_options
 def jobs_show(ctx: CliContext, job_id: str, why: bool, as_json: bool) -> None:
-    """Show one job in full: arguments, result, and each error with its traceback."""
+    """Show one job in full: arguments, result, its progress and what it waits for, its durable
+    steps (state, attempt, runs, duration, result or error), and each error with its traceback."""
     from .._admin import Admin
+    from .._app import App
     from .._diagnose import diagnose
-    from .._status import job_dict, render_job
+    from .._status import job_dict, render_job, step_dict
 
     ident = _job_id(job_id)
-    if why:
-        job, reasons = ctx.run(lambda a: diagnose(Admin(a), ident))
-    else:
-        job, reasons = ctx.run(lambda a: a.get_job(ident)), []
+
+    async def read(app: App) -> tuple[Any, Any, Any]:
+        if why:
+            job, reasons = await diagnose(Admin(app), ident)
+        else:
+            job, reasons = await app.get_job(ident), []
+        return job, reasons, await app.get_steps(ident)
+
+    job, reasons, steps = ctx.run(read)
     if as_json:
         data = job_dict(job)
+        data["steps"] = [step_dict(s) for s in steps]
         if why:
             data["why"] = [{"code": r.code, "message": r.message, "blocking": r.blocking} for r in reasons]
         echo_json(data)
         return
-    click.echo(render_job(job))
+    click.echo(render_job(job, steps))
     if why:
         click.echo("\nwhy is it not running?")
         for reason in reasons:

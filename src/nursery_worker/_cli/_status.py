@@ -47,7 +47,8 @@ _DEFAULT_HEALTH_AGE = 10.0
 @common_options
 def status(ctx: CliContext, as_json: bool, watch: float | None, width: int | None) -> None:
     """Show the database's health, each queue (paused?, jobs by state, oldest available job's age,
-    limits), the circuit breakers, and every worker.
+    limits), the circuit breakers, durable jobs (how many a durable sleep or an event wait holds,
+    and the progress of executing jobs that report it), and every worker.
 
     The database line (PostgreSQL) names the oldest open transaction on the server (its age, pid,
     state and client) and the jobs table's dead tuples, marked WARNING when a transaction has been
@@ -57,22 +58,31 @@ def status(ctx: CliContext, as_json: bool, watch: float | None, width: int | Non
     the database's clock. Narrow terminals get short headers and drop the least useful columns
     (named on a last line); ``--watch`` adds the rates since the previous redraw.
     """
-    from .._status import Rates, Snapshot, render_status, status_dict, terminal_width, wrap_lines
+    from .._status import PROGRESS_ROWS, Rates, Snapshot, render_status, status_dict, terminal_width, wrap_lines
 
     schema = ctx.app().schema
     columns = terminal_width(width, isatty=sys.stdout.isatty(), environ=os.environ)
     last: list[Snapshot] = []
 
-    def draw(queues: Any, workers: Any, breakers: Any, database: Any) -> None:
+    def draw(queues: Any, workers: Any, breakers: Any, database: Any, durable: Any) -> None:
         now = Snapshot.take(time.monotonic(), queues, workers)
         rates = Rates.between(last[0], now) if last else None
         last[:] = [now]
         if as_json:
-            data = status_dict(queues, workers, schema=schema, breakers=breakers, rates=rates, database=database)
+            data = status_dict(
+                queues, workers, schema=schema, breakers=breakers, rates=rates, database=database, durable=durable
+            )
             click.echo(json.dumps(data) if watch is not None else json.dumps(data, indent=2))
         else:
             text = render_status(
-                queues, workers, schema=schema, breakers=breakers, width=columns, rates=rates, database=database
+                queues,
+                workers,
+                schema=schema,
+                breakers=breakers,
+                width=columns,
+                rates=rates,
+                database=database,
+                durable=durable,
             )
             if watch is not None:
                 if sys.stdout.isatty():
@@ -89,6 +99,7 @@ def status(ctx: CliContext, as_json: bool, watch: float | None, width: int | Non
             await app.driver.list_workers(),
             await app.list_breakers(),
             await app.driver.database_health(),
+            await app.driver.durable_overview(limit=PROGRESS_ROWS),
         )
 
     async def body(app: App) -> None:

@@ -28,6 +28,7 @@ from .._models import (
     Completion,
     DashboardCounts,
     DatabaseHealth,
+    DurableOverview,
     GraphNode,
     Job,
     JobBatch,
@@ -295,6 +296,11 @@ class Driver(Protocol):
 
     async def job_steps(self, job_id: int) -> list[JobStep]:
         """The steps job *job_id* recorded, by position ([] for none, or no such job)."""
+
+    async def durable_overview(self, *, limit: int) -> DurableOverview:
+        """Up to *limit* executing jobs that report progress (by id), how many do in all, and how many
+        jobs a durable sleep and an event wait hold ``scheduled``; read through the partial indexes
+        of executing and due jobs and of event waits, never the whole table."""
 
     async def record_step(
         self,

@@ -14,6 +14,8 @@ import attrs
 import jinja2
 
 from .._dsn import redact as redact_dsn
+from .._models import JobStep
+from .._status import progress_text, step_outcome
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -61,6 +63,14 @@ def _pretty(value: Any) -> str:
     return json.dumps(jsonable(value), indent=2, sort_keys=True, ensure_ascii=False)
 
 
+#: A step's result or error is shortened to this many characters on the job page (the JSON twin has it whole).
+STEP_PREVIEW = 120
+
+
+def _outcome(step: JobStep) -> str:
+    return step_outcome(step, STEP_PREVIEW)
+
+
 def make_environment() -> jinja2.Environment:
     """The dashboard's Jinja2 environment: templates of ``web/templates``, autoescaped."""
     env = jinja2.Environment(
@@ -73,4 +83,6 @@ def make_environment() -> jinja2.Environment:
     env.filters["time"] = _time
     env.filters["pretty"] = _pretty
     env.filters["nodsn"] = redact_dsn
+    env.filters["progress"] = progress_text
+    env.filters["outcome"] = _outcome
     return env

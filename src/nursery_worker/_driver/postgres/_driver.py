@@ -33,6 +33,7 @@ from ..._models import (
     Completion,
     DashboardCounts,
     DatabaseHealth,
+    DurableOverview,
     GraphNode,
     Job,
     JobBatch,
@@ -1245,6 +1246,9 @@ class PostgresDriver(PostgresConnections):
 
     async def job_steps(self, job_id: int) -> list[JobStep]:
         return _steps.steps_from_rows(await self._direct(self._steps.steps, {"id": job_id}))
+
+    async def durable_overview(self, *, limit: int) -> DurableOverview:
+        return await self._hop(lambda c: _steps.durable_overview(c, self._steps, limit=limit))
 
     async def record_step(
         self,

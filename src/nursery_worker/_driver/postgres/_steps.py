@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..._models import JobStep, Lease, WaitResult
+from ..._models import DurableOverview, JobStep, Lease, ProgressRow, WaitResult
 from ..._state import ErrorInfo
-from .._common import FOREVER, STEP_COLUMNS, error_entry, step_from_row
+from .._common import FOREVER, STEP_COLUMNS, error_entry, job_progress, step_from_row
 
 # The job row, locked, if the lease still holds it; with its cancel request and the clock.
 _SQL_LOCK_LEASE = """
@@ -95,6 +95,21 @@ WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s AND worker_i
   AND attempted_at IS NOT DISTINCT FROM %(lease)s
 RETURNING 1
 """
+# Executing jobs that report progress (jobs_executing_idx holds every executing job), and the
+# suspended ones by kind: sleeps through jobs_due_idx (scheduled and retryable jobs), event waits
+# through jobs_wait_event_idx.
+_SQL_PROGRESSING = """
+SELECT id, task, queue, progress FROM {s}.jobs
+WHERE state = 'executing' AND progress IS NOT NULL
+ORDER BY id
+LIMIT %(limit)s
+"""
+_SQL_DURABLE_COUNTS = """
+SELECT
+    (SELECT count(*) FROM {s}.jobs WHERE state = 'executing' AND progress IS NOT NULL),
+    (SELECT count(*) FROM {s}.jobs WHERE state = 'scheduled' AND wait_step IS NOT NULL AND wait_event IS NULL),
+    (SELECT count(*) FROM {s}.jobs WHERE state = 'scheduled' AND wait_event IS NOT NULL)
+"""
 # Events nobody needs any more: old, and no suspended job waits for them.
 _SQL_PRUNE_EVENTS = """
 WITH doomed AS (
@@ -129,6 +144,8 @@ class StepQueries:
         self.wake = q(_SQL_WAKE)
         self.progress = q(_SQL_PROGRESS)
         self.prune_events = q(_SQL_PRUNE_EVENTS)
+        self.progressing = q(_SQL_PROGRESSING)
+        self.durable_counts = q(_SQL_DURABLE_COUNTS)
 
 
 def lease_params(lease: Lease) -> dict[str, Any]:
@@ -143,6 +160,24 @@ def _same(value: Any) -> Any:
 def steps_from_rows(rows: list[Any]) -> list[JobStep]:
     """The job's steps from the rows of ``q.steps``."""
     return [step_from_row(r, time=_same, loads=_same) for r in rows]
+
+
+def durable_overview(c: psycopg.Connection[Any], q: StepQueries, *, limit: int) -> DurableOverview:
+    """Executing jobs' progress and the counts of suspended jobs (see ``Driver.durable_overview``)."""
+    rows = c.execute(q.progressing, {"limit": limit}).fetchall()
+    counts = c.execute(q.durable_counts).fetchone()
+    assert counts is not None  # scalar subqueries always give their row
+    progress = []
+    for job_id, task, queue, value in rows:
+        reported = job_progress(value)
+        if reported is not None:
+            progress.append(ProgressRow(job_id=int(job_id), task=str(task), queue=str(queue), progress=reported))
+    return DurableOverview(
+        progress=tuple(progress),
+        reporting=int(counts[0]),
+        sleeping=int(counts[1]),
+        waiting_for_events=int(counts[2]),
+    )
 
 
 def record_params(

@@ -44,6 +44,7 @@ from ..._models import (
     Completion,
     DashboardCounts,
     DatabaseHealth,
+    DurableOverview,
     GraphNode,
     Job,
     JobBatch,
@@ -893,6 +894,9 @@ class SqliteDriver(SqliteConnections):
         if not _is_id(job_id):
             return []
         return await self._hop(lambda tx: _steps.read_steps(tx, job_id), write=False)
+
+    async def durable_overview(self, *, limit: int) -> DurableOverview:
+        return await self._hop(lambda tx: _steps.durable_overview(tx, limit=limit), write=False)
 
     async def record_step(
         self,

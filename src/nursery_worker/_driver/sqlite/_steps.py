@@ -11,9 +11,9 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..._models import JobStep, Lease, WaitResult
+from ..._models import DurableOverview, JobStep, Lease, ProgressRow, WaitResult
 from ..._state import ErrorInfo
-from .._common import FOREVER, STEP_COLUMNS, error_entry, step_from_row
+from .._common import FOREVER, STEP_COLUMNS, error_entry, job_progress, step_from_row
 from ._time import from_us, iso, to_us
 
 if TYPE_CHECKING:
@@ -63,6 +63,19 @@ WHERE state = 'scheduled' AND wait_event = :key
 RETURNING queue
 """
 _SQL_PROGRESS = "UPDATE {jobs} SET progress = :progress WHERE " + _GUARD
+# As PostgreSQL's (postgres/_steps.py): through the partial indexes of executing, due and event-waiting jobs.
+_SQL_PROGRESSING = """
+SELECT id, task, queue, progress FROM {jobs}
+WHERE state = 'executing' AND progress IS NOT NULL
+ORDER BY id
+LIMIT :limit
+"""
+_SQL_DURABLE_COUNTS = """
+SELECT
+    (SELECT count(*) FROM {jobs} WHERE state = 'executing' AND progress IS NOT NULL),
+    (SELECT count(*) FROM {jobs} WHERE state = 'scheduled' AND wait_step IS NOT NULL AND wait_event IS NULL),
+    (SELECT count(*) FROM {jobs} WHERE state = 'scheduled' AND wait_event IS NOT NULL)
+"""
 _SQL_PRUNE_EVENTS = """
 DELETE FROM {durable_events} WHERE key IN (
     SELECT key FROM {durable_events} AS e
@@ -86,6 +99,8 @@ STATEMENTS = {
     "event_wake": _SQL_WAKE,
     "progress": _SQL_PROGRESS,
     "prune_durable_events": _SQL_PRUNE_EVENTS,
+    "progressing": _SQL_PROGRESSING,
+    "durable_counts": _SQL_DURABLE_COUNTS,
 }
 
 
@@ -106,6 +121,23 @@ def read_steps(tx: Tx, job_id: int) -> list[JobStep]:
     """The job's steps, by position."""
     rows = tx.execute("steps", {"id": job_id}).fetchall()
     return [step_from_row(r, time=from_us, loads=_loads) for r in rows]
+
+
+def durable_overview(tx: Tx, *, limit: int) -> DurableOverview:
+    """Executing jobs' progress and the counts of suspended jobs (see ``Driver.durable_overview``)."""
+    rows = tx.execute("progressing", {"limit": limit}).fetchall()
+    counts = tx.execute("durable_counts", {}).fetchone()
+    progress = []
+    for job_id, task, queue, value in rows:
+        reported = job_progress(_loads(value))
+        if reported is not None:
+            progress.append(ProgressRow(job_id=int(job_id), task=str(task), queue=str(queue), progress=reported))
+    return DurableOverview(
+        progress=tuple(progress),
+        reporting=int(counts[0]),
+        sleeping=int(counts[1]),
+        waiting_for_events=int(counts[2]),
+    )
 
 
 def record_step(

@@ -1,13 +1,17 @@
-"""Page 3, one job: its timeline of states and attempts, args, result, dependencies and
-dependants, trace id, and why it is not running; and its actions (retry, cancel, delete, run now)."""
+"""Page 3, one job: its timeline of states and attempts, its progress, what it waits for and its
+durable steps, args, result, dependencies and dependants, trace id, and why it is not running; and
+its actions (retry, cancel, delete, run now)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from ..._diagnose import diagnose
 from ..._errors import JobNotFound
-from ..._models import Job
+from ..._models import Job, JobStep
+from ..._status import waiting_text
 from .._page import Action, Done, Page, View
 from .._request import PageRequest
 
@@ -46,6 +50,14 @@ def timeline(job: Job) -> list[dict[str, Any]]:
     return sorted(({"traceback": "", **e} for e in events if e["at"] is not None), key=lambda e: e["at"])
 
 
+def shown_steps(req: PageRequest, job: Job, steps: list[JobStep]) -> list[JobStep]:
+    """*steps* with their results passed through the redaction hook, as the job's result is."""
+    redact = req.options.redact
+    if redact is None:
+        return steps
+    return [s if s.result is None else attrs.evolve(s, result=redact(job.task, s.result)) for s in steps]
+
+
 async def job_page(req: PageRequest) -> View:
     """The job's page; a 404 page if there is no such job."""
     job_id = req.path_int("job_id")
@@ -58,6 +70,7 @@ async def job_page(req: PageRequest) -> View:
         except JobNotFound:
             dependencies.append(dep)
     dependants = await req.read(lambda: req.admin.job_dependants(job_id, limit=RELATED, time_limit=limit))
+    steps = await req.read(lambda: req.admin.get_steps(job_id))
     trace = (job.trace_context or {}).get("traceparent")
     trace_id = trace.split("-")[1] if trace and trace.count("-") >= 3 else None
     shown = req.show(job)
@@ -70,6 +83,8 @@ async def job_page(req: PageRequest) -> View:
             "dependencies": dependencies,
             "dependants": [req.show(d) for d in dependants],
             "trace_id": trace_id,
+            "steps": shown_steps(req, job, steps),
+            "waiting": None if job.waiting is None else waiting_text(job.waiting),
         },
         title=f"Job {job.id}",
     )

@@ -12,11 +12,14 @@ from ._common import FINISHED, STATES, WAITING, read_counts
 
 #: A worker whose heartbeat is older than this is stale (the default ``rescue_after``).
 STALE_AFTER = 15.0
+#: The most executing jobs whose progress the overview lists.
+PROGRESS_ROWS = 10
 
 
 async def overview(req: PageRequest) -> View:
-    """Counts by state per queue, throughput and failure rate, lag, recent failures, attention, and the
-    database's health line (the oldest transaction and dead tuples, or SQLite's WAL size)."""
+    """Counts by state per queue, throughput and failure rate, lag, recent failures, attention, the
+    database's health line (the oldest transaction and dead tuples, or SQLite's WAL size), and the
+    durable jobs: how many sleep or wait for an event, and the progress of executing ones."""
     counts = await read_counts(req)
     limit = req.options.statement_timeout
     failures = await req.read(
@@ -27,6 +30,7 @@ async def overview(req: PageRequest) -> View:
     workers = await req.read(req.admin.list_workers)
     breakers = await req.read(req.admin.list_breakers)
     health = await req.read(req.admin.database_health)
+    durable = await req.read(lambda: req.admin.durable_overview(limit=min(PROGRESS_ROWS, req.options.row_cap)))
     now = counts.now
     finished = {(c.state, c.window): c for c in counts.finished}
     rates: list[dict[str, Any]] = []
@@ -76,6 +80,7 @@ async def overview(req: PageRequest) -> View:
             "failures": [req.show(j) for j in failures],
             "attention": attention,
             "workers": workers,
+            "durable": durable,
             "database": render_database(health).splitlines()[0].removeprefix("WARNING "),
         },
     )
