@@ -307,6 +307,8 @@ class Session:
         self.final_timeout = final_timeout
         self.clock = clock
         self._steps: dict[str, JobStep] | None = None
+        self._load_lock = anyio.Lock()
+        self._next = 0  # the position of the next new step
         self._used: set[str] = set()
         self._counters: dict[str, int] = {}
         self._progress_at = -math.inf
@@ -316,7 +318,12 @@ class Session:
 
     async def _loaded(self) -> dict[str, JobStep]:
         if self._steps is None:
-            self._steps = {s.name: s for s in await self.store.load()}
+            # Steps run concurrently (in a task group of the job's) read them once between them.
+            async with self._load_lock:
+                if self._steps is None:
+                    stored = await self.store.load()
+                    self._next = max((s.position for s in stored), default=-1) + 1
+                    self._steps = {s.name: s for s in stored}
         return self._steps
 
     def _claim(self, name: str, *, where: str) -> None:
@@ -337,7 +344,9 @@ class Session:
         found = steps.get(name)
         if found is not None:
             return found.position
-        return max((s.position for s in steps.values()), default=-1) + 1
+        # Taken at once (no await in between): concurrent steps get positions of their own.
+        position, self._next = self._next, self._next + 1
+        return position
 
     async def _shielded(self, call: Callable[[], Awaitable[R]]) -> R:
         # A step's record is the final write of work already done: a shutdown must not cut it off.
