@@ -195,7 +195,10 @@ def migrated_schema(dsn: str, prefix: str = "bench") -> Iterator[str]:
 
 def truncate_jobs(dsn: str, schema: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("TRUNCATE {}.jobs, {}.workers").format(sql.Identifier(schema), sql.Identifier(schema)))
+        # CASCADE: the durable steps (migration 11) reference their jobs.
+        conn.execute(
+            sql.SQL("TRUNCATE {}.jobs, {}.workers CASCADE").format(sql.Identifier(schema), sql.Identifier(schema))
+        )
 
 
 def count_states(dsn: str, schema: str) -> dict[str, int]:
