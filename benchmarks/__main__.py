@@ -1,7 +1,8 @@
 """The benchmark harness of issue 3: ``python -m benchmarks`` (or ``nox -s bench``).
 
 Sections: enqueue, throughput, latency, scaling, growth, peers, baseline, levers (and storage, a
-part of levers that ``--only storage`` runs alone), bloat (a long transaction under a steady load, on
+part of levers that ``--only storage`` runs alone), steps (a job of 10 durable steps against one of
+10 plain calls, on PostgreSQL and SQLite), bloat (a long transaction under a steady load, on
 a private PostgreSQL server: ``benchmarks/bloat.py``). Every figure is the median of ``--reps``
 repetitions; every run verifies its result in the database (all jobs really completed) and the
 harness exits 1 if any verification failed. Prints markdown tables and writes JSON
@@ -11,6 +12,7 @@ repetition, the medians and the targets with their ratios.
     python -m benchmarks                      # full run, about 18 minutes on 2 quiet cores
     python -m benchmarks --quick              # every section on a small N, one repetition (< 1 min + peer install)
     python -m benchmarks --only throughput,latency --reps 5
+    python -m benchmarks --only steps         # the step overhead (benchmarks/steps.py); --step-jobs N
     python -m benchmarks --no-peers --dsn postgresql://postgres@127.0.0.1:5432/test
     python -m benchmarks soak --minutes 10    # the soak (benchmarks/soak.py): kills, restarts, an audit
 """
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import baseline, bloat, enqueue, growth, latency, levers, peers, scaling, storage, throughput
+from . import baseline, bloat, enqueue, growth, latency, levers, peers, scaling, steps, storage, throughput
 from ._common import DEFAULT_DSN, DEFAULT_OUTPUT, FULL, QUICK, Report, dump_json, environment, loadavg, log
 from ._report import print_tables, targets
 
@@ -38,6 +40,7 @@ SECTIONS = {
     "peers": peers.run,
     "baseline": baseline.run,
     "levers": levers.run,
+    "steps": steps.run,
     "bloat": bloat.run,
     # Issue 21's storage levers alone; "levers" runs them too, so a full run leaves this one out.
     "storage": storage.run,
@@ -60,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL DSN (default $NURSERY_WORKER_BENCH_DSN, "
         "else $NURSERY_WORKER_TEST_DSN, else the local test database)",
     )
+    parser.add_argument(
+        "--step-jobs", type=int, default=None, help="jobs per run of the steps section (default 2,000, quick 200)"
+    )
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the JSON report")
     parser.add_argument("--no-peers", action="store_true", help="skip PgQueuer, Procrastinate and oban-py")
     parser.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's JSON report and exit")
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
         plan = dataclasses.replace(plan, reps=max(1, args.reps))
+    if args.step_jobs is not None:
+        plan = dataclasses.replace(plan, step_jobs=max(1, args.step_jobs))
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or [s for s in SECTIONS if s != "storage"]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:

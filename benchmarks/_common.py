@@ -51,6 +51,7 @@ class Plan:
     rss_jobs: int
     baseline_rows: int
     lever_rows: int
+    step_jobs: int  # jobs per run of the steps section (each of 10 steps, or of 10 plain calls)
 
 
 FULL = Plan(
@@ -71,6 +72,7 @@ FULL = Plan(
     rss_jobs=100_000,
     baseline_rows=100_000,
     lever_rows=20_000,
+    step_jobs=2_000,
 )
 QUICK = Plan(
     name="quick",
@@ -90,6 +92,7 @@ QUICK = Plan(
     rss_jobs=3_000,
     baseline_rows=5_000,
     lever_rows=2_000,
+    step_jobs=200,
 )
 
 
@@ -192,7 +195,10 @@ def migrated_schema(dsn: str, prefix: str = "bench") -> Iterator[str]:
 
 def truncate_jobs(dsn: str, schema: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("TRUNCATE {}.jobs, {}.workers").format(sql.Identifier(schema), sql.Identifier(schema)))
+        # CASCADE: the durable steps (migration 11) reference their jobs.
+        conn.execute(
+            sql.SQL("TRUNCATE {}.jobs, {}.workers CASCADE").format(sql.Identifier(schema), sql.Identifier(schema))
+        )
 
 
 def count_states(dsn: str, schema: str) -> dict[str, int]:

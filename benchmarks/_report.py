@@ -339,6 +339,36 @@ def _scaling(figures: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _steps(figures: list[dict[str, Any]]) -> list[str]:
+    """The steps section as one table: per engine and loop, both tasks' jobs/s and the overheads per step."""
+    rows = [f for f in figures if f["section"] == "steps" and f["reps"]]
+    if not rows:
+        return []
+    by = {(f["extra"]["engine"], f["backend"], f["name"].split(": ", 1)[1]): f for f in rows}
+    first = rows[0]["extra"]
+    per_job = first.get("steps_per_job", 10)
+    out = [
+        f"\n### Durable steps: a job of {per_job} steps against a job of {per_job} plain calls "
+        f"(N = {first.get('jobs', 0):,} jobs per run, concurrency {first.get('concurrency')})\n",
+        "| engine, loop | plain calls (jobs/s) | steps (jobs/s) | overhead, wall clock (µs/step) "
+        "| overhead, worker CPU (µs/step) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for engine, backend in dict.fromkeys((f["extra"]["engine"], f["backend"]) for f in rows):
+        label = next(f["name"].split(": ", 1)[0] for f in rows if f["extra"]["engine"] == engine)
+        cells = []
+        for suffix in (
+            f"job of {per_job} plain calls",
+            f"job of {per_job} steps",
+            "step overhead, wall clock",
+            "step overhead, worker CPU",
+        ):
+            f = by.get((engine, backend, suffix))
+            cells.append(_fmt(f["median"]) if f else "n/a")
+        out.append(f"| {label}, {backend} | " + " | ".join(cells) + " |")
+    return out
+
+
 def print_tables(data: dict[str, Any]) -> None:
     env = data["environment"]
     out: list[str] = []
@@ -390,6 +420,7 @@ def print_tables(data: dict[str, Any]) -> None:
             f"| {f['unit']} | {reps} | {'yes' if f['verified'] else 'NO'} |"
         )
     out.extend(_scaling(figures))
+    out.extend(_steps(figures))
     if data["targets"]:
         out.append("\n| target | measured | goal | ratio | met | basis |")
         out.append("|---|---:|---:|---:|---|---|")

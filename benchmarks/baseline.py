@@ -87,7 +87,7 @@ def claim_complete(
     """
     s = sql.Identifier(schema)
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
-        conn.execute(sql.SQL("TRUNCATE {}.jobs").format(s))
+        conn.execute(sql.SQL("TRUNCATE {}.jobs CASCADE").format(s))  # the steps reference the jobs
         if fillfactor is not None:
             conn.execute(sql.SQL("ALTER TABLE {}.jobs SET (fillfactor = {})").format(s, sql.Literal(fillfactor)))
         conn.execute(sql.SQL(_FILL).format(s=s), [rows])

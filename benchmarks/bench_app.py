@@ -1,4 +1,5 @@
-"""The tasks the harness runs: a no-op, a sleeping job, and a pickup-latency probe.
+"""The tasks the harness runs: a no-op, a sleeping job, a pickup-latency probe, and a job of durable
+steps beside one of plain calls (the steps section).
 
 ``app`` (for ``nursery-worker run --app benchmarks.bench_app:app`` and ``benchmarks/_runner.py``)
 takes its DSN and schema from ``$NURSERY_WORKER_DSN`` and ``$NURSERY_WORKER_SCHEMA``; the harness
@@ -13,12 +14,16 @@ import time
 
 import anyio
 
-from nursery_worker import App
+from nursery_worker import App, JobContext
 
 QUEUE = "bench"
 
 #: (seq, time.time() at the start of the job) of every probe job run by this process.
 probe_starts: list[tuple[int, float]] = []
+
+
+async def nothing() -> None:
+    """What each step (or plain call) of the steps section runs."""
 
 
 def build_app(dsn: str | None = None, schema: str | None = None, **options: object) -> App:
@@ -37,6 +42,18 @@ def build_app(dsn: str | None = None, schema: str | None = None, **options: obje
         # The first thing the job does: take the wall clock. The producer takes the same clock
         # (same machine) right after its defer() returned, i.e. after the commit was acknowledged.
         probe_starts.append((seq, time.time()))
+
+    # The steps section: the same job, its n calls durable steps or plain awaits. Both take the
+    # context, so the steps are the only difference.
+    @app.task(name="bench.steps", queue=QUEUE)
+    async def steps(context: JobContext, n: int = 10, i: int = 0) -> None:
+        for k in range(n):
+            await context.step(f"s{k}", nothing)
+
+    @app.task(name="bench.calls", queue=QUEUE)
+    async def calls(context: JobContext, n: int = 10, i: int = 0) -> None:
+        for _ in range(n):
+            await nothing()
 
     @app.on_shutdown
     async def dump_probes() -> None:

@@ -25,7 +25,7 @@ SECTION = "levers"
 
 
 def _truncate(conn: psycopg.Connection[Any], s: sql.Identifier) -> None:
-    conn.execute(sql.SQL("TRUNCATE {}.jobs CASCADE").format(s))
+    conn.execute(sql.SQL("TRUNCATE {}.jobs CASCADE").format(s))  # the steps reference the jobs
 
 
 # --- bulk insert --------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def round_trips(dsn: str, plan: Plan, report: Report) -> None:
                     ok = out["completed"] == n
                 else:
                     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
-                        conn.execute(sql.SQL("TRUNCATE {}.jobs CASCADE").format(s))
+                        conn.execute(sql.SQL("TRUNCATE {}.jobs CASCADE").format(s))  # the steps reference the jobs
                         conn.execute(sql.SQL(baseline._FILL).format(s=s), [n])
                         conn.execute(sql.SQL("VACUUM ANALYZE {}.jobs").format(s))
                         ids: list[int] = []

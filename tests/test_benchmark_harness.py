@@ -36,7 +36,7 @@ def test_quick_harness_runs_and_verifies(tmp_path: Path, dsn: str) -> None:
     env = report["environment"]
     assert env["cpu_count"] >= 1 and env["postgresql"] and env["packages"]["psycopg"]
     sections = {f["section"] for f in report["figures"]}
-    assert sections - {"bloat"} == {"enqueue", "throughput", "latency", "scaling", "growth", "baseline"}
+    assert sections - {"bloat"} == {"enqueue", "throughput", "latency", "scaling", "growth", "baseline", "steps"}
     # The bloat section needs a private PostgreSQL server (initdb): without one it says why it skipped.
     assert "bloat" in sections or any(s["what"] == "bloat" for s in report["skipped"])
     assert all(f["verified"] and f["reps"] and f["median"] is not None for f in report["figures"])
@@ -56,6 +56,49 @@ def test_quick_harness_runs_and_verifies(tmp_path: Path, dsn: str) -> None:
     assert any(t["target"].startswith("trio within 15%") for t in report["targets"])
     assert "| target |" in proc.stdout
     assert "### Scaling" in proc.stdout
+
+
+@pytest.mark.slow
+def test_steps_section_measures_both_tasks_on_both_engines_and_loops(tmp_path: Path, dsn: str) -> None:
+    """`--only steps` runs both jobs on PostgreSQL and SQLite under both loops, verifies them and prints its table."""
+    output = tmp_path / "steps.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--only",
+            "steps",
+            "--quick",
+            "--step-jobs",
+            "20",
+            "--dsn",
+            dsn,
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert report["plan"]["step_jobs"] == 20
+    assert report["verification"] == {"passed": True, "failures": []}
+    figures = {(f["name"], f["backend"]): f for f in report["figures"]}
+    assert {f["section"] for f in report["figures"]} == {"steps"}
+    for engine in ("PostgreSQL", "SQLite"):
+        for backend in ("asyncio", "trio"):
+            for name in ("job of 10 plain calls", "job of 10 steps"):
+                fig = figures[f"{engine}: {name}", backend]
+                assert fig["unit"] == "jobs/s" and fig["verified"] and fig["median"] > 0
+            for name in ("step overhead, wall clock", "step overhead, worker CPU"):
+                fig = figures[f"{engine}: {name}", backend]
+                assert fig["unit"] == "µs/step" and fig["median"] is not None
+    assert "### Durable steps" in proc.stdout
+    assert "| SQLite, trio |" in proc.stdout
 
 
 def test_unknown_section_is_refused() -> None:

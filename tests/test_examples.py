@@ -53,6 +53,7 @@ def drop(schema: str) -> None:
         ("dashboard", "example_dashboard", "job page: 200 True False"),
         ("bulk_operations", "example_bulk_ops", "deleted 2400 cancelled job(s) and job"),
         ("typed_tasks", "example_typed", "add(2, b=3) -> 5; word_count -> [('be', 2),"),
+        ("order_flow", "example_order_flow", "payment API called 1 time(s), carrier API 2 time(s)"),
     ],
 )
 def test_example_runs_and_prints_its_result(module: str, schema: str, expected: str) -> None:
