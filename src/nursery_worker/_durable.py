@@ -37,13 +37,14 @@ import anyio
 
 from ._errors import ConfigurationError, NurseryWorkerError
 from ._json import check_json, check_result_size
-from ._models import JobStep, Lease, WaitResult
+from ._models import JobStep, Lease, StepRecord, WaitResult
 from ._outcomes import JobOutcome
 from ._state import ErrorInfo, Suspended, error_info
 
 if TYPE_CHECKING:
     from ._context import JobContext
     from ._driver import Driver
+    from ._stepwriter import StepWriter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -142,11 +143,13 @@ class Store(Protocol):
 
 
 class DatabaseStore:
-    """The steps of one attempt in the database, every write guarded by its *lease*."""
+    """The steps of one attempt in the database, every write guarded by its *lease*; step records
+    go through the worker's *writer* (batched with other jobs'), or alone without one."""
 
-    def __init__(self, driver: Driver, lease: Lease) -> None:
+    def __init__(self, driver: Driver, lease: Lease, writer: StepWriter | None = None) -> None:
         self.driver = driver
         self.lease = lease
+        self.writer = writer
 
     async def load(self) -> list[JobStep]:
         return await self.driver.job_steps(self.lease.job_id)
@@ -154,6 +157,16 @@ class DatabaseStore:
     async def record(
         self, *, name: str, position: int, result_json: str | None, error: ErrorInfo | None, duration: float
     ) -> bool:
+        if self.writer is not None:
+            record = StepRecord(
+                lease=self.lease,
+                name=name,
+                position=position,
+                result_json=result_json,
+                error=error,
+                duration=duration,
+            )
+            return await self.writer.record(record)
         return await self.driver.record_step(
             self.lease, name=name, position=position, result_json=result_json, error=error, duration=duration
         )

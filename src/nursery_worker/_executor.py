@@ -56,6 +56,7 @@ from ._state import (
     decide,
     error_info,
 )
+from ._stepwriter import StepWriter
 from ._task import Task, encode_result
 from ._tracing import process_span, tracing_active
 
@@ -123,6 +124,8 @@ class Executor:
         self._unwritten: dict[tuple[int, int, dt.datetime | None], tuple[Job, Outcome, float]] = {}
         #: The finished attempts whose outcome took effect, for the metric rollups (``_rollup.py``).
         self.rollups = RollupCounter()
+        #: Writes the step records of this worker's durable jobs together.
+        self.steps = StepWriter(completer.driver)
 
     def start(self, jobs: JobGroup, batch: Sequence[Job]) -> None:
         """Run each job of *batch* (one claim) as a task of *jobs*, under a cancel scope of its own."""
@@ -203,6 +206,7 @@ class Executor:
             DatabaseStore(
                 self.completer.driver,
                 Lease(job_id=job.id, attempt=job.attempt, worker_id=self.worker_id, attempted_at=claimed),
+                self.steps,
             ),
             job_id=job.id,
             attempt=job.attempt,

@@ -227,6 +227,19 @@ class Lease:
 
 
 @attrs.frozen(kw_only=True)
+class StepRecord:
+    """One run of a step to store, guarded by its attempt's *lease* (``Driver.record_steps``):
+    completed with ``result_json``, or failed with ``error`` (an ``ErrorInfo``)."""
+
+    lease: Lease
+    name: str
+    position: int
+    result_json: str | None
+    error: Any
+    duration: float
+
+
+@attrs.frozen(kw_only=True)
 class WaitResult:
     """What :meth:`Driver.wait_step` did.
 

@@ -51,6 +51,7 @@ from .._models import (
     RescueResult,
     RollupRead,
     RollupRow,
+    StepRecord,
     TaskLimits,
     WaitResult,
     WorkerInfo,
@@ -315,6 +316,10 @@ class Driver(Protocol):
         """Store step *name* of the job as completed with *result_json* or, given *error*, as failed,
         guarded by *lease* (the row lock serialises it with a rescue); a completed step never changes.
         Return False, having written nothing, when the attempt is no longer the lease's."""
+
+    async def record_steps(self, records: Sequence[StepRecord]) -> list[bool]:
+        """:meth:`record_step` of each of *records* (of any jobs, each step at most once), in one
+        statement: whether each was written, in order."""
 
     async def wait_step(
         self,

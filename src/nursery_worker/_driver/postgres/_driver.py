@@ -59,6 +59,7 @@ from ..._models import (
     RollupBucket,
     RollupRead,
     RollupRow,
+    StepRecord,
     TaskLimits,
     WaitResult,
     WorkerInfo,
@@ -1264,6 +1265,34 @@ class PostgresDriver(PostgresConnections):
             lease, name=name, position=position, result_json=result_json, error=error, duration=duration
         )
         return bool(await self._direct(self._steps.record, params))
+
+    async def record_steps(self, records: Sequence[StepRecord]) -> list[bool]:
+        if len(records) == 1:
+            r = records[0]
+            one = await self.record_step(
+                r.lease,
+                name=r.name,
+                position=r.position,
+                result_json=r.result_json,
+                error=r.error,
+                duration=r.duration,
+            )
+            return [one]
+        leases = [r.lease for r in records]
+        params = {
+            "ids": _int_array([x.job_id for x in leases]),
+            "attempts": _int_array([x.attempt for x in leases]),
+            "workers": _text_array([x.worker_id for x in leases]),
+            "leases": _time_array([x.attempted_at for x in leases]),
+            "names": _text_array([r.name for r in records]),
+            "positions": _int_array([r.position for r in records]),
+            "states": _text_array(["failed" if r.error is not None else "completed" for r in records]),
+            "results": _text_array([r.result_json if r.error is None else None for r in records]),
+            "errors": _text_array([None if r.error is None else error_entry(r.error) for r in records]),
+            "durations": _float_array([r.duration for r in records]),
+        }
+        written = {(int(row[0]), str(row[1])) for row in await self._direct(self._steps.record_many, params)}
+        return [(r.lease.job_id, r.name) in written for r in records]
 
     async def wait_step(
         self,

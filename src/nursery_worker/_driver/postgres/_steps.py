@@ -47,6 +47,27 @@ SET state = excluded.state, attempt = excluded.attempt, runs = st.runs + 1, resu
 WHERE st.state = 'failed'
 RETURNING 1
 """
+# Many runs of steps (of any jobs of one worker) in one statement: _SQL_RECORD for each row.
+_SQL_RECORD_MANY = """
+WITH u AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(workers)s::text[], %(leases)s::timestamptz[],
+                         %(names)s::text[], %(positions)s::int[], %(states)s::text[], %(results)s::text[],
+                         %(errors)s::text[], %(durations)s::float8[])
+         AS u(id, attempt, worker, lease, name, position, state, result, error, duration)
+), held AS (
+    SELECT u.* FROM u JOIN {s}.jobs AS j ON j.id = u.id
+    WHERE j.state = 'executing' AND j.attempt = u.attempt AND j.worker_id = u.worker
+      AND j.attempted_at IS NOT DISTINCT FROM u.lease
+    FOR SHARE OF j
+)
+INSERT INTO {s}.steps AS st (job_id, name, position, state, attempt, result, error, duration, updated_at)
+SELECT id, name, position, state, attempt, result::jsonb, error::jsonb, duration, now() FROM held
+ON CONFLICT (job_id, name) DO UPDATE
+SET state = excluded.state, attempt = excluded.attempt, runs = st.runs + 1, result = excluded.result,
+    error = excluded.error, duration = excluded.duration, updated_at = excluded.updated_at
+WHERE st.state = 'failed'
+RETURNING st.job_id, st.name
+"""
 # A wait's step, written under the job row's lock (taken by _SQL_LOCK_LEASE).
 _SQL_WAIT_STEP = """
 INSERT INTO {s}.steps AS st (job_id, name, position, state, attempt, result, wake_at, event, updated_at, runs)
@@ -137,6 +158,7 @@ class StepQueries:
         self.steps = q(_SQL_STEPS)
         self.step = q(_SQL_STEP)
         self.record = q(_SQL_RECORD)
+        self.record_many = q(_SQL_RECORD_MANY)
         self.wait_step = q(_SQL_WAIT_STEP)
         self.suspend = q(_SQL_SUSPEND)
         self.event_hold = q(_SQL_EVENT_HOLD)

@@ -68,6 +68,7 @@ from ..._models import (
     RollupBucket,
     RollupRead,
     RollupRow,
+    StepRecord,
     TaskLimits,
     WaitResult,
     WorkerInfo,
@@ -913,6 +914,23 @@ class SqliteDriver(SqliteConnections):
                 tx, lease, name=name, position=position, result_json=result_json, error=error, duration=duration
             )
         )
+
+    async def record_steps(self, records: Sequence[StepRecord]) -> list[bool]:
+        def write(tx: Tx) -> list[bool]:
+            return [
+                _steps.record_step(
+                    tx,
+                    r.lease,
+                    name=r.name,
+                    position=r.position,
+                    result_json=r.result_json,
+                    error=r.error,
+                    duration=r.duration,
+                )
+                for r in records
+            ]
+
+        return await self._hop(write)
 
     async def wait_step(
         self,
