@@ -157,7 +157,7 @@ class JobContext:
         A durable sleep ends this attempt without using it up: the job is ``scheduled`` until the
         sleep's end, its slot freed, and runs again then, from the top, its completed steps returning
         their stored results, and this sleep returning at once. The end is stored at the first call,
-        so a job that runs again before it (``jobs run-now``) goes back to sleep until then. A
+        so a job that runs again before it (the dashboard's "Run now") goes back to sleep until then. A
         shorter sleep waits in the worker (``anyio.sleep``).
 
         Args:
