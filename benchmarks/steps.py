@@ -117,24 +117,19 @@ def run(dsn: str, plan: Plan, report: Report) -> None:
                     higher_is_better=True,
                     extra={**extra, "window": "the worker's own window, RUNNING to STOPPED"},
                 )
-            figs[engine, backend, "wall"] = report.figure(
-                section=SECTION,
-                name=names["wall"],
-                system="nursery-worker",
-                backend=backend,
-                unit="µs/step",
-                higher_is_better=False,
-                extra={**extra, "formula": "(t_steps - t_plain) / (jobs × steps per job), the worker's windows"},
-            )
-            figs[engine, backend, "cpu"] = report.figure(
-                section=SECTION,
-                name=names["cpu"],
-                system="nursery-worker",
-                backend=backend,
-                unit="µs/step",
-                higher_is_better=False,
-                extra={**extra, "formula": "(cpu_steps - cpu_plain) / (jobs × steps per job), the worker process"},
-            )
+            for kind, formula in (
+                ("wall", "(t_steps - t_plain) / (jobs × steps per job), the worker's windows"),
+                ("cpu", "(cpu_steps - cpu_plain) / (jobs × steps per job), the worker process"),
+            ):
+                figs[engine, backend, kind] = report.figure(
+                    section=SECTION,
+                    name=names[kind],
+                    system="nursery-worker",
+                    backend=backend,
+                    unit="µs/step",
+                    higher_is_better=False,
+                    extra={**extra, "formula": formula},
+                )
     total_steps = n * STEPS_PER_JOB
     for rep in range(plan.reps):
         # Alternate the order of the loops and of the two tasks, so drift in the machine's load falls on both.

@@ -38,7 +38,7 @@ import anyio
 from ._errors import ConfigurationError, NurseryWorkerError
 from ._json import check_json, check_result_size
 from ._models import JobStep, Lease, StepRecord, WaitResult
-from ._outcomes import JobOutcome
+from ._outcomes import JobOutcome, check_seconds
 from ._state import ErrorInfo, Suspended, error_info
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ PROGRESS_INTERVAL = 1.0
 MAX_NAME = 200
 MAX_KEY = 500
 MAX_NOTE = 500
-_MAX_SECONDS = 100 * 365.25 * 86400
 
 
 class AttemptLost(BaseException):
@@ -228,16 +227,6 @@ class MemoryStore:
     async def progress(self, *, done: float, total: float | None, note: str | None) -> bool:
         self.reports.append((done, total, note))
         return True
-
-
-def _seconds(value: object, *, where: str) -> float:
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"{where}: {value!r} must be a number of seconds >= 0 or a timedelta")
-    if value > _MAX_SECONDS:
-        raise ConfigurationError(f"{where}: {value!r} seconds is more than 100 years; pass a shorter wait")
-    return float(value)
 
 
 def _text(value: object, *, what: str, where: str, limit: int) -> str:
@@ -445,7 +434,7 @@ class Session:
 
     async def sleep(self, seconds: float | dt.timedelta, name: str | None) -> None:
         """Sleep *seconds*, durably beyond the threshold (see ``JobContext.sleep``)."""
-        delay = _seconds(seconds, where="context.sleep(seconds)")
+        delay = check_seconds(seconds, where="context.sleep(seconds)")
         await self._sleep(name, delay=delay, until=None, where="context.sleep")
 
     async def sleep_until(self, when: dt.datetime, name: str | None) -> None:
@@ -480,7 +469,7 @@ class Session:
     ) -> Any:
         """Wait durably for event *key* (see ``JobContext.wait_for_event``)."""
         check_event_key(key, where="context.wait_for_event(key)")
-        delay = None if timeout is None else _seconds(timeout, where="context.wait_for_event(timeout=...)")
+        delay = None if timeout is None else check_seconds(timeout, where="context.wait_for_event(timeout=...)")
         if name is None:
             name = f"event:{key}"[:MAX_NAME]
         else:

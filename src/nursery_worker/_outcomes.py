@@ -14,7 +14,13 @@ from ._errors import ConfigurationError
 _MAX_SECONDS = 100 * 365.25 * 86400
 
 
-def _seconds(value: object, *, where: str) -> float:
+def check_seconds(value: object, *, where: str) -> float:
+    """*value* (seconds >= 0, or a timedelta) as float seconds, at most 100 years.
+
+    Raises:
+        ConfigurationError: *value* is negative, not finite, not a time, or over 100 years; the
+            message names *where*.
+    """
     if isinstance(value, dt.timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -45,7 +51,7 @@ class Snooze(JobOutcome):
     """
 
     def __init__(self, seconds: float | dt.timedelta) -> None:
-        self.seconds = _seconds(seconds, where="Snooze(seconds)")
+        self.seconds = check_seconds(seconds, where="Snooze(seconds)")
         super().__init__(f"snoozed for {self.seconds:g}s")
 
 
@@ -78,7 +84,7 @@ class Retry(JobOutcome):
             self.seconds = max(0.0, (after - dt.datetime.now(dt.UTC)).total_seconds())
         else:
             self.at = None
-            self.seconds = _seconds(after, where="Retry(after)")
+            self.seconds = check_seconds(after, where="Retry(after)")
         self.reason = str(reason)
         super().__init__(self.reason)
 

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nursery_worker import App, JobState
 
-from ..conftest import ENGINES, TEST_DSN
+from ..conformance.conftest import app, engine, engine_dsn, engine_schema, make_app
 from ..integration.helpers import wait_for_state, wait_until
+
+__all__ = ["app", "engine", "engine_dsn", "engine_schema", "make_app"]  # the conformance suite's fixtures
 from .helpers import WorkerProcess, worker_env
 from .steps_app import TASK, read_ledger, release
 
@@ -39,41 +39,6 @@ WORKER_OPTIONS = (
     "--heartbeat-interval", "0.2", "--rescue-after", "2", "--reap-interval", "0.2", "--poll-interval", "0.2",
     "--promote-interval", "0.1", "--shutdown-timeout", "5",
 )  # fmt: skip
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest) -> str:
-    """The engine under test: ``postgres`` or ``sqlite``."""
-    return str(request.param)
-
-
-@pytest.fixture
-def engine_schema(engine: str) -> Iterator[str]:
-    """A fresh schema name (PostgreSQL: dropped after the test; SQLite: the tables' prefix in a fresh file)."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    yield name
-    if engine == "postgres":
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(TEST_DSN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def engine_dsn(engine: str, tmp_path: Path) -> str:
-    """The DSN of the test's database: the shared PostgreSQL server, or a SQLite file in ``tmp_path``."""
-    return TEST_DSN if engine == "postgres" else f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-
-
-@pytest.fixture
-def app(engine: str, engine_dsn: str, engine_schema: str) -> Iterator[App]:
-    """An App on the test's database (migrated on PostgreSQL; SQLite creates its tables on first use)."""
-    application = App(dsn=engine_dsn, schema=engine_schema)
-    if engine == "postgres":
-        application.migrate_sync()
-    yield application
-    application.close()
 
 
 async def _inside_step(worker: WorkerProcess, ledger: Path, step: int) -> None:
