@@ -133,7 +133,7 @@ class PostgresTable:
         self.conn = conn
 
     def reset(self) -> None:
-        self.conn.execute("TRUNCATE jobs, workers, queues RESTART IDENTITY")
+        self.conn.execute("TRUNCATE jobs, steps, durable_events, workers, queues RESTART IDENTITY")
 
     def rows(self) -> list[Row]:
         rows = self.conn.execute(
