@@ -530,7 +530,8 @@ class DurableModel(RuleBasedStateMachine):
     def _cancel(self, data: st.DataObject) -> None:
         """app.cancel: a waiting (or suspended) job is cancelled, an executing one asked to stop."""
         busy = sorted(i for i, j in self.jobs.items() if j.state in (JobState.EXECUTING, JobState.SCHEDULED))
-        pool = busy if busy and data.draw(st.booleans(), label="busy") else sorted(self.jobs)
+        prefer_busy: bool = data.draw(st.booleans(), label="busy")
+        pool = busy if busy and prefer_busy else sorted(self.jobs)
         job_id = data.draw(st.sampled_from(pool), label="job")
         job = self.jobs[job_id]
         answer = self.call(self.driver.cancel_job, job_id=job_id, error_cap=ERROR_CAP)
