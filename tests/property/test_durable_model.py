@@ -715,3 +715,31 @@ def test_a_cancelled_suspension_leaves_no_wait_behind(engine: tuple[App, Table],
         assert (snoozed.state, snoozed.waiting) == (JobState.SCHEDULED, None)
         assert call(driver.emit_event, key="paid", payload_json="1") is True
         assert call(driver.get_job, job_id=job.id).state is JobState.SCHEDULED
+
+
+def test_a_wait_that_takes_over_a_failed_steps_row_keeps_no_error(
+    engine: tuple[App, Table], anyio_backend: str
+) -> None:
+    """A sleep named like a step that failed before is stored without that step's error and duration."""
+    app, _ = engine
+
+    @app.task(name="model.durable")
+    async def durable() -> None: ...
+
+    driver = app.driver
+    with anyio.from_thread.start_blocking_portal(backend=anyio_backend) as portal:
+
+        def call(method: Callable[..., Any], **kwargs: Any) -> Any:
+            return portal.call(functools.partial(method, **kwargs))
+
+        info = WorkerInfo(id="w1", hostname=socket.gethostname(), pid=0, queues=("default",), concurrency=1)
+        call(driver.register_worker, info=info)
+        (job,) = call(driver.insert_jobs, specs=[app.tasks["model.durable"].job()])
+        (row,) = call(driver.fetch_jobs, worker_id="w1", queues=["default"], limit=1)
+        lease = Lease(job_id=job.id, attempt=row.attempt, worker_id="w1", attempted_at=row.attempted_at)
+        error = ErrorInfo(type="ValueError", message="boom")
+        assert call(driver.record_step, lease=lease, name="x", position=0, result_json=None, error=error, duration=1.5)
+        waited = call(driver.wait_step, lease=lease, name="x", position=0, event=None, delay=0.0, until=None)
+        assert waited.outcome == "done"
+        (step,) = call(driver.job_steps, job_id=job.id)
+        assert (step.state, step.error, step.duration, step.runs) == ("completed", None, None, 1)
