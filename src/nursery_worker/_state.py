@@ -21,6 +21,12 @@ A cancel request on an executing job is durable (``cancel_requested``): whatever
 outcome is afterwards, a job that would run again (released, retryable, snoozed) becomes
 ``cancelled`` instead. Finished states are never left by a worker's write; only an explicit
 ``app.retry`` moves a discarded or cancelled job back to ``available``.
+
+Durable steps (issue 22) are written under the attempt's lease as well: ``step_guarded``,
+``wait_guarded`` (a durable wait suspends the job: ``scheduled``, its attempt given back, as a
+snooze), ``emit_guarded`` (the first emit wins and wakes the key's waiters) and ``progress_guarded``
+mirror ``_driver/postgres/_steps.py``. A suspended job's wait (``wait_step``, ``wait_event``) lasts
+only while it is scheduled: promoting, waking or cancelling it clears them.
 """
 
 from __future__ import annotations
