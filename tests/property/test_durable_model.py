@@ -503,9 +503,12 @@ class DurableModel(RuleBasedStateMachine):
         self.jobs = rescued
 
     @precondition(lambda self: any(j.state in (JobState.EXECUTING, JobState.SCHEDULED) for j in self.jobs.values()))
-    @rule(key=st.sampled_from(KEYS), payload=json_values)
-    def emit(self, key: str, payload: Any) -> None:
+    @rule(data=st.data(), key=st.sampled_from(KEYS), payload=json_values)
+    def emit(self, data: st.DataObject, key: str, payload: Any) -> None:
         """app.emit: the first emit of a key stores its payload and wakes its waiters; later ones change nothing."""
+        waited = sorted({j.wait_event for j in self.jobs.values() if j.wait_event is not None})
+        if waited and data.draw(st.booleans(), label="a waited key"):
+            key = data.draw(st.sampled_from(waited), label="key")
         won = self.call(self.driver.emit_event, key=key, payload_json=json.dumps(payload))
         before = self.jobs
         self.events, self.jobs, expected = emit_guarded(self.events, self.jobs, key=key, payload=payload)
