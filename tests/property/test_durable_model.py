@@ -8,7 +8,7 @@ suspended and claimed again since). The model is the pure one of ``_state.py``: 
 ``finish_guarded``, ``rescue_guarded``, ``promote_guarded``, ``cancel_guarded``, ``retry_guarded``
 and the durable ``step_guarded``, ``wait_guarded``, ``emit_guarded`` and ``progress_guarded``.
 After every step each job, its steps and the emitted events must equal the model, read through the
-driver (``get_job``, ``job_steps``) and behind its back (the wait columns, the clock).
+driver (``list_jobs``, ``job_steps``) and behind its back (the wait columns, the clock).
 
 Time is abstract, as in the model: a wait's end is either over or not (``delay=0`` or a past
 ``until``: over; ``delay=3600`` or a future ``until``: not within the test; neither: no end), and
