@@ -21,6 +21,12 @@ A cancel request on an executing job is durable (``cancel_requested``): whatever
 outcome is afterwards, a job that would run again (released, retryable, snoozed) becomes
 ``cancelled`` instead. Finished states are never left by a worker's write; only an explicit
 ``app.retry`` moves a discarded or cancelled job back to ``available``.
+
+Durable steps (issue 22) are written under the attempt's lease as well: ``step_guarded``,
+``wait_guarded`` (a durable wait suspends the job: ``scheduled``, its attempt given back, as a
+snooze), ``emit_guarded`` (the first emit wins and wakes the key's waiters) and ``progress_guarded``
+mirror ``_driver/postgres/_steps.py``. A suspended job's wait (``wait_step``, ``wait_event``) lasts
+only while it is scheduled: promoting, waking or cancelling it clears them.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import datetime as dt
 import enum
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import attrs
 
@@ -257,6 +264,35 @@ def decide(outcome: Outcome, *, attempt: int, max_attempts: int, backoff: Callab
 # does not hold: that is what makes a late write (after a rescue, a cancel or a shutdown) harmless.
 
 
+class StepState(enum.StrEnum):
+    """Where a durable step is; the values are what the database stores."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    WAITING = "waiting"
+    TIMED_OUT = "timed_out"
+
+
+@attrs.frozen(kw_only=True)
+class StepRecord:
+    """The part of a step row (one per job and name) the durable writes read and write.
+
+    ``over`` stands for ``wake_at`` against the database's clock, as ``JobRecord.due`` stands for
+    ``scheduled_at``: None when the row has no wake time (a step's run, a wait without an end),
+    True when it has passed, False while it is ahead.
+    """
+
+    state: StepState
+    position: int
+    attempt: int
+    runs: int = 1
+    result: Any = None
+    error: ErrorInfo | None = None
+    duration: float | None = None
+    event: str | None = None
+    over: bool | None = None
+
+
 @attrs.frozen(kw_only=True)
 class JobRecord:
     """The part of a job row the state machine reads and writes."""
@@ -269,6 +305,12 @@ class JobRecord:
     due: bool = True  # scheduled_at <= now()
     errors: int = 0
     cancel_requested: bool = False
+    # The durable parts (issue 22): what a durable wait suspended the job on (only while it is
+    # scheduled by one), its last progress (done, total, note), and its steps by name.
+    wait_step: str | None = None
+    wait_event: str | None = None
+    progress: tuple[float, float | None, str | None] | None = None
+    steps: Mapping[str, StepRecord] = attrs.field(factory=dict, hash=False)
 
 
 #: Where a job that would run again goes instead when a cancel was requested during its attempt.
@@ -331,14 +373,15 @@ def rescue_guarded(job: JobRecord, live_workers: frozenset[str]) -> JobRecord:
 def promote_guarded(job: JobRecord) -> JobRecord:
     """Make a due scheduled or retryable job available (the promoter's WHERE)."""
     if job.state in (JobState.SCHEDULED, JobState.RETRYABLE) and job.due:
-        return attrs.evolve(job, state=JobState.AVAILABLE)
+        return attrs.evolve(job, state=JobState.AVAILABLE, wait_step=None, wait_event=None)
     return job
 
 
 def cancel_guarded(job: JobRecord) -> JobRecord:
     """``app.cancel``: a waiting job is cancelled now; an executing one gets a durable request."""
     if job.state in (JobState.PENDING, JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYABLE):
-        return attrs.evolve(job, state=JobState.CANCELLED, errors=job.errors + 1)
+        # A suspended job waits no more: an emit of its key must not wake it if it runs again.
+        return attrs.evolve(job, state=JobState.CANCELLED, errors=job.errors + 1, wait_step=None, wait_event=None)
     if job.state is JobState.EXECUTING:
         return attrs.evolve(job, cancel_requested=True)
     return job
@@ -355,3 +398,145 @@ def retry_guarded(job: JobRecord) -> JobRecord:
         cancel_requested=False,
         due=True,
     )
+
+
+# --- the durable writes (issue 22), in Python ---------------------------------------------------
+#
+# These mirror ``_driver/postgres/_steps.py`` (and SQLite's twin). Each is guarded by the attempt's
+# lease, as a finish is: a worker whose job was rescued, handed back or re-claimed writes nothing.
+
+#: What ``wait_guarded`` answers (``WaitResult.outcome``).
+WaitOutcome = Literal["done", "received", "timeout", "suspended", "lost", "cancel_requested"]
+
+
+def holds_lease(job: JobRecord, *, worker_id: str, attempt: int, lease: int) -> bool:
+    """Whether the claim (*worker_id*, *attempt*, *lease*) is still the job's attempt (the lease guard)."""
+    return (
+        job.state is JobState.EXECUTING and job.attempt == attempt and job.worker_id == worker_id and job.lease == lease
+    )
+
+
+def step_guarded(
+    job: JobRecord,
+    *,
+    worker_id: str,
+    attempt: int,
+    lease: int,
+    name: str,
+    position: int,
+    result: Any = None,
+    error: ErrorInfo | None = None,
+    duration: float = 0.0,
+) -> tuple[JobRecord, bool]:
+    """Record one run of step *name* (``Driver.record_step``): completed with *result*, or failed
+    with *error*. Only a new or failed step is written, and only under the job's lease; a completed
+    step (or a wait's row) never changes. Returns the record and whether the write happened."""
+    if not holds_lease(job, worker_id=worker_id, attempt=attempt, lease=lease):
+        return job, False
+    old = job.steps.get(name)
+    if old is not None and old.state is not StepState.FAILED:
+        return job, False
+    step = StepRecord(
+        state=StepState.FAILED if error is not None else StepState.COMPLETED,
+        # A step keeps its first position; each run counts.
+        position=position if old is None else old.position,
+        attempt=attempt,
+        runs=1 if old is None else old.runs + 1,
+        result=None if error is not None else result,
+        error=error,
+        duration=duration,
+        event=None if old is None else old.event,
+        over=None if old is None else old.over,
+    )
+    return attrs.evolve(job, steps={**job.steps, name: step}), True
+
+
+def wait_guarded(
+    job: JobRecord,
+    *,
+    worker_id: str,
+    attempt: int,
+    lease: int,
+    name: str,
+    position: int,
+    event: str | None,
+    over: bool | None,
+    events: Mapping[str, Any],
+) -> tuple[JobRecord, WaitOutcome, Any]:
+    """A durable wait (``Driver.wait_step``): a sleep (*event* None) or a wait for *event*.
+
+    *over* is whether the end the caller asks for (``delay``/``until``) has passed by the
+    database's clock (None: no end); *events* are the emitted events' payloads by key. A waiting
+    step keeps the end it was first given. Returns the record, the outcome and the payload (the
+    event's, or a completed step's stored result).
+    """
+    if not holds_lease(job, worker_id=worker_id, attempt=attempt, lease=lease):
+        return job, "lost", None
+    if job.cancel_requested:
+        return job, "cancel_requested", None
+    old = job.steps.get(name)
+    if old is not None and old.state is StepState.COMPLETED:
+        return job, "received" if event is not None else "done", old.result
+    if old is not None and old.state is StepState.TIMED_OUT:
+        return job, "timeout", None
+    position = position if old is None else old.position
+    runs = 0 if old is None else old.runs  # a wait is no run
+
+    def written(state: StepState, *, result: Any = None, over: bool | None = None) -> JobRecord:
+        step = StepRecord(
+            state=state, position=position, attempt=attempt, runs=runs, result=result, event=event, over=over
+        )
+        return attrs.evolve(job, steps={**job.steps, name: step})
+
+    if event is not None and event in events:
+        return written(StepState.COMPLETED, result=events[event]), "received", events[event]
+    if old is not None and old.state is StepState.WAITING:
+        over = old.over
+    if over:
+        if event is not None:
+            return written(StepState.TIMED_OUT, over=True), "timeout", None
+        return written(StepState.COMPLETED, over=True), "done", None
+    # Suspended, as a snooze: scheduled until the wait's end (or for ever), the attempt given back.
+    suspended = attrs.evolve(
+        written(StepState.WAITING, over=over),
+        state=JobState.SCHEDULED,
+        attempt=job.attempt - 1,
+        worker_id=None,
+        due=False,
+        wait_step=name,
+        wait_event=event,
+    )
+    return suspended, "suspended", None
+
+
+def wake_guarded(job: JobRecord, key: str) -> JobRecord:
+    """An emit of *key* makes a job suspended on it available at once (the emit's second statement)."""
+    if job.state is not JobState.SCHEDULED or job.wait_event != key:
+        return job
+    return attrs.evolve(job, state=JobState.AVAILABLE, due=True, wait_step=None, wait_event=None)
+
+
+def emit_guarded(
+    events: Mapping[str, Any], jobs: Mapping[int, JobRecord], *, key: str, payload: Any
+) -> tuple[dict[str, Any], dict[int, JobRecord], bool]:
+    """``app.emit``: the first emit of *key* stores *payload* and wakes the key's waiters; a later
+    one changes nothing. Returns the events, the jobs and whether this emit won."""
+    if key in events:
+        return dict(events), dict(jobs), False
+    return {**events, key: payload}, {i: wake_guarded(job, key) for i, job in jobs.items()}, True
+
+
+def progress_guarded(
+    job: JobRecord,
+    *,
+    worker_id: str,
+    attempt: int,
+    lease: int,
+    done: float,
+    total: float | None,
+    note: str | None,
+) -> tuple[JobRecord, bool]:
+    """``context.progress``: store (*done*, *total*, *note*) under the job's lease; whether it was written."""
+    if not holds_lease(job, worker_id=worker_id, attempt=attempt, lease=lease):
+        return job, False
+    return attrs.evolve(job, progress=(done, total, note)), True

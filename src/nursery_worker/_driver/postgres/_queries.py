@@ -405,7 +405,7 @@ LEFT JOIN LATERAL (
 _SQL_CANCEL_WAITING = (
     """
 UPDATE {s}.jobs AS j
-SET state = 'cancelled', finished_at = now(), errors = %(append_error)s
+SET state = 'cancelled', finished_at = now(), errors = %(append_error)s, wait_event = NULL, wait_step = NULL
 WHERE j.id = %(id)s AND j.state IN ('pending', 'scheduled', 'available', 'retryable')
 RETURNING """
     + _J_COLUMNS

@@ -68,13 +68,14 @@ SET state = excluded.state, attempt = excluded.attempt, runs = st.runs + 1, resu
 WHERE st.state = 'failed'
 RETURNING st.job_id, st.name
 """
-# A wait's step, written under the job row's lock (taken by _SQL_LOCK_LEASE).
+# A wait's step, written under the job row's lock (taken by _SQL_LOCK_LEASE). A failed step's row it
+# takes over (the same name) keeps no error or duration: a wait has neither.
 _SQL_WAIT_STEP = """
 INSERT INTO {s}.steps AS st (job_id, name, position, state, attempt, result, wake_at, event, updated_at, runs)
 VALUES (%(id)s, %(name)s, %(position)s, %(state)s, %(attempt)s, %(result)s::jsonb, %(wake_at)s, %(event)s, now(), 0)
 ON CONFLICT (job_id, name) DO UPDATE
 SET state = excluded.state, attempt = excluded.attempt, result = excluded.result, wake_at = excluded.wake_at,
-    event = excluded.event, updated_at = excluded.updated_at
+    event = excluded.event, updated_at = excluded.updated_at, error = NULL, duration = NULL
 WHERE st.state IN ('waiting', 'failed')
 """
 # The suspension: scheduled until the wait's end, the attempt given back (as a snooze).

@@ -213,7 +213,7 @@ _SQL_CANCEL_WAITING = (
 UPDATE {jobs}
 SET state = 'cancelled', finished_at = :now, errors = """
     + _append_error("json_object('type', 'Cancelled', 'message', 'cancelled before it ran', 'traceback', '')")
-    + """
+    + """, wait_event = NULL, wait_step = NULL
 WHERE id = :id AND state IN ('pending', 'scheduled', 'available', 'retryable')
 RETURNING """
     + JOB_COLUMNS

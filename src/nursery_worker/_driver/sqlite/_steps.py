@@ -37,7 +37,7 @@ INSERT INTO {steps} AS st (job_id, name, position, state, attempt, result, wake_
 VALUES (:id, :name, :position, :state, :attempt, :result, :wake_at, :event, :now, 0)
 ON CONFLICT (job_id, name) DO UPDATE
 SET state = excluded.state, attempt = excluded.attempt, result = excluded.result, wake_at = excluded.wake_at,
-    event = excluded.event, updated_at = excluded.updated_at
+    event = excluded.event, updated_at = excluded.updated_at, error = NULL, duration = NULL
 WHERE st.state IN ('waiting', 'failed')
 """
 _SQL_SUSPEND = """
