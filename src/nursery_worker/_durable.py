@@ -37,7 +37,7 @@ import anyio
 
 from ._errors import ConfigurationError, NurseryWorkerError
 from ._json import check_json, check_result_size
-from ._models import JobStep, Lease, StepRecord, WaitResult
+from ._models import JobStep, Lease, StepWrite, WaitResult
 from ._outcomes import JobOutcome, check_seconds
 from ._state import ErrorInfo, Suspended, error_info
 
@@ -157,7 +157,7 @@ class DatabaseStore:
         self, *, name: str, position: int, result_json: str | None, error: ErrorInfo | None, duration: float
     ) -> bool:
         if self.writer is not None:
-            record = StepRecord(
+            record = StepWrite(
                 lease=self.lease,
                 name=name,
                 position=position,

@@ -227,7 +227,7 @@ class Lease:
 
 
 @attrs.frozen(kw_only=True)
-class StepRecord:
+class StepWrite:
     """One run of a step to store, guarded by its attempt's *lease* (``Driver.record_steps``):
     completed with ``result_json``, or failed with ``error`` (an ``ErrorInfo``)."""
 

@@ -20,7 +20,7 @@ import attrs
 
 from ._driver import Driver
 from ._errors import DatabaseError
-from ._models import StepRecord
+from ._models import StepWrite
 
 #: The most records one statement writes.
 BATCH_MAX = 500
@@ -28,7 +28,7 @@ BATCH_MAX = 500
 
 @attrs.define(eq=False)
 class _Item:
-    record: StepRecord
+    record: StepWrite
     done: anyio.Event = attrs.field(factory=anyio.Event)
     #: This item's job writes the next batch (the one that wrote the last handed it on).
     lead: bool = False
@@ -50,7 +50,7 @@ class StepWriter:
         self._queue: list[_Item] = []
         self._busy = False
 
-    async def record(self, record: StepRecord) -> bool:
+    async def record(self, record: StepWrite) -> bool:
         """Store *record* (see ``Driver.record_step``): whether it was written.
 
         Raises:

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from nursery_worker import App, JobState
-from nursery_worker._models import Lease, StepRecord
+from nursery_worker._models import Lease, StepWrite
 from nursery_worker._state import ErrorInfo
 from nursery_worker._stepwriter import StepWriter
 
@@ -28,8 +28,8 @@ async def _claimed(app: App, n: int) -> list[Lease]:
     return [Lease(job_id=j.id, attempt=j.attempt, worker_id="w1", attempted_at=j.attempted_at) for j in jobs]
 
 
-def _record(lease: Lease, name: str, *, result: str | None = "1", error: ErrorInfo | None = None) -> StepRecord:
-    return StepRecord(lease=lease, name=name, position=0, result_json=result, error=error, duration=0.001)
+def _record(lease: Lease, name: str, *, result: str | None = "1", error: ErrorInfo | None = None) -> StepWrite:
+    return StepWrite(lease=lease, name=name, position=0, result_json=result, error=error, duration=0.001)
 
 
 async def test_records_submitted_together_are_written_and_each_is_answered(app: App) -> None:

@@ -51,7 +51,7 @@ from .._models import (
     RescueResult,
     RollupRead,
     RollupRow,
-    StepRecord,
+    StepWrite,
     TaskLimits,
     WaitResult,
     WorkerInfo,
@@ -317,7 +317,7 @@ class Driver(Protocol):
         guarded by *lease* (the row lock serialises it with a rescue); a completed step never changes.
         Return False, having written nothing, when the attempt is no longer the lease's."""
 
-    async def record_steps(self, records: Sequence[StepRecord]) -> list[bool]:
+    async def record_steps(self, records: Sequence[StepWrite]) -> list[bool]:
         """:meth:`record_step` of each of *records* (of any jobs, each step at most once), in one
         statement: whether each was written, in order."""
 

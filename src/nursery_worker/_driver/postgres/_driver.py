@@ -59,7 +59,7 @@ from ..._models import (
     RollupBucket,
     RollupRead,
     RollupRow,
-    StepRecord,
+    StepWrite,
     TaskLimits,
     WaitResult,
     WorkerInfo,
@@ -1266,7 +1266,7 @@ class PostgresDriver(PostgresConnections):
         )
         return bool(await self._direct(self._steps.record, params))
 
-    async def record_steps(self, records: Sequence[StepRecord]) -> list[bool]:
+    async def record_steps(self, records: Sequence[StepWrite]) -> list[bool]:
         if len(records) == 1:
             r = records[0]
             one = await self.record_step(

@@ -68,7 +68,7 @@ from ..._models import (
     RollupBucket,
     RollupRead,
     RollupRow,
-    StepRecord,
+    StepWrite,
     TaskLimits,
     WaitResult,
     WorkerInfo,
@@ -915,7 +915,7 @@ class SqliteDriver(SqliteConnections):
             )
         )
 
-    async def record_steps(self, records: Sequence[StepRecord]) -> list[bool]:
+    async def record_steps(self, records: Sequence[StepWrite]) -> list[bool]:
         def write(tx: Tx) -> list[bool]:
             return [
                 _steps.record_step(
