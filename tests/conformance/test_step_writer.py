@@ -156,3 +156,16 @@ async def test_a_record_whose_deadline_passes_in_the_queue_does_not_stall_the_on
     assert results == {"first": True, "last": True}
     assert not writer._busy and writer._queue == []
     assert await app.driver.job_steps(leases[1].job_id) == []
+
+
+async def test_a_failed_steps_error_carries_its_attempt_and_time(app: App) -> None:
+    """A failed step's error says which attempt raised it and when (the database's clock), alone or in a batch."""
+    leases = await _claimed(app, 2)
+    error = ErrorInfo(type="OSError", message="reset")
+    await app.driver.record_steps([_record(leases[0], "one", result=None, error=error)])
+    await app.driver.record_steps([_record(lease, "two", result=None, error=error) for lease in leases])
+    for lease in leases:
+        for stored in await app.driver.job_steps(lease.job_id):
+            assert stored.error is not None
+            assert (stored.error.attempt, stored.error.type) == (lease.attempt, "OSError")
+            assert stored.error.at is not None

@@ -36,7 +36,8 @@ _SQL_STEP = "SELECT state, wake_at, result FROM {s}.steps WHERE job_id = %(id)s 
 # later waits for this write, and the job's next attempt finds the step completed.
 _SQL_RECORD = """
 INSERT INTO {s}.steps AS st (job_id, name, position, state, attempt, result, error, duration, updated_at)
-SELECT j.id, %(name)s, %(position)s, %(state)s, j.attempt, %(result)s::jsonb, %(error)s::jsonb, %(duration)s, now()
+SELECT j.id, %(name)s, %(position)s, %(state)s, j.attempt, %(result)s::jsonb,
+       %(error)s::jsonb || jsonb_build_object('at', now(), 'attempt', j.attempt), %(duration)s, now()
 FROM {s}.jobs AS j
 WHERE j.id = %(id)s AND j.state = 'executing' AND j.attempt = %(attempt)s AND j.worker_id = %(worker)s
   AND j.attempted_at IS NOT DISTINCT FROM %(lease)s
@@ -61,7 +62,9 @@ WITH u AS (
     FOR SHARE OF j
 )
 INSERT INTO {s}.steps AS st (job_id, name, position, state, attempt, result, error, duration, updated_at)
-SELECT id, name, position, state, attempt, result::jsonb, error::jsonb, duration, now() FROM held
+SELECT id, name, position, state, attempt, result::jsonb,
+       error::jsonb || jsonb_build_object('at', now(), 'attempt', attempt), duration, now()
+FROM held
 ON CONFLICT (job_id, name) DO UPDATE
 SET state = excluded.state, attempt = excluded.attempt, runs = st.runs + 1, result = excluded.result,
     error = excluded.error, duration = excluded.duration, updated_at = excluded.updated_at
