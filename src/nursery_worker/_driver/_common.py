@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import attrs
 
@@ -127,6 +127,64 @@ def job_errors(entries: Iterable[Mapping[str, Any]] | None) -> tuple[JobError, .
 STEP_COLUMNS = "name, position, state, attempt, runs, result, error, duration, updated_at, wake_at, event"
 #: A wait with no timeout is scheduled this far ahead (the longest wait a job's row holds).
 FOREVER = MAX_DELAY
+
+
+#: A time as an engine stores it: a datetime (PostgreSQL) or integer microseconds (SQLite).
+TimeT = TypeVar("TimeT", dt.datetime, int)
+
+
+@attrs.frozen(kw_only=True)
+class WaitPlan(Generic[TimeT]):
+    """What a durable wait does (``Driver.wait_step``), decided from what is stored.
+
+    ``outcome``: ``done``, ``received``, ``timeout`` or ``suspended``; ``write``: the state to
+    write on the wait's step (``completed``, ``timed_out`` or ``waiting``), None to write nothing;
+    ``wake_at``: the wait's end (None: it has none).
+    """
+
+    outcome: str
+    write: str | None = None
+    wake_at: TimeT | None = None
+
+
+def plan_wait(
+    *,
+    stored: str | None,
+    stored_wake_at: TimeT | None,
+    emitted: bool,
+    event: str | None,
+    until: TimeT | None,
+    delay_end: TimeT | None,
+    now: TimeT,
+) -> WaitPlan[TimeT]:
+    """Decide a durable wait, as both engines do (``_state.wait_guarded`` is the model).
+
+    Args:
+        stored: the state of the wait's step as stored, or None when it has no row.
+        stored_wake_at: that step's end.
+        emitted: whether the event (for an event wait) was emitted.
+        event: the event's key, or None for a sleep.
+        until: the end the caller gave, if any.
+        delay_end: now + the delay the caller gave, if any.
+        now: the database's time.
+
+    Returns:
+        The plan: a completed or timed-out step answers as stored; an emitted event is received;
+        a wait whose end (a waiting step's, else *until*, else *delay_end*) has come is over; any
+        other suspends the job until that end.
+    """
+    if stored == "completed":
+        return WaitPlan(outcome="received" if event is not None else "done")
+    if stored == "timed_out":
+        return WaitPlan(outcome="timeout")
+    if emitted:
+        return WaitPlan(outcome="received", write="completed")
+    wake_at = stored_wake_at if stored == "waiting" else until if until is not None else delay_end
+    if wake_at is not None and wake_at <= now:
+        if event is not None:
+            return WaitPlan(outcome="timeout", write="timed_out", wake_at=wake_at)
+        return WaitPlan(outcome="done", write="completed", wake_at=wake_at)
+    return WaitPlan(outcome="suspended", write="waiting", wake_at=wake_at)
 
 
 def job_progress(value: Mapping[str, Any] | None) -> JobProgress | None:

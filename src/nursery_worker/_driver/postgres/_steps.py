@@ -19,7 +19,7 @@ from psycopg import sql
 
 from ..._models import DurableOverview, JobStep, Lease, ProgressRow, WaitResult
 from ..._state import ErrorInfo
-from .._common import FOREVER, STEP_COLUMNS, error_entry, job_progress, step_from_row
+from .._common import FOREVER, STEP_COLUMNS, error_entry, job_progress, plan_wait, step_from_row
 
 # The job row, locked, if the lease still holds it; with its cancel request and the clock.
 _SQL_LOCK_LEASE = """
@@ -246,28 +246,24 @@ def wait_step(
         if cancel_requested:
             raise _Abort(WaitResult(outcome="cancel_requested"))
         step = c.execute(q.step, {"id": lease.job_id, "name": name}).fetchone()
-        if step is not None and step[0] == "completed":
-            return WaitResult(outcome="received" if event is not None else "done", payload=step[2])
-        if step is not None and step[0] == "timed_out":
-            return WaitResult(outcome="timeout")
-        base = {"id": lease.job_id, "name": name, "position": position, "attempt": lease.attempt, "event": event}
-        if emitted:
-            c.execute(q.wait_step, {**base, "state": "completed", "result": json.dumps(payload), "wake_at": None})
-            return WaitResult(outcome="received", payload=payload)
-        if step is not None and step[0] == "waiting":
-            wake_at = step[1]
-        elif until is not None:
-            wake_at = until
-        elif delay is not None:
-            wake_at = now + dt.timedelta(seconds=delay)
-        else:
-            wake_at = None
-        if wake_at is not None and wake_at <= now:
-            state = "timed_out" if event is not None else "completed"
-            c.execute(q.wait_step, {**base, "state": state, "result": None, "wake_at": wake_at})
-            return WaitResult(outcome="timeout" if event is not None else "done", until=wake_at)
-        c.execute(q.wait_step, {**base, "state": "waiting", "result": None, "wake_at": wake_at})
-        scheduled = wake_at if wake_at is not None else now + dt.timedelta(seconds=FOREVER)
+        plan = plan_wait(
+            stored=None if step is None else step[0],
+            stored_wake_at=None if step is None else step[1],
+            emitted=emitted,
+            event=event,
+            until=until,
+            delay_end=None if delay is None else now + dt.timedelta(seconds=delay),
+            now=now,
+        )
+        if plan.write is None:  # answered as stored
+            return WaitResult(outcome=plan.outcome, payload=None if step is None else step[2])
+        received = plan.outcome == "received"
+        params = {"id": lease.job_id, "name": name, "position": position, "attempt": lease.attempt, "event": event}
+        params |= {"state": plan.write, "result": json.dumps(payload) if received else None, "wake_at": plan.wake_at}
+        c.execute(q.wait_step, params)
+        if plan.outcome != "suspended":
+            return WaitResult(outcome=plan.outcome, payload=payload if received else None, until=plan.wake_at)
+        scheduled = plan.wake_at if plan.wake_at is not None else now + dt.timedelta(seconds=FOREVER)
         c.execute(q.suspend, {"id": lease.job_id, "until": scheduled, "event": event, "name": name})
         return WaitResult(outcome="suspended", until=scheduled)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._models import DurableOverview, JobStep, Lease, ProgressRow, WaitResult
 from ..._state import ErrorInfo
-from .._common import FOREVER, STEP_COLUMNS, error_entry, job_progress, step_from_row
+from .._common import FOREVER, STEP_COLUMNS, error_entry, job_progress, plan_wait, step_from_row
 from ._time import from_us, iso, to_us
 
 if TYPE_CHECKING:
@@ -187,33 +187,30 @@ def wait_step(
     if held[0]:
         return WaitResult(outcome="cancel_requested")
     now = tx.now
-    step = tx.execute("step", {"id": lease.job_id, "name": name}).fetchone()
-    if step is not None and step[0] == "completed":
-        return WaitResult(outcome="received" if event is not None else "done", payload=_loads(step[2]))
-    if step is not None and step[0] == "timed_out":
-        return WaitResult(outcome="timeout")
     emitted, payload = False, None
-    if event is not None:
+    if event is not None:  # as on PostgreSQL: the event's row is held (waited_at) by every wait for it
         row = tx.execute("event_hold", {"key": event, "now": now}).fetchone()
         emitted, payload = bool(row[0]), row[1]
-    base = {"id": lease.job_id, "name": name, "position": position, "attempt": lease.attempt, "event": event}
-    if emitted:
-        tx.execute("step_wait", {**base, "state": "completed", "result": payload, "wake_at": None, "now": now})
-        return WaitResult(outcome="received", payload=_loads(payload))
-    if step is not None and step[0] == "waiting":
-        wake_at: int | None = step[1]
-    elif until is not None:
-        wake_at = to_us(until)
-    elif delay is not None:
-        wake_at = now + round(delay * 1_000_000)
-    else:
-        wake_at = None
-    if wake_at is not None and wake_at <= now:
-        state = "timed_out" if event is not None else "completed"
-        tx.execute("step_wait", {**base, "state": state, "result": None, "wake_at": wake_at, "now": now})
-        return WaitResult(outcome="timeout" if event is not None else "done", until=from_us(wake_at))
-    tx.execute("step_wait", {**base, "state": "waiting", "result": None, "wake_at": wake_at, "now": now})
-    scheduled = wake_at if wake_at is not None else now + round(FOREVER * 1_000_000)
+    step = tx.execute("step", {"id": lease.job_id, "name": name}).fetchone()
+    plan = plan_wait(
+        stored=None if step is None else step[0],
+        stored_wake_at=None if step is None else step[1],
+        emitted=emitted,
+        event=event,
+        until=None if until is None else to_us(until),
+        delay_end=None if delay is None else now + round(delay * 1_000_000),
+        now=now,
+    )
+    if plan.write is None:  # answered as stored
+        return WaitResult(outcome=plan.outcome, payload=None if step is None else _loads(step[2]))
+    received = plan.outcome == "received"
+    params = {"id": lease.job_id, "name": name, "position": position, "attempt": lease.attempt, "event": event}
+    params |= {"state": plan.write, "result": payload if received else None, "wake_at": plan.wake_at, "now": now}
+    tx.execute("step_wait", params)
+    if plan.outcome != "suspended":
+        until_at = from_us(plan.wake_at)
+        return WaitResult(outcome=plan.outcome, payload=_loads(payload) if received else None, until=until_at)
+    scheduled = plan.wake_at if plan.wake_at is not None else now + round(FOREVER * 1_000_000)
     tx.execute("step_suspend", {"id": lease.job_id, "until": scheduled, "event": event, "name": name})
     if held[2]:  # a limited job's slot is free (PostgreSQL: the trigger jobs_limited_finished)
         tx.notify_available([held[1]])
