@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 import anyio
 
 from ._errors import ConfigurationError, NurseryWorkerError
-from ._json import check_json, check_result_size
+from ._json import check_json, check_result_size, check_storable
 from ._models import JobStep, Lease, StepWrite, WaitResult
 from ._outcomes import JobOutcome, check_seconds
 from ._state import ErrorInfo, Suspended, error_info
@@ -234,9 +234,7 @@ def _text(value: object, *, what: str, where: str, limit: int) -> str:
         raise ConfigurationError(f"{where}: the {what} must be a non-empty str, got {value!r}")
     if len(value) > limit:
         raise ConfigurationError(f"{where}: the {what} is {len(value)} characters long; use at most {limit}")
-    if "\x00" in value:
-        raise ConfigurationError(f"{where}: the {what} {value!r} holds a NUL character, which cannot be stored")
-    return value
+    return check_storable(value, what=f"the {what}", where=where)  # no NUL, no lone surrogate
 
 
 def _number(value: object, *, where: str) -> float:
@@ -518,7 +516,7 @@ class Session:
         if note is not None:
             if not isinstance(note, str):
                 raise ConfigurationError(f"context.progress(note={note!r}): the note must be a str or None")
-            note = note.replace("\x00", "\\x00")[:MAX_NOTE]
+            note = check_storable(note[:MAX_NOTE], what="the note", where="context.progress(note=...)")
         now = time.monotonic()
         final = total is not None and done >= total
         if not final and now - self._progress_at < PROGRESS_INTERVAL:

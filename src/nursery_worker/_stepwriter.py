@@ -7,8 +7,8 @@ statement (``Driver.record_steps``), with no task of its own: the first job to s
 is in flight writes the batch in its own task, under its own shielded deadline (the session's);
 when it is done, the first job of those that queued meanwhile writes theirs, and so on.
 
-A batch the database refuses as a whole (one record it cannot store, say) is written again one
-record at a time, so that one job's record never holds back the others'.
+A batch the database refuses as a whole (one record it cannot store, say), or that cannot be sent,
+is written again one record at a time, so that one job's record never holds back the others'.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import anyio
 import attrs
 
 from ._driver import Driver
-from ._errors import DatabaseError
 from ._models import StepWrite
 
 #: The most records one statement writes.
@@ -104,7 +103,7 @@ class StepWriter:
     async def _write(self, batch: Sequence[_Item]) -> None:
         try:
             written = await self.driver.record_steps([i.record for i in batch])
-        except DatabaseError as exc:
+        except Exception as exc:  # refused (a DatabaseError), or a record the driver could not send
             if len(batch) == 1:
                 batch[0].error = exc
                 return
@@ -112,7 +111,7 @@ class StepWriter:
             for item in batch:
                 try:
                     item.written = (await self.driver.record_steps([item.record]))[0]
-                except DatabaseError as one:
+                except Exception as one:
                     item.error = one
             return
         except BaseException as exc:

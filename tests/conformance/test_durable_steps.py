@@ -414,3 +414,17 @@ async def test_why_says_what_a_waiting_job_waits_for(app: App) -> None:
     assert reasons[0].code == "event"
     assert "'approval'" in reasons[0].message and "'approval:9'" in reasons[0].message
     assert "with no timeout" in reasons[0].message and "events emit approval:9" in reasons[0].message
+
+
+async def test_names_keys_and_notes_the_database_cannot_store_are_refused_at_the_call(app: App) -> None:
+    """A lone surrogate or a NUL in a step name, an event key or a progress note is refused before any write."""
+    job = await _noop(app)
+    context = JobContext(job=await app.get_job(job.id), worker_id="w")
+    with pytest.raises(ConfigurationError, match="surrogate"):
+        await context.step("bad\ud800", lambda: 1)
+    with pytest.raises(ConfigurationError, match="surrogate"):
+        await context.wait_for_event("key\ud800")
+    with pytest.raises(ConfigurationError, match="NUL"):
+        await context.progress(1, 2, note="a\x00b")
+    with pytest.raises(ConfigurationError, match="surrogate"):
+        await app.emit("k\udfff", 1)
