@@ -144,10 +144,13 @@ class Admin:
             raise JobNotFound(job_id)
         return job
 
-    async def get_steps(self, job_id: int) -> list[JobStep]:
-        """Job *job_id*'s durable steps by position; raises ``JobNotFound`` or ``TypeError``."""
+    async def get_steps(self, job_id: int, *, limit: int | None = None) -> list[JobStep]:
+        """Job *job_id*'s durable steps by position (the first *limit*); raises ``JobNotFound``,
+        ``TypeError`` or ``ConfigurationError`` (a limit below 1)."""
         job_id = check_job_id(job_id, "get_steps")
-        steps = await self.driver.job_steps(job_id)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigurationError(f"get_steps(limit={limit!r}): pass an int >= 1, or None for every step")
+        steps = await self.driver.job_steps(job_id, limit=limit)
         if not steps and await self.driver.get_job(job_id) is None:
             raise JobNotFound(job_id)
         return steps

@@ -1103,11 +1103,12 @@ class App:
         """
         return await self._admin.get_job(job_id)
 
-    async def get_steps(self, job_id: int) -> list[JobStep]:
+    async def get_steps(self, job_id: int, *, limit: int | None = None) -> list[JobStep]:
         """Return job *job_id*'s durable steps (``context.step``, ``sleep``, ``wait_for_event``), in order.
 
         Args:
             job_id: the job's id.
+            limit: the first *limit* steps only (None: every one).
 
         Returns:
             Each :class:`JobStep` with its state, result or error, duration and attempt ([] when the
@@ -1116,8 +1117,9 @@ class App:
         Raises:
             JobNotFound: no such job.
             TypeError: the id is not an int.
+            ConfigurationError: *limit* is below 1.
         """
-        return await self._admin.get_steps(job_id)
+        return await self._admin.get_steps(job_id, limit=limit)
 
     async def cancel(self, job_id: int) -> CancelResult:
         """Cancel a job.

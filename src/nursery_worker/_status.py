@@ -586,6 +586,9 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 # --- durable steps, waits and progress (issue 22) ----------------------------------------------
 
+#: The most steps ``jobs show`` and the dashboard's job page list (a job may have thousands).
+STEP_ROWS = 200
+
 #: A step's result or error is shortened to this many characters in ``jobs show`` (``--json`` has it whole).
 STEP_PREVIEW = 60
 #: A wait that ends further ahead than this has no timeout (those are scheduled a century ahead).
@@ -761,8 +764,9 @@ def render_job(job: Job, steps: Sequence[JobStep] = ()) -> str:
         lines.append("result:")
         lines += ["  " + line for line in json.dumps(job.result, indent=2, default=str).splitlines()]
     if steps:
-        lines.append(f"steps ({len(steps)}):")
-        lines += ["  " + line for line in render_steps(steps).splitlines()]
+        more = len(steps) > STEP_ROWS
+        lines.append(f"steps (the first {STEP_ROWS}; --json lists every one):" if more else f"steps ({len(steps)}):")
+        lines += ["  " + line for line in render_steps(steps[:STEP_ROWS]).splitlines()]
     lines.append(f"errors ({len(job.errors)}):" if job.errors else "errors: none")
     for e in job.errors:
         lines.append(f"  attempt {e.attempt} at {_time(e.at)}: {e.type}: {e.message}")

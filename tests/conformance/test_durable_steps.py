@@ -428,3 +428,25 @@ async def test_names_keys_and_notes_the_database_cannot_store_are_refused_at_the
         await context.progress(1, 2, note="a\x00b")
     with pytest.raises(ConfigurationError, match="surrogate"):
         await app.emit("k\udfff", 1)
+
+
+async def test_a_job_of_many_steps_lists_the_first_ones_and_says_there_are_more(app: App) -> None:
+    """get_steps(limit=) returns the first steps by position; jobs show lists 200 and points to --json for all."""
+    from nursery_worker._status import STEP_ROWS, render_job
+
+    @app.task
+    async def many(context: JobContext) -> None:
+        for i in range(STEP_ROWS + 5):
+            await context.step(f"s{i}", lambda i=i: i)
+
+    job = await many.defer()
+    async with open_worker(app, **fast()):
+        done = await wait_for_state(app, job.id, JobState.COMPLETED, within=60)
+    first = await app.get_steps(job.id, limit=3)
+    assert [s.name for s in first] == ["s0", "s1", "s2"]
+    assert len(await app.get_steps(job.id)) == STEP_ROWS + 5
+    text = render_job(done, await app.get_steps(job.id, limit=STEP_ROWS + 1))
+    assert f"steps (the first {STEP_ROWS}; --json lists every one):" in text
+    assert f" s{STEP_ROWS - 1} " in text and f" s{STEP_ROWS} " not in text
+    with pytest.raises(ConfigurationError, match="limit=0"):
+        await app.get_steps(job.id, limit=0)

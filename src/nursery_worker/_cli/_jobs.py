@@ -77,7 +77,7 @@ def jobs_show(ctx: CliContext, job_id: str, why: bool, as_json: bool) -> None:
     from .._admin import Admin
     from .._app import App
     from .._diagnose import diagnose
-    from .._status import job_dict, render_job, step_dict
+    from .._status import STEP_ROWS, job_dict, render_job, step_dict
 
     ident = _job_id(job_id)
 
@@ -86,7 +86,8 @@ def jobs_show(ctx: CliContext, job_id: str, why: bool, as_json: bool) -> None:
             job, reasons = await diagnose(Admin(app), ident)
         else:
             job, reasons = await app.get_job(ident), []
-        return job, reasons, await app.get_steps(ident)
+        # The text lists the first STEP_ROWS (one more tells that there are more); --json every one.
+        return job, reasons, await app.get_steps(ident, limit=None if as_json else STEP_ROWS + 1)
 
     job, reasons, steps = ctx.run(read)
     if as_json:

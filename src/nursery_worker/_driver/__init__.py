@@ -295,8 +295,9 @@ class Driver(Protocol):
 
     # --- durable steps, sleeps, events and progress (see _durable.py) ---------------------------
 
-    async def job_steps(self, job_id: int) -> list[JobStep]:
-        """The steps job *job_id* recorded, by position ([] for none, or no such job)."""
+    async def job_steps(self, job_id: int, *, limit: int | None = None) -> list[JobStep]:
+        """The steps job *job_id* recorded, by position ([] for none, or no such job); the first
+        *limit* only, if given."""
 
     async def durable_overview(self, *, limit: int) -> DurableOverview:
         """Up to *limit* executing jobs that report progress (by id), how many do in all, and how many

@@ -1245,8 +1245,8 @@ class PostgresDriver(PostgresConnections):
 
     # Steps and progress are single statements: sent from the event loop, as the claim is.
 
-    async def job_steps(self, job_id: int) -> list[JobStep]:
-        return _steps.steps_from_rows(await self._direct(self._steps.steps, {"id": job_id}))
+    async def job_steps(self, job_id: int, *, limit: int | None = None) -> list[JobStep]:
+        return _steps.steps_from_rows(await self._direct(self._steps.steps, {"id": job_id, "limit": limit}))
 
     async def durable_overview(self, *, limit: int) -> DurableOverview:
         return await self._hop(lambda c: _steps.durable_overview(c, self._steps, limit=limit))

@@ -29,7 +29,7 @@ WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s AND worker_i
   AND attempted_at IS NOT DISTINCT FROM %(lease)s
 FOR UPDATE
 """
-_SQL_STEPS = "SELECT " + STEP_COLUMNS + " FROM {s}.steps WHERE job_id = %(id)s ORDER BY position, name"
+_SQL_STEPS = "SELECT " + STEP_COLUMNS + " FROM {s}.steps WHERE job_id = %(id)s ORDER BY position, name LIMIT %(limit)s"
 _SQL_STEP = "SELECT state, wake_at, result FROM {s}.steps WHERE job_id = %(id)s AND name = %(name)s"
 # A run of a step: completed with its result, or failed with its error. Guarded by the lease under
 # FOR SHARE: a rescue that commits first fails the guard (the row is read again), one that comes

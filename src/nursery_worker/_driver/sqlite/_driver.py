@@ -891,10 +891,10 @@ class SqliteDriver(SqliteConnections):
 
     # --- durable steps (see _steps.py) ----------------------------------------------------------
 
-    async def job_steps(self, job_id: int) -> list[JobStep]:
+    async def job_steps(self, job_id: int, *, limit: int | None = None) -> list[JobStep]:
         if not _is_id(job_id):
             return []
-        return await self._hop(lambda tx: _steps.read_steps(tx, job_id), write=False)
+        return await self._hop(lambda tx: _steps.read_steps(tx, job_id, limit), write=False)
 
     async def durable_overview(self, *, limit: int) -> DurableOverview:
         return await self._hop(lambda tx: _steps.durable_overview(tx, limit=limit), write=False)

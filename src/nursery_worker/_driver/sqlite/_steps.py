@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 _GUARD = "id = :id AND state = 'executing' AND attempt = :attempt AND worker_id = :worker AND attempted_at IS :lease"
 _SQL_LEASE = "SELECT cancel_requested_at IS NOT NULL, queue, limit_key IS NOT NULL FROM {jobs} WHERE " + _GUARD
-_SQL_STEPS = "SELECT " + STEP_COLUMNS + " FROM {steps} WHERE job_id = :id ORDER BY position, name"
+_SQL_STEPS = "SELECT " + STEP_COLUMNS + " FROM {steps} WHERE job_id = :id ORDER BY position, name LIMIT :limit"
 _SQL_STEP = "SELECT state, wake_at, result FROM {steps} WHERE job_id = :id AND name = :name"
 _SQL_RECORD = """
 INSERT INTO {steps} AS st (job_id, name, position, state, attempt, result, error, duration, updated_at)
@@ -117,9 +117,9 @@ def _loads(text: Any) -> Any:
     return None if text is None else json.loads(text)
 
 
-def read_steps(tx: Tx, job_id: int) -> list[JobStep]:
-    """The job's steps, by position."""
-    rows = tx.execute("steps", {"id": job_id}).fetchall()
+def read_steps(tx: Tx, job_id: int, limit: int | None = None) -> list[JobStep]:
+    """The job's steps, by position (the first *limit*, if given)."""
+    rows = tx.execute("steps", {"id": job_id, "limit": -1 if limit is None else limit}).fetchall()
     return [step_from_row(r, time=from_us, loads=_loads) for r in rows]
 
 

@@ -11,7 +11,7 @@ import attrs
 from ..._diagnose import diagnose
 from ..._errors import JobNotFound
 from ..._models import Job, JobStep
-from ..._status import waiting_text
+from ..._status import STEP_ROWS, waiting_text
 from .._page import Action, Done, Page, View
 from .._request import PageRequest
 
@@ -70,7 +70,7 @@ async def job_page(req: PageRequest) -> View:
         except JobNotFound:
             dependencies.append(dep)
     dependants = await req.read(lambda: req.admin.job_dependants(job_id, limit=RELATED, time_limit=limit))
-    steps = await req.read(lambda: req.admin.get_steps(job_id))
+    steps = await req.read(lambda: req.admin.get_steps(job_id, limit=STEP_ROWS + 1))
     trace = (job.trace_context or {}).get("traceparent")
     trace_id = trace.split("-")[1] if trace and trace.count("-") >= 3 else None
     shown = req.show(job)
@@ -83,7 +83,8 @@ async def job_page(req: PageRequest) -> View:
             "dependencies": dependencies,
             "dependants": [req.show(d) for d in dependants],
             "trace_id": trace_id,
-            "steps": shown_steps(req, job, steps),
+            "steps": shown_steps(req, job, steps[:STEP_ROWS]),
+            "more_steps": len(steps) > STEP_ROWS,
             "waiting": None if job.waiting is None else waiting_text(job.waiting),
         },
         title=f"Job {job.id}",
