@@ -325,8 +325,9 @@ class Executor:
         except BaseExceptionGroup as group:
             # A durable call in a task group of the job's own: its exit arrives wrapped.
             wrapped = exit_of(group)
-            if wrapped is None:
-                raise
+            cancelled = anyio.get_cancelled_exc_class()
+            if wrapped is None or group.subgroup(lambda e: isinstance(e, cancelled)) is not None:
+                raise  # a cancellation from outside the job goes on (its outcome: released)
             return self._durable_exit(wrapped), None
         # Only the worker cancels the job's scope: at shutdown (released) or by a cancel request.
         return self._interrupted(r, task), None
