@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 import attrs
 
 from .._errors import ConfigurationError, DatabaseError, SchemaNotReady
-from .._models import GraphNode, Job, JobError, JobProgress, JobSpec, JobStep, Waiting
+from .._models import DurableOverview, GraphNode, Job, JobError, JobProgress, JobSpec, JobStep, ProgressRow, Waiting
 from .._state import MAX_DELAY, ErrorInfo, JobState
 
 if TYPE_CHECKING:
@@ -198,6 +198,25 @@ def job_progress(value: Mapping[str, Any] | None) -> JobProgress | None:
         total=None if total is None else float(total),
         note=None if note is None else str(note),
         updated_at=_parse_time(value.get("at")),
+    )
+
+
+def durable_overview_from(
+    rows: Sequence[Sequence[Any]], counts: Sequence[Any], *, loads: Callable[[Any], Any]
+) -> DurableOverview:
+    """``Driver.durable_overview`` from its two reads: rows of (id, task, queue, progress) of
+    executing jobs and the counts (reporting, sleeping, waiting for events); *loads* decodes the
+    engine's JSON (PostgreSQL hands jsonb over decoded)."""
+    progress = []
+    for job_id, task, queue, value in rows:
+        reported = job_progress(loads(value))
+        if reported is not None:
+            progress.append(ProgressRow(job_id=int(job_id), task=str(task), queue=str(queue), progress=reported))
+    return DurableOverview(
+        progress=tuple(progress),
+        reporting=int(counts[0]),
+        sleeping=int(counts[1]),
+        waiting_for_events=int(counts[2]),
     )
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..._models import DurableOverview, JobStep, Lease, ProgressRow, WaitResult
+from ..._models import DurableOverview, JobStep, Lease, WaitResult
 from ..._state import ErrorInfo
-from .._common import FOREVER, STEP_COLUMNS, error_entry, job_progress, plan_wait, step_from_row
+from .._common import FOREVER, STEP_COLUMNS, durable_overview_from, error_entry, plan_wait, step_from_row
 
 # The job row, locked, if the lease still holds it; with its cancel request and the clock.
 _SQL_LOCK_LEASE = """
@@ -193,17 +193,7 @@ def durable_overview(c: psycopg.Connection[Any], q: StepQueries, *, limit: int) 
     rows = c.execute(q.progressing, {"limit": limit}).fetchall()
     counts = c.execute(q.durable_counts).fetchone()
     assert counts is not None  # scalar subqueries always give their row
-    progress = []
-    for job_id, task, queue, value in rows:
-        reported = job_progress(value)
-        if reported is not None:
-            progress.append(ProgressRow(job_id=int(job_id), task=str(task), queue=str(queue), progress=reported))
-    return DurableOverview(
-        progress=tuple(progress),
-        reporting=int(counts[0]),
-        sleeping=int(counts[1]),
-        waiting_for_events=int(counts[2]),
-    )
+    return durable_overview_from(rows, counts, loads=_same)
 
 
 def record_params(

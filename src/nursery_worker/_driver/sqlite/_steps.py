@@ -11,9 +11,9 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..._models import DurableOverview, JobStep, Lease, ProgressRow, WaitResult
+from ..._models import DurableOverview, JobStep, Lease, WaitResult
 from ..._state import ErrorInfo
-from .._common import FOREVER, STEP_COLUMNS, error_entry, job_progress, plan_wait, step_from_row
+from .._common import FOREVER, STEP_COLUMNS, durable_overview_from, error_entry, plan_wait, step_from_row
 from ._time import from_us, iso, to_us
 
 if TYPE_CHECKING:
@@ -127,17 +127,7 @@ def durable_overview(tx: Tx, *, limit: int) -> DurableOverview:
     """Executing jobs' progress and the counts of suspended jobs (see ``Driver.durable_overview``)."""
     rows = tx.execute("progressing", {"limit": limit}).fetchall()
     counts = tx.execute("durable_counts", {}).fetchone()
-    progress = []
-    for job_id, task, queue, value in rows:
-        reported = job_progress(_loads(value))
-        if reported is not None:
-            progress.append(ProgressRow(job_id=int(job_id), task=str(task), queue=str(queue), progress=reported))
-    return DurableOverview(
-        progress=tuple(progress),
-        reporting=int(counts[0]),
-        sleeping=int(counts[1]),
-        waiting_for_events=int(counts[2]),
-    )
+    return durable_overview_from(rows, counts, loads=_loads)
 
 
 def record_step(
