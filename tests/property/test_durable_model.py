@@ -22,9 +22,7 @@ import functools
 import json
 import socket
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio.from_thread
@@ -62,7 +60,7 @@ from nursery_worker._state import (
     wait_guarded,
 )
 
-from ..conftest import ENGINES
+from .conftest import EngineDatabase
 
 WORKERS = ("w1", "w2")
 #: Step and wait names share one pool, so that a wait may meet a step's row and a step a wait's.
@@ -644,22 +642,13 @@ class DurableModel(RuleBasedStateMachine):
         self.aimed.clear()
 
 
-@pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest) -> Iterator[tuple[App, Table]]:
+@pytest.fixture
+def engine(engine_database: EngineDatabase) -> tuple[App, Table]:
     """An app on a fresh, migrated database of the engine under test, and its tables."""
-    if request.param == "postgres":
-        yield request.getfixturevalue("app"), PostgresTable(request.getfixturevalue("db"))
-        return
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    path: Path = request.getfixturevalue("tmp_path") / "jobs.sqlite3"
-    app = App(dsn=f"sqlite:///{path}", schema=schema)
-    app.migrate_sync()
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    try:
-        yield app, SqliteTable(conn, prefix=f"{schema}_")
-    finally:
-        conn.close()
-        app.close()
+    db = engine_database
+    if db.engine == "postgres":
+        return db.app, PostgresTable(db.conn)
+    return db.app, SqliteTable(db.conn, prefix=db.prefix)
 
 
 def test_the_durable_writes_match_the_model(engine: tuple[App, Table], anyio_backend: str) -> None:

@@ -26,9 +26,7 @@ import datetime as dt
 import functools
 import socket
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import anyio.from_thread
@@ -43,7 +41,7 @@ from nursery_worker import App, JobState
 from nursery_worker._models import Completion, WorkerInfo
 from nursery_worker._state import Cancelled, ErrorInfo, Failed, Outcome, Released, Snoozed, Succeeded, decide
 
-from ..conftest import ENGINES
+from .conftest import EngineDatabase
 
 WORKERS = ("w1", "w2", "w3")
 FAR = 3600.0  # a delay that never passes during a test: only the time_passes rule makes such a job due
@@ -473,22 +471,13 @@ class EngineModel(RuleBasedStateMachine):
         self.given_back.clear()
 
 
-@pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest) -> Iterator[tuple[App, Table]]:
+@pytest.fixture
+def engine(engine_database: EngineDatabase) -> tuple[App, Table]:
     """An app on a fresh, migrated database of the engine under test, and its jobs table."""
-    if request.param == "postgres":
-        yield request.getfixturevalue("app"), PostgresTable(request.getfixturevalue("db"))
-        return
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    path: Path = request.getfixturevalue("tmp_path") / "jobs.sqlite3"
-    app = App(dsn=f"sqlite:///{path}", schema=schema)
-    app.migrate_sync()
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    try:
-        yield app, SqliteTable(conn, prefix=f"{schema}_")
-    finally:
-        conn.close()
-        app.close()
+    db = engine_database
+    if db.engine == "postgres":
+        return db.app, PostgresTable(db.conn)
+    return db.app, SqliteTable(db.conn, prefix=db.prefix)
 
 
 def test_the_engine_matches_the_model(engine: tuple[App, Table], anyio_backend: str) -> None:
