@@ -156,19 +156,12 @@ class DatabaseStore:
     async def record(
         self, *, name: str, position: int, result_json: str | None, error: ErrorInfo | None, duration: float
     ) -> bool:
-        if self.writer is not None:
-            record = StepWrite(
-                lease=self.lease,
-                name=name,
-                position=position,
-                result_json=result_json,
-                error=error,
-                duration=duration,
-            )
-            return await self.writer.record(record)
-        return await self.driver.record_step(
-            self.lease, name=name, position=position, result_json=result_json, error=error, duration=duration
+        record = StepWrite(
+            lease=self.lease, name=name, position=position, result_json=result_json, error=error, duration=duration
         )
+        if self.writer is not None:
+            return await self.writer.record(record)
+        return (await self.driver.record_steps([record]))[0]
 
     async def wait(
         self, *, name: str, position: int, event: str | None, delay: float | None, until: dt.datetime | None

@@ -428,7 +428,7 @@ def step_guarded(
     error: ErrorInfo | None = None,
     duration: float = 0.0,
 ) -> tuple[JobRecord, bool]:
-    """Record one run of step *name* (``Driver.record_step``): completed with *result*, or failed
+    """Record one run of step *name* (``Driver.record_steps``): completed with *result*, or failed
     with *error*. Only a new or failed step is written, and only under the job's lease; a completed
     step (or a wait's row) never changes. Returns the record and whether the write happened."""
     if not holds_lease(job, worker_id=worker_id, attempt=attempt, lease=lease):

@@ -50,7 +50,7 @@ class StepWriter:
         self._busy = False
 
     async def record(self, record: StepWrite) -> bool:
-        """Store *record* (see ``Driver.record_step``): whether it was written.
+        """Store *record* (see ``Driver.record_steps``): whether it was written.
 
         Raises:
             DatabaseError: the database could not be reached, or refused the record.

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from nursery_worker import App, JobState
-from nursery_worker._models import Completion, Lease, WorkerInfo
+from nursery_worker._models import Completion, Lease, StepWrite, WorkerInfo
 from nursery_worker._state import (
     Cancelled,
     ErrorInfo,
@@ -321,8 +321,7 @@ class DurableModel(RuleBasedStateMachine):
             error=error,
             duration=duration,
         )
-        answer = self.call(
-            self.driver.record_step,
+        record = StepWrite(
             lease=claim.as_lease(),
             name=name,
             position=len(job.steps),
@@ -330,7 +329,8 @@ class DurableModel(RuleBasedStateMachine):
             error=error,
             duration=duration,
         )
-        assert answer is written, f"record_step({name}) by {claim} answered {answer}; expected {written}"
+        (answer,) = self.call(self.driver.record_steps, records=[record])
+        assert answer is written, f"record_steps({name}) by {claim} answered {answer}; expected {written}"
         self.jobs[claim.job] = model
 
     def _wait(self, claim: Claim, name: str, event: str | None, end: str) -> None:
@@ -730,7 +730,8 @@ def test_a_wait_that_takes_over_a_failed_steps_row_keeps_no_error(
         (row,) = call(driver.fetch_jobs, worker_id="w1", queues=["default"], limit=1)
         lease = Lease(job_id=job.id, attempt=row.attempt, worker_id="w1", attempted_at=row.attempted_at)
         error = ErrorInfo(type="ValueError", message="boom")
-        assert call(driver.record_step, lease=lease, name="x", position=0, result_json=None, error=error, duration=1.5)
+        record = StepWrite(lease=lease, name="x", position=0, result_json=None, error=error, duration=1.5)
+        assert call(driver.record_steps, records=[record]) == [True]
         waited = call(driver.wait_step, lease=lease, name="x", position=0, event=None, delay=0.0, until=None)
         assert waited.outcome == "done"
         (step,) = call(driver.job_steps, job_id=job.id)

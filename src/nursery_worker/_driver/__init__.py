@@ -58,7 +58,6 @@ from .._models import (
     WorkerLoad,
     WorkerRow,
 )
-from .._state import ErrorInfo
 from ._common import SCHEMA_NAME as SCHEMA_NAME
 from ._common import UserConnection as UserConnection
 
@@ -304,23 +303,11 @@ class Driver(Protocol):
         jobs a durable sleep and an event wait hold ``scheduled``; read through the partial indexes
         of executing and due jobs and of event waits, never the whole table."""
 
-    async def record_step(
-        self,
-        lease: Lease,
-        *,
-        name: str,
-        position: int,
-        result_json: str | None,
-        error: ErrorInfo | None,
-        duration: float,
-    ) -> bool:
-        """Store step *name* of the job as completed with *result_json* or, given *error*, as failed,
-        guarded by *lease* (the row lock serialises it with a rescue); a completed step never changes.
-        Return False, having written nothing, when the attempt is no longer the lease's."""
-
     async def record_steps(self, records: Sequence[StepWrite]) -> list[bool]:
-        """:meth:`record_step` of each of *records* (of any jobs, each step at most once), in one
-        statement: whether each was written, in order."""
+        """Store each of *records* (of any jobs, each step at most once), in one statement: a step
+        completed with its ``result_json`` or, given an ``error``, failed; each guarded by its lease
+        (the job row's lock serialises it with a rescue). A completed step never changes. Return, in
+        order, whether each was written (False: its attempt is no longer the lease's, nothing written)."""
 
     async def wait_step(
         self,

@@ -66,7 +66,7 @@ from ..._models import (
     WorkerLoad,
     WorkerRow,
 )
-from ..._state import ACTIVE_STATES, ErrorInfo, JobState
+from ..._state import ACTIVE_STATES, JobState
 from .._common import (
     Migrations,
     UserConnection,
@@ -1251,33 +1251,9 @@ class PostgresDriver(PostgresConnections):
     async def durable_overview(self, *, limit: int) -> DurableOverview:
         return await self._hop(lambda c: _steps.durable_overview(c, self._steps, limit=limit))
 
-    async def record_step(
-        self,
-        lease: Lease,
-        *,
-        name: str,
-        position: int,
-        result_json: str | None,
-        error: ErrorInfo | None,
-        duration: float,
-    ) -> bool:
-        params = _steps.record_params(
-            lease, name=name, position=position, result_json=result_json, error=error, duration=duration
-        )
-        return bool(await self._direct(self._steps.record, params))
-
     async def record_steps(self, records: Sequence[StepWrite]) -> list[bool]:
-        if len(records) == 1:
-            r = records[0]
-            one = await self.record_step(
-                r.lease,
-                name=r.name,
-                position=r.position,
-                result_json=r.result_json,
-                error=r.error,
-                duration=r.duration,
-            )
-            return [one]
+        if len(records) == 1:  # the statement of one record: no arrays to build and unpack
+            return [bool(await self._direct(self._steps.record, _steps.record_params(records[0])))]
         leases = [r.lease for r in records]
         params = {
             "ids": _int_array([x.job_id for x in leases]),

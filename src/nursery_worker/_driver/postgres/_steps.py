@@ -17,8 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..._models import DurableOverview, JobStep, Lease, WaitResult
-from ..._state import ErrorInfo
+from ..._models import DurableOverview, JobStep, Lease, StepWrite, WaitResult
 from .._common import FOREVER, STEP_COLUMNS, durable_overview_from, error_entry, plan_wait, step_from_row
 
 # The job row, locked, if the lease still holds it; with its cancel request and the clock.
@@ -196,18 +195,17 @@ def durable_overview(c: psycopg.Connection[Any], q: StepQueries, *, limit: int) 
     return durable_overview_from(rows, counts, loads=_same)
 
 
-def record_params(
-    lease: Lease, *, name: str, position: int, result_json: str | None, error: ErrorInfo | None, duration: float
-) -> dict[str, Any]:
-    """The parameters of ``q.record``: one run of a step, guarded by *lease* (see ``Driver.record_step``)."""
+def record_params(record: StepWrite) -> dict[str, Any]:
+    """The parameters of ``q.record``: one run of a step, guarded by its lease (``Driver.record_steps``)."""
+    error = record.error
     return {
-        **lease_params(lease),
-        "name": name,
-        "position": position,
+        **lease_params(record.lease),
+        "name": record.name,
+        "position": record.position,
         "state": "failed" if error is not None else "completed",
-        "result": result_json if error is None else None,
+        "result": record.result_json if error is None else None,
         "error": None if error is None else error_entry(error),
-        "duration": duration,
+        "duration": record.duration,
     }
 
 

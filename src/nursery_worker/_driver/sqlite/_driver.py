@@ -75,7 +75,7 @@ from ..._models import (
     WorkerLoad,
     WorkerRow,
 )
-from ..._state import ACTIVE_STATES, ErrorInfo, JobState
+from ..._state import ACTIVE_STATES, JobState
 from .._common import UserConnection, check_version, error_entry, insert_graph, spec_columns, walk_graph
 from . import _dashboard, _steps
 from ._connection import MIGRATION_COUNT, SCHEMA_VERSION, SqliteConnections, Tx
@@ -899,38 +899,8 @@ class SqliteDriver(SqliteConnections):
     async def durable_overview(self, *, limit: int) -> DurableOverview:
         return await self._hop(lambda tx: _steps.durable_overview(tx, limit=limit), write=False)
 
-    async def record_step(
-        self,
-        lease: Lease,
-        *,
-        name: str,
-        position: int,
-        result_json: str | None,
-        error: ErrorInfo | None,
-        duration: float,
-    ) -> bool:
-        return await self._hop(
-            lambda tx: _steps.record_step(
-                tx, lease, name=name, position=position, result_json=result_json, error=error, duration=duration
-            )
-        )
-
     async def record_steps(self, records: Sequence[StepWrite]) -> list[bool]:
-        def write(tx: Tx) -> list[bool]:
-            return [
-                _steps.record_step(
-                    tx,
-                    r.lease,
-                    name=r.name,
-                    position=r.position,
-                    result_json=r.result_json,
-                    error=r.error,
-                    duration=r.duration,
-                )
-                for r in records
-            ]
-
-        return await self._hop(write)
+        return await self._hop(lambda tx: [_steps.record_step(tx, r) for r in records])
 
     async def wait_step(
         self,

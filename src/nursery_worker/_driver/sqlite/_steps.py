@@ -11,8 +11,7 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..._models import DurableOverview, JobStep, Lease, WaitResult
-from ..._state import ErrorInfo
+from ..._models import DurableOverview, JobStep, Lease, StepWrite, WaitResult
 from .._common import FOREVER, STEP_COLUMNS, durable_overview_from, error_entry, plan_wait, step_from_row
 from ._time import from_us, iso, to_us
 
@@ -130,17 +129,9 @@ def durable_overview(tx: Tx, *, limit: int) -> DurableOverview:
     return durable_overview_from(rows, counts, loads=_loads)
 
 
-def record_step(
-    tx: Tx,
-    lease: Lease,
-    *,
-    name: str,
-    position: int,
-    result_json: str | None,
-    error: ErrorInfo | None,
-    duration: float,
-) -> bool:
-    """One run of a step, guarded by *lease* (see ``Driver.record_step``)."""
+def record_step(tx: Tx, record: StepWrite) -> bool:
+    """One run of a step, guarded by its lease (see ``Driver.record_steps``)."""
+    lease, error = record.lease, record.error
     if tx.execute("step_lease", _lease(lease)).fetchone() is None:
         return False
     entry = None
@@ -148,13 +139,13 @@ def record_step(
         entry = json.dumps({**json.loads(error_entry(error)), "at": iso(tx.now), "attempt": lease.attempt})
     params = {
         "id": lease.job_id,
-        "name": name,
-        "position": position,
+        "name": record.name,
+        "position": record.position,
         "state": "failed" if error is not None else "completed",
         "attempt": lease.attempt,
-        "result": result_json if error is None else None,
+        "result": record.result_json if error is None else None,
         "error": entry,
-        "duration": duration,
+        "duration": record.duration,
         "now": tx.now,
     }
     return tx.execute("step_record", params).fetchone() is not None
