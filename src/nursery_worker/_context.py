@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 import attrs
 
-from ._durable import MemoryStore, Session
+from ._durable import Session, memory_session
 from ._models import Job
 
 if TYPE_CHECKING:
@@ -104,15 +104,7 @@ class JobContext:
             if self._session_factory is not None:
                 session = self._session_factory()
             else:
-                session = Session(
-                    MemoryStore(),
-                    job_id=self.job.id,
-                    attempt=self.job.attempt,
-                    max_result_bytes=64 * 1024 * 1024,
-                    sleep_threshold=_DEFAULT_SLEEP_THRESHOLD,
-                    final_timeout=10.0,
-                    clock=lambda: dt.datetime.now(dt.UTC),
-                )
+                session = memory_session(self.job.id, self.job.attempt, sleep_threshold=_DEFAULT_SLEEP_THRESHOLD)
             object.__setattr__(self, "_session", session)
         return session
 

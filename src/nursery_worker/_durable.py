@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 import anyio
 
 from ._errors import ConfigurationError, NurseryWorkerError
-from ._json import check_json, check_result_size, check_storable
+from ._json import DEFAULT_MAX_RESULT_BYTES, check_json, check_result_size, check_storable
 from ._models import JobStep, Lease, StepWrite, WaitResult
 from ._outcomes import JobOutcome, check_seconds
 from ._state import ErrorInfo, Suspended, error_info
@@ -222,6 +222,21 @@ class MemoryStore:
         return True
 
 
+def memory_session(
+    job_id: int, attempt: int, *, sleep_threshold: float, events: Mapping[str, Any] | None = None
+) -> Session:
+    """A session whose steps stay in memory (:class:`MemoryStore`), for a context outside a worker."""
+    return Session(
+        MemoryStore(events),
+        job_id=job_id,
+        attempt=attempt,
+        max_result_bytes=DEFAULT_MAX_RESULT_BYTES,
+        sleep_threshold=sleep_threshold,
+        final_timeout=10.0,
+        clock=lambda: dt.datetime.now(dt.UTC),
+    )
+
+
 def _text(value: object, *, what: str, where: str, limit: int) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{where}: the {what} must be a non-empty str, got {value!r}")
@@ -327,11 +342,13 @@ class Session:
             )
         self._used.add(name)
 
-    def auto_name(self, base: str) -> str:
-        """The next name of *base* in this attempt's order: ``base-1``, ``base-2``, ..."""
-        n = self._counters.get(base, 0) + 1
-        self._counters[base] = n
-        return f"{base}-{n}"
+    def auto_name(self, base: str, *, first_bare: bool = False) -> str:
+        """The next name of *base* in this attempt's order: ``base-1``, ``base-2``, ... (with
+        *first_bare*: ``base``, ``base-2``, ...; counted apart from the other form)."""
+        key = ("@" if first_bare else "") + base
+        n = self._counters.get(key, 0) + 1
+        self._counters[key] = n
+        return base if first_bare and n == 1 else f"{base}-{n}"
 
     def _position(self, steps: dict[str, JobStep], name: str) -> int:
         found = steps.get(name)
@@ -583,7 +600,6 @@ def step(fn: Any = None, /, *, name: str | None = None) -> Any:
             )
         base = name if name is not None else func.__qualname__
         _text(base, what="step name", where="@step(name=...)", limit=MAX_NAME - 12)
-        counter_key = "@" + base
 
         @functools.wraps(func)
         async def run(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -592,9 +608,7 @@ def step(fn: Any = None, /, *, name: str | None = None) -> Any:
                 return await func(*args, **kwargs)
             context = get()
             session = context._durable()
-            n = session._counters.get(counter_key, 0) + 1
-            session._counters[counter_key] = n
-            step_name = base if n == 1 else f"{base}-{n}"
+            step_name = session.auto_name(base, first_bare=True)
             result: R = await session.step(step_name, func, args, dict(kwargs))
             return result
 

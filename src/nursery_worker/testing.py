@@ -47,8 +47,7 @@ import attrs
 from ._app import App
 from ._config import WorkerConfig
 from ._context import JobContext
-from ._durable import MemoryStore, Session
-from ._json import DEFAULT_MAX_RESULT_BYTES
+from ._durable import memory_session
 from ._models import Job
 from ._state import Cancelled, Failed, JobState, Outcome, Released, Snoozed, Succeeded, Transition
 from ._task import Task
@@ -108,15 +107,7 @@ def make_context(
         attempted_at=dt.datetime.now(dt.UTC),
         worker_id=worker_id,
     )
-    session = Session(
-        MemoryStore(events),
-        job_id=job_id,
-        attempt=attempt,
-        max_result_bytes=DEFAULT_MAX_RESULT_BYTES,
-        sleep_threshold=0.0,
-        final_timeout=10.0,
-        clock=lambda: dt.datetime.now(dt.UTC),
-    )
+    session = memory_session(job_id, attempt, sleep_threshold=0.0, events=events)  # a sleep returns at once
     return JobContext(job=job, worker_id=worker_id, deadline=deadline, app=task.app, _session=session)
 
 
