@@ -21,7 +21,8 @@ import attrs
 from ._errors import JobNotFound
 from ._flow import BreakerInfo
 from ._models import Job, JobSearch, QueueInfo, WorkerRow
-from ._state import MAX_DELAY, JobState
+from ._state import JobState
+from ._status import waits_forever
 
 if TYPE_CHECKING:
     from ._admin import Admin
@@ -93,7 +94,7 @@ def explain(facts: Facts) -> list[Reason]:
     if waiting is not None and waiting.kind == "event":
         until = (
             "with no timeout"
-            if (waiting.until - now).total_seconds() > MAX_DELAY / 2
+            if waits_forever(waiting.until, now)
             else f"until its timeout in {_ago((waiting.until - now).total_seconds())}, "
             f"at {waiting.until:%Y-%m-%d %H:%M:%S %Z}"
         )

@@ -416,14 +416,12 @@ def render_durable(overview: DurableOverview, *, width: int = 0) -> str:
         rows = []
         for row in overview.progress[:PROGRESS_ROWS]:
             p = row.progress
-            done = _number(p.done) + ("" if p.total is None else f"/{_number(p.total)}")
-            fraction = p.fraction
             rows.append(
                 (
                     str(row.job_id),
                     row.task,
                     row.queue,
-                    done + ("" if fraction is None else f" ({fraction:.0%})"),
+                    _progress_figure(p),
                     _short(p.note or "-", STEP_PREVIEW),
                     _time(p.updated_at),
                 )
@@ -599,15 +597,21 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def progress_text(progress: JobProgress) -> str:
-    """``3/10 (30%) copying files, updated 2026-12-03 10:00:00``: done of total, the share, the note
-    and when it was written (UTC)."""
+def _progress_figure(progress: JobProgress) -> str:
+    """``3/10 (30%)``: done of total and the share (``3`` alone without a total)."""
     text = _number(progress.done)
     if progress.total is not None:
         text += f"/{_number(progress.total)}"
     fraction = progress.fraction
     if fraction is not None:
         text += f" ({fraction:.0%})"
+    return text
+
+
+def progress_text(progress: JobProgress) -> str:
+    """``3/10 (30%) copying files, updated 2026-12-03 10:00:00``: done of total, the share, the note
+    and when it was written (UTC)."""
+    text = _progress_figure(progress)
     if progress.note:
         text += f" {_short(progress.note, STEP_PREVIEW)}"
     if progress.updated_at is not None:
