@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..._models import JobSearch
-from ..._status import database_warnings, render_database
+from ..._status import PROGRESS_ROWS, database_warnings, render_database
 from .._page import Page, View
 from .._request import PageRequest
 from ._common import FINISHED, STATES, WAITING, read_counts
 
 #: A worker whose heartbeat is older than this is stale (the default ``rescue_after``).
 STALE_AFTER = 15.0
-#: The most executing jobs whose progress the overview lists.
-PROGRESS_ROWS = 10
 
 
 async def overview(req: PageRequest) -> View:
